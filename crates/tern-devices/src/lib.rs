@@ -1,0 +1,1 @@
+//! Tern device models.

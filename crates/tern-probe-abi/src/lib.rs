@@ -1,0 +1,202 @@
+//! The contract between Tern's VMM and the probe guest.
+//!
+//! The probe guest is a freestanding program the VMM enters directly at CPL 3
+//! in 64-bit mode (see `ARCHITECTURE.md`, "Guests on these machines"). Both
+//! sides compile this crate, so the memory layout, the test ports, the
+//! workload grammar and the page-stamp format cannot drift apart.
+//!
+//! `no_std` and allocation-free: the guest has neither.
+#![no_std]
+#![forbid(unsafe_code)]
+
+pub mod stamp;
+pub mod workload;
+
+pub use workload::{ParseError, Step, Steps, WorkloadKind};
+
+/// Guest-physical address of the [`BootInfo`] page the VMM fills before boot.
+pub const BOOT_INFO_ADDR: u64 = 0x7000;
+/// Guest-physical address of the [`Status`] page (guest writes, VMM reads;
+/// the VMM writes only [`Status::command`]).
+pub const STATUS_ADDR: u64 = 0x8000;
+/// Start of the page tables the VMM builds (PML4, PDPT, then page directories).
+pub const PAGE_TABLES_ADDR: u64 = 0x9000;
+/// Start of the GDT the VMM writes (null, code64 DPL0, data DPL0, code64 DPL3,
+/// data DPL3, TSS).
+pub const GDT_ADDR: u64 = 0x500;
+/// Bottom of the region holding the per-vCPU stacks.
+pub const STACKS_BASE: u64 = 0x10_0000;
+/// Size of one vCPU's stack.
+pub const STACK_SIZE: u64 = 0x4000;
+/// Most vCPUs the probe guest supports (stacks must fit below the image).
+pub const MAX_VCPUS: u32 = ((IMAGE_BASE - STACKS_BASE) / STACK_SIZE) as u32;
+/// Where the probe guest's ELF image is linked (`.text` starts here).
+pub const IMAGE_BASE: u64 = 0x20_0000;
+/// First byte of the workload data area; everything below is reserved.
+pub const DATA_BASE: u64 = 0x100_0000;
+/// Guest page size used by the probe's workloads.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Top of vCPU `index`'s stack (the VMM sets RSP to this minus 8 so the
+/// entry's prologue sees the alignment a `call` would leave).
+pub const fn stack_top(index: u32) -> u64 {
+    STACKS_BASE + (index as u64 + 1) * STACK_SIZE
+}
+
+/// Serial port (COM1) the guest prints on.
+pub const PORT_SERIAL: u16 = 0x3f8;
+/// 32-bit `out`: the guest is done; the value is its exit status.
+pub const PORT_EXIT: u16 = 0xf4;
+/// 32-bit `out`: this vCPU has nothing more to do; the VMM stops running it.
+pub const PORT_PARK: u16 = 0xf6;
+/// 32-bit `out`: guest-physical address of a [`Report`] to read.
+pub const PORT_REPORT: u16 = 0xf8;
+
+/// Exit status: the workload passed.
+pub const EXIT_PASS: u32 = 0;
+/// Exit status: the workload ran and found a failure (for example a bad stamp).
+pub const EXIT_FAIL: u32 = 1;
+/// Exit status: the workload string could not be understood.
+pub const EXIT_BAD_WORKLOAD: u32 = 2;
+/// Exit status: the guest panicked.
+pub const EXIT_PANIC: u32 = 3;
+
+/// `BootInfo::magic`: "TERNPRB1".
+pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"TERNPRB1");
+/// `Status::magic`: "TERNSTA1", written by the guest once it started.
+pub const STATUS_MAGIC: u64 = u64::from_le_bytes(*b"TERNSTA1");
+/// Version of this contract; the guest refuses a boot info of another one.
+pub const ABI_VERSION: u32 = 1;
+/// Most bytes of workload text the VMM can pass.
+pub const WORKLOAD_MAX: usize = 2048;
+/// Most RAM regions described to the guest.
+pub const MAX_MEM_REGIONS: usize = 4;
+/// Largest report payload in bytes.
+pub const REPORT_MAX: u32 = 4000;
+
+/// One range of guest RAM.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemRegion {
+    /// Guest-physical start.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// What the VMM tells the guest before boot, at [`BOOT_INFO_ADDR`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BootInfo {
+    /// [`BOOT_MAGIC`].
+    pub magic: u64,
+    /// [`ABI_VERSION`].
+    pub version: u32,
+    /// Number of vCPUs started.
+    pub vcpus: u32,
+    /// TSC frequency in kHz (for rate control; 0 if unknown).
+    pub tsc_khz: u64,
+    /// Number of valid entries in `mem`.
+    pub mem_count: u32,
+    /// Length of the workload text.
+    pub workload_len: u32,
+    /// RAM ranges, ascending.
+    pub mem: [MemRegion; MAX_MEM_REGIONS],
+    /// Workload text (the part after `probe:`), UTF-8.
+    pub workload: [u8; WORKLOAD_MAX],
+}
+
+/// Commands the VMM writes into [`Status::command`].
+pub mod command {
+    /// Nothing asked.
+    pub const NONE: u32 = 0;
+    /// Finish the current open-ended step (`dirty`, `touch`) and go on.
+    pub const STOP: u32 = 1;
+}
+
+/// Phases the guest publishes in [`Status::phase`].
+pub mod phase {
+    /// Not started yet (page still zero).
+    pub const BOOTING: u32 = 0;
+    /// Running a step.
+    pub const RUNNING: u32 = 1;
+    /// All steps done, exiting.
+    pub const DONE: u32 = 2;
+}
+
+/// The guest's published progress, at [`STATUS_ADDR`]. All fields are
+/// naturally aligned so each one can be read without tearing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Status {
+    /// [`STATUS_MAGIC`] once the guest has started.
+    pub magic: u64,
+    /// See [`phase`].
+    pub phase: u32,
+    /// Index of the step running now.
+    pub step: u32,
+    /// Written by the VMM only: see [`command`].
+    pub command: u32,
+    /// Incremented by the guest each time it acts on a command.
+    pub command_ack: u32,
+    /// `dirty`: generation being written now (1 in the first pass).
+    pub generation: u64,
+    /// `dirty`: pages of the current generation already written.
+    pub cursor: u64,
+    /// `dirty`: pages in the working set.
+    pub pages: u64,
+    /// `touch`: rounds completed.
+    pub touch_rounds: u64,
+    /// `touch`: round the VMM asks for (written by the VMM).
+    pub touch_request: u64,
+    /// `vcpus`: number of vCPUs that checked in.
+    pub checked_in: u32,
+    /// Padding to keep 8-byte alignment.
+    pub _pad: u32,
+}
+
+/// Byte offset of [`Status::command`] inside the status page.
+pub const STATUS_COMMAND_OFFSET: u64 = 16;
+/// Byte offset of [`Status::generation`].
+pub const STATUS_GENERATION_OFFSET: u64 = 24;
+/// Byte offset of [`Status::touch_request`].
+pub const STATUS_TOUCH_REQUEST_OFFSET: u64 = 56;
+
+/// Header of a report the guest sends through [`PORT_REPORT`]: `len` bytes of
+/// UTF-8 text follow it directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Report {
+    /// Payload length, at most [`REPORT_MAX`].
+    pub len: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn layout_constants_match_structs() {
+        assert_eq!(offset_of!(Status, command) as u64, STATUS_COMMAND_OFFSET);
+        assert_eq!(
+            offset_of!(Status, generation) as u64,
+            STATUS_GENERATION_OFFSET
+        );
+        assert_eq!(
+            offset_of!(Status, touch_request) as u64,
+            STATUS_TOUCH_REQUEST_OFFSET
+        );
+        assert!(size_of::<Status>() as u64 <= PAGE_SIZE);
+        assert!(size_of::<BootInfo>() as u64 <= PAGE_SIZE);
+    }
+
+    #[test]
+    fn reserved_areas_do_not_overlap() {
+        assert!(BOOT_INFO_ADDR + PAGE_SIZE <= STATUS_ADDR);
+        assert!(STATUS_ADDR + PAGE_SIZE <= PAGE_TABLES_ADDR);
+        assert!(stack_top(MAX_VCPUS - 1) <= IMAGE_BASE);
+        assert!(IMAGE_BASE < DATA_BASE);
+        assert_eq!(MAX_VCPUS, 64);
+    }
+}

@@ -1,0 +1,2 @@
+//! The VHDX virtual disk format.
+#![forbid(unsafe_code)]
