@@ -1,0 +1,66 @@
+//! Helpers shared by Tern's tests.
+//!
+//! A test that cannot run here (no `/dev/kvm`, a host tool missing) must not
+//! pass silently: [`skip`] prints a loud line and appends it to the file named
+//! by `TERN_SKIP_LOG`, which the test script counts and prints at the end.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Records that `test` was skipped for `reason`. Call it, then `return`.
+pub fn skip(test: &str, reason: &str) {
+    let line = format!("SKIP {test}: {reason}");
+    eprintln!("\n*** {line} ***\n");
+    if let Some(path) = std::env::var_os("TERN_SKIP_LOG") {
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// True when `/dev/kvm` can be opened read-write; otherwise records a skip.
+pub fn kvm_available(test: &str) -> bool {
+    match OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => true,
+        Err(e) => {
+            skip(test, &format!("/dev/kvm not usable: {e}"));
+            false
+        }
+    }
+}
+
+/// Finds `tool` on PATH; otherwise records a skip.
+pub fn tool(test: &str, tool: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        skip(test, &format!("host tool '{tool}' not installed"));
+    }
+    found
+}
+
+/// The workspace's target directory for the current profile (where
+/// `tern` and `probe-guest` are built), derived from the test executable.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of the probe guest image built beside the tests.
+pub fn probe_guest() -> PathBuf {
+    let p = target_dir().join("probe-guest");
+    assert!(
+        p.is_file(),
+        "{} missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}

@@ -1,0 +1,1 @@
+//! Loading guests into memory: the probe guest and Linux.
