@@ -17,7 +17,7 @@ pub use workload::{ParseError, Step, Steps, WorkloadKind};
 /// Guest-physical address of the [`BootInfo`] page the VMM fills before boot.
 pub const BOOT_INFO_ADDR: u64 = 0x7000;
 /// Guest-physical address of the [`Status`] page (guest writes, VMM reads;
-/// the VMM writes only [`Status::command`]).
+/// the VMM writes only [`Status::command`] and [`Status::touch_request`]).
 pub const STATUS_ADDR: u64 = 0x8000;
 /// Start of the page tables the VMM builds (PML4, PDPT, then page directories).
 pub const PAGE_TABLES_ADDR: u64 = 0x9000;
@@ -107,6 +107,13 @@ pub struct BootInfo {
 }
 
 /// Commands the VMM writes into [`Status::command`].
+///
+/// The VMM writes a command and waits for [`Status::command_ack`] to grow.
+/// The open-ended step running then (or the next one to start) takes it by
+/// writing [`NONE`](command::NONE) back and then incrementing `command_ack`,
+/// so one STOP ends exactly one step, and the VMM may write the next STOP,
+/// for a later step, as soon as it saw the acknowledgement, without clearing
+/// the mailbox itself.
 pub mod command {
     /// Nothing asked.
     pub const NONE: u32 = 0;
@@ -135,7 +142,8 @@ pub struct Status {
     pub phase: u32,
     /// Index of the step running now.
     pub step: u32,
-    /// Written by the VMM only: see [`command`].
+    /// Written by the VMM (a command) and by the guest (NONE, when it takes
+    /// one): see [`command`].
     pub command: u32,
     /// Incremented by the guest each time it acts on a command.
     pub command_ack: u32,
@@ -193,10 +201,10 @@ mod tests {
 
     #[test]
     fn reserved_areas_do_not_overlap() {
-        assert!(BOOT_INFO_ADDR + PAGE_SIZE <= STATUS_ADDR);
-        assert!(STATUS_ADDR + PAGE_SIZE <= PAGE_TABLES_ADDR);
+        const { assert!(BOOT_INFO_ADDR + PAGE_SIZE <= STATUS_ADDR) };
+        const { assert!(STATUS_ADDR + PAGE_SIZE <= PAGE_TABLES_ADDR) };
         assert!(stack_top(MAX_VCPUS - 1) <= IMAGE_BASE);
-        assert!(IMAGE_BASE < DATA_BASE);
+        const { assert!(IMAGE_BASE < DATA_BASE) };
         assert_eq!(MAX_VCPUS, 64);
     }
 }

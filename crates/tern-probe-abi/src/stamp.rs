@@ -25,6 +25,10 @@ pub fn stamp_word(index: u64, generation: u64, w: usize) -> u64 {
 }
 
 /// Fills `page` with the stamp of (`index`, `generation`).
+// `#[inline]` on the helpers the guest calls per page or per word: they are
+// then compiled with the guest's optimization level, not this crate's (which
+// is 0 in debug builds, far too slow for the `dirty` loop).
+#[inline]
 pub fn fill_page(page: &mut [u64; WORDS_PER_PAGE], index: u64, generation: u64) {
     for (w, word) in page.iter_mut().enumerate() {
         *word = stamp_word(index, generation, w);
@@ -34,6 +38,7 @@ pub fn fill_page(page: &mut [u64; WORDS_PER_PAGE], index: u64, generation: u64) 
 /// The generation a page must hold after the `dirty` workload stopped at
 /// (`generation`, `cursor`): pages before the cursor were rewritten in the
 /// current pass, the rest still hold the previous one (0: never written).
+#[inline]
 pub fn expected_generation(index: u64, generation: u64, cursor: u64) -> u64 {
     if index < cursor {
         generation
@@ -60,6 +65,7 @@ pub enum PageCheck {
 
 /// Checks `page` against the stamp of (`index`, `generation`); generation 0
 /// means the page was never written and must be all zeros.
+#[inline]
 pub fn check_page(page: &[u64; WORDS_PER_PAGE], index: u64, generation: u64) -> PageCheck {
     for (w, &word) in page.iter().enumerate() {
         let want = if generation == 0 {
@@ -94,6 +100,7 @@ pub fn data_pages(regions: &[MemRegion]) -> u64 {
 /// Guest-physical address of workload data page `index`, walking `regions`
 /// in order and skipping everything below [`DATA_BASE`]. `None` if the page
 /// lies beyond the RAM described.
+#[inline]
 pub fn data_page_addr(regions: &[MemRegion], mut index: u64) -> Option<u64> {
     for r in regions {
         let start = r.start.max(DATA_BASE);
@@ -113,6 +120,7 @@ pub fn data_page_addr(regions: &[MemRegion], mut index: u64) -> Option<u64> {
 /// The `i`-th page (of `count` per round) the `touch` workload writes in
 /// round `round`, within a span of `span_pages` data pages. Deterministic, so
 /// the VMM can compute the same set.
+#[inline]
 pub fn touch_page(seed: u64, round: u64, i: u64, span_pages: u64) -> u64 {
     // splitmix64: cheap, well spread, the same on both sides.
     let mut z = seed
