@@ -1,1 +1,3 @@
 //! Loading guests into memory: the probe guest and Linux.
+
+pub mod linux;
