@@ -6,8 +6,9 @@
 //! `__BOOT_CS` = 0x10, `__BOOT_DS` = 0x18, interrupts off), sets RSI to
 //! [`LinuxEntry::boot_params`] and RIP to [`LinuxEntry::entry`].
 //!
-//! Guest-physical layout (nothing here overlaps the GDT at 0x500 or the page
-//! tables from 0x9000 that the CPU setup writes):
+//! Guest-physical layout (nothing here overlaps the GDT and TSS at 0x500 or
+//! the page tables from 0x9000 that the CPU setup writes; those reach
+//! 0x4b000 when the identity map covers 64 GiB):
 //!
 //! | range | contents |
 //! |---|---|
@@ -38,13 +39,17 @@ use crate::memory::GuestMem;
 
 /// Where the `boot_params` structure (the "zero page") is written.
 pub const BOOT_PARAMS_ADDR: u64 = 0x7000;
-/// Where the command line is written.
-pub const CMDLINE_ADDR: u64 = 0x2_0000;
+/// Where the command line is written: above the largest identity page
+/// tables, below [`EBDA_START`].
+pub const CMDLINE_ADDR: u64 = 0x8_0000;
 /// Room reserved for the command line, terminating NUL included.
 pub const CMDLINE_SPACE: u64 = 0x1_0000;
 /// Start of the extended BIOS data area; the e820 map reserves from here to
 /// 1 MiB, as a PC BIOS would.
 pub const EBDA_START: u64 = 0x9_fc00;
+// The command line must stay in the RAM part of the legacy area.
+const _: () = assert!(CMDLINE_ADDR + CMDLINE_SPACE <= EBDA_START);
+
 /// Where RAM above the legacy area starts and where the kernel is loaded.
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 
