@@ -1,8 +1,12 @@
 //! `tern`: the command line, the VM worker (`tern run`) and disk tools.
 //!
-//! Exit codes scripts can rely on are listed in README.md.
+//! Exit codes scripts can rely on are in [`exit_code`] and README.md.
 
+mod control;
 mod disk;
+mod exit_code;
+mod run;
+mod size;
 
 use clap::{Parser, Subcommand};
 
@@ -16,14 +20,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one VM in the foreground (the VM worker).
+    Run(run::RunArgs),
     /// Virtual disk tools (VHDX and raw).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit_code::USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
     let code = match cli.command {
+        Command::Run(args) => run::run(args),
         Command::Disk(cmd) => disk::run(cmd),
     };
     std::process::exit(code);

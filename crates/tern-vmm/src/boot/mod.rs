@@ -1,3 +1,4 @@
 //! Loading guests into memory: the probe guest and Linux.
 
 pub mod linux;
+pub mod probe;
