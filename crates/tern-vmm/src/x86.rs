@@ -140,8 +140,10 @@ pub fn write_tables(mem: &GuestMem, mem_end: u64) -> Result<(), X86Error> {
     tss[TSS_LIMIT as usize] = 0xff;
     w("TSS", mem.write_slice(&tss, GuestAddress(TSS_ADDR)))?;
 
-    const PRESENT_RW_USER: u64 = 0x7;
-    const PAGE_2M: u64 = 0x80;
+    // Accessed (and for leaves Dirty) are preset so the CPU never writes
+    // the tables: they stay out of dirty logs and migration rounds.
+    const PRESENT_RW_USER: u64 = 0x7 | 0x20;
+    const PAGE_2M: u64 = 0x80 | 0x40;
     let pml4 = PAGE_TABLES_ADDR;
     let pdpt = pml4 + 0x1000;
     let pd_base = pdpt + 0x1000;
@@ -294,12 +296,12 @@ mod tests {
             .mem
             .read_obj(GuestAddress(PAGE_TABLES_ADDR + 0x2000 + 8 * 3))
             .unwrap();
-        assert_eq!(pde, (3 << 21) | 0x87);
+        assert_eq!(pde, (3 << 21) | 0xe7);
         // The last PD maps the top of the fourth GiB.
         let last: u64 = ram
             .mem
             .read_obj(GuestAddress(PAGE_TABLES_ADDR + 0x2000 + 3 * 0x1000 + 511 * 8))
             .unwrap();
-        assert_eq!(last, (3 << 30) | (511 << 21) | 0x87);
+        assert_eq!(last, (3 << 30) | (511 << 21) | 0xe7);
     }
 }
