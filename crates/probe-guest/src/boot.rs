@@ -10,16 +10,16 @@ pub fn info() -> &'static BootInfo {
     unsafe { &*(BOOT_INFO_ADDR as *const BootInfo) }
 }
 
-/// Whether the VMM speaks this guest's ABI; the reason if not.
+/// Whether the VMM speaks this guest's ABI; the reason (one word) if not.
 pub fn validate(info: &BootInfo) -> Result<(), &'static str> {
     if info.magic != BOOT_MAGIC {
-        Err("bad boot info magic")
+        Err("bad-magic")
     } else if info.version != ABI_VERSION {
-        Err("unsupported boot info version")
+        Err("unsupported-version")
     } else if info.mem_count as usize > MAX_MEM_REGIONS {
-        Err("too many memory regions")
+        Err("too-many-regions")
     } else if info.workload_len as usize > info.workload.len() {
-        Err("workload text too long")
+        Err("workload-too-long")
     } else {
         Ok(())
     }

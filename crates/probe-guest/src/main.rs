@@ -53,7 +53,20 @@ static PANICKED: AtomicBool = AtomicBool::new(false);
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
     if !PANICKED.swap(true, Ordering::AcqRel) {
-        report::send_from_panic(format_args!("panic result=fail message={info}"));
+        // One line, message last: it is free text.
+        match info.location() {
+            Some(at) => report::send_from_panic(format_args!(
+                "panic result=fail location={}:{}:{} message={}",
+                at.file(),
+                at.line(),
+                at.column(),
+                info.message()
+            )),
+            None => report::send_from_panic(format_args!(
+                "panic result=fail message={}",
+                info.message()
+            )),
+        }
     }
     io::exit(EXIT_PANIC)
 }

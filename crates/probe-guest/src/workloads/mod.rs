@@ -83,7 +83,7 @@ pub fn run_primary() -> ! {
     status::magic().store(STATUS_MAGIC, Ordering::Release);
 
     let Some(text) = boot::workload(info) else {
-        report!("workload result=fail error=workload text is not UTF-8");
+        report!("workload result=fail reason=not-utf8");
         io::exit(EXIT_BAD_WORKLOAD);
     };
     println!(
@@ -94,7 +94,7 @@ pub fn run_primary() -> ! {
     let steps = match parse(text) {
         Ok(steps) => steps,
         Err(e) => {
-            report!("workload result=fail error={e}");
+            report!("workload result=fail reason=bad-workload error={e}");
             io::exit(EXIT_BAD_WORKLOAD);
         }
     };
