@@ -34,6 +34,15 @@ pub const MAX_VCPUS: u32 = ((IMAGE_BASE - STACKS_BASE) / STACK_SIZE) as u32;
 pub const IMAGE_BASE: u64 = 0x20_0000;
 /// First byte of the workload data area; everything below is reserved.
 pub const DATA_BASE: u64 = 0x100_0000;
+/// Start of the memory the probe's device drivers use for virtqueues and
+/// I/O buffers (the probe image must end below it).
+pub const DEVICE_MEM_BASE: u64 = 0x80_0000;
+/// Size of the device memory area (up to [`DATA_BASE`]).
+pub const DEVICE_MEM_SIZE: u64 = DATA_BASE - DEVICE_MEM_BASE;
+/// Most devices described in [`BootInfo::devices`].
+pub const MAX_DEVICES: usize = 8;
+/// [`DeviceInfo::kind`] of a virtio-mmio block device.
+pub const DEVICE_VIRTIO_BLK: u32 = 2;
 /// Guest page size used by the probe's workloads.
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -66,7 +75,7 @@ pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"TERNPRB1");
 /// `Status::magic`: "TERNSTA1", written by the guest once it started.
 pub const STATUS_MAGIC: u64 = u64::from_le_bytes(*b"TERNSTA1");
 /// Version of this contract; the guest refuses a boot info of another one.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// Most bytes of workload text the VMM can pass.
 pub const WORKLOAD_MAX: usize = 2048;
 /// Most RAM regions described to the guest.
@@ -104,6 +113,26 @@ pub struct BootInfo {
     pub mem: [MemRegion; MAX_MEM_REGIONS],
     /// Workload text (the part after `probe:`), UTF-8.
     pub workload: [u8; WORKLOAD_MAX],
+    /// Number of valid entries in `devices`.
+    pub device_count: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// Devices, in the order of the `disk=N` workload parameter.
+    pub devices: [DeviceInfo; MAX_DEVICES],
+}
+
+/// A device the VMM attached (virtio-mmio, version 2 transport).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// [`DEVICE_VIRTIO_BLK`].
+    pub kind: u32,
+    /// The interrupt line (the probe polls, but reports it).
+    pub irq: u32,
+    /// Guest-physical base of the MMIO register window.
+    pub mmio_base: u64,
+    /// Size of the window.
+    pub mmio_len: u64,
 }
 
 /// Commands the VMM writes into [`Status::command`].
@@ -159,8 +188,14 @@ pub struct Status {
     pub touch_request: u64,
     /// `vcpus`: number of vCPUs that checked in.
     pub checked_in: u32,
-    /// Padding to keep 8-byte alignment.
-    pub _pad: u32,
+    /// `blk-capacity`: capacity changes seen.
+    pub blk_capacity_changes: u32,
+    /// `blk-*`: disk capacity in bytes as the guest last read it.
+    pub blk_capacity: u64,
+    /// `blk-*`: end of the disk range the guest uses (bytes); the VMM
+    /// refuses to shrink the disk below it. Set by `blk-verify`
+    /// (to the end of what it wrote) and lowered by `blk-trim`.
+    pub blk_in_use_end: u64,
 }
 
 /// Byte offset of [`Status::command`] inside the status page.
@@ -169,6 +204,8 @@ pub const STATUS_COMMAND_OFFSET: u64 = 16;
 pub const STATUS_GENERATION_OFFSET: u64 = 24;
 /// Byte offset of [`Status::touch_request`].
 pub const STATUS_TOUCH_REQUEST_OFFSET: u64 = 56;
+/// Byte offset of [`Status::blk_in_use_end`].
+pub const STATUS_BLK_IN_USE_END_OFFSET: u64 = 80;
 
 /// Header of a report the guest sends through [`PORT_REPORT`]: `len` bytes of
 /// UTF-8 text follow it directly.
@@ -195,6 +232,10 @@ mod tests {
             offset_of!(Status, touch_request) as u64,
             STATUS_TOUCH_REQUEST_OFFSET
         );
+        assert_eq!(
+            offset_of!(Status, blk_in_use_end) as u64,
+            STATUS_BLK_IN_USE_END_OFFSET
+        );
         assert!(size_of::<Status>() as u64 <= PAGE_SIZE);
         assert!(size_of::<BootInfo>() as u64 <= PAGE_SIZE);
     }
@@ -204,7 +245,8 @@ mod tests {
         const { assert!(BOOT_INFO_ADDR + PAGE_SIZE <= STATUS_ADDR) };
         const { assert!(STATUS_ADDR + PAGE_SIZE <= PAGE_TABLES_ADDR) };
         assert!(stack_top(MAX_VCPUS - 1) <= IMAGE_BASE);
-        const { assert!(IMAGE_BASE < DATA_BASE) };
+        const { assert!(IMAGE_BASE < DEVICE_MEM_BASE) };
+        const { assert!(DEVICE_MEM_BASE + DEVICE_MEM_SIZE == DATA_BASE) };
         assert_eq!(MAX_VCPUS, 64);
     }
 }

@@ -24,16 +24,61 @@ pub enum WorkloadKind {
     /// On each round the VMM asks for, write `pages` pages chosen by
     /// [`crate::stamp::touch_page`] within `span` MiB; until told to stop.
     Touch,
+    /// Write a pattern over `mib` MiB of disk `disk` (0: the whole disk),
+    /// read it back, report mismatches.
+    BlkVerify,
+    /// Run `mix` I/O of `bs` bytes at queue depth `qd` for `secs` seconds
+    /// on disk `disk`; report the IOPS achieved.
+    BlkIops,
+    /// Watch disk `disk`'s capacity, report each change; until told to stop.
+    BlkCapacity,
+    /// Discard disk `disk` from `from` MiB to its end and release that tail.
+    BlkTrim,
+}
+
+/// Access pattern of `blk-iops`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mix {
+    /// Random reads.
+    RandRead,
+    /// Random writes.
+    RandWrite,
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+}
+
+impl Mix {
+    /// The name used in workload strings.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mix::RandRead => "randread",
+            Mix::RandWrite => "randwrite",
+            Mix::Read => "read",
+            Mix::Write => "write",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Self> {
+        [Mix::RandRead, Mix::RandWrite, Mix::Read, Mix::Write]
+            .into_iter()
+            .find(|m| m.name() == s)
+    }
 }
 
 impl WorkloadKind {
     /// Every workload with its name, for help texts.
-    pub const ALL: [WorkloadKind; 5] = [
+    pub const ALL: [WorkloadKind; 9] = [
         WorkloadKind::Hello,
         WorkloadKind::Vcpus,
         WorkloadKind::Dirty,
         WorkloadKind::Verify,
         WorkloadKind::Touch,
+        WorkloadKind::BlkVerify,
+        WorkloadKind::BlkIops,
+        WorkloadKind::BlkCapacity,
+        WorkloadKind::BlkTrim,
     ];
 
     /// The name used in workload strings.
@@ -44,6 +89,10 @@ impl WorkloadKind {
             WorkloadKind::Dirty => "dirty",
             WorkloadKind::Verify => "verify",
             WorkloadKind::Touch => "touch",
+            WorkloadKind::BlkVerify => "blk-verify",
+            WorkloadKind::BlkIops => "blk-iops",
+            WorkloadKind::BlkCapacity => "blk-capacity",
+            WorkloadKind::BlkTrim => "blk-trim",
         }
     }
 
@@ -52,6 +101,10 @@ impl WorkloadKind {
             WorkloadKind::Hello | WorkloadKind::Vcpus | WorkloadKind::Verify => &[],
             WorkloadKind::Dirty => &["mib", "rate"],
             WorkloadKind::Touch => &["pages", "span", "seed"],
+            WorkloadKind::BlkVerify => &["disk", "mib"],
+            WorkloadKind::BlkIops => &["disk", "bs", "qd", "secs", "mix"],
+            WorkloadKind::BlkCapacity => &["disk"],
+            WorkloadKind::BlkTrim => &["disk", "from"],
         }
     }
 
@@ -75,6 +128,18 @@ pub struct Step {
     pub span: u64,
     /// `touch`: seed (default 1).
     pub seed: u64,
+    /// `blk-*`: disk index (default 0).
+    pub disk: u64,
+    /// `blk-iops`: request size in bytes (default 4096; suffixes k/m).
+    pub bs: u64,
+    /// `blk-iops`: queue depth (default 1).
+    pub qd: u64,
+    /// `blk-iops`: duration in seconds (default 10).
+    pub secs: u64,
+    /// `blk-iops`: access pattern (default randread).
+    pub mix: Mix,
+    /// `blk-trim`: first MiB to discard (default 0).
+    pub from: u64,
 }
 
 impl Step {
@@ -86,6 +151,12 @@ impl Step {
             pages: 64,
             span: 16,
             seed: 1,
+            disk: 0,
+            bs: 4096,
+            qd: 1,
+            secs: 10,
+            mix: Mix::RandRead,
+            from: 0,
         }
     }
 }
@@ -146,9 +217,10 @@ impl fmt::Display for ParseError<'_> {
             ParseError::UnknownKey { workload, key } => {
                 write!(f, "probe workload '{workload}' has no parameter '{key}'")
             }
-            ParseError::BadValue { param } => {
-                write!(f, "bad probe parameter '{param}': expected KEY=NUMBER")
-            }
+            ParseError::BadValue { param } => write!(
+                f,
+                "bad probe parameter '{param}': expected KEY=NUMBER (k/m/g suffix allowed) or mix=randread|randwrite|read|write"
+            ),
             ParseError::Zero { key } => write!(f, "probe parameter '{key}' must be at least 1"),
             ParseError::TooManySteps => write!(f, "more than {MAX_STEPS} probe workload steps"),
         }
@@ -185,29 +257,74 @@ fn parse_step(text: &str) -> Result<Step, ParseError<'_>> {
     let mut step = Step::new(kind);
     for param in fields {
         let param = param.trim();
-        let (key, value) = param.split_once('=').ok_or(ParseError::BadValue { param })?;
+        let (key, value) = param
+            .split_once('=')
+            .ok_or(ParseError::BadValue { param })?;
         let Some(&key_static) = kind.keys().iter().find(|k| **k == key) else {
             return Err(ParseError::UnknownKey {
                 workload: kind.name(),
                 key,
             });
         };
-        let value: u64 = value.parse().map_err(|_| ParseError::BadValue { param })?;
+        if key_static == "mix" {
+            step.mix = Mix::from_name(value).ok_or(ParseError::BadValue { param })?;
+            continue;
+        }
+        let value = parse_number(value).ok_or(ParseError::BadValue { param })?;
         match key_static {
             "mib" => step.mib = value,
             "rate" => step.rate = value,
             "pages" => step.pages = value,
             "span" => step.span = value,
             "seed" => step.seed = value,
+            "disk" => step.disk = value,
+            "bs" => step.bs = value,
+            "qd" => step.qd = value,
+            "secs" => step.secs = value,
+            "from" => step.from = value,
             _ => unreachable!("keys() lists only the keys above"),
         }
     }
-    for (key, value) in [("mib", step.mib), ("pages", step.pages), ("span", step.span)] {
+    // blk-verify's mib=0 means the whole disk; elsewhere sizes must be > 0.
+    let mib = if kind == WorkloadKind::BlkVerify {
+        1
+    } else {
+        step.mib
+    };
+    for (key, value) in [
+        ("mib", mib),
+        ("pages", step.pages),
+        ("span", step.span),
+        ("bs", step.bs),
+        ("qd", step.qd),
+        ("secs", step.secs),
+    ] {
         if value == 0 {
             return Err(ParseError::Zero { key });
         }
     }
+    if kind == WorkloadKind::BlkVerify && !parsed_mib(text) {
+        step.mib = 0;
+    }
     Ok(step)
+}
+
+fn parsed_mib(step_text: &str) -> bool {
+    step_text
+        .split(',')
+        .skip(1)
+        .any(|p| p.trim().starts_with("mib="))
+}
+
+/// A decimal number with an optional binary suffix `k`, `m` or `g`.
+fn parse_number(text: &str) -> Option<u64> {
+    let (digits, shift) = match text.as_bytes().last()? {
+        b'k' | b'K' => (&text[..text.len() - 1], 10),
+        b'm' | b'M' => (&text[..text.len() - 1], 20),
+        b'g' | b'G' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 #[cfg(test)]
@@ -250,6 +367,33 @@ mod tests {
         assert_eq!(
             parse("hello+hello+hello+hello+hello+hello+hello+hello+hello"),
             Err(ParseError::TooManySteps)
+        );
+    }
+
+    #[test]
+    fn parses_block_workloads() {
+        let s = parse("blk-iops,bs=64k,qd=32,secs=3,mix=randwrite,disk=1").unwrap();
+        let s = s.as_slice()[0];
+        assert_eq!(s.kind, WorkloadKind::BlkIops);
+        assert_eq!((s.bs, s.qd, s.secs, s.disk), (65536, 32, 3, 1));
+        assert_eq!(s.mix, Mix::RandWrite);
+        let v = parse("blk-verify").unwrap().as_slice()[0];
+        assert_eq!((v.kind, v.mib), (WorkloadKind::BlkVerify, 0));
+        let v = parse("blk-verify,mib=8+blk-trim,from=4").unwrap();
+        assert_eq!(v.as_slice()[0].mib, 8);
+        assert_eq!(v.as_slice()[1].from, 4);
+        assert_eq!(
+            parse("blk-iops,mix=sideways"),
+            Err(ParseError::BadValue {
+                param: "mix=sideways"
+            })
+        );
+        assert_eq!(parse("blk-iops,qd=0"), Err(ParseError::Zero { key: "qd" }));
+        assert_eq!(
+            parse("blk-iops,bs=99999999999g"),
+            Err(ParseError::BadValue {
+                param: "bs=99999999999g"
+            })
         );
     }
 

@@ -424,7 +424,14 @@ impl Vm {
             Guest::Probe { image, workload } => {
                 let entry = probe::load_image(&ram.mem, image)?;
                 let tsc_khz = vcpus[0].get_tsc_khz().map(u64::from).unwrap_or(0);
-                probe::write_boot_info(&ram.mem, config.vcpus, tsc_khz, &ram.regions, workload)?;
+                probe::write_boot_info(
+                    &ram.mem,
+                    config.vcpus,
+                    tsc_khz,
+                    &ram.regions,
+                    &[],
+                    workload,
+                )?;
                 let tp = TestPort::new(
                     ram.mem.clone(),
                     ProbeSink {
@@ -694,7 +701,9 @@ pub fn read_status(mem: &crate::memory::GuestMem) -> Result<Status, vm_memory::G
         touch_rounds: mem.read_obj(at(offset_of!(Status, touch_rounds)))?,
         touch_request: mem.read_obj(at(offset_of!(Status, touch_request)))?,
         checked_in: mem.read_obj(at(offset_of!(Status, checked_in)))?,
-        _pad: 0,
+        blk_capacity_changes: mem.read_obj(at(offset_of!(Status, blk_capacity_changes)))?,
+        blk_capacity: mem.read_obj(at(offset_of!(Status, blk_capacity)))?,
+        blk_in_use_end: mem.read_obj(at(offset_of!(Status, blk_in_use_end)))?,
     })
 }
 
@@ -706,7 +715,11 @@ fn set_slot(
 ) -> Result<(), VmError> {
     let mr = kvm_userspace_memory_region {
         slot,
-        flags: if log_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+        flags: if log_dirty {
+            KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        },
         guest_phys_addr: region.start_addr().0,
         memory_size: region.len(),
         userspace_addr: region.as_ptr() as u64,
@@ -757,9 +770,7 @@ fn vcpu_thread(id: u32, vcpu: Arc<Mutex<VcpuFd>>, shared: Arc<Shared>) {
 fn run_once(v: &mut VcpuFd, shared: &Shared) -> Action {
     let exit = match v.run() {
         Ok(e) => e,
-        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-            return Action::Continue
-        }
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Action::Continue,
         Err(e) => return Action::Crash(format!("KVM_RUN failed: {e}")),
     };
     match exit {
@@ -787,9 +798,9 @@ fn run_once(v: &mut VcpuFd, shared: &Shared) -> Action {
             Action::Continue
         }
         VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => Action::Continue,
-        VcpuExit::Shutdown => {
-            Action::Crash("triple fault (KVM_EXIT_SHUTDOWN): the guest faulted with no usable handler".into())
-        }
+        VcpuExit::Shutdown => Action::Crash(
+            "triple fault (KVM_EXIT_SHUTDOWN): the guest faulted with no usable handler".into(),
+        ),
         VcpuExit::InternalError => {
             let sub = v.get_kvm_run();
             // SAFETY: for KVM_EXIT_INTERNAL_ERROR the kernel filled the
@@ -810,11 +821,13 @@ fn run_once(v: &mut VcpuFd, shared: &Shared) -> Action {
         )),
         VcpuExit::SystemEvent(kind, _) => match kind {
             kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN | kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
-                shared.control.finish(if kind == kvm_bindings::KVM_SYSTEM_EVENT_RESET {
-                    VmExit::Reset
-                } else {
-                    VmExit::Stopped
-                });
+                shared
+                    .control
+                    .finish(if kind == kvm_bindings::KVM_SYSTEM_EVENT_RESET {
+                        VmExit::Reset
+                    } else {
+                        VmExit::Stopped
+                    });
                 Action::Continue
             }
             other => Action::Crash(format!("unexpected system event {other}")),

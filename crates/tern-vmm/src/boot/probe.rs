@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use tern_probe_abi::{
-    BootInfo, MemRegion, ABI_VERSION, BOOT_INFO_ADDR, BOOT_MAGIC, DATA_BASE, IMAGE_BASE,
-    MAX_MEM_REGIONS, WORKLOAD_MAX,
+    BootInfo, DeviceInfo, MemRegion, ABI_VERSION, BOOT_INFO_ADDR, BOOT_MAGIC, DEVICE_MEM_BASE,
+    IMAGE_BASE, MAX_DEVICES, MAX_MEM_REGIONS, WORKLOAD_MAX,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -33,7 +33,7 @@ pub enum ProbeError {
         why: String,
     },
     /// The image lies outside the area reserved for it.
-    #[error("probe guest image {path} spans {start:#x}..{end:#x}, outside {IMAGE_BASE:#x}..{DATA_BASE:#x}")]
+    #[error("probe guest image {path} spans {start:#x}..{end:#x}, outside {IMAGE_BASE:#x}..{DEVICE_MEM_BASE:#x}")]
     Placement {
         /// The image.
         path: PathBuf,
@@ -67,7 +67,7 @@ pub fn load_image(mem: &GuestMem, path: &Path) -> Result<u64, ProbeError> {
         }
     })?;
     let start = r.kernel_load.0;
-    if start < IMAGE_BASE || r.kernel_end > DATA_BASE || start >= r.kernel_end {
+    if start < IMAGE_BASE || r.kernel_end > DEVICE_MEM_BASE || start >= r.kernel_end {
         return Err(ProbeError::Placement {
             path: path.into(),
             start,
@@ -83,6 +83,7 @@ pub fn write_boot_info(
     vcpus: u32,
     tsc_khz: u64,
     regions: &[MemRegion],
+    devices: &[DeviceInfo],
     workload: &str,
 ) -> Result<(), ProbeError> {
     if workload.len() > WORKLOAD_MAX {
@@ -97,7 +98,13 @@ pub fn write_boot_info(
         workload_len: workload.len() as u32,
         mem: [MemRegion::default(); MAX_MEM_REGIONS],
         workload: [0; WORKLOAD_MAX],
+        device_count: devices.len().min(MAX_DEVICES) as u32,
+        _pad: 0,
+        devices: [DeviceInfo::default(); MAX_DEVICES],
     };
+    for (slot, d) in info.devices.iter_mut().zip(devices) {
+        *slot = *d;
+    }
     for (slot, r) in info.mem.iter_mut().zip(regions) {
         *slot = *r;
     }
@@ -116,7 +123,10 @@ fn boot_info_bytes(info: &BootInfo) -> Vec<u8> {
     put(offset_of!(BootInfo, version), &info.version.to_le_bytes());
     put(offset_of!(BootInfo, vcpus), &info.vcpus.to_le_bytes());
     put(offset_of!(BootInfo, tsc_khz), &info.tsc_khz.to_le_bytes());
-    put(offset_of!(BootInfo, mem_count), &info.mem_count.to_le_bytes());
+    put(
+        offset_of!(BootInfo, mem_count),
+        &info.mem_count.to_le_bytes(),
+    );
     put(
         offset_of!(BootInfo, workload_len),
         &info.workload_len.to_le_bytes(),
@@ -127,6 +137,23 @@ fn boot_info_bytes(info: &BootInfo) -> Vec<u8> {
         put(off + 8, &r.len.to_le_bytes());
     }
     put(offset_of!(BootInfo, workload), &info.workload);
+    put(
+        offset_of!(BootInfo, device_count),
+        &info.device_count.to_le_bytes(),
+    );
+    for (i, d) in info.devices.iter().enumerate() {
+        let off = offset_of!(BootInfo, devices) + i * std::mem::size_of::<DeviceInfo>();
+        put(off + offset_of!(DeviceInfo, kind), &d.kind.to_le_bytes());
+        put(off + offset_of!(DeviceInfo, irq), &d.irq.to_le_bytes());
+        put(
+            off + offset_of!(DeviceInfo, mmio_base),
+            &d.mmio_base.to_le_bytes(),
+        );
+        put(
+            off + offset_of!(DeviceInfo, mmio_len),
+            &d.mmio_len.to_le_bytes(),
+        );
+    }
     b
 }
 
@@ -138,7 +165,20 @@ mod tests {
     #[test]
     fn boot_info_lands_where_the_guest_reads_it() {
         let ram = GuestRam::new(32 << 20, Backing::Anonymous).unwrap();
-        write_boot_info(&ram.mem, 3, 2_000_000, &ram.regions, "dirty,mib=4").unwrap();
+        let dev = DeviceInfo {
+            kind: tern_probe_abi::DEVICE_VIRTIO_BLK,
+            irq: 16,
+            mmio_base: 0xd000_0000,
+            mmio_len: 0x1000,
+        };
+        let off = |o: usize| GuestAddress(BOOT_INFO_ADDR + o as u64);
+        write_boot_info(&ram.mem, 3, 2_000_000, &ram.regions, &[dev], "dirty,mib=4").unwrap();
+        let base: u64 = ram
+            .mem
+            .read_obj(off(std::mem::offset_of!(BootInfo, devices)
+                + std::mem::offset_of!(DeviceInfo, mmio_base)))
+            .unwrap();
+        assert_eq!(base, 0xd000_0000);
         let magic: u64 = ram.mem.read_obj(GuestAddress(BOOT_INFO_ADDR)).unwrap();
         assert_eq!(magic, BOOT_MAGIC);
         let off = |o: usize| GuestAddress(BOOT_INFO_ADDR + o as u64);
@@ -169,6 +209,6 @@ mod tests {
         assert!(e.to_string().contains("not a loadable x86-64 ELF"), "{e}");
         let e = load_image(&ram.mem, &dir.path().join("absent")).unwrap_err();
         assert!(e.to_string().contains("cannot open"), "{e}");
-        assert!(write_boot_info(&ram.mem, 1, 0, &ram.regions, &"x".repeat(5000)).is_err());
+        assert!(write_boot_info(&ram.mem, 1, 0, &ram.regions, &[], &"x".repeat(5000)).is_err());
     }
 }
