@@ -7,6 +7,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+pub use vm_superio::serial::SerialState;
+use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -77,6 +79,9 @@ pub enum SerialError {
         #[source]
         source: io::Error,
     },
+    /// A saved UART state was refused.
+    #[error("saved serial state is invalid: {0}")]
+    State(String),
     /// The console socket could not be created.
     #[error("cannot listen on serial socket {path}")]
     Socket {
@@ -129,7 +134,7 @@ impl Write for SerialOut {
 
 /// The COM1 device as placed on the PIO bus.
 pub struct SerialDevice {
-    uart: Serial<EventFdTrigger, vm_superio::serial::NoEvents, SerialOut>,
+    uart: Serial<EventFdTrigger, NoEvents, SerialOut>,
 }
 
 /// A serial device shared between the bus and input threads.
@@ -139,6 +144,15 @@ impl SerialDevice {
     /// Creates COM1 writing to `mode`, interrupting through `irq`. For
     /// [`SerialMode::Socket`] a listener thread accepts console clients.
     pub fn open(mode: &SerialMode, irq: EventFd) -> Result<SharedSerial, SerialError> {
+        Self::open_with_state(mode, irq, None)
+    }
+
+    /// Like [`SerialDevice::open`], continuing from a saved register state.
+    pub fn open_with_state(
+        mode: &SerialMode,
+        irq: EventFd,
+        state: Option<&SerialState>,
+    ) -> Result<SharedSerial, SerialError> {
         let mut listener = None;
         let kind = match mode {
             SerialMode::Stdout => OutKind::Stdout(io::stdout()),
@@ -163,9 +177,13 @@ impl SerialDevice {
                 OutKind::Clients(clients)
             }
         };
-        let dev = Arc::new(Mutex::new(SerialDevice {
-            uart: Serial::new(EventFdTrigger::new(irq), SerialOut { kind }),
-        }));
+        let out = SerialOut { kind };
+        let uart = match state {
+            None => Serial::new(EventFdTrigger::new(irq), out),
+            Some(st) => Serial::from_state(st, EventFdTrigger::new(irq), NoEvents, out)
+                .map_err(|e| SerialError::State(format!("{e:?}")))?,
+        };
+        let dev = Arc::new(Mutex::new(SerialDevice { uart }));
         if let Some((l, clients)) = listener {
             let dev = dev.clone();
             std::thread::Builder::new()
@@ -177,6 +195,11 @@ impl SerialDevice {
                 })?;
         }
         Ok(dev)
+    }
+
+    /// The UART's registers and pending input, for saving.
+    pub fn state(&self) -> SerialState {
+        self.uart.state()
     }
 
     /// Queues bytes typed by the user for the guest to read.

@@ -43,6 +43,8 @@ struct State {
     parked: u32,
     exited: u32,
     exit: Option<VmExit>,
+    /// Per vCPU: parked (the guest has nothing more to run on it).
+    parked_ids: Vec<bool>,
 }
 
 /// Run state as seen from outside.
@@ -80,7 +82,7 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    pub(crate) fn new(total: u32) -> Self {
+    pub(crate) fn new(total: u32, parked_ids: Vec<bool>) -> Self {
         Control {
             st: Mutex::new(State {
                 request: Request::Run,
@@ -89,6 +91,7 @@ impl Control {
                 parked: 0,
                 exited: 0,
                 exit: None,
+                parked_ids,
             }),
             cv: Condvar::new(),
             threads: Mutex::new(Vec::new()),
@@ -113,11 +116,19 @@ impl Control {
     /// Forgets the threads before they are joined (a joined thread's id
     /// must not be signalled).
     pub(crate) fn clear_threads(&self) {
-        self.threads.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     fn kick_all(&self) {
-        for &t in self.threads.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for &t in self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             // SAFETY: `t` belongs to a vCPU thread of this VM that has not been
             // joined (ids are removed before joining), so it is a valid
             // pthread id; the signal's handler is installed and does nothing.
@@ -147,9 +158,12 @@ impl Control {
 
     /// Called by a vCPU thread whose guest has nothing more to run on it:
     /// blocks until the VM stops.
-    pub(crate) fn park(&self) {
+    pub(crate) fn park(&self, id: u32) {
         let mut st = self.lock();
         st.parked += 1;
+        if let Some(p) = st.parked_ids.get_mut(id as usize) {
+            *p = true;
+        }
         self.cv.notify_all();
         while st.request != Request::Stop {
             st = self.wait(st);
@@ -247,6 +261,12 @@ impl Control {
                 .0;
         }
         Some(st.exit.clone().unwrap_or(VmExit::Stopped))
+    }
+
+    /// Whether vCPU `id` is parked (saved with the state; a restored parked
+    /// vCPU is not run again).
+    pub(crate) fn is_parked(&self, id: u32) -> bool {
+        self.lock().parked_ids.get(id as usize) == Some(&true)
     }
 
     pub(crate) fn state(&self) -> RunState {

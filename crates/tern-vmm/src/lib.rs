@@ -9,9 +9,11 @@
 pub mod boot;
 pub mod control;
 pub mod memory;
+pub mod state;
 pub mod vm;
 pub mod x86;
 
 pub use control::RunState;
-pub use memory::Backing;
+pub use memory::{Backing, MemorySource};
+pub use state::VmState;
 pub use vm::{Guest, Vm, VmConfig, VmError, VmExit, VmHooks};

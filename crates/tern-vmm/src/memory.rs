@@ -20,6 +20,26 @@ pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
 /// Smallest guest memory Tern accepts.
 pub const MIN_MEMORY: u64 = 1 << 20;
 
+/// Where a VM's initial memory contents come from.
+#[derive(Clone, Debug, Default)]
+pub enum MemorySource {
+    /// Zeroed memory, backed as [`Backing`] says.
+    #[default]
+    Fresh,
+    /// A memory image file (regions back to back). `lazy`: map it
+    /// copy-on-write, pages are read on first touch; otherwise copy it all
+    /// in before the VM runs.
+    File {
+        /// The image.
+        path: std::path::PathBuf,
+        /// Map instead of copy.
+        lazy: bool,
+    },
+    /// Another process's guest memory, handed over as a memfd (same-host
+    /// zero-copy migration): mapped shared, nothing is copied.
+    Memfd(std::sync::Arc<File>),
+}
+
 /// How guest RAM is backed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Backing {
@@ -47,6 +67,37 @@ pub enum MemoryError {
     /// Mapping failed.
     #[error("cannot map guest memory")]
     Map(#[source] vm_memory::mmap::FromRangesError),
+    /// Mapping a file region failed.
+    #[error("cannot map guest memory from a file")]
+    MapFile(#[source] vm_memory::mmap::MmapRegionError),
+    /// The memory image cannot be used.
+    #[error("memory image {path}")]
+    Image {
+        /// The image.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The memory image is smaller than the VM's memory.
+    #[error("memory image {path} has {have} bytes, the VM needs {need}")]
+    ImageSize {
+        /// The image.
+        path: std::path::PathBuf,
+        /// Its size.
+        have: u64,
+        /// The VM's memory size.
+        need: u64,
+    },
+    /// Copying memory to or from a file failed.
+    #[error("cannot copy guest memory {what}")]
+    Copy {
+        /// "to FILE" / "from FILE".
+        what: String,
+        /// Why.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
 }
 
 /// The RAM ranges for a guest of `size` bytes: everything below the MMIO
@@ -82,7 +133,7 @@ impl GuestRam {
                 why: "must be at least 1 MiB",
             });
         }
-        if size % 4096 != 0 {
+        if !size.is_multiple_of(4096) {
             return Err(MemoryError::BadSize {
                 size,
                 why: "must be a multiple of 4 KiB",
@@ -116,6 +167,121 @@ impl GuestRam {
     /// Total RAM in bytes.
     pub fn size(&self) -> u64 {
         self.regions.iter().map(|r| r.len).sum()
+    }
+
+    /// Guest RAM with its initial contents from `source`.
+    pub fn with_source(
+        size: u64,
+        backing: Backing,
+        source: &MemorySource,
+    ) -> Result<Self, MemoryError> {
+        match source {
+            MemorySource::Fresh => Self::new(size, backing),
+            MemorySource::Memfd(f) => Self::map_file(size, f, libc::MAP_SHARED, true),
+            MemorySource::File { path, lazy } => {
+                let img_err = |source| MemoryError::Image {
+                    path: path.clone(),
+                    source,
+                };
+                let file = File::open(path).map_err(img_err)?;
+                let have = file.metadata().map_err(img_err)?.len();
+                if have < size {
+                    return Err(MemoryError::ImageSize {
+                        path: path.clone(),
+                        have,
+                        need: size,
+                    });
+                }
+                if *lazy {
+                    // Copy-on-write: the image file is never written.
+                    Self::map_file(size, &file, libc::MAP_PRIVATE, false)
+                } else {
+                    let ram = Self::new(size, backing)?;
+                    ram.load_from(&file, path)?;
+                    Ok(ram)
+                }
+            }
+        }
+    }
+
+    /// Maps `file` (regions back to back) as guest RAM.
+    fn map_file(size: u64, file: &File, flags: i32, keep: bool) -> Result<Self, MemoryError> {
+        use vm_memory::mmap::{MmapRegionBuilder, NewBitmap};
+        use vm_memory::GuestRegionMmap;
+        let regions = ram_regions(size);
+        let mut offset = 0u64;
+        let mut mapped = Vec::new();
+        for r in &regions {
+            let f = file.try_clone().map_err(MemoryError::Memfd)?;
+            let mmap = MmapRegionBuilder::new_with_bitmap(
+                r.len as usize,
+                AtomicBitmap::with_len(r.len as usize),
+            )
+            .with_file_offset(FileOffset::new(f, offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags | libc::MAP_NORESERVE)
+            .build()
+            .map_err(MemoryError::MapFile)?;
+            mapped.push(GuestRegionMmap::new(mmap, GuestAddress(r.start)).ok_or(
+                MemoryError::BadSize {
+                    size,
+                    why: "region overflows the address space",
+                },
+            )?);
+            offset += r.len;
+        }
+        let mem = GuestMem::from_regions(mapped)
+            .map_err(|e| MemoryError::Map(vm_memory::mmap::FromRangesError::Collection(e)))?;
+        Ok(GuestRam {
+            mem,
+            regions,
+            memfd: if keep {
+                Some(file.try_clone().map_err(MemoryError::Memfd)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Copies a memory image (regions back to back) into guest memory.
+    pub fn load_from(&self, file: &File, path: &std::path::Path) -> Result<(), MemoryError> {
+        use std::io::{Seek, SeekFrom};
+        use vm_memory::Bytes;
+        let mut f = file.try_clone().map_err(MemoryError::Memfd)?;
+        f.seek(SeekFrom::Start(0))
+            .map_err(|source| MemoryError::Image {
+                path: path.into(),
+                source,
+            })?;
+        for r in &self.regions {
+            self.mem
+                .read_exact_volatile_from(GuestAddress(r.start), &mut f, r.len as usize)
+                .map_err(|source| MemoryError::Copy {
+                    what: format!("from {}", path.display()),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Writes guest memory (regions back to back) to `file` from offset 0.
+    pub fn save_to(&self, file: &mut File, path: &std::path::Path) -> Result<(), MemoryError> {
+        use std::io::{Seek, SeekFrom};
+        use vm_memory::Bytes;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|source| MemoryError::Image {
+                path: path.into(),
+                source,
+            })?;
+        for r in &self.regions {
+            self.mem
+                .write_all_volatile_to(GuestAddress(r.start), file, r.len as usize)
+                .map_err(|source| MemoryError::Copy {
+                    what: format!("to {}", path.display()),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 }
 
@@ -166,12 +332,54 @@ mod tests {
     }
 
     #[test]
+    fn images_load_eagerly_or_lazily_and_save_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("mem.img");
+        let mut data = vec![0u8; 4 << 20];
+        data[0x3000] = 0xab;
+        data[(4 << 20) - 1] = 0xcd;
+        std::fs::write(&img, &data).unwrap();
+        for lazy in [false, true] {
+            let src = MemorySource::File {
+                path: img.clone(),
+                lazy,
+            };
+            let ram = GuestRam::with_source(4 << 20, Backing::Anonymous, &src).unwrap();
+            let b: u8 = ram.mem.read_obj(GuestAddress(0x3000)).unwrap();
+            assert_eq!(b, 0xab, "lazy={lazy}");
+            // Writes never reach the image.
+            ram.mem.write_obj(0x11u8, GuestAddress(0x3000)).unwrap();
+            let out = dir.path().join(format!("out-{lazy}"));
+            let mut f = File::create(&out).unwrap();
+            ram.save_to(&mut f, &out).unwrap();
+            let saved = std::fs::read(&out).unwrap();
+            assert_eq!(saved.len(), 4 << 20);
+            assert_eq!((saved[0x3000], saved[(4 << 20) - 1]), (0x11, 0xcd));
+        }
+        assert_eq!(std::fs::read(&img).unwrap(), data, "image untouched");
+        let short = MemorySource::File {
+            path: img.clone(),
+            lazy: true,
+        };
+        let e = GuestRam::with_source(8 << 20, Backing::Anonymous, &short)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("needs"), "{e}");
+    }
+
+    #[test]
     fn memfd_backing_is_shared_with_the_file() {
         use std::os::unix::fs::FileExt;
         let ram = GuestRam::new(4 << 20, Backing::Memfd).unwrap();
-        ram.mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();
+        ram.mem
+            .write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
         let mut buf = [0u8; 4];
-        ram.memfd.as_ref().unwrap().read_exact_at(&mut buf, 0x1000).unwrap();
+        ram.memfd
+            .as_ref()
+            .unwrap()
+            .read_exact_at(&mut buf, 0x1000)
+            .unwrap();
         assert_eq!(u32::from_le_bytes(buf), 0xdead_beef);
         assert_eq!(ram.mem.num_regions(), 1);
     }

@@ -22,7 +22,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::probe::{self, ProbeError};
 use crate::control::{self, Control, ControlError, RunState};
-use crate::memory::{Backing, GuestRam, MemoryError};
+use crate::memory::{Backing, GuestRam, MemoryError, MemorySource};
+use crate::state::{self, StateError, VmState};
 use crate::x86::{self, EntryMode, X86Error};
 
 /// What to boot.
@@ -61,6 +62,8 @@ pub struct VmConfig {
     pub serial: SerialMode,
     /// The KVM device node.
     pub kvm_path: PathBuf,
+    /// Initial memory contents.
+    pub memory_source: MemorySource,
 }
 
 impl VmConfig {
@@ -73,6 +76,7 @@ impl VmConfig {
             guest,
             serial: SerialMode::Stdout,
             kvm_path: "/dev/kvm".into(),
+            memory_source: MemorySource::Fresh,
         }
     }
 }
@@ -166,6 +170,12 @@ pub enum VmError {
     /// A run-control request failed.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// Saving or restoring state.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// State can only be saved from a paused VM.
+    #[error("the VM must be paused to save its state (it is {0:?})")]
+    NotPaused(RunState),
     /// The probe guest's status page could not be accessed.
     #[error("cannot access the probe status page")]
     StatusPage(#[source] vm_memory::GuestMemoryError),
@@ -183,12 +193,15 @@ pub fn host_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// A callback receiving each probe report line.
+pub type ReportFn = Box<dyn Fn(&str) + Send + Sync>;
+
 /// Probe guest reports, kept in order and waitable.
 #[derive(Default)]
 pub struct Reports {
     lines: Mutex<Vec<String>>,
     cv: Condvar,
-    printer: Option<Box<dyn Fn(&str) + Send + Sync>>,
+    printer: Option<ReportFn>,
 }
 
 impl Reports {
@@ -259,7 +272,7 @@ impl BusDevice for ResetPort {
 #[derive(Default)]
 pub struct VmHooks {
     /// Called with every probe report as it arrives (e.g. to print it).
-    pub on_report: Option<Box<dyn Fn(&str) + Send + Sync>>,
+    pub on_report: Option<ReportFn>,
 }
 
 struct Shared {
@@ -316,6 +329,17 @@ impl Vm {
     /// Validates `config` and builds the VM (memory loaded, vCPUs set up),
     /// without running it.
     pub fn create(config: VmConfig, hooks: VmHooks) -> Result<Vm, VmError> {
+        Self::build(config, hooks, None)
+    }
+
+    /// Builds a VM that continues from `state` (memory from
+    /// `config.memory_source`) instead of booting; start it with
+    /// [`Vm::start`].
+    pub fn restore(config: VmConfig, hooks: VmHooks, state: &VmState) -> Result<Vm, VmError> {
+        Self::build(config, hooks, Some(state))
+    }
+
+    fn build(config: VmConfig, hooks: VmHooks, restore: Option<&VmState>) -> Result<Vm, VmError> {
         if config.vcpus == 0 {
             return Err(VmError::NoVcpus);
         }
@@ -368,7 +392,10 @@ impl Vm {
                 max: MAX_VCPUS,
             });
         }
-        let ram = GuestRam::new(config.memory, config.backing)?;
+        let ram = GuestRam::with_source(config.memory, config.backing, &config.memory_source)?;
+        if let Some(st) = restore {
+            check_restore_target(st, &config, &ram, probe_steps)?;
+        }
         let fd = Arc::new(kvm.create_vm().map_err(kvm_err("create the VM"))?);
         fd.set_tss_address(0xfffb_d000)
             .map_err(kvm_err("set the TSS address"))?;
@@ -383,7 +410,10 @@ impl Vm {
             set_slot(&fd, slot as u32, region, false)?;
         }
 
-        let control = Arc::new(Control::new(config.vcpus));
+        let parked: Vec<bool> = (0..config.vcpus)
+            .map(|id| restore.is_some_and(|st| st.vcpus.get(id as usize).is_some_and(|v| v.parked)))
+            .collect();
+        let control = Arc::new(Control::new(config.vcpus, parked));
         let reports = Arc::new(Reports {
             printer: hooks.on_report,
             ..Default::default()
@@ -393,7 +423,11 @@ impl Vm {
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Thread)?;
         fd.register_irqfd(&serial_irq, 4)
             .map_err(kvm_err("register the serial interrupt"))?;
-        let serial = SerialDevice::open(&config.serial, serial_irq)?;
+        let serial_state = restore
+            .and_then(|st| st.serial.as_ref())
+            .map(serial_from_proto);
+        let serial =
+            SerialDevice::open_with_state(&config.serial, serial_irq, serial_state.as_ref())?;
         let mut pio = Bus::new();
         pio.insert(serial.clone(), PORT_SERIAL as u64, 8)
             .expect("fresh bus");
@@ -405,7 +439,9 @@ impl Vm {
             .last()
             .map(|r| r.start + r.len)
             .unwrap_or_default();
-        x86::write_tables(&ram.mem, mem_end)?;
+        if restore.is_none() {
+            x86::write_tables(&ram.mem, mem_end)?;
+        }
         let base_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("read supported CPUID"))?;
@@ -420,8 +456,29 @@ impl Vm {
             vcpus.push(v);
         }
 
-        match &config.guest {
-            Guest::Probe { image, workload } => {
+        if probe_steps {
+            let tp = TestPort::new(
+                ram.mem.clone(),
+                ProbeSink {
+                    control: control.clone(),
+                    reports: reports.clone(),
+                },
+            );
+            pio.insert(
+                Arc::new(Mutex::new(tp)),
+                TEST_PORT_BASE as u64,
+                TEST_PORT_LEN as u64,
+            )
+            .expect("fresh bus");
+        }
+        match (&config.guest, restore) {
+            (_, Some(st)) => {
+                state::restore_vm(&fd, st)?;
+                for (v, vs) in vcpus.iter().zip(&st.vcpus) {
+                    state::restore_vcpu(v, vs)?;
+                }
+            }
+            (Guest::Probe { image, workload }, None) => {
                 let entry = probe::load_image(&ram.mem, image)?;
                 let tsc_khz = vcpus[0].get_tsc_khz().map(u64::from).unwrap_or(0);
                 probe::write_boot_info(
@@ -432,19 +489,6 @@ impl Vm {
                     &[],
                     workload,
                 )?;
-                let tp = TestPort::new(
-                    ram.mem.clone(),
-                    ProbeSink {
-                        control: control.clone(),
-                        reports: reports.clone(),
-                    },
-                );
-                pio.insert(
-                    Arc::new(Mutex::new(tp)),
-                    TEST_PORT_BASE as u64,
-                    TEST_PORT_LEN as u64,
-                )
-                .expect("fresh bus");
                 for (id, v) in vcpus.iter().enumerate() {
                     let top = tern_probe_abi::stack_top(id as u32);
                     x86::setup_vcpu(
@@ -462,11 +506,14 @@ impl Vm {
                     .map_err(kvm_err("make a vCPU runnable"))?;
                 }
             }
-            Guest::Linux {
-                kernel,
-                initrd,
-                cmdline,
-            } => {
+            (
+                Guest::Linux {
+                    kernel,
+                    initrd,
+                    cmdline,
+                },
+                None,
+            ) => {
                 let entry = crate::boot::linux::load_linux(
                     &ram.mem,
                     &ram.regions,
@@ -509,6 +556,46 @@ impl Vm {
             config,
             dirty_logging: false.into(),
         })
+    }
+
+    /// Captures the CPU and device state of a paused VM (memory excluded).
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        match self.state() {
+            RunState::Paused => {}
+            other => return Err(VmError::NotPaused(other)),
+        }
+        let mut st = VmState {
+            memory: self
+                .ram
+                .regions
+                .iter()
+                .map(|r| state::proto::MemRange {
+                    start: r.start,
+                    len: r.len,
+                })
+                .collect(),
+            probe: self.shared.probe,
+            ..Default::default()
+        };
+        state::save_vm(&self.fd, &mut st)?;
+        let first = self.vcpus[0].lock().unwrap_or_else(|p| p.into_inner());
+        st.tsc_khz = first.get_tsc_khz().map(u64::from).unwrap_or(0);
+        let msrs = state::readable_msrs(&self._kvm, &first)?;
+        drop(first);
+        for (id, v) in self.vcpus.iter().enumerate() {
+            let v = v.lock().unwrap_or_else(|p| p.into_inner());
+            let parked = self.shared.control.is_parked(id as u32);
+            st.vcpus
+                .push(state::save_vcpu(&v, id as u32, &msrs, parked)?);
+        }
+        st.serial = Some(serial_to_proto(
+            &self
+                .serial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .state(),
+        ));
+        Ok(st)
     }
 
     /// Starts one thread per vCPU.
@@ -738,6 +825,12 @@ enum Action {
 
 fn vcpu_thread(id: u32, vcpu: Arc<Mutex<VcpuFd>>, shared: Arc<Shared>) {
     let control = &shared.control;
+    if control.is_parked(id) {
+        // Restored parked: the guest gave this vCPU up before the save.
+        control.park(id);
+        control.thread_done();
+        return;
+    }
     while control.checkpoint() {
         let action = {
             let mut v = vcpu.lock().unwrap_or_else(|p| p.into_inner());
@@ -746,7 +839,7 @@ fn vcpu_thread(id: u32, vcpu: Arc<Mutex<VcpuFd>>, shared: Arc<Shared>) {
         match action {
             Action::Continue => {}
             Action::Park => {
-                control.park();
+                control.park(id);
                 break;
             }
             Action::Crash(reason) => {
@@ -833,5 +926,65 @@ fn run_once(v: &mut VcpuFd, shared: &Shared) -> Action {
             other => Action::Crash(format!("unexpected system event {other}")),
         },
         other => Action::Crash(format!("unexpected VM exit {other:?}")),
+    }
+}
+
+/// Refuses a state that does not fit the VM being built.
+fn check_restore_target(
+    st: &VmState,
+    config: &VmConfig,
+    ram: &GuestRam,
+    probe: bool,
+) -> Result<(), VmError> {
+    let mismatch = |m: String| VmError::State(StateError::Mismatch(m));
+    if st.vcpus.len() != config.vcpus as usize {
+        return Err(mismatch(format!(
+            "state has {} vCPUs, the VM {}",
+            st.vcpus.len(),
+            config.vcpus
+        )));
+    }
+    let ranges: Vec<(u64, u64)> = st.memory.iter().map(|r| (r.start, r.len)).collect();
+    let have: Vec<(u64, u64)> = ram.regions.iter().map(|r| (r.start, r.len)).collect();
+    if ranges != have {
+        return Err(mismatch(format!(
+            "state has memory {ranges:x?}, the VM {have:x?}"
+        )));
+    }
+    if st.probe != probe {
+        return Err(mismatch("state and VM disagree on the guest kind".into()));
+    }
+    Ok(())
+}
+
+fn serial_to_proto(s: &tern_devices::serial::SerialState) -> state::proto::SerialState {
+    state::proto::SerialState {
+        baud_divisor_low: s.baud_divisor_low.into(),
+        baud_divisor_high: s.baud_divisor_high.into(),
+        interrupt_enable: s.interrupt_enable.into(),
+        interrupt_identification: s.interrupt_identification.into(),
+        line_control: s.line_control.into(),
+        line_status: s.line_status.into(),
+        modem_control: s.modem_control.into(),
+        modem_status: s.modem_status.into(),
+        scratch: s.scratch.into(),
+        in_buffer: s.in_buffer.clone(),
+    }
+}
+
+fn serial_from_proto(s: &state::proto::SerialState) -> tern_devices::serial::SerialState {
+    // Registers are 8 bits wide; a larger saved value is truncated as the
+    // hardware would.
+    tern_devices::serial::SerialState {
+        baud_divisor_low: s.baud_divisor_low as u8,
+        baud_divisor_high: s.baud_divisor_high as u8,
+        interrupt_enable: s.interrupt_enable as u8,
+        interrupt_identification: s.interrupt_identification as u8,
+        line_control: s.line_control as u8,
+        line_status: s.line_status as u8,
+        modem_control: s.modem_control as u8,
+        modem_status: s.modem_status as u8,
+        scratch: s.scratch as u8,
+        in_buffer: s.in_buffer.clone(),
     }
 }

@@ -133,7 +133,10 @@ pub fn write_tables(mem: &GuestMem, mem_end: u64) -> Result<(), X86Error> {
         0, // upper half of the 16-byte TSS descriptor (base bits 63:32)
     ];
     for (i, d) in gdt.iter().enumerate() {
-        w("GDT", mem.write_obj(*d, GuestAddress(GDT_ADDR + i as u64 * 8)))?;
+        w(
+            "GDT",
+            mem.write_obj(*d, GuestAddress(GDT_ADDR + i as u64 * 8)),
+        )?;
     }
     let mut tss = vec![0u8; TSS_LIMIT as usize + 1];
     tss[102..104].copy_from_slice(&(IOMAP_OFFSET as u16).to_le_bytes());
@@ -279,7 +282,10 @@ mod tests {
         assert_eq!(descriptor(DATA_DPL0, 0, 0xfffff), 0x00cf_9300_0000_ffff);
         assert_eq!(descriptor(CODE64_DPL3, 0, 0xfffff), 0x00af_fb00_0000_ffff);
         let s = segment(CODE64_DPL3, SEL_USER_CODE, 0, 0xffff_ffff);
-        assert_eq!((s.dpl, s.l, s.db, s.s, s.present, s.type_), (3, 1, 0, 1, 1, 0xb));
+        assert_eq!(
+            (s.dpl, s.l, s.db, s.s, s.present, s.type_),
+            (3, 1, 0, 1, 1, 0xb)
+        );
         let t = segment(TSS_BUSY, SEL_TSS, TSS_ADDR, TSS_LIMIT);
         assert_eq!((t.s, t.type_, t.present), (0, 0xb, 1));
     }
@@ -300,7 +306,9 @@ mod tests {
         // The last PD maps the top of the fourth GiB.
         let last: u64 = ram
             .mem
-            .read_obj(GuestAddress(PAGE_TABLES_ADDR + 0x2000 + 3 * 0x1000 + 511 * 8))
+            .read_obj(GuestAddress(
+                PAGE_TABLES_ADDR + 0x2000 + 3 * 0x1000 + 511 * 8,
+            ))
             .unwrap();
         assert_eq!(last, (3 << 30) | (511 << 21) | 0xe7);
     }

@@ -84,7 +84,10 @@ fn dirty_log_holds_exactly_the_pages_the_guest_wrote() {
         assert_eq!(data, expected, "round {round}: data pages differ");
         // Outside the data area only the status page (written by the VMM and
         // the guest) and the guest's own stack may be dirty.
-        assert!(dirty.contains(&STATUS_ADDR), "round {round}: status page missing");
+        assert!(
+            dirty.contains(&STATUS_ADDR),
+            "round {round}: status page missing"
+        );
         for p in dirty.difference(&expected) {
             assert!(
                 *p == STATUS_ADDR || stack.contains(p),
@@ -126,7 +129,10 @@ fn pause_freezes_the_guest_and_resume_continues() {
     vm.resume().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let after = progress(&vm);
-    assert!(after > frozen, "no progress after resume: {frozen:?} -> {after:?}");
+    assert!(
+        after > frozen,
+        "no progress after resume: {frozen:?} -> {after:?}"
+    );
     assert!(vm.read_dirty_log().unwrap().count() > 0);
     vm.probe_stop_step().unwrap();
     assert_eq!(
@@ -237,4 +243,116 @@ fn ud2_elf() -> Vec<u8> {
     e[ph + 40..ph + 48].copy_from_slice(&2u64.to_le_bytes()); // memsz
     e[0x800..0x802].copy_from_slice(&[0x0f, 0x0b]); // ud2
     e
+}
+
+#[test]
+fn save_then_restore_continues_with_every_page_intact() {
+    if !tern_test_support::kvm_available("save_then_restore_continues_with_every_page_intact") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vm = probe_vm(2, 96 << 20, "dirty,mib=32,rate=200+verify");
+    wait_until("two passes", Duration::from_secs(20), || {
+        vm.probe_status().unwrap().generation >= 2
+    });
+    assert!(
+        vm.save_state().is_err(),
+        "saving a running VM must be refused"
+    );
+    vm.pause().unwrap();
+    let state = vm.save_state().unwrap();
+    let before = vm.probe_status().unwrap();
+    let mem_path = dir.path().join("memory");
+    let mut f = std::fs::File::create(&mem_path).unwrap();
+    vm.ram().save_to(&mut f, &mem_path).unwrap();
+    drop(f);
+    vm.request_stop();
+    assert_eq!(
+        vm.wait_timeout(Duration::from_secs(10)),
+        Some(VmExit::Stopped)
+    );
+    drop(vm);
+    assert_eq!(state.vcpus.len(), 2);
+    assert!(
+        state.vcpus[1].parked,
+        "vCPU 1 parked itself before the save"
+    );
+
+    for lazy in [true, false] {
+        let mut cfg = VmConfig::new(
+            2,
+            96 << 20,
+            Guest::Probe {
+                image: tern_test_support::probe_guest(),
+                workload: "dirty,mib=32,rate=200+verify".into(),
+            },
+        );
+        cfg.serial = tern_devices::serial::SerialMode::Null;
+        cfg.memory_source = tern_vmm::MemorySource::File {
+            path: mem_path.clone(),
+            lazy,
+        };
+        let vm = Vm::restore(cfg, VmHooks::default(), &state).unwrap();
+        let restored = vm.probe_status().unwrap();
+        assert_eq!(
+            (restored.generation, restored.cursor),
+            (before.generation, before.cursor),
+            "lazy={lazy}"
+        );
+        vm.start().unwrap();
+        wait_until("progress after restore", Duration::from_secs(20), || {
+            vm.probe_status().unwrap().generation > before.generation
+        });
+        vm.probe_stop_step().unwrap();
+        assert_eq!(
+            vm.wait_timeout(Duration::from_secs(20)),
+            Some(VmExit::Guest(0)),
+            "lazy={lazy}: {:?}",
+            vm.reports().all()
+        );
+        assert!(
+            vm.reports()
+                .all()
+                .iter()
+                .any(|r| r.starts_with("verify") && r.contains("bad=0")),
+            "lazy={lazy}: {:?}",
+            vm.reports().all()
+        );
+    }
+}
+
+#[test]
+fn restore_refuses_a_state_that_does_not_fit() {
+    if !tern_test_support::kvm_available("restore_refuses_a_state_that_does_not_fit") {
+        return;
+    }
+    let vm = probe_vm(1, 64 << 20, "dirty,mib=4");
+    wait_until("progress", Duration::from_secs(10), || {
+        vm.probe_status().unwrap().generation >= 1
+    });
+    vm.pause().unwrap();
+    let state = vm.save_state().unwrap();
+    vm.request_stop();
+    vm.wait();
+    let image = tern_test_support::probe_guest();
+    let guest = Guest::Probe {
+        image,
+        workload: "dirty,mib=4".into(),
+    };
+    let e = Vm::restore(
+        VmConfig::new(2, 64 << 20, guest.clone()),
+        VmHooks::default(),
+        &state,
+    )
+    .err()
+    .expect("vCPU count mismatch refused");
+    assert!(e.to_string().contains("vCPUs"), "{e}");
+    let e = Vm::restore(
+        VmConfig::new(1, 128 << 20, guest),
+        VmHooks::default(),
+        &state,
+    )
+    .err()
+    .expect("memory mismatch refused");
+    assert!(e.to_string().contains("memory"), "{e}");
 }

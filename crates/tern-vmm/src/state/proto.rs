@@ -1,0 +1,173 @@
+#![allow(missing_docs)] // Field names mirror the KVM structures they encode.
+//! Saved-state types: the encoding of a VM's CPU and device state, kept apart
+//! from the runtime types and encoded with protobuf (prost) numbered fields.
+//!
+//! Rules (see also `docs/saved-state.md`):
+//! - fields are only added, never renumbered or reused;
+//! - a new field is optional: a reader that finds it absent uses the old
+//!   behaviour;
+//! - structures defined by the kernel's KVM ABI (`kvm_sregs`, `kvm_xsave`,
+//!   `kvm_lapic_state`, ...) are stored as their exact byte images: the
+//!   kernel keeps those layouts stable, and re-describing them field by
+//!   field would only add ways to get them wrong.
+
+/// General-purpose registers.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Regs {
+    #[prost(uint64, tag = "1")]
+    pub rax: u64,
+    #[prost(uint64, tag = "2")]
+    pub rbx: u64,
+    #[prost(uint64, tag = "3")]
+    pub rcx: u64,
+    #[prost(uint64, tag = "4")]
+    pub rdx: u64,
+    #[prost(uint64, tag = "5")]
+    pub rsi: u64,
+    #[prost(uint64, tag = "6")]
+    pub rdi: u64,
+    #[prost(uint64, tag = "7")]
+    pub rsp: u64,
+    #[prost(uint64, tag = "8")]
+    pub rbp: u64,
+    #[prost(uint64, tag = "9")]
+    pub r8: u64,
+    #[prost(uint64, tag = "10")]
+    pub r9: u64,
+    #[prost(uint64, tag = "11")]
+    pub r10: u64,
+    #[prost(uint64, tag = "12")]
+    pub r11: u64,
+    #[prost(uint64, tag = "13")]
+    pub r12: u64,
+    #[prost(uint64, tag = "14")]
+    pub r13: u64,
+    #[prost(uint64, tag = "15")]
+    pub r14: u64,
+    #[prost(uint64, tag = "16")]
+    pub r15: u64,
+    #[prost(uint64, tag = "17")]
+    pub rip: u64,
+    #[prost(uint64, tag = "18")]
+    pub rflags: u64,
+}
+
+/// One model-specific register.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Msr {
+    #[prost(uint32, tag = "1")]
+    pub index: u32,
+    #[prost(uint64, tag = "2")]
+    pub value: u64,
+}
+
+/// One vCPU.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VcpuState {
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    #[prost(message, optional, tag = "2")]
+    pub regs: Option<Regs>,
+    /// `kvm_sregs`.
+    #[prost(bytes = "vec", tag = "3")]
+    pub sregs: Vec<u8>,
+    /// `kvm_xsave` (x87, SSE, AVX, ... state).
+    #[prost(bytes = "vec", tag = "4")]
+    pub xsave: Vec<u8>,
+    /// `kvm_xcrs`.
+    #[prost(bytes = "vec", tag = "5")]
+    pub xcrs: Vec<u8>,
+    /// `kvm_lapic_state`.
+    #[prost(bytes = "vec", tag = "6")]
+    pub lapic: Vec<u8>,
+    #[prost(message, repeated, tag = "7")]
+    pub msrs: Vec<Msr>,
+    /// `kvm_vcpu_events`.
+    #[prost(bytes = "vec", tag = "8")]
+    pub events: Vec<u8>,
+    /// `kvm_mp_state.mp_state`.
+    #[prost(uint32, tag = "9")]
+    pub mp_state: u32,
+    /// The vCPU had parked itself (probe guest): it stays parked.
+    #[prost(bool, tag = "10")]
+    pub parked: bool,
+}
+
+/// The 16550 UART.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SerialState {
+    #[prost(uint32, tag = "1")]
+    pub baud_divisor_low: u32,
+    #[prost(uint32, tag = "2")]
+    pub baud_divisor_high: u32,
+    #[prost(uint32, tag = "3")]
+    pub interrupt_enable: u32,
+    #[prost(uint32, tag = "4")]
+    pub interrupt_identification: u32,
+    #[prost(uint32, tag = "5")]
+    pub line_control: u32,
+    #[prost(uint32, tag = "6")]
+    pub line_status: u32,
+    #[prost(uint32, tag = "7")]
+    pub modem_control: u32,
+    #[prost(uint32, tag = "8")]
+    pub modem_status: u32,
+    #[prost(uint32, tag = "9")]
+    pub scratch: u32,
+    #[prost(bytes = "vec", tag = "10")]
+    pub in_buffer: Vec<u8>,
+}
+
+/// One RAM range, to check a restore target has the same layout.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemRange {
+    #[prost(uint64, tag = "1")]
+    pub start: u64,
+    #[prost(uint64, tag = "2")]
+    pub len: u64,
+}
+
+/// A device's opaque saved state, tagged with its kind and index.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeviceState {
+    /// Kind, e.g. "virtio-blk".
+    #[prost(string, tag = "1")]
+    pub kind: String,
+    /// Index among devices of that kind.
+    #[prost(uint32, tag = "2")]
+    pub index: u32,
+    /// The device's own encoded state.
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: Vec<u8>,
+}
+
+/// Everything about a paused VM except the contents of its memory.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VmState {
+    #[prost(message, repeated, tag = "1")]
+    pub vcpus: Vec<VcpuState>,
+    /// `kvm_irqchip` images: PIC master, PIC slave, IOAPIC.
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub irqchips: Vec<Vec<u8>>,
+    /// `kvm_pit_state2`.
+    #[prost(bytes = "vec", tag = "3")]
+    pub pit: Vec<u8>,
+    /// kvmclock value (ns).
+    #[prost(uint64, tag = "4")]
+    pub clock: u64,
+    /// kvmclock flags.
+    #[prost(uint32, tag = "5")]
+    pub clock_flags: u32,
+    #[prost(message, optional, tag = "6")]
+    pub serial: Option<SerialState>,
+    #[prost(message, repeated, tag = "7")]
+    pub memory: Vec<MemRange>,
+    /// TSC frequency of the source, kHz (0 if unknown).
+    #[prost(uint64, tag = "8")]
+    pub tsc_khz: u64,
+    #[prost(message, repeated, tag = "9")]
+    pub devices: Vec<DeviceState>,
+    /// Whether the guest is the probe guest (test port attached).
+    #[prost(bool, tag = "10")]
+    pub probe: bool,
+}
