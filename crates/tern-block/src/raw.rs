@@ -1,0 +1,313 @@
+//! Raw image files: byte `n` of the file is byte `n` of the disk.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use crate::lock::{self, LockKind};
+use crate::{check_range, BlockBackend, BlockError, DiskFormat, ResizePolicy, SECTOR_SIZE};
+
+/// A raw image file, locked for the life of the value.
+pub struct RawDisk {
+    // The size lives under the lock: I/O holds it shared, resize exclusive,
+    // so no write can extend a file that is being cut.
+    file: RwLock<(File, u64)>,
+    path: PathBuf,
+    read_only: bool,
+    id: String,
+}
+
+impl RawDisk {
+    /// Opens and locks `path`. Its size is rounded down to whole sectors.
+    pub fn open(path: &Path, read_only: bool) -> Result<RawDisk, BlockError> {
+        let file = crate::open_file(path, read_only)?;
+        let kind = if read_only {
+            LockKind::Shared
+        } else {
+            LockKind::Exclusive
+        };
+        lock::lock(&file, path, kind)?;
+        let len = file
+            .metadata()
+            .map_err(BlockError::io("reading disk size"))?
+            .len();
+        Ok(RawDisk {
+            file: RwLock::new((file, len / SECTOR_SIZE * SECTOR_SIZE)),
+            path: path.into(),
+            read_only,
+            id: crate::id_from_path(path),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read_guard(&self) -> std::sync::RwLockReadGuard<'_, (File, u64)> {
+        self.file.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// First byte at or after `from` (below `end`) that the file system
+    /// holds data for, if any.
+    fn first_data(file: &File, from: u64, end: u64) -> Result<Option<u64>, BlockError> {
+        let Ok(off) = libc::off_t::try_from(from) else {
+            return Ok(None);
+        };
+        // SAFETY: lseek on an open fd has no memory effects; Tern never
+        // uses the file offset (all I/O is positioned).
+        let r = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_DATA) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(None),
+                // No SEEK_DATA here: everything counts as data.
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok((from < end).then_some(from)),
+                _ => Err(BlockError::Io {
+                    what: "looking for data beyond the new end",
+                    source: e,
+                }),
+            };
+        }
+        Ok(((r as u64) < end).then_some(r as u64))
+    }
+}
+
+impl BlockBackend for RawDisk {
+    fn capacity(&self) -> u64 {
+        self.read_guard().1
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn format(&self) -> DiskFormat {
+        DiskFormat::Raw
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
+        let g = self.read_guard();
+        check_range(offset, buf.len() as u64, g.1)?;
+        g.0.read_exact_at(buf, offset)
+            .map_err(BlockError::io("reading the disk"))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let g = self.read_guard();
+        check_range(offset, buf.len() as u64, g.1)?;
+        g.0.write_all_at(buf, offset)
+            .map_err(BlockError::io("writing the disk"))
+    }
+
+    fn flush(&self) -> Result<(), BlockError> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.read_guard()
+            .0
+            .sync_data()
+            .map_err(BlockError::io("flushing the disk"))
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let g = self.read_guard();
+        check_range(offset, len, g.1)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (Ok(o), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Ok(());
+        };
+        // SAFETY: fallocate on an open fd has no memory effects; KEEP_SIZE
+        // means the file never changes length here.
+        let r = unsafe {
+            libc::fallocate(
+                g.0.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                o,
+                l,
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            // Discard is a hint: a file system without hole punching keeps the data.
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(BlockError::Io {
+                    what: "discarding",
+                    source: e,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn resize(&self, new_size: u64, policy: &ResizePolicy) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let mut g = self.file.write().unwrap_or_else(|p| p.into_inner());
+        let old = g.1;
+        policy.check(old, new_size)?;
+        if new_size < old {
+            // Refuse to cut data: the tail must be holes (trimmed) or zeros.
+            // The file system block holding `new_size` may be partly ours,
+            // so its bytes past the new end are compared instead.
+            let fs_block = 4096;
+            let aligned = new_size.div_ceil(fs_block) * fs_block;
+            let head_end = aligned.min(old);
+            if head_end > new_size {
+                let mut b = vec![0u8; (head_end - new_size) as usize];
+                g.0.read_exact_at(&mut b, new_size)
+                    .map_err(BlockError::io("reading the disk's tail"))?;
+                if let Some(i) = b.iter().position(|&x| x != 0) {
+                    return Err(BlockError::ShrinkAllocated {
+                        new_size,
+                        offset: new_size + i as u64,
+                    });
+                }
+            }
+            if let Some(off) = Self::first_data(&g.0, head_end, old)? {
+                return Err(BlockError::ShrinkAllocated {
+                    new_size,
+                    offset: off,
+                });
+            }
+        }
+        g.0.set_len(new_size)
+            .map_err(BlockError::io("resizing the disk file"))?;
+        g.1 = new_size;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(len: u64) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.img");
+        let f = File::create(&p).unwrap();
+        f.set_len(len).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn round_trip_and_bounds() {
+        let (_d, p) = disk(1 << 20);
+        let d = RawDisk::open(&p, false).unwrap();
+        assert_eq!(d.capacity(), 1 << 20);
+        assert_eq!(d.id(), "d.img");
+        let data: Vec<u8> = (0..8192).map(|i| (i * 7) as u8).collect();
+        d.write_at(&data, 4096).unwrap();
+        d.flush().unwrap();
+        let mut back = vec![0u8; 8192];
+        d.read_at(&mut back, 4096).unwrap();
+        assert_eq!(back, data);
+        assert!(matches!(
+            d.read_at(&mut back, (1 << 20) - 4096),
+            Err(BlockError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            d.write_at(&data, u64::MAX - 10),
+            Err(BlockError::OutOfRange { .. })
+        ));
+        assert_eq!(std::fs::read(&p).unwrap()[4096..12288], data[..]);
+    }
+
+    #[test]
+    fn read_only_refuses_changes_and_shares_the_lock() {
+        let (_d, p) = disk(1 << 20);
+        let a = RawDisk::open(&p, true).unwrap();
+        let b = RawDisk::open(&p, true).unwrap();
+        assert!(a.read_only());
+        assert!(matches!(a.write_at(&[1], 0), Err(BlockError::ReadOnly)));
+        assert!(matches!(a.discard(0, 512), Err(BlockError::ReadOnly)));
+        assert!(matches!(
+            a.resize(2 << 20, &ResizePolicy::default()),
+            Err(BlockError::ReadOnly)
+        ));
+        assert!(matches!(
+            RawDisk::open(&p, false),
+            Err(BlockError::Locked(_))
+        ));
+        drop((a, b));
+        let w = RawDisk::open(&p, false).unwrap();
+        assert!(matches!(
+            RawDisk::open(&p, true),
+            Err(BlockError::Locked(_))
+        ));
+        drop(w);
+    }
+
+    #[test]
+    fn missing_file_is_not_found() {
+        let e = RawDisk::open(Path::new("/nonexistent/x.img"), false)
+            .err()
+            .unwrap();
+        assert!(matches!(e, BlockError::NotFound(_)), "{e}");
+        assert!(e.to_string().contains("not found"));
+    }
+
+    #[test]
+    fn grow_then_shrink_only_over_holes() {
+        let (_d, p) = disk(4 << 20);
+        let d = RawDisk::open(&p, false).unwrap();
+        let pol = ResizePolicy::default();
+        d.resize(8 << 20, &pol).unwrap();
+        assert_eq!(d.capacity(), 8 << 20);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 8 << 20);
+        d.write_at(&[0xab; 4096], 6 << 20).unwrap();
+        let e = d.resize(2 << 20, &pol).unwrap_err();
+        assert!(
+            matches!(e, BlockError::ShrinkAllocated { offset, .. } if offset == 6 << 20),
+            "{e}"
+        );
+        assert_eq!(d.capacity(), 8 << 20);
+        // A non-zero byte in the file system block cut in two.
+        d.write_at(&[1], (2 << 20) + 600).unwrap();
+        d.discard(6 << 20, 4096).unwrap();
+        let e = d.resize((2 << 20) + 512, &pol).unwrap_err();
+        assert!(
+            matches!(e, BlockError::ShrinkAllocated { offset, .. } if offset == (2 << 20) + 600),
+            "{e}"
+        );
+        d.discard(2 << 20, 6 << 20).unwrap();
+        d.resize(2 << 20, &pol).unwrap();
+        assert_eq!(d.capacity(), 2 << 20);
+        // The guest's own claim is honoured too.
+        let pol = ResizePolicy {
+            guest_in_use_end: Some(1 << 20),
+        };
+        assert!(matches!(
+            d.resize(512 << 10, &pol),
+            Err(BlockError::ShrinkInUse { .. })
+        ));
+        d.resize(1 << 20, &pol).unwrap();
+    }
+
+    #[test]
+    fn discard_reads_back_zeros() {
+        let (_d, p) = disk(1 << 20);
+        let d = RawDisk::open(&p, false).unwrap();
+        d.write_at(&[9u8; 65536], 0).unwrap();
+        d.discard(0, 65536).unwrap();
+        let mut b = vec![1u8; 65536];
+        d.read_at(&mut b, 0).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        assert!(d.discard(1 << 20, 1).is_err());
+    }
+}
