@@ -3,8 +3,7 @@
 //!
 //! The invariant both rely on, and which a VMM may check from outside at any
 //! instruction boundary (paused, saved, migrated): `Status.generation` and
-//! `Status.cursor` describe memory exactly, as
-//! [`expected_generation`](tern_probe_abi::stamp::expected_generation) reads
+//! `Status.cursor` describe memory exactly, as [`expected_generation`] reads
 //! them, except for the single page at the cursor that may be half written.
 //! Hence the cursor moves only after its page is complete, and a new pass
 //! starts with one store of both fields ([`status::start_pass`]).
