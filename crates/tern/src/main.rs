@@ -2,6 +2,7 @@
 //!
 //! Exit codes scripts can rely on are in [`exit_code`] and README.md.
 
+mod bench;
 mod control;
 mod disk;
 mod exit_code;
@@ -22,6 +23,9 @@ struct Cli {
 enum Command {
     /// Run one VM in the foreground (the VM worker).
     Run(run::RunArgs),
+    /// Benchmarks printing JSON lines.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Virtual disk tools (VHDX and raw).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
@@ -39,6 +43,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Disk(cmd) => disk::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
     };
     std::process::exit(code);
 }
