@@ -90,7 +90,7 @@ fn control_socket_pauses_resumes_and_stops_the_dirty_workload() {
     }
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("ctl.sock");
-    let mut child = tern()
+    let child = tern()
         .args(["run", "--vcpus", "2", "--memory", "128M"])
         .args(["--guest", "probe:dirty,mib=16,rate=64+verify"])
         .args(["--serial", "null", "--control"])
@@ -112,7 +112,10 @@ fn control_socket_pauses_resumes_and_stops_the_dirty_workload() {
     assert_eq!(request(&sock, r#"{"cmd":"resume"}"#)["state"], "running");
     std::thread::sleep(Duration::from_millis(300));
     let after = progress(&sock);
-    assert!(after > frozen, "no progress after resume: {frozen:?} {after:?}");
+    assert!(
+        after > frozen,
+        "no progress after resume: {frozen:?} {after:?}"
+    );
     // Bad requests get an error reply, and the worker keeps serving.
     let bad = request(&sock, r#"{"cmd":"explode"}"#);
     assert_eq!(bad["ok"], false);
@@ -122,7 +125,10 @@ fn control_socket_pauses_resumes_and_stops_the_dirty_workload() {
     let out = child.wait_with_output().unwrap();
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("verify pages=4096 bad=0 result=pass"), "{stderr}");
+    assert!(
+        stderr.contains("verify pages=4096 bad=0 result=pass"),
+        "{stderr}"
+    );
     assert!(!sock.exists(), "control socket left behind");
 }
 
@@ -156,11 +162,27 @@ fn bad_input_gets_one_clear_line_and_a_nonzero_exit() {
     // (args, expected exit code, expected text); the KVM-dependent cases
     // (limits only KVM knows) run only with /dev/kvm.
     let mut cases: Vec<(Vec<&str>, i32, &str)> = vec![
-        (vec!["--guest", "probe:bogus"], 64, "unknown probe workload 'bogus'"),
-        (vec!["--guest", "probe:dirty,mib=0"], 64, "must be at least 1"),
+        (
+            vec!["--guest", "probe:bogus"],
+            64,
+            "unknown probe workload 'bogus'",
+        ),
+        (
+            vec!["--guest", "probe:dirty,mib=0"],
+            64,
+            "must be at least 1",
+        ),
         (vec!["--guest", "linux"], 64, "unknown guest 'linux'"),
-        (vec!["--vcpus", "0", "--guest", "probe:hello"], 64, "at least 1 vCPU"),
-        (vec!["--memory", "12Q", "--guest", "probe:hello"], 64, "unknown suffix"),
+        (
+            vec!["--vcpus", "0", "--guest", "probe:hello"],
+            64,
+            "at least 1 vCPU",
+        ),
+        (
+            vec!["--memory", "12Q", "--guest", "probe:hello"],
+            64,
+            "unknown suffix",
+        ),
         (
             vec!["--guest", "probe:hello", "--kvm", "/nonexistent/kvm"],
             69,
@@ -175,7 +197,12 @@ fn bad_input_gets_one_clear_line_and_a_nonzero_exit() {
     if kvm {
         cases.extend([
             (
-                vec!["--guest", "probe:hello", "--probe-image", "/nonexistent/probe"],
+                vec![
+                    "--guest",
+                    "probe:hello",
+                    "--probe-image",
+                    "/nonexistent/probe",
+                ],
                 66,
                 "cannot open probe guest image /nonexistent/probe",
             ),
@@ -185,8 +212,16 @@ fn bad_input_gets_one_clear_line_and_a_nonzero_exit() {
                 "is not a loadable x86-64 ELF",
             ),
             (vec!["--kernel", "/nonexistent/vmlinuz"], 66, "not found"),
-            (vec!["--kernel", &not_elf], 64, "is not a bzImage or an ELF vmlinux"),
-            (vec!["--memory", "0", "--guest", "probe:hello"], 64, "must be at least 1 MiB"),
+            (
+                vec!["--kernel", &not_elf],
+                64,
+                "is not a bzImage or an ELF vmlinux",
+            ),
+            (
+                vec!["--memory", "0", "--guest", "probe:hello"],
+                64,
+                "must be at least 1 MiB",
+            ),
             (
                 vec!["--memory", "64T", "--guest", "probe:hello"],
                 64,
