@@ -51,6 +51,12 @@ fn dirty_log_holds_exactly_the_pages_the_guest_wrote() {
         let s = vm.probe_status().unwrap();
         s.magic == STATUS_MAGIC && s.phase == phase::RUNNING
     });
+    // A first round proves the guest is inside the step's idle loop (phase
+    // RUNNING is published just before the step starts).
+    vm.probe_touch(1).unwrap();
+    wait_until("the first touch round", Duration::from_secs(10), || {
+        vm.probe_status().unwrap().touch_rounds == 1
+    });
     vm.start_dirty_log().unwrap();
     // Idle, the guest only polls: nothing may be dirtied.
     std::thread::sleep(Duration::from_millis(100));
@@ -67,7 +73,7 @@ fn dirty_log_holds_exactly_the_pages_the_guest_wrote() {
     let stack: BTreeSet<u64> = (stack_top(0) - STACK_SIZE..stack_top(0))
         .step_by(PAGE_SIZE as usize)
         .collect();
-    for round in 1..=3u64 {
+    for round in 2..=4u64 {
         vm.probe_touch(round).unwrap();
         wait_until("the touch round", Duration::from_secs(10), || {
             vm.probe_status().unwrap().touch_rounds == round
