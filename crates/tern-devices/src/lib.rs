@@ -5,5 +5,6 @@
 pub mod bus;
 pub mod serial;
 pub mod testport;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
