@@ -8,6 +8,7 @@
 
 pub mod boot;
 pub mod control;
+pub mod devices;
 pub mod memory;
 pub mod state;
 pub mod vm;

@@ -64,6 +64,8 @@ pub struct VmConfig {
     pub kvm_path: PathBuf,
     /// Initial memory contents.
     pub memory_source: MemorySource,
+    /// Disks (virtio-blk), in the order the guest sees them.
+    pub disks: Vec<crate::devices::DiskConfig>,
 }
 
 impl VmConfig {
@@ -77,6 +79,7 @@ impl VmConfig {
             serial: SerialMode::Stdout,
             kvm_path: "/dev/kvm".into(),
             memory_source: MemorySource::Fresh,
+            disks: Vec::new(),
         }
     }
 }
@@ -179,6 +182,9 @@ pub enum VmError {
     /// The probe guest's status page could not be accessed.
     #[error("cannot access the probe status page")]
     StatusPage(#[source] vm_memory::GuestMemoryError),
+    /// A disk could not be attached or changed.
+    #[error(transparent)]
+    Disk(#[from] crate::devices::DiskError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -323,6 +329,7 @@ pub struct Vm {
     serial: SharedSerial,
     config: VmConfig,
     dirty_logging: std::sync::atomic::AtomicBool,
+    disks: crate::devices::Disks,
 }
 
 impl Vm {
@@ -409,6 +416,8 @@ impl Vm {
         for (slot, region) in ram.mem.iter().enumerate() {
             set_slot(&fd, slot as u32, region, false)?;
         }
+        let mut mmio = Bus::new();
+        let disks = crate::devices::Disks::attach(&config.disks, &ram.mem, &fd, &mut mmio)?;
 
         let parked: Vec<bool> = (0..config.vcpus)
             .map(|id| restore.is_some_and(|st| st.vcpus.get(id as usize).is_some_and(|v| v.parked)))
@@ -486,7 +495,7 @@ impl Vm {
                     config.vcpus,
                     tsc_khz,
                     &ram.regions,
-                    &[],
+                    &disks.device_infos(),
                     workload,
                 )?;
                 for (id, v) in vcpus.iter().enumerate() {
@@ -520,7 +529,7 @@ impl Vm {
                     &crate::boot::linux::LinuxConfig {
                         kernel: kernel.clone(),
                         initrd: initrd.clone(),
-                        cmdline: cmdline.clone(),
+                        cmdline: format!("{cmdline}{}", disks.cmdline()),
                     },
                 )?;
                 for v in &vcpus {
@@ -541,7 +550,7 @@ impl Vm {
         let shared = Arc::new(Shared {
             control,
             pio,
-            mmio: Bus::new(),
+            mmio,
             probe: probe_steps,
         });
         Ok(Vm {
@@ -555,6 +564,7 @@ impl Vm {
             serial,
             config,
             dirty_logging: false.into(),
+            disks,
         })
     }
 
@@ -669,6 +679,11 @@ impl Vm {
     /// The configuration the VM was built from.
     pub fn config(&self) -> &VmConfig {
         &self.config
+    }
+
+    /// The VM's disks (QoS, resize, events).
+    pub fn disks(&self) -> &crate::devices::Disks {
+        &self.disks
     }
 
     /// Probe guest reports.

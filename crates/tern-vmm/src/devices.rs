@@ -1,0 +1,381 @@
+//! Disks in the VM: virtio-blk devices on virtio-mmio, their interrupts,
+//! how the guest learns about them, and the handles the worker uses at run
+//! time (QoS limits, online resize, QoS events).
+//!
+//! Device `i` has its register window at [`VIRTIO_MMIO_BASE`]` + i * 4 KiB`
+//! (in the MMIO hole) and interrupt GSI [`VIRTIO_GSI_BASE`]` + i` (an
+//! IOAPIC pin, signalled through an irqfd).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kvm_ioctls::VmFd;
+use tern_block::qos::{Clock, Qos, QosError, QosEvent, QosLimits, SystemClock};
+use tern_block::{BlockBackend, BlockError, ResizePolicy};
+use tern_devices::virtio::block::{Block, BlockStats};
+use tern_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW};
+use tern_devices::virtio::Timer;
+use tern_devices::Bus;
+use tern_probe_abi::{DeviceInfo, DEVICE_VIRTIO_BLK, MAX_DEVICES};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMem;
+
+/// Guest-physical base of the first virtio-mmio window.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// GSI of the first virtio device.
+pub const VIRTIO_GSI_BASE: u32 = 16;
+/// Most disks (IOAPIC pins 16..23, and the probe's device table).
+pub const MAX_DISKS: usize = MAX_DEVICES;
+
+/// A disk to attach.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The image (`.vhdx`/`.avhdx`: VHDX, anything else raw).
+    pub path: PathBuf,
+    /// Attach read-only.
+    pub read_only: bool,
+    /// Storage QoS.
+    pub qos: QosLimits,
+}
+
+/// Errors attaching or managing disks.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// More disks than the machine has slots for.
+    #[error("{0} disks requested, at most {MAX_DISKS} are supported")]
+    TooMany(usize),
+    /// A disk cannot be opened.
+    #[error("disk {index} ({})", path.display())]
+    Open {
+        /// Index in the `--disk` order.
+        index: usize,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: BlockError,
+    },
+    /// Bad QoS limits.
+    #[error("disk {index}: bad QoS limits")]
+    Qos {
+        /// The disk.
+        index: usize,
+        /// Why.
+        #[source]
+        source: QosError,
+    },
+    /// No disk with this index.
+    #[error("no disk {0} (the VM has {1})")]
+    NoSuchDisk(usize, usize),
+    /// A resize was refused or failed.
+    #[error("disk {index}: resize to {size} bytes failed")]
+    Resize {
+        /// The disk.
+        index: usize,
+        /// The size asked for.
+        size: u64,
+        /// Why.
+        #[source]
+        source: BlockError,
+    },
+    /// Setting up the interrupt.
+    #[error("disk {index}: cannot set up its interrupt")]
+    Irq {
+        /// The disk.
+        index: usize,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A QoS event as the worker reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskEvent {
+    /// Sequence number, from 1.
+    pub seq: u64,
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The disk's index.
+    pub disk: usize,
+    /// What happened.
+    pub event: QosEvent,
+}
+
+/// What a disk looks like now, for status output.
+#[derive(Clone, Debug)]
+pub struct DiskStatus {
+    /// The file.
+    pub path: PathBuf,
+    /// `raw` or `vhdx`.
+    pub format: &'static str,
+    /// Read-only.
+    pub read_only: bool,
+    /// Current size in bytes.
+    pub capacity: u64,
+    /// QoS limits in force.
+    pub qos: QosLimits,
+    /// Requests completed.
+    pub requests: u64,
+    /// Requests that failed (IOERR).
+    pub errors: u64,
+    /// Times a request waited for a QoS maximum.
+    pub throttled: u64,
+}
+
+struct Disk {
+    config: DiskConfig,
+    backend: Arc<dyn BlockBackend>,
+    transport: Arc<Mutex<MmioTransport>>,
+    qos: Arc<Mutex<Qos>>,
+    stats: Arc<BlockStats>,
+    _timer: Timer,
+}
+
+/// The VM's disks.
+#[derive(Default)]
+pub struct Disks {
+    disks: Vec<Disk>,
+    events: Arc<Mutex<Vec<DiskEvent>>>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Disks {
+    /// Opens every disk (locks included), puts its device on `mmio` and
+    /// wires its interrupt through `vm`.
+    pub fn attach(
+        configs: &[DiskConfig],
+        mem: &GuestMem,
+        vm: &VmFd,
+        mmio: &mut Bus,
+    ) -> Result<Disks, DiskError> {
+        if configs.len() > MAX_DISKS {
+            return Err(DiskError::TooMany(configs.len()));
+        }
+        let mut out = Disks::default();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
+        for (index, cfg) in configs.iter().enumerate() {
+            let backend =
+                tern_block::open(&tern_block::OpenOptions::new(&cfg.path).read_only(cfg.read_only))
+                    .map_err(|source| DiskError::Open {
+                        index,
+                        path: cfg.path.clone(),
+                        source,
+                    })?;
+            let qos = Qos::new(cfg.qos, clock.clone())
+                .map_err(|source| DiskError::Qos { index, source })?;
+            let qos = Arc::new(Mutex::new(qos));
+            let irq_err = |source| DiskError::Irq { index, source };
+            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(irq_err)?;
+            vm.register_irqfd(&irq, VIRTIO_GSI_BASE + index as u32)
+                .map_err(|e| irq_err(std::io::Error::from_raw_os_error(e.errno())))?;
+            let events = out.events.clone();
+            let dev = Block::new(
+                backend.clone(),
+                qos.clone(),
+                Box::new(move |event| record_event(&events, index, event)),
+                Box::new(move |e| eprintln!("tern: disk {index}: guest request failed: {e}")),
+            );
+            let stats = dev.stats();
+            let transport = Arc::new(Mutex::new(MmioTransport::new(
+                Box::new(dev),
+                mem.clone(),
+                irq,
+            )));
+            let waker = lock(&transport).waker();
+            let timer = Timer::spawn(format!("disk{index}"), waker, Arc::downgrade(&transport))
+                .map_err(irq_err)?;
+            mmio.insert(transport.clone(), Self::base(index), MMIO_WINDOW)
+                .expect("disk windows are disjoint and inside the MMIO hole");
+            out.disks.push(Disk {
+                config: cfg.clone(),
+                backend,
+                transport,
+                qos,
+                stats,
+                _timer: timer,
+            });
+        }
+        Ok(out)
+    }
+
+    fn base(index: usize) -> u64 {
+        VIRTIO_MMIO_BASE + index as u64 * MMIO_WINDOW
+    }
+
+    /// Number of disks.
+    pub fn len(&self) -> usize {
+        self.disks.len()
+    }
+
+    /// True when the VM has no disk.
+    pub fn is_empty(&self) -> bool {
+        self.disks.is_empty()
+    }
+
+    /// The probe guest's device table.
+    pub fn device_infos(&self) -> Vec<DeviceInfo> {
+        (0..self.disks.len())
+            .map(|i| DeviceInfo {
+                kind: DEVICE_VIRTIO_BLK,
+                irq: VIRTIO_GSI_BASE + i as u32,
+                mmio_base: Self::base(i),
+                mmio_len: MMIO_WINDOW,
+            })
+            .collect()
+    }
+
+    /// What Linux needs on its command line to find the devices
+    /// (`virtio_mmio.device=4K@0xd0000000:16 ...`), with a leading space.
+    pub fn cmdline(&self) -> String {
+        (0..self.disks.len())
+            .map(|i| {
+                format!(
+                    " virtio_mmio.device=4K@{:#x}:{}",
+                    Self::base(i),
+                    VIRTIO_GSI_BASE + i as u32
+                )
+            })
+            .collect()
+    }
+
+    fn get(&self, index: usize) -> Result<&Disk, DiskError> {
+        self.disks
+            .get(index)
+            .ok_or(DiskError::NoSuchDisk(index, self.disks.len()))
+    }
+
+    /// Changes a disk's QoS limits now; the guest's rate follows at once.
+    pub fn set_qos(&self, index: usize, limits: QosLimits) -> Result<(), DiskError> {
+        let d = self.get(index)?;
+        lock(&d.qos)
+            .set_limits(limits)
+            .map_err(|source| DiskError::Qos { index, source })?;
+        // Requests held under the old limit are retried under the new one.
+        lock(&d.transport).waker().kick();
+        Ok(())
+    }
+
+    /// Resizes a disk of the running VM and tells the guest. The transport
+    /// stays locked across the change, so the driver sees the old config or
+    /// the new one with a new generation, never a mix.
+    pub fn resize(&self, index: usize, size: u64, policy: &ResizePolicy) -> Result<(), DiskError> {
+        let d = self.get(index)?;
+        let mut t = lock(&d.transport);
+        d.backend
+            .resize(size, policy)
+            .map_err(|source| DiskError::Resize {
+                index,
+                size,
+                source,
+            })?;
+        t.config_changed();
+        Ok(())
+    }
+
+    /// QoS events so far, oldest first.
+    pub fn events(&self) -> Vec<DiskEvent> {
+        lock(&self.events).clone()
+    }
+
+    /// Each disk's state.
+    pub fn status(&self) -> Vec<DiskStatus> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.disks
+            .iter()
+            .map(|d| DiskStatus {
+                path: d.config.path.clone(),
+                format: d.backend.format().name(),
+                read_only: d.backend.read_only(),
+                capacity: d.backend.capacity(),
+                qos: lock(&d.qos).limits(),
+                requests: d.stats.requests.load(Relaxed),
+                errors: d.stats.errors.load(Relaxed),
+                throttled: d.stats.throttled.load(Relaxed),
+            })
+            .collect()
+    }
+
+    /// Flushes and closes every disk (a VHDX's log is emptied); call it
+    /// once the vCPUs have stopped. Returns the failures.
+    pub fn close(&self) -> Vec<(usize, BlockError)> {
+        let mut errs = Vec::new();
+        for (i, d) in self.disks.iter().enumerate() {
+            // Hold the transport so no timer retry runs into a closed disk.
+            let _t = lock(&d.transport);
+            if let Err(e) = d.backend.close() {
+                errs.push((i, e));
+            }
+        }
+        errs
+    }
+}
+
+fn record_event(log: &Mutex<Vec<DiskEvent>>, disk: usize, event: QosEvent) {
+    let time_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64;
+    eprintln!(
+        "tern: disk {disk}: QoS {}: {} normalized IOPS measured, minimum {}",
+        event.kind.name(),
+        event.measured_iops,
+        event.min_iops
+    );
+    let mut l = lock(log);
+    let seq = l.len() as u64 + 1;
+    l.push(DiskEvent {
+        seq,
+        time_ms,
+        disk,
+        event,
+    });
+}
+
+/// The shrink rules the guest adds for disk `index`: with the probe guest,
+/// a disk its workload uses may not shrink below the end it reports in use
+/// (`Status::blk_in_use_end`; the probe reports one figure, so it applies
+/// to every disk its `blk-*` steps name).
+pub fn resize_policy(vm: &crate::Vm, index: usize) -> ResizePolicy {
+    let crate::Guest::Probe { workload, .. } = &vm.config().guest else {
+        return ResizePolicy::default();
+    };
+    let Ok(steps) = tern_probe_abi::workload::parse(workload) else {
+        return ResizePolicy::default();
+    };
+    use tern_probe_abi::WorkloadKind as K;
+    let uses = steps.as_slice().iter().any(|s| {
+        matches!(
+            s.kind,
+            K::BlkVerify | K::BlkIops | K::BlkCapacity | K::BlkTrim
+        ) && s.disk == index as u64
+    });
+    let end = vm.probe_status().map(|s| s.blk_in_use_end).unwrap_or(0);
+    ResizePolicy {
+        guest_in_use_end: (uses && end > 0).then_some(end),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_interrupts_and_cmdline() {
+        let d = Disks::default();
+        assert!(d.is_empty());
+        assert_eq!(d.cmdline(), "");
+        assert_eq!(Disks::base(0), 0xd000_0000);
+        assert_eq!(Disks::base(7), 0xd000_7000);
+        assert!(Disks::base(MAX_DISKS) <= 0xffff_ffff);
+        assert!(matches!(
+            d.set_qos(0, QosLimits::default()),
+            Err(DiskError::NoSuchDisk(0, 0))
+        ));
+    }
+}
