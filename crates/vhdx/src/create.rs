@@ -121,10 +121,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<Disk, Erro
 pub fn locator_for(child: &Path, parent: &Path, linkage: Guid) -> ParentLocator {
     let abs = |p: &Path| -> PathBuf { std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()) };
     let (c, p) = (abs(child), abs(parent));
-    let mut entries = vec![(
-        "parent_linkage".to_string(),
-        format!("{linkage:?}").to_uppercase(),
-    )];
+    let mut entries = vec![("parent_linkage".to_string(), format!("{linkage:?}"))];
     if let Some(rel) = relative(c.parent().unwrap_or(Path::new("/")), &p) {
         let rel = rel.to_string_lossy().replace('/', "\\");
         let rel = if rel.starts_with("..") {
@@ -134,9 +131,10 @@ pub fn locator_for(child: &Path, parent: &Path, linkage: Guid) -> ParentLocator 
         };
         entries.push(("relative_path".into(), rel));
     }
+    // Win32 separators, as other tools split the name at the last '\\'.
     entries.push((
         "absolute_win32_path".into(),
-        p.to_string_lossy().into_owned(),
+        p.to_string_lossy().replace('/', "\\"),
     ));
     ParentLocator { entries }
 }
