@@ -9,6 +9,7 @@ wanted=(
   "libvhdi-utils:vhdiinfo"
   "linux-image-amd64:/boot/vmlinuz-*"
   "fio:fio"
+  "xz-utils:xz"
 )
 
 missing=()
