@@ -11,8 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kvm_ioctls::VmFd;
-use tern_block::qos::{Clock, Qos, QosError, QosEvent, QosLimits, SystemClock};
-use tern_block::{BlockBackend, BlockError, ResizePolicy};
+use tern_block::qos::{Clock, Qos, QosError, QosEvent, SystemClock};
+pub use tern_block::qos::{QosEventKind, QosLimits};
+use tern_block::BlockBackend;
+pub use tern_block::{BlockError, ResizePolicy};
 use tern_devices::virtio::block::{Block, BlockStats};
 use tern_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW};
 use tern_devices::virtio::Timer;

@@ -3,7 +3,10 @@
 //!
 //! Requests: `{"cmd":"status"}`, `{"cmd":"pause"}`, `{"cmd":"resume"}`,
 //! `{"cmd":"shutdown"}`, `{"cmd":"reports"}`, `{"cmd":"probe-stop"}` (ends
-//! the probe's open-ended step), `{"cmd":"probe-touch","round":N}`.
+//! the probe's open-ended step), `{"cmd":"probe-touch","round":N}`,
+//! `{"cmd":"disk-qos","disk":N,"max_iops":N,"min_iops":N,"max_bw":BYTES}`
+//! (omitted limits stay, 0 removes one), `{"cmd":"disk-resize","disk":N,
+//! "size":BYTES}`, `{"cmd":"events"}` (QoS events).
 //! Replies: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -36,6 +39,27 @@ pub enum Request {
         /// Round number (must increase).
         round: u64,
     },
+    /// Change a disk's QoS limits now; omitted limits stay as they are,
+    /// 0 removes one.
+    DiskQos {
+        /// Disk index (`--disk` order).
+        disk: usize,
+        /// Most normalized IOPS (8 KiB each).
+        max_iops: Option<u64>,
+        /// Reserved normalized IOPS (raises events when not met).
+        min_iops: Option<u64>,
+        /// Most bytes per second.
+        max_bw: Option<u64>,
+    },
+    /// Grow or shrink a disk of the running VM.
+    DiskResize {
+        /// Disk index.
+        disk: usize,
+        /// New size in bytes (a multiple of 512).
+        size: u64,
+    },
+    /// QoS events so far (`min-iops-not-met`, `min-iops-restored`).
+    Events,
 }
 
 /// Errors starting the control server.
@@ -137,6 +161,23 @@ pub fn handle(req: Request, vm: &Vm) -> Value {
                 "memory": cfg.memory,
                 "pid": std::process::id(),
             });
+            v["disks"] = vm
+                .disks()
+                .status()
+                .iter()
+                .map(|d| {
+                    json!({
+                        "path": d.path,
+                        "format": d.format,
+                        "readonly": d.read_only,
+                        "capacity": d.capacity,
+                        "qos": qos_json(&d.qos),
+                        "requests": d.requests,
+                        "errors": d.errors,
+                        "throttled": d.throttled,
+                    })
+                })
+                .collect();
             if matches!(cfg.guest, tern_vmm::Guest::Probe { .. }) {
                 if let Ok(s) = vm.probe_status() {
                     v["probe"] = json!({
@@ -149,6 +190,9 @@ pub fn handle(req: Request, vm: &Vm) -> Value {
                         "touch_rounds": s.touch_rounds,
                         "command_ack": s.command_ack,
                         "checked_in": s.checked_in,
+                        "blk_capacity": s.blk_capacity,
+                        "blk_capacity_changes": s.blk_capacity_changes,
+                        "blk_in_use_end": s.blk_in_use_end,
                     });
                 }
             }
@@ -163,7 +207,56 @@ pub fn handle(req: Request, vm: &Vm) -> Value {
         Request::Reports => json!({"ok": true, "reports": vm.reports().all()}),
         Request::ProbeStop => done(vm.probe_stop_step()),
         Request::ProbeTouch { round } => done(vm.probe_touch(round)),
+        Request::DiskQos {
+            disk,
+            max_iops,
+            min_iops,
+            max_bw,
+        } => {
+            let Some(cur) = vm.disks().status().get(disk).map(|d| d.qos) else {
+                let e = tern_vmm::devices::DiskError::NoSuchDisk(disk, vm.disks().len());
+                return json!({"ok": false, "error": e.to_string()});
+            };
+            let limits = tern_vmm::devices::QosLimits {
+                max_iops: max_iops.unwrap_or(cur.max_iops),
+                min_iops: min_iops.unwrap_or(cur.min_iops),
+                max_bw: max_bw.unwrap_or(cur.max_bw),
+            };
+            match vm.disks().set_qos(disk, limits) {
+                Ok(()) => json!({"ok": true, "disk": disk, "qos": qos_json(&limits)}),
+                Err(e) => json!({"ok": false, "error": crate::run::chain(&e)}),
+            }
+        }
+        Request::DiskResize { disk, size } => {
+            let policy = tern_vmm::devices::resize_policy(vm, disk);
+            match vm.disks().resize(disk, size, &policy) {
+                Ok(()) => json!({"ok": true, "disk": disk, "capacity": size}),
+                Err(e) => json!({"ok": false, "error": crate::run::chain(&e)}),
+            }
+        }
+        Request::Events => {
+            let events: Vec<Value> = vm
+                .disks()
+                .events()
+                .iter()
+                .map(|e| {
+                    json!({
+                        "seq": e.seq,
+                        "time_ms": e.time_ms,
+                        "disk": e.disk,
+                        "event": e.event.kind.name(),
+                        "min_iops": e.event.min_iops,
+                        "measured_iops": e.event.measured_iops,
+                    })
+                })
+                .collect();
+            json!({"ok": true, "events": events})
+        }
     }
+}
+
+fn qos_json(q: &tern_vmm::devices::QosLimits) -> Value {
+    json!({"max_iops": q.max_iops, "min_iops": q.min_iops, "max_bw": q.max_bw})
 }
 
 #[cfg(test)]
@@ -180,6 +273,29 @@ mod tests {
             serde_json::from_str::<Request>(r#"{"cmd":"probe-touch","round":3}"#).unwrap(),
             Request::ProbeTouch { round: 3 }
         );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"disk-qos","disk":1,"max_iops":900}"#)
+                .unwrap(),
+            Request::DiskQos {
+                disk: 1,
+                max_iops: Some(900),
+                min_iops: None,
+                max_bw: None
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"disk-resize","disk":0,"size":1048576}"#)
+                .unwrap(),
+            Request::DiskResize {
+                disk: 0,
+                size: 1 << 20
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"events"}"#).unwrap(),
+            Request::Events
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"disk-resize","disk":0}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>("not json").is_err());
     }

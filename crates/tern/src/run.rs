@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::Args;
 use tern_devices::serial::SerialMode;
 use tern_vmm::boot::linux::LinuxError;
+use tern_vmm::devices::{BlockError, DiskConfig, DiskError, QosLimits};
 use tern_vmm::{Backing, Guest, Vm, VmConfig, VmError, VmExit, VmHooks};
 
 use crate::control;
@@ -51,6 +52,12 @@ pub struct RunArgs {
     /// KVM device node.
     #[arg(long, default_value = "/dev/kvm", hide = true)]
     kvm: PathBuf,
+    /// A disk (repeatable; the guest sees them in this order):
+    /// path=FILE[,readonly][,max-iops=N][,min-iops=N][,max-bw=BYTES].
+    /// FILE ending in .vhdx/.avhdx is VHDX, anything else raw. IOPS are
+    /// normalized: each 8 KiB of a request counts as one.
+    #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
+    disks: Vec<DiskConfig>,
 }
 
 /// Where `tern run` looks for the probe guest when not told.
@@ -96,6 +103,7 @@ fn config(args: &RunArgs) -> Result<VmConfig, (i32, String)> {
     let mut cfg = VmConfig::new(args.vcpus, args.memory, guest);
     cfg.serial = args.serial.clone();
     cfg.kvm_path = args.kvm.clone();
+    cfg.disks = args.disks.clone();
     if args.memfd {
         cfg.backing = Backing::Memfd;
     }
@@ -116,6 +124,11 @@ fn error_code(e: &VmError) -> i32 {
         VmError::Kvm { .. } | VmError::Thread(_) | VmError::X86(_) | VmError::Control(_) => {
             exit_code::SOFTWARE
         }
+        VmError::Disk(DiskError::Open { source, .. }) => match source {
+            BlockError::Locked(_) => exit_code::UNAVAILABLE,
+            _ => exit_code::NO_INPUT,
+        },
+        VmError::Disk(DiskError::Irq { .. }) => exit_code::SOFTWARE,
         _ => exit_code::USAGE,
     }
 }
@@ -167,6 +180,11 @@ pub fn run(args: RunArgs) -> i32 {
         return error_code(&e);
     }
     let exit = vm.wait();
+    // The process exits without dropping the VM: close disks explicitly
+    // (a VHDX's log must be emptied for other tools to open it).
+    for (i, e) in vm.disks().close() {
+        eprintln!("tern: error: closing disk {i}: {}", chain(&e));
+    }
     drop(server);
     exit_status(&exit, &control_path)
 }
@@ -178,6 +196,90 @@ fn exit_status(exit: &VmExit, _control: &Path) -> i32 {
         VmExit::Crashed { vcpu, reason, rip } => {
             eprintln!("tern: error: guest crashed on vCPU {vcpu} at RIP {rip:#x}: {reason}");
             exit_code::SOFTWARE
+        }
+    }
+}
+
+/// Parses `--disk path=FILE[,readonly][,max-iops=N][,min-iops=N][,max-bw=BYTES]`.
+pub fn parse_disk(text: &str) -> Result<DiskConfig, String> {
+    let mut path = None;
+    let mut read_only = false;
+    let mut qos = QosLimits::default();
+    for part in text.split(',') {
+        let (key, value) = match part.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v)),
+            None => (part.trim(), None),
+        };
+        let number = |v: Option<&str>| -> Result<u64, String> {
+            let v = v.ok_or_else(|| format!("disk option '{key}' needs a value ({key}=N)"))?;
+            v.trim()
+                .parse()
+                .map_err(|_| format!("disk option '{key}={v}': expected a whole number"))
+        };
+        match key {
+            "path" => match value {
+                Some(v) if !v.is_empty() => path = Some(PathBuf::from(v)),
+                _ => return Err("disk option 'path' needs a file (path=FILE)".into()),
+            },
+            "readonly" | "ro" if value.is_none() => read_only = true,
+            "max-iops" => qos.max_iops = number(value)?,
+            "min-iops" => qos.min_iops = number(value)?,
+            "max-bw" => {
+                let v = value.ok_or("disk option 'max-bw' needs a value (max-bw=BYTES)")?;
+                qos.max_bw = parse_size(v)?;
+            }
+            "" => return Err(format!("empty option in disk spec '{text}'")),
+            other => {
+                return Err(format!(
+                    "unknown disk option '{other}' (expected path=FILE, readonly, max-iops=N, min-iops=N, max-bw=BYTES)"
+                ))
+            }
+        }
+    }
+    let path = path.ok_or_else(|| format!("disk spec '{text}' has no path=FILE"))?;
+    qos.validate()
+        .map_err(|e| format!("disk {}: {e}", path.display()))?;
+    Ok(DiskConfig {
+        path,
+        read_only,
+        qos,
+    })
+}
+
+#[cfg(test)]
+mod disk_spec_tests {
+    use super::*;
+
+    #[test]
+    fn parses_disk_specs() {
+        let d = parse_disk("path=/x/a.vhdx,readonly,max-iops=500,min-iops=10,max-bw=1M").unwrap();
+        assert_eq!(d.path, PathBuf::from("/x/a.vhdx"));
+        assert!(d.read_only);
+        assert_eq!(
+            d.qos,
+            QosLimits {
+                max_iops: 500,
+                min_iops: 10,
+                max_bw: 1 << 20
+            }
+        );
+        assert_eq!(parse_disk("path=a.img").unwrap().qos, QosLimits::default());
+        for (bad, says) in [
+            ("a.img", "unknown disk option 'a.img'"),
+            ("readonly", "has no path=FILE"),
+            ("path=", "needs a file"),
+            ("path=a,max-iops=lots", "expected a whole number"),
+            ("path=a,max-iops", "needs a value"),
+            ("path=a,max-bw=3X", "bad size"),
+            ("path=a,,readonly", "empty option"),
+            ("path=a,readonly=yes", "unknown disk option 'readonly'"),
+            (
+                "path=a,max-iops=10,min-iops=20",
+                "min-iops 20 is above max-iops 10",
+            ),
+        ] {
+            let e = parse_disk(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
         }
     }
 }
