@@ -9,6 +9,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod blk;
 pub mod stamp;
 pub mod workload;
 
