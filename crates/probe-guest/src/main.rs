@@ -11,11 +11,13 @@
 #![no_std]
 #![no_main]
 
+mod blk;
 mod boot;
 mod io;
 mod mem;
 mod report;
 mod status;
+mod virtio;
 mod workloads;
 
 use core::arch::asm;

@@ -35,6 +35,9 @@ field!(/** [`Status::pages`]. */ pages: AtomicU64);
 field!(/** [`Status::touch_rounds`]. */ touch_rounds: AtomicU64);
 field!(/** [`Status::touch_request`] (written by the VMM). */ touch_request: AtomicU64);
 field!(/** [`Status::checked_in`]. */ checked_in: AtomicU32);
+field!(/** [`Status::blk_capacity_changes`]. */ blk_capacity_changes: AtomicU32);
+field!(/** [`Status::blk_capacity`]. */ blk_capacity: AtomicU64);
+field!(/** [`Status::blk_in_use_end`]. */ blk_in_use_end: AtomicU64);
 
 // `start_pass` writes both fields with one 16-byte store.
 const _: () = assert!(offset_of!(Status, generation) as u64 == STATUS_GENERATION_OFFSET);
