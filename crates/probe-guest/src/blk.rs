@@ -12,8 +12,10 @@
 //! Every wait is bounded by the TSC ([`TIMEOUT_MS`]): a device that stops
 //! answering becomes [`Error::Timeout`], never a hang.
 
-use crate::virtio::{reg, status, Buf, Deadline, Mmio, QueueMem, SplitQueue, MAGIC, VIRTIO_F_VERSION_1, INT_CONFIG};
 use crate::io::rdtsc;
+use crate::virtio::{
+    reg, status, Buf, Deadline, Mmio, QueueMem, SplitQueue, INT_CONFIG, MAGIC, VIRTIO_F_VERSION_1,
+};
 use core::fmt;
 use core::hint::spin_loop;
 use core::ptr;
@@ -242,7 +244,8 @@ impl Blk {
         if offered & 1 << VIRTIO_F_VERSION_1 == 0 {
             return Err(Error::NoVersion1 { offered });
         }
-        let usable = 1 << feature::RO | 1 << feature::BLK_SIZE | 1 << feature::FLUSH | 1 << feature::DISCARD;
+        let usable =
+            1 << feature::RO | 1 << feature::BLK_SIZE | 1 << feature::FLUSH | 1 << feature::DISCARD;
         let wanted = 1 << VIRTIO_F_VERSION_1 | offered & usable;
         mmio.set_driver_features(wanted);
         let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
@@ -373,13 +376,30 @@ impl Blk {
     /// Submits `op` in free slot `slot` (not yet notified: see [`Blk::kick`]).
     /// The data buffer must stay untouched until the request completes.
     pub fn submit(&mut self, slot: usize, op: Op) {
-        assert!(slot < self.slots && self.busy & 1 << slot == 0, "slot {slot} is not free");
+        assert!(
+            slot < self.slots && self.busy & 1 << slot == 0,
+            "slot {slot} is not free"
+        );
         let hdr = HEADERS + 16 * slot as u64;
         let st = STATUSES + slot as u64;
         let small = Self::small_buf(slot);
         let (kind, data) = match op {
-            Op::Read { addr, len, .. } => (req::IN, Some(Buf { addr, len, device_writes: true })),
-            Op::Write { addr, len, .. } => (req::OUT, Some(Buf { addr, len, device_writes: false })),
+            Op::Read { addr, len, .. } => (
+                req::IN,
+                Some(Buf {
+                    addr,
+                    len,
+                    device_writes: true,
+                }),
+            ),
+            Op::Write { addr, len, .. } => (
+                req::OUT,
+                Some(Buf {
+                    addr,
+                    len,
+                    device_writes: false,
+                }),
+            ),
             Op::Flush => (req::FLUSH, None),
             Op::Discard { sector, sectors } => {
                 // SAFETY: the slot's small buffer is reserved driver memory
@@ -390,9 +410,23 @@ impl Blk {
                     // flags: no unmap, no write-zeroes.
                     ptr::write_volatile((small + 12) as *mut u32, 0);
                 }
-                (req::DISCARD, Some(Buf { addr: small, len: 16, device_writes: false }))
+                (
+                    req::DISCARD,
+                    Some(Buf {
+                        addr: small,
+                        len: 16,
+                        device_writes: false,
+                    }),
+                )
             }
-            Op::GetId => (req::GET_ID, Some(Buf { addr: small, len: 20, device_writes: true })),
+            Op::GetId => (
+                req::GET_ID,
+                Some(Buf {
+                    addr: small,
+                    len: 20,
+                    device_writes: true,
+                }),
+            ),
         };
         // The header's sector is 0 for requests without one (§5.2.6).
         let sector = match op {
@@ -407,8 +441,16 @@ impl Blk {
             ptr::write_volatile((hdr + 8) as *mut u64, sector);
             ptr::write_volatile(st as *mut u8, S_NONE);
         }
-        let header = Buf { addr: hdr, len: 16, device_writes: false };
-        let status = Buf { addr: st, len: 1, device_writes: true };
+        let header = Buf {
+            addr: hdr,
+            len: 16,
+            device_writes: false,
+        };
+        let status = Buf {
+            addr: st,
+            len: 1,
+            device_writes: true,
+        };
         let head = (3 * slot) as u16;
         match data {
             Some(d) => self.queue.push(head, &[header, d, status]),
@@ -439,7 +481,11 @@ impl Blk {
         // SAFETY: the slot's status byte is driver memory; the device is
         // done with it (the used entry was read after an acquire fence).
         let status = unsafe { ptr::read_volatile((STATUSES + slot as u64) as *const u8) };
-        Ok(Some(Done { slot, status, len: used.len }))
+        Ok(Some(Done {
+            slot,
+            status,
+            len: used.len,
+        }))
     }
 
     /// Waits for a completion (there must be a request in flight), at most
@@ -447,7 +493,8 @@ impl Blk {
     pub fn wait(&mut self) -> Result<Done, Error> {
         debug_assert!(self.busy != 0, "nothing in flight");
         // With no end of its own, only the timeout ends the wait.
-        self.wait_until(u64::MAX)?.ok_or(Error::Timeout { what: "request" })
+        self.wait_until(u64::MAX)?
+            .ok_or(Error::Timeout { what: "request" })
     }
 
     /// Like [`Blk::wait`], but also returns `None` once the TSC reaches
@@ -486,7 +533,10 @@ impl Blk {
         if done.status == S_OK {
             Ok(done)
         } else {
-            Err(Error::Io { status: done.status, sector: self.sector_of(done.slot) })
+            Err(Error::Io {
+                status: done.status,
+                sector: self.sector_of(done.slot),
+            })
         }
     }
 

@@ -278,10 +278,7 @@ impl SplitQueue {
         let id = self.read32(e);
         let len = self.read32(e + 4);
         self.last_used = self.last_used.wrapping_add(1);
-        Some(Used {
-            head: id,
-            len,
-        })
+        Some(Used { head: id, len })
     }
 }
 

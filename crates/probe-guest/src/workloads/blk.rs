@@ -14,14 +14,33 @@
 //!
 //! Every failure is one report line, `NAME disk=N result=fail reason=WORD
 //! ...`, and a failed step; no wait is unbounded.
+//!
+//! Reports (each step's summary is its only line with `result=`; other
+//! lines carry no `result=`, so a test can pick the summary by it):
+//!
+//! ```text
+//! blk-verify disk=0 bytes=B capacity=B sectors=N bad_sectors=N write_ms=T read_ms=T result=pass
+//! blk-verify mismatch disk=0 sector=S word=W expected=0x.. found=0x.. found_sector=S found_magic=0x..
+//! blk-iops disk=0 second=K iops=N norm_iops=N in_flight=N
+//! blk-iops disk=0 mix=M bs=B qd=N secs=S ios=N iops=N norm_iops=N errors=0 result=pass
+//! blk-capacity disk=0 change=K changes_total=N capacity=B previous=B generation=G config_interrupt=0|1
+//! blk-capacity disk=0 changes=N capacity=B generation=G result=pass
+//! blk-trim disk=0 from=B discarded_bytes=B capacity=B in_use_end=B result=pass
+//! ```
+//!
+//! `iops` counts requests completed OK within the `secs` window (or within
+//! second K), `norm_iops` the same in normalized I/Os; requests that fail
+//! are counted in `errors` and fail the step (which still runs to its end).
 
 use super::{Ctx, MIB};
 use crate::blk::{Blk, Error, Op, DATA_AREA, DATA_AREA_LEN};
 use crate::report::{println, report};
 use crate::{boot, io, status};
-use core::sync::atomic::Ordering;
 use core::hint::spin_loop;
-use tern_probe_abi::blk::{check_sector, fill_sector, normalized_ios, SECTOR_SIZE, WORDS_PER_SECTOR};
+use core::sync::atomic::Ordering;
+use tern_probe_abi::blk::{
+    check_sector, fill_sector, normalized_ios, SECTOR_SIZE, WORDS_PER_SECTOR,
+};
 use tern_probe_abi::workload::{Mix, Step};
 
 /// Sectors per `blk-verify` request (1 MiB).
@@ -103,7 +122,9 @@ fn stream(
     loop {
         let mut submitted = false;
         while next < total {
-            let Some(slot) = blk.free_slot(depth) else { break };
+            let Some(slot) = blk.free_slot(depth) else {
+                break;
+            };
             let n = chunk.min(total - next);
             let buf = DATA_AREA + slot as u64 * stride;
             let op = make(next, n, buf);
@@ -141,7 +162,9 @@ pub(super) fn verify(ctx: &Ctx, step: &Step) -> bool {
         step.mib.saturating_mul(MIB)
     };
     if bytes > capacity || bytes == 0 {
-        report!("{NAME} disk={disk} bytes={bytes} capacity={capacity} result=fail reason=too-large");
+        report!(
+            "{NAME} disk={disk} bytes={bytes} capacity={capacity} result=fail reason=too-large"
+        );
         return false;
     }
     if blk.read_only() {
@@ -168,7 +191,11 @@ pub(super) fn verify(ctx: &Ctx, step: &Step) -> bool {
                 // free, so no request uses it.
                 fill_sector(unsafe { buf_sector(buf, i) }, sector + i);
             }
-            Op::Write { sector, addr: buf, len: (n * SECTOR_SIZE) as u32 }
+            Op::Write {
+                sector,
+                addr: buf,
+                len: (n * SECTOR_SIZE) as u32,
+            }
         },
         |_, _, _| {},
     )
@@ -186,7 +213,11 @@ pub(super) fn verify(ctx: &Ctx, step: &Step) -> bool {
         VERIFY_CHUNK,
         VERIFY_DEPTH,
         stride,
-        |sector, n, buf| Op::Read { sector, addr: buf, len: (n * SECTOR_SIZE) as u32 },
+        |sector, n, buf| Op::Read {
+            sector,
+            addr: buf,
+            len: (n * SECTOR_SIZE) as u32,
+        },
         |sector, n, buf| {
             for i in 0..n {
                 // SAFETY: as above; the read into this slot completed.
@@ -245,7 +276,10 @@ pub(super) fn trim(ctx: &Ctx, step: &Step) -> bool {
         return false;
     }
     if !blk.has(crate::blk::feature::DISCARD) {
-        report!("{NAME} disk={disk} result=fail {}", Error::DiscardUnsupported);
+        report!(
+            "{NAME} disk={disk} result=fail {}",
+            Error::DiscardUnsupported
+        );
         return false;
     }
     let first = from / SECTOR_SIZE;
@@ -257,7 +291,10 @@ pub(super) fn trim(ctx: &Ctx, step: &Step) -> bool {
         chunk,
         8,
         0,
-        |sector, n, _| Op::Discard { sector: first + sector, sectors: n as u32 },
+        |sector, n, _| Op::Discard {
+            sector: first + sector,
+            sectors: n as u32,
+        },
         |_, _, _| {},
     )
     .and_then(|()| blk.flush());
@@ -274,7 +311,6 @@ pub(super) fn trim(ctx: &Ctx, step: &Step) -> bool {
     );
     true
 }
-
 
 /// `blk-capacity`: polls ConfigGeneration about every millisecond (each
 /// read exits to the VMM) and re-reads the capacity when it moves.
@@ -309,7 +345,9 @@ pub(super) fn capacity(ctx: &Ctx, step: &Step) -> bool {
         if device_status & crate::virtio::status::DEVICE_NEEDS_RESET != 0 {
             report!(
                 "{NAME} disk={disk} result=fail {}",
-                Error::NeedsReset { status: device_status }
+                Error::NeedsReset {
+                    status: device_status
+                }
             );
             return false;
         }
@@ -355,7 +393,11 @@ pub(super) fn iops(ctx: &Ctx, step: &Step) -> bool {
     const NAME: &str = "blk-iops";
     let (disk, bs, secs, mix) = (step.disk, step.bs, step.secs, step.mix);
     let fail = |reason: core::fmt::Arguments<'_>| {
-        report!("{NAME} disk={disk} mix={} bs={bs} qd={} result=fail {reason}", mix.name(), step.qd);
+        report!(
+            "{NAME} disk={disk} mix={} bs={bs} qd={} result=fail {reason}",
+            mix.name(),
+            step.qd
+        );
         false
     };
     if ctx.tsc_hz == 0 {
