@@ -5,13 +5,15 @@
 //! Register loads and stores are single 32-bit volatile accesses; under KVM
 //! (PVM included) each one exits to the VMM as MMIO, so drivers keep them
 //! out of tight loops. Ring memory is ordinary guest RAM the device reads
-//! and writes from another thread: every access to it is volatile, and the
-//! fences below order it as §2.7.13 asks.
+//! and writes from another thread: the two ring indexes are atomics (a
+//! release store publishes the avail index, an acquire load reads the used
+//! one), everything else is volatile, and a full fence separates publishing
+//! from the notification check, as §2.7.13 asks.
 
 use crate::io::rdtsc;
 use core::hint::spin_loop;
 use core::ptr;
-use core::sync::atomic::{fence, Ordering};
+use core::sync::atomic::{fence, AtomicU16, Ordering};
 
 /// Register offsets (§4.2.2).
 pub mod reg {
@@ -219,6 +221,17 @@ impl SplitQueue {
         unsafe { ptr::read_volatile(addr as *const u16) }
     }
 
+    /// The ring index at `addr` as an atomic: the device is, to this
+    /// program, another thread, and the index is what synchronizes with it.
+    #[inline(always)]
+    fn index(&self, addr: u64) -> &AtomicU16 {
+        // SAFETY: `addr` is the idx field of the avail or used ring, in the
+        // queue's areas (`new`'s contract), 2-byte aligned; the areas live
+        // as long as the queue, and the device's accesses are single
+        // 16-bit ones, as atomic as ours.
+        unsafe { AtomicU16::from_ptr(addr as *mut u16) }
+    }
+
     #[inline(always)]
     fn read32(&self, addr: u64) -> u32 {
         // SAFETY: as in `write16`, 4-byte aligned.
@@ -253,9 +266,10 @@ impl SplitQueue {
         let slot = u64::from(self.avail_idx % self.size);
         self.write16(self.mem.avail + 4 + 2 * slot, head);
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        // The descriptors and the ring entry before the index (§2.7.13).
-        fence(Ordering::Release);
-        self.write16(self.mem.avail + 2, self.avail_idx);
+        // Release: the descriptors and the ring entry before the index
+        // (§2.7.13).
+        self.index(self.mem.avail + 2)
+            .store(self.avail_idx, Ordering::Release);
     }
 
     /// Whether the device asks not to be notified now (§2.7.10).
@@ -268,12 +282,12 @@ impl SplitQueue {
     /// The next used entry, if the device added one.
     #[inline(always)]
     pub fn pop_used(&mut self) -> Option<Used> {
-        let idx = self.read16(self.mem.used + 2);
+        // Acquire: the index load before the entry's (and the buffers')
+        // loads.
+        let idx = self.index(self.mem.used + 2).load(Ordering::Acquire);
         if idx == self.last_used {
             return None;
         }
-        // The index load before the entry's (and the buffers') loads.
-        fence(Ordering::Acquire);
         let e = self.mem.used + 4 + 8 * u64::from(self.last_used % self.size);
         let id = self.read32(e);
         let len = self.read32(e + 4);
