@@ -8,6 +8,7 @@ mod disk;
 mod exit_code;
 mod run;
 mod size;
+mod vm_cli;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,8 @@ enum Command {
     /// Virtual disk tools (VHDX and raw).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    #[command(flatten)]
+    Api(vm_cli::ApiCommand),
 }
 
 fn main() {
@@ -46,6 +49,7 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::Disk(cmd) => disk::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Api(cmd) => vm_cli::run(cmd),
     };
     std::process::exit(code);
 }

@@ -1,0 +1,12 @@
+//! Tern's REST API: the request and response types, the OpenAPI document
+//! and a client.
+//!
+//! The daemon (`ternd`, crate `tern-daemon`) serves the API; the CLI (`tern
+//! vm ...`) uses [`client::Client`].
+
+pub mod client;
+pub mod openapi;
+pub mod types;
+
+pub use client::{Client, ClientError, Endpoint};
+pub use types::*;

@@ -1,0 +1,514 @@
+//! Request and response bodies of the REST API (JSON).
+//!
+//! Sizes are accepted as a number of bytes or as text with a binary suffix
+//! (`"512M"`, `"4G"`) and always returned as bytes.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+/// Version of the REST API; the path prefix is `/v1`.
+pub const API_VERSION: &str = "v1";
+
+/// An error reply: every 4xx and 5xx carries one.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ApiError {
+    /// Stable machine-readable code: `bad_request`, `not_found`, `conflict`,
+    /// `unauthorized`, `not_implemented`, `internal`, `unavailable`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// Lifecycle state of a VM in the registry.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Defined, no worker.
+    Stopped,
+    /// A worker is being started.
+    Starting,
+    /// The worker runs the guest.
+    Running,
+    /// vCPUs are paused; memory is kept.
+    Paused,
+    /// A stop was requested; the worker is ending.
+    Stopping,
+    /// Memory and device state are being written to disk.
+    Saving,
+    /// The VM's state is on disk; no worker.
+    Saved,
+    /// A worker is being started from a saved state.
+    Restoring,
+    /// The VM is moving to another host.
+    Migrating,
+    /// The worker ended unexpectedly; `reason` says why.
+    Failed,
+}
+
+impl VmState {
+    /// The name used in JSON and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Stopped => "stopped",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopping => "stopping",
+            VmState::Saving => "saving",
+            VmState::Saved => "saved",
+            VmState::Restoring => "restoring",
+            VmState::Migrating => "migrating",
+            VmState::Failed => "failed",
+        }
+    }
+
+    /// Parses [`VmState::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "stopped" => VmState::Stopped,
+            "starting" => VmState::Starting,
+            "running" => VmState::Running,
+            "paused" => VmState::Paused,
+            "stopping" => VmState::Stopping,
+            "saving" => VmState::Saving,
+            "saved" => VmState::Saved,
+            "restoring" => VmState::Restoring,
+            "migrating" => VmState::Migrating,
+            "failed" => VmState::Failed,
+            _ => return None,
+        })
+    }
+
+    /// True while a worker process exists for the VM.
+    pub fn has_worker(self) -> bool {
+        matches!(
+            self,
+            VmState::Starting
+                | VmState::Running
+                | VmState::Paused
+                | VmState::Stopping
+                | VmState::Saving
+                | VmState::Migrating
+                | VmState::Restoring
+        )
+    }
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A size in bytes, written as a number or as text such as `"512M"`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, ToSchema)]
+#[schema(value_type = String, example = "512M")]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Num(n)) => Ok(Size(n)),
+            Ok(Raw::Text(t)) => parse_size(&t).map(Size).map_err(serde::de::Error::custom),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a size: a number of bytes or text such as \"512M\"",
+            )),
+        }
+    }
+}
+
+/// Parses a size with an optional binary suffix (K, M, G, T; `iB` or `B`
+/// allowed after it). A bare number is bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("bad size '{text}': expected a number with an optional K/M/G/T suffix")
+    })?;
+    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("bad size '{text}': unknown suffix '{suffix}'")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("bad size '{text}': too large"))
+}
+
+/// Body of `POST /v1/vms`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVm {
+    /// Unique name: 1-63 characters of `[A-Za-z0-9._-]`, not starting with
+    /// `.` or `-`.
+    pub name: String,
+    /// Number of vCPUs (1-64; default 1).
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// Guest memory (default 512M; 16M to 64G, a multiple of 2M).
+    #[serde(default)]
+    pub memory: Option<Size>,
+    /// The guest: `probe:WORKLOAD`, e.g. `probe:hello` or
+    /// `probe:dirty,mib=32,rate=50+verify`.
+    pub guest: String,
+    /// Disks to attach, by name or id (see `/v1/disks`).
+    #[serde(default)]
+    pub disks: Vec<String>,
+}
+
+/// A VM as the registry knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Vm {
+    /// Stable id (16 hex digits).
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    /// The guest (`probe:WORKLOAD`).
+    pub guest: String,
+    /// Lifecycle state.
+    pub state: VmState,
+    /// Why the VM is `failed` (or how it last stopped), if known.
+    pub reason: Option<String>,
+    /// The worker's process id while one runs.
+    pub pid: Option<u32>,
+    /// Names of the attached disks.
+    pub disks: Vec<String>,
+    /// When the VM was created (RFC 3339, UTC).
+    pub created_at: String,
+    /// When the registry entry last changed (RFC 3339, UTC).
+    pub updated_at: String,
+}
+
+/// Reply of `GET /v1/vms`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VmList {
+    /// Every VM, by name.
+    pub vms: Vec<Vm>,
+}
+
+/// Something that happened on this host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Event {
+    /// Increasing sequence number (use as `since`).
+    pub seq: i64,
+    /// When (RFC 3339, UTC).
+    pub time: String,
+    /// The VM's id, if about a VM.
+    pub vm_id: Option<String>,
+    /// The VM's name at the time, if about a VM.
+    pub vm: Option<String>,
+    /// What kind: `created`, `started`, `paused`, `resumed`, `stopped`,
+    /// `failed`, `deleted`, `reattached`, `migrated-in`, `migrated-out`, ...
+    pub kind: String,
+    /// Details for people.
+    pub message: String,
+}
+
+/// Reply of `GET /v1/events`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    /// Events after `since`, oldest first.
+    pub events: Vec<Event>,
+}
+
+/// Disk image format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskFormat {
+    /// Microsoft VHDX (dynamic).
+    Vhdx,
+    /// Raw image.
+    Raw,
+}
+
+impl DiskFormat {
+    /// The name used in JSON and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Vhdx => "vhdx",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+/// Body of `POST /v1/disks`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDisk {
+    /// Unique name (same rules as VM names).
+    pub name: String,
+    /// Virtual size (at least 1M, a multiple of 1M, at most 64T).
+    pub size: Size,
+    /// Format (default vhdx).
+    #[serde(default)]
+    pub format: Option<DiskFormat>,
+    /// Where to create the file: absolute, inside one of the host's allowed
+    /// disk directories (default: `NAME.vhdx` in the first one).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// Storage QoS of a disk, in normalized 8 KiB IOPS.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskQos {
+    /// Upper limit (none: unlimited).
+    #[serde(default)]
+    pub max_iops: Option<u32>,
+    /// Minimum; an event is raised when the disk cannot get it.
+    #[serde(default)]
+    pub min_iops: Option<u32>,
+}
+
+/// A virtual disk in the registry.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Disk {
+    /// Stable id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// The image file.
+    pub path: String,
+    /// Format.
+    pub format: DiskFormat,
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// The VM it is attached to, if any.
+    pub vm: Option<String>,
+    /// Storage QoS.
+    pub qos: DiskQos,
+}
+
+/// Reply of `GET /v1/disks`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DiskList {
+    /// Every disk, by name.
+    pub disks: Vec<Disk>,
+}
+
+/// Body of `POST /v1/disks/{disk}/resize`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeDisk {
+    /// New virtual size.
+    pub size: Size,
+}
+
+/// Body of `POST /v1/vms/{vm}/disks`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachDisk {
+    /// The disk, by name or id.
+    pub disk: String,
+}
+
+/// Body of `POST /v1/vms/{vm}/checkpoints`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCheckpoint {
+    /// Name, unique per VM.
+    pub name: String,
+}
+
+/// A checkpoint of a VM.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Stable id.
+    pub id: String,
+    /// The VM's name.
+    pub vm: String,
+    /// Name.
+    pub name: String,
+    /// When it was taken (RFC 3339, UTC).
+    pub created_at: String,
+}
+
+/// Reply of `GET /v1/vms/{vm}/checkpoints`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointList {
+    /// Checkpoints, oldest first.
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// Body of `POST /v1/vms/{vm}/migrate`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartMigration {
+    /// The destination daemon: `unix:/path/to/ternd.sock` or
+    /// `http://HOST:PORT`.
+    pub to: String,
+    /// Bearer token of the destination daemon (TCP only).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// State of a migration.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationState {
+    /// Negotiating with the destination.
+    Pending,
+    /// Memory is being copied.
+    Running,
+    /// The VM runs on the destination.
+    Completed,
+    /// Stopped by an error; the source VM runs on.
+    Failed,
+    /// Cancelled; the source VM runs on.
+    Cancelled,
+}
+
+/// A migration, seen from this host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Migration {
+    /// Stable id.
+    pub id: String,
+    /// The VM's name.
+    pub vm: String,
+    /// `outgoing` or `incoming`.
+    pub direction: String,
+    /// The other daemon.
+    pub peer: String,
+    /// State.
+    pub state: MigrationState,
+    /// Bytes of memory sent so far.
+    pub transferred_bytes: u64,
+    /// Bytes of memory in the VM.
+    pub total_bytes: u64,
+    /// Precopy rounds done.
+    pub rounds: u32,
+    /// Time the VM was paused for the switch-over, once known.
+    pub downtime_ms: Option<f64>,
+    /// Total time, once finished.
+    pub total_ms: Option<f64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Reply of `GET /v1/migrations`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MigrationList {
+    /// Migrations, newest first.
+    pub migrations: Vec<Migration>,
+}
+
+/// Which optional features this daemon implements.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Features {
+    /// Save and restore.
+    pub save_restore: bool,
+    /// Live migration.
+    pub migration: bool,
+    /// Disks attached to VMs.
+    pub disks: bool,
+    /// Checkpoints.
+    pub checkpoints: bool,
+}
+
+/// Reply of `GET /v1/host`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostInfo {
+    /// Host name.
+    pub hostname: String,
+    /// Daemon version.
+    pub version: String,
+    /// API version (`v1`).
+    pub api_version: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// Number of VMs in the registry.
+    pub vms: u32,
+    /// Number of VMs with a running worker.
+    pub running: u32,
+    /// Directories where disk images may live.
+    pub disk_dirs: Vec<String>,
+    /// Optional features.
+    pub features: Features,
+}
+
+/// Formats milliseconds since the Unix epoch as RFC 3339 UTC.
+pub fn rfc3339(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let ms = unix_ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_from_numbers_and_text() {
+        let s: Size = serde_json::from_str("\"512M\"").unwrap();
+        assert_eq!(s, Size(512 << 20));
+        let s: Size = serde_json::from_str("4096").unwrap();
+        assert_eq!(s, Size(4096));
+        let e = serde_json::from_str::<Size>("\"12X\"").unwrap_err();
+        assert!(e.to_string().contains("unknown suffix"), "{e}");
+        assert!(serde_json::from_str::<Size>("-1").is_err());
+        assert!(serde_json::from_str::<Size>("\"99999999999T\"").is_err());
+    }
+
+    #[test]
+    fn create_vm_refuses_unknown_fields() {
+        let e = serde_json::from_str::<CreateVm>(r#"{"name":"a","guest":"probe:hello","cpus":2}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in [
+            VmState::Stopped,
+            VmState::Starting,
+            VmState::Running,
+            VmState::Paused,
+            VmState::Stopping,
+            VmState::Saving,
+            VmState::Saved,
+            VmState::Restoring,
+            VmState::Migrating,
+            VmState::Failed,
+        ] {
+            assert_eq!(VmState::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,610 @@
+//! The REST API: the axum router, error replies, the JSON body extractor,
+//! bearer-token authentication for TCP, the console WebSocket and events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
+use tern_api::{
+    ApiError, AttachDisk, CreateCheckpoint, CreateDisk, CreateVm, DiskList, DiskQos, EventList,
+    ResizeDisk, StartMigration, VmList,
+};
+
+use crate::daemon::{chain, Daemon, OpError};
+use crate::registry::RegistryError;
+
+type AppState = Arc<Daemon>;
+
+/// An error reply.
+pub struct ApiErr(pub StatusCode, pub &'static str, pub String);
+
+impl ApiErr {
+    fn bad(msg: impl Into<String>) -> ApiErr {
+        ApiErr(StatusCode::BAD_REQUEST, "bad_request", msg.into())
+    }
+}
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            Json(ApiError {
+                code: self.1.into(),
+                message: self.2,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<OpError> for ApiErr {
+    fn from(e: OpError) -> ApiErr {
+        let msg = chain(&e);
+        let (status, code) = match &e {
+            OpError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            OpError::Registry(r) => match r {
+                RegistryError::NoVm(_) | RegistryError::NoDisk(_) => {
+                    (StatusCode::NOT_FOUND, "not_found")
+                }
+                RegistryError::NameTaken { .. }
+                | RegistryError::WrongState { .. }
+                | RegistryError::DiskBusy(_) => (StatusCode::CONFLICT, "conflict"),
+                RegistryError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            OpError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+            OpError::Worker { .. } | OpError::Failed(_) | OpError::Io { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        // The registry's own error says only "registry database error"; the
+        // chain carries the SQLite detail.
+        let msg = if matches!(e, OpError::Registry(_)) && code != "internal" {
+            e.to_string()
+        } else {
+            msg
+        };
+        ApiErr(status, code, msg)
+    }
+}
+
+impl From<RegistryError> for ApiErr {
+    fn from(e: RegistryError) -> ApiErr {
+        OpError::from(e).into()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiErr>;
+
+/// A JSON body whose every failure (not JSON, wrong fields, bad values) is a
+/// 400 with serde's message.
+pub struct Body<T>(pub T);
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 1 << 20;
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiErr;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiErr::bad(format!("cannot read the request body: {e}")))?;
+        if bytes.len() > MAX_BODY {
+            return Err(ApiErr::bad("request body too large (limit 1 MiB)"));
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiErr::bad("a JSON body is required"));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ApiErr::bad(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Routes and the (method, path) pairs they serve, recorded as they are
+/// added so tests can compare them with the OpenAPI document.
+pub struct Routes {
+    router: Router<AppState>,
+    ops: Vec<(String, String)>,
+}
+
+impl Routes {
+    fn new() -> Routes {
+        Routes {
+            router: Router::new(),
+            ops: Vec::new(),
+        }
+    }
+
+    fn add(mut self, method: &str, path: &str, mr: MethodRouter<AppState>) -> Routes {
+        self.ops.push((method.to_string(), path.to_string()));
+        self.router = self.router.route(path, mr);
+        self
+    }
+}
+
+/// The routes of the API, without state; see [`router`].
+pub fn routes() -> (Router<AppState>, Vec<(String, String)>) {
+    let r = Routes::new()
+        .add("GET", "/openapi.json", get(openapi_json))
+        .add("GET", "/v1/host", get(host_info))
+        .add("GET", "/v1/vms", get(list_vms))
+        .add("POST", "/v1/vms", post(create_vm))
+        .add("GET", "/v1/vms/{vm}", get(get_vm))
+        .add("DELETE", "/v1/vms/{vm}", delete(delete_vm))
+        .add("POST", "/v1/vms/{vm}/start", post(start_vm))
+        .add("POST", "/v1/vms/{vm}/stop", post(stop_vm))
+        .add("POST", "/v1/vms/{vm}/force-stop", post(force_stop_vm))
+        .add("POST", "/v1/vms/{vm}/pause", post(pause_vm))
+        .add("POST", "/v1/vms/{vm}/resume", post(resume_vm))
+        .add("POST", "/v1/vms/{vm}/save", post(save_vm))
+        .add("POST", "/v1/vms/{vm}/restore", post(restore_vm))
+        .add("GET", "/v1/vms/{vm}/console", get(console))
+        .add("POST", "/v1/vms/{vm}/disks", post(attach_disk))
+        .add("DELETE", "/v1/vms/{vm}/disks/{disk}", delete(detach_disk))
+        .add("GET", "/v1/vms/{vm}/checkpoints", get(list_checkpoints))
+        .add("POST", "/v1/vms/{vm}/checkpoints", post(create_checkpoint))
+        .add(
+            "DELETE",
+            "/v1/vms/{vm}/checkpoints/{checkpoint}",
+            delete(delete_checkpoint),
+        )
+        .add(
+            "POST",
+            "/v1/vms/{vm}/checkpoints/{checkpoint}/apply",
+            post(apply_checkpoint),
+        )
+        .add("POST", "/v1/vms/{vm}/migrate", post(migrate_vm))
+        .add("GET", "/v1/migrations", get(list_migrations))
+        .add("GET", "/v1/migrations/{migration}", get(get_migration))
+        .add(
+            "DELETE",
+            "/v1/migrations/{migration}",
+            delete(cancel_migration),
+        )
+        .add("GET", "/v1/disks", get(list_disks))
+        .add("POST", "/v1/disks", post(create_disk))
+        .add("GET", "/v1/disks/{disk}", get(get_disk))
+        .add("DELETE", "/v1/disks/{disk}", delete(delete_disk))
+        .add("POST", "/v1/disks/{disk}/resize", post(resize_disk))
+        .add("PUT", "/v1/disks/{disk}/qos", put(set_disk_qos))
+        .add("GET", "/v1/events", get(list_events));
+    let mut ops = r.ops;
+    ops.sort();
+    ops.dedup();
+    (r.router, ops)
+}
+
+/// The full API router over `daemon`.
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    routes()
+        .0
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(daemon)
+}
+
+/// The router for TCP: every request needs `Authorization: Bearer TOKEN`.
+pub fn router_with_token(daemon: Arc<Daemon>, token: String) -> Router {
+    let token = Arc::new(token);
+    router(daemon).layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let token = token.clone();
+            async move { auth(&token, req, next).await }
+        },
+    ))
+}
+
+async fn auth(token: &str, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiErr(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid bearer token".into(),
+        )
+        .into_response(),
+        None => {
+            let mut r = ApiErr(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this endpoint needs Authorization: Bearer TOKEN (see ternd --token-file)".into(),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+            r
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal a prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiErr {
+    ApiErr(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiErr {
+    ApiErr(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        tern_api::openapi::document(),
+    )
+        .into_response()
+}
+
+async fn host_info(State(d): State<AppState>) -> ApiResult<Json<tern_api::HostInfo>> {
+    Ok(Json(d.host()?))
+}
+
+async fn list_vms(State(d): State<AppState>) -> ApiResult<Json<VmList>> {
+    Ok(Json(VmList { vms: d.list()? }))
+}
+
+async fn create_vm(State(d): State<AppState>, Body(spec): Body<CreateVm>) -> ApiResult<Response> {
+    Ok((StatusCode::CREATED, Json(d.create(&spec)?)).into_response())
+}
+
+async fn get_vm(
+    State(d): State<AppState>,
+    Path(vm): Path<String>,
+) -> ApiResult<Json<tern_api::Vm>> {
+    Ok(Json(d.get(&vm)?))
+}
+
+async fn delete_vm(State(d): State<AppState>, Path(vm): Path<String>) -> ApiResult<StatusCode> {
+    d.delete(&vm).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn start_vm(
+    State(d): State<AppState>,
+    Path(vm): Path<String>,
+) -> ApiResult<Json<tern_api::Vm>> {
+    Ok(Json(d.start(&vm).await?))
+}
+
+async fn stop_vm(
+    State(d): State<AppState>,
+    Path(vm): Path<String>,
+) -> ApiResult<Json<tern_api::Vm>> {
+    Ok(Json(d.stop(&vm).await?))
+}
+
+async fn force_stop_vm(
+    State(d): State<AppState>,
+    Path(vm): Path<String>,
+) -> ApiResult<Json<tern_api::Vm>> {
+    Ok(Json(d.force_stop(&vm).await?))
+}
+
+async fn pause_vm(
+    State(d): State<AppState>,
+    Path(vm): Path<String>,
+) -> ApiResult<Json<tern_api::Vm>> {
+    Ok(Json(d.pause_resume(&vm, true).await?))
+}
+
+async fn resume_vm(
+    State(d): State<AppState>,
+    Path(vm): Path<String>,
+) -> ApiResult<Json<tern_api::Vm>> {
+    Ok(Json(d.pause_resume(&vm, false).await?))
+}
+
+async fn save_vm(
+    State(d): State<AppState>,
+    Path(vm): Path<String>,
+) -> ApiResult<Json<tern_api::Vm>> {
+    Ok(Json(d.save(&vm).await?))
+}
+
+async fn restore_vm(
+    State(d): State<AppState>,
+    Path(vm): Path<String>,
+) -> ApiResult<Json<tern_api::Vm>> {
+    Ok(Json(d.restore(&vm).await?))
+}
+
+async fn console(
+    State(d): State<AppState>,
+    Path(vm): Path<String>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let hub = d.console(&vm)?;
+    let ws = ws.map_err(|e| {
+        ApiErr::bad(format!(
+            "the console is a WebSocket: send an Upgrade: websocket request ({e})"
+        ))
+    })?;
+    Ok(ws.on_upgrade(move |socket| bridge(socket, hub)))
+}
+
+/// Copies serial output to the WebSocket (recent output first) and the
+/// WebSocket's data to the serial input, until either side ends.
+async fn bridge(socket: WebSocket, hub: Arc<crate::worker::ConsoleHub>) {
+    let (mut tx, mut rx) = socket.split();
+    let (scrollback, mut out) = hub.subscribe();
+    let closed = async {
+        let mut c = hub.closed();
+        let _ = c.wait_for(|c| *c).await.map(drop);
+    };
+    tokio::pin!(closed);
+    if !scrollback.is_empty() && tx.send(Message::Binary(scrollback.into())).await.is_err() {
+        return;
+    }
+    let writer = async {
+        loop {
+            tokio::select! {
+                chunk = out.recv() => match chunk {
+                    Ok(c) => {
+                        if tx.send(Message::Binary(c.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let note = format!("\r\n[tern: console lagged, {n} chunks dropped]\r\n");
+                        if tx.send(Message::Binary(note.into_bytes().into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => break,
+                },
+                _ = &mut closed => break,
+            }
+        }
+        // Output still queued before the close.
+        while let Ok(c) = out.try_recv() {
+            let _ = tx.send(Message::Binary(c.into())).await;
+        }
+        let _ = tx
+            .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                code: 1000,
+                reason: "the VM's worker ended".into(),
+            })))
+            .await;
+    };
+    let reader = async {
+        while let Some(Ok(msg)) = rx.next().await {
+            let data = match msg {
+                Message::Binary(b) => b.to_vec(),
+                Message::Text(t) => t.as_bytes().to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            // Input is dropped until the worker's serial port takes it
+            // (see worker::open_serial_fifo); the console stays open.
+            let _ = hub.input(&data).await;
+        }
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+    }
+}
+
+async fn attach_disk(
+    State(d): State<AppState>,
+    Path(vm): Path<String>,
+    Body(req): Body<AttachDisk>,
+) -> ApiResult<Json<tern_api::Vm>> {
+    Ok(Json(crate::disks::attach(&d, &vm, &req.disk)?))
+}
+
+async fn detach_disk(
+    State(d): State<AppState>,
+    Path((vm, disk)): Path<(String, String)>,
+) -> ApiResult<Json<tern_api::Vm>> {
+    Ok(Json(crate::disks::detach(&d, &vm, &disk)?))
+}
+
+fn no_checkpoints() -> ApiErr {
+    OpError::NotImplemented(
+        "checkpoints are not implemented yet: the VM worker has no saved state or \
+         differencing-disk snapshot support"
+            .into(),
+    )
+    .into()
+}
+
+async fn list_checkpoints(
+    State(d): State<AppState>,
+    Path(vm): Path<String>,
+) -> ApiResult<Json<tern_api::CheckpointList>> {
+    let row = d.reg.vm(&vm)?;
+    Ok(Json(tern_api::CheckpointList {
+        checkpoints: d.reg.checkpoints(&row.id, &row.name)?,
+    }))
+}
+
+async fn create_checkpoint(
+    State(d): State<AppState>,
+    Path(vm): Path<String>,
+    Body(req): Body<CreateCheckpoint>,
+) -> ApiResult<Response> {
+    d.reg.vm(&vm)?;
+    crate::daemon::check_name("checkpoint", &req.name)?;
+    Err(no_checkpoints())
+}
+
+async fn delete_checkpoint(
+    State(d): State<AppState>,
+    Path((vm, _cp)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    d.reg.vm(&vm)?;
+    Err(no_checkpoints())
+}
+
+async fn apply_checkpoint(
+    State(d): State<AppState>,
+    Path((vm, _cp)): Path<(String, String)>,
+) -> ApiResult<Json<tern_api::Vm>> {
+    d.reg.vm(&vm)?;
+    Err(no_checkpoints())
+}
+
+fn no_migration() -> ApiErr {
+    OpError::NotImplemented(
+        "live migration is not implemented yet: the VM worker has no migration endpoints".into(),
+    )
+    .into()
+}
+
+async fn migrate_vm(
+    State(d): State<AppState>,
+    Path(vm): Path<String>,
+    Body(req): Body<StartMigration>,
+) -> ApiResult<Response> {
+    d.reg.vm(&vm)?;
+    tern_api::Endpoint::parse(&req.to, req.token.clone())
+        .map_err(|e| ApiErr::bad(e.to_string()))?;
+    Err(no_migration())
+}
+
+async fn list_migrations() -> ApiResult<Json<tern_api::MigrationList>> {
+    Ok(Json(tern_api::MigrationList {
+        migrations: Vec::new(),
+    }))
+}
+
+async fn get_migration(Path(id): Path<String>) -> ApiResult<Json<tern_api::Migration>> {
+    Err(ApiErr(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no migration '{id}'"),
+    ))
+}
+
+async fn cancel_migration(Path(id): Path<String>) -> ApiResult<Json<tern_api::Migration>> {
+    Err(ApiErr(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no migration '{id}'"),
+    ))
+}
+
+async fn list_disks(State(d): State<AppState>) -> ApiResult<Json<DiskList>> {
+    Ok(Json(DiskList {
+        disks: d.reg.disks()?,
+    }))
+}
+
+async fn create_disk(
+    State(d): State<AppState>,
+    Body(req): Body<CreateDisk>,
+) -> ApiResult<Response> {
+    let disk = crate::disks::create(&d, &req).await?;
+    Ok((StatusCode::CREATED, Json(disk)).into_response())
+}
+
+async fn get_disk(
+    State(d): State<AppState>,
+    Path(disk): Path<String>,
+) -> ApiResult<Json<tern_api::Disk>> {
+    Ok(Json(d.reg.disk(&disk)?.0))
+}
+
+async fn delete_disk(State(d): State<AppState>, Path(disk): Path<String>) -> ApiResult<StatusCode> {
+    crate::disks::delete(&d, &disk)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn resize_disk(
+    State(d): State<AppState>,
+    Path(disk): Path<String>,
+    Body(req): Body<ResizeDisk>,
+) -> ApiResult<Json<tern_api::Disk>> {
+    Ok(Json(crate::disks::resize(&d, &disk, req.size.0).await?))
+}
+
+async fn set_disk_qos(
+    State(d): State<AppState>,
+    Path(disk): Path<String>,
+    Body(qos): Body<DiskQos>,
+) -> ApiResult<Json<tern_api::Disk>> {
+    Ok(Json(crate::disks::set_qos(&d, &disk, &qos).await?))
+}
+
+async fn list_events(
+    State(d): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    _headers: HeaderMap,
+) -> ApiResult<Json<EventList>> {
+    let num = |k: &str| -> ApiResult<Option<i64>> {
+        q.get(k)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| ApiErr::bad(format!("invalid {k} '{v}': expected an integer")))
+            })
+            .transpose()
+    };
+    for k in q.keys() {
+        if !["since", "vm", "wait", "limit"].contains(&k.as_str()) {
+            return Err(ApiErr::bad(format!(
+                "unknown query parameter '{k}' (expected since, vm, wait, limit)"
+            )));
+        }
+    }
+    let since = num("since")?.unwrap_or(0);
+    let wait = num("wait")?.unwrap_or(0).clamp(0, 60) as u64;
+    let limit = num("limit")?.unwrap_or(1000).clamp(1, 10_000) as u32;
+    let vm_id = match q.get("vm") {
+        // A deleted VM's events stay: match its id or its last name.
+        Some(v) => Some(match d.reg.vm(v) {
+            Ok(row) => row.id,
+            Err(RegistryError::NoVm(_)) => d
+                .reg
+                .events(0, None, u32::MAX)?
+                .into_iter()
+                .rev()
+                .find(|e| e.vm.as_deref() == Some(v) || e.vm_id.as_deref() == Some(v))
+                .and_then(|e| e.vm_id)
+                .ok_or_else(|| {
+                    ApiErr(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!("no VM named '{v}'"),
+                    )
+                })?,
+            Err(e) => return Err(e.into()),
+        }),
+        None => None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    loop {
+        let events = d.reg.events(since, vm_id.as_deref(), limit)?;
+        if !events.is_empty() || Instant::now() >= deadline {
+            return Ok(Json(EventList { events }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
