@@ -9,12 +9,13 @@
 //! `n / 3` requests at once. Dropping the [`Blk`] resets the device, after
 //! which the memory may serve another one.
 //!
-//! Every wait is bounded by the TSC ([`TIMEOUT_MS`]): a device that stops
-//! answering becomes [`Error::Timeout`], never a hang.
+//! Every wait is bounded ([`TIMEOUT_MS`] of the guest's own running time,
+//! by the TSC, see [`Timeout`]): a device that stops answering becomes
+//! [`Error::Timeout`], never a hang, and a VM paused meanwhile does not.
 
 use crate::io::rdtsc;
 use crate::virtio::{
-    reg, status, Buf, Deadline, Mmio, QueueMem, SplitQueue, INT_CONFIG, MAGIC, VIRTIO_F_VERSION_1,
+    reg, status, Buf, Mmio, QueueMem, SplitQueue, Timeout, INT_CONFIG, MAGIC, VIRTIO_F_VERSION_1,
 };
 use core::fmt;
 use core::hint::spin_loop;
@@ -327,7 +328,7 @@ impl Blk {
     /// (ConfigGeneration, capacity in bytes), read consistently (§4.2.2.2:
     /// again until the generation did not change across the read).
     pub fn config(&self) -> Result<(u32, u64), Error> {
-        let deadline = Deadline::after_ms(self.ticks_per_sec, TIMEOUT_MS);
+        let mut timeout = self.timeout();
         loop {
             let g = self.mmio.read(reg::CONFIG_GENERATION);
             let lo = self.mmio.config32(0);
@@ -336,7 +337,7 @@ impl Blk {
                 let sectors = u64::from(hi) << 32 | u64::from(lo);
                 return Ok((g, sectors.saturating_mul(SECTOR_SIZE)));
             }
-            if deadline.passed() {
+            if timeout.expired() {
                 return Err(Error::Timeout { what: "config" });
             }
         }
@@ -488,20 +489,27 @@ impl Blk {
         }))
     }
 
+    /// A fresh budget of [`TIMEOUT_MS`] of the guest's running time.
+    pub fn timeout(&self) -> Timeout {
+        Timeout::ms(self.ticks_per_sec, TIMEOUT_MS)
+    }
+
     /// Waits for a completion (there must be a request in flight), at most
     /// [`TIMEOUT_MS`]; fails early if the device needs a reset.
     pub fn wait(&mut self) -> Result<Done, Error> {
         debug_assert!(self.busy != 0, "nothing in flight");
+        let mut stall = self.timeout();
         // With no end of its own, only the timeout ends the wait.
-        self.wait_until(u64::MAX)?
+        self.wait_until(u64::MAX, &mut stall)?
             .ok_or(Error::Timeout { what: "request" })
     }
 
     /// Like [`Blk::wait`], but also returns `None` once the TSC reaches
-    /// `until` with nothing completed (for callers that keep time).
-    pub fn wait_until(&mut self, until: u64) -> Result<Option<Done>, Error> {
-        let limit = Deadline::after_ms(self.ticks_per_sec, TIMEOUT_MS);
-        let mut check = Deadline::after_ms(self.ticks_per_sec, 100);
+    /// `until` with nothing completed (for callers that keep time), and
+    /// charges the wait to `stall`, which the caller renews when it sees
+    /// progress.
+    pub fn wait_until(&mut self, until: u64, stall: &mut Timeout) -> Result<Option<Done>, Error> {
+        let mut check = Timeout::ms(self.ticks_per_sec, 100);
         loop {
             if let Some(d) = self.poll()? {
                 return Ok(Some(d));
@@ -509,15 +517,15 @@ impl Blk {
             if rdtsc() >= until {
                 return Ok(None);
             }
-            if check.passed() {
+            if stall.expired() {
+                return Err(Error::Timeout { what: "request" });
+            }
+            if check.expired() {
                 let s = self.mmio.read(reg::STATUS);
                 if s & status::DEVICE_NEEDS_RESET != 0 {
                     return Err(Error::NeedsReset { status: s });
                 }
-                if limit.passed() {
-                    return Err(Error::Timeout { what: "request" });
-                }
-                check = Deadline::after_ms(self.ticks_per_sec, 100);
+                check = Timeout::ms(self.ticks_per_sec, 100);
             }
             spin_loop();
         }
@@ -583,8 +591,8 @@ impl Drop for Blk {
 /// before it sets the device up again.
 fn reset(mmio: Mmio, ticks_per_sec: u64) -> Result<(), Error> {
     mmio.write(reg::STATUS, 0);
-    let deadline = Deadline::after_ms(ticks_per_sec, TIMEOUT_MS);
-    if crate::virtio::spin_until(deadline, || mmio.read(reg::STATUS) == 0) {
+    let timeout = Timeout::ms(ticks_per_sec, TIMEOUT_MS);
+    if crate::virtio::spin_until(timeout, || mmio.read(reg::STATUS) == 0) {
         Ok(())
     } else {
         Err(Error::Timeout { what: "reset" })

@@ -115,21 +115,46 @@ impl Mmio {
     }
 }
 
-/// A TSC deadline, for bounding every wait on the device.
+/// A time budget, for bounding every wait on the device, that counts only
+/// time the guest ran: the TSC keeps going while the VMM pauses the VM
+/// (or saves it, or migrates it), and may even go back after a restore on
+/// another host, so each step between two looks at the TSC counts for at
+/// most [`Timeout::MAX_STEP_MS`] and a step backwards for nothing. Call
+/// [`Timeout::expired`] often (every spin of a poll loop).
 #[derive(Clone, Copy, Debug)]
-pub struct Deadline(u64);
+pub struct Timeout {
+    last: u64,
+    left: u64,
+    max_step: u64,
+}
 
-impl Deadline {
-    /// `ms` milliseconds from now at `ticks_per_sec`.
-    pub fn after_ms(ticks_per_sec: u64, ms: u64) -> Self {
-        let ticks = u128::from(ticks_per_sec) * u128::from(ms) / 1000;
-        Deadline(rdtsc().saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX)))
+impl Timeout {
+    /// Longest step between two looks that counts in full.
+    pub const MAX_STEP_MS: u64 = 100;
+
+    /// A budget of `ms` milliseconds at `ticks_per_sec`, from now.
+    pub fn ms(ticks_per_sec: u64, ms: u64) -> Self {
+        let ticks = |ms: u64| {
+            u64::try_from(u128::from(ticks_per_sec) * u128::from(ms) / 1000).unwrap_or(u64::MAX)
+        };
+        Timeout {
+            last: rdtsc(),
+            left: ticks(ms),
+            max_step: ticks(Self::MAX_STEP_MS).max(1),
+        }
     }
 
-    /// Whether it has passed.
+    /// Charges the time since the last look; whether the budget is spent.
     #[inline(always)]
-    pub fn passed(self) -> bool {
-        rdtsc() >= self.0
+    pub fn expired(&mut self) -> bool {
+        let now = rdtsc();
+        if now > self.last {
+            self.left = self
+                .left
+                .saturating_sub((now - self.last).min(self.max_step));
+        }
+        self.last = now;
+        self.left == 0
     }
 }
 
@@ -296,13 +321,13 @@ impl SplitQueue {
     }
 }
 
-/// Spins until `f` returns true or `deadline` passes; whether `f` did.
-pub fn spin_until(deadline: Deadline, mut f: impl FnMut() -> bool) -> bool {
+/// Spins until `f` returns true or `timeout` is spent; whether `f` did.
+pub fn spin_until(mut timeout: Timeout, mut f: impl FnMut() -> bool) -> bool {
     loop {
         if f() {
             return true;
         }
-        if deadline.passed() {
+        if timeout.expired() {
             return false;
         }
         spin_loop();

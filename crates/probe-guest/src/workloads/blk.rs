@@ -332,7 +332,8 @@ pub(super) fn capacity(ctx: &Ctx, step: &Step) -> bool {
             return true;
         }
         let now = io::rdtsc();
-        if now < next {
+        // `next - now > period`: the TSC went back (a restore elsewhere).
+        if now < next && next - now <= period {
             spin_loop();
             continue;
         }
@@ -434,7 +435,7 @@ pub(super) fn iops(ctx: &Ctx, step: &Step) -> bool {
     let start = io::rdtsc();
     let end = start + secs * hz;
     let (mut second, mut second_end) = (0u64, start + hz);
-    let mut last_progress = start;
+    let mut stall = blk.timeout();
     let mut failure = None;
     loop {
         let now = io::rdtsc();
@@ -480,7 +481,7 @@ pub(super) fn iops(ctx: &Ctx, step: &Step) -> bool {
         if submitted {
             blk.kick();
         }
-        let mut got = match blk.wait_until(second_end.min(end)) {
+        let mut got = match blk.wait_until(second_end.min(end), &mut stall) {
             Ok(d) => d,
             Err(e) => {
                 failure = Some(e);
@@ -488,12 +489,8 @@ pub(super) fn iops(ctx: &Ctx, step: &Step) -> bool {
             }
         };
         let now = io::rdtsc();
-        if got.is_none() && now - last_progress > crate::blk::TIMEOUT_MS * (hz / 1000) {
-            failure = Some(Error::Timeout { what: "request" });
-            break;
-        }
         while let Some(d) = got {
-            last_progress = now;
+            stall = blk.timeout();
             if let Err(e) = blk.check(d) {
                 errors += 1;
                 first_error.get_or_insert(e);
