@@ -55,13 +55,20 @@ const _: () = assert!(VERIFY_CHUNK * SECTOR_SIZE * VERIFY_DEPTH as u64 <= DATA_A
 /// Opens disk `disk` and publishes its capacity; reports a failure.
 /// Returns the driver, the config generation and the capacity in bytes.
 fn open(ctx: &Ctx, name: &str, disk: u64) -> Result<(Blk, u32, u64), ()> {
-    let opened = Blk::open(boot::info(), disk, ctx.ticks_per_sec())
-        .and_then(|blk| blk.config().map(|(g, cap)| (blk, g, cap)));
+    let opened = Blk::open(boot::info(), disk, ctx.ticks_per_sec()).and_then(|mut blk| {
+        let (generation, capacity) = blk.config()?;
+        // The id is only shown: a device that refuses GET_ID is no failure,
+        // one that does not answer it is.
+        let id = match blk.id() {
+            Ok(id) => id,
+            Err(Error::Io { .. }) => [0; 20],
+            Err(e) => return Err(e),
+        };
+        Ok((blk, generation, capacity, id))
+    });
     match opened {
-        Ok((mut blk, generation, capacity)) => {
+        Ok((blk, generation, capacity, id)) => {
             status::blk_capacity().store(capacity, Ordering::Release);
-            // The id is only shown; a device without GET_ID is no failure.
-            let id = blk.id().unwrap_or([0; 20]);
             let len = id.iter().position(|&b| b == 0).unwrap_or(id.len());
             let id = core::str::from_utf8(&id[..len]).unwrap_or("?");
             println!(
