@@ -169,9 +169,12 @@ pub(super) fn verify(ctx: &Ctx, step: &Step) -> bool {
         step.mib.saturating_mul(MIB)
     };
     if bytes > capacity || bytes == 0 {
-        report!(
-            "{NAME} disk={disk} bytes={bytes} capacity={capacity} result=fail reason=too-large"
-        );
+        let reason = if capacity == 0 {
+            "empty-disk"
+        } else {
+            "too-large"
+        };
+        report!("{NAME} disk={disk} bytes={bytes} capacity={capacity} result=fail reason={reason}");
         return false;
     }
     if blk.read_only() {
