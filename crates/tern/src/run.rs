@@ -53,9 +53,10 @@ pub struct RunArgs {
     #[arg(long, default_value = "/dev/kvm", hide = true)]
     kvm: PathBuf,
     /// A disk (repeatable; the guest sees them in this order):
-    /// path=FILE[,readonly][,max-iops=N][,min-iops=N][,max-bw=BYTES].
+    /// path=FILE[,readonly][,max-iops=N][,min-iops=N][,max-bw=BYTES][,poll].
     /// FILE ending in .vhdx/.avhdx is VHDX, anything else raw. IOPS are
-    /// normalized: each 8 KiB of a request counts as one.
+    /// normalized: each 8 KiB of a request counts as one. `poll` serves the
+    /// disk from its own polling thread (needs a spare host core).
     #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
 }
@@ -204,6 +205,7 @@ fn exit_status(exit: &VmExit, _control: &Path) -> i32 {
 pub fn parse_disk(text: &str) -> Result<DiskConfig, String> {
     let mut path = None;
     let mut read_only = false;
+    let mut poll = false;
     let mut qos = QosLimits::default();
     for part in text.split(',') {
         let (key, value) = match part.split_once('=') {
@@ -222,6 +224,7 @@ pub fn parse_disk(text: &str) -> Result<DiskConfig, String> {
                 _ => return Err("disk option 'path' needs a file (path=FILE)".into()),
             },
             "readonly" | "ro" if value.is_none() => read_only = true,
+            "poll" if value.is_none() => poll = true,
             "max-iops" => qos.max_iops = number(value)?,
             "min-iops" => qos.min_iops = number(value)?,
             "max-bw" => {
@@ -231,7 +234,7 @@ pub fn parse_disk(text: &str) -> Result<DiskConfig, String> {
             "" => return Err(format!("empty option in disk spec '{text}'")),
             other => {
                 return Err(format!(
-                    "unknown disk option '{other}' (expected path=FILE, readonly, max-iops=N, min-iops=N, max-bw=BYTES)"
+                    "unknown disk option '{other}' (expected path=FILE, readonly, max-iops=N, min-iops=N, max-bw=BYTES, poll)"
                 ))
             }
         }
@@ -243,6 +246,7 @@ pub fn parse_disk(text: &str) -> Result<DiskConfig, String> {
         path,
         read_only,
         qos,
+        poll,
     })
 }
 
@@ -264,6 +268,8 @@ mod disk_spec_tests {
             }
         );
         assert_eq!(parse_disk("path=a.img").unwrap().qos, QosLimits::default());
+        assert!(!parse_disk("path=a.img").unwrap().poll);
+        assert!(parse_disk("path=a.img,poll").unwrap().poll);
         for (bad, says) in [
             ("a.img", "unknown disk option 'a.img'"),
             ("readonly", "has no path=FILE"),

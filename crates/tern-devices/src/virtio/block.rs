@@ -363,15 +363,8 @@ impl VirtioDevice for Block {
                 }
             };
             let Some(chain) = chain else {
-                // With event indexes, re-arm and catch a request that raced in.
-                match queue.enable_notification(mem) {
-                    Ok(true) => continue,
-                    Ok(false) => break,
-                    Err(_) => {
-                        out.broken = true;
-                        return out;
-                    }
-                }
+                // The transport re-arms notifications (inline or polling).
+                break;
             };
             let head = chain.head_index();
             match self.handle(chain, mem) {

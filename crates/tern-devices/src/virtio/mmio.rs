@@ -12,7 +12,10 @@ use std::time::Instant;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{status, Mem, Timed, VirtioDevice, Waker, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{
+    status, Mem, Poll, QueueOutcome, Timed, VirtioDevice, Waker, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
 use crate::bus::BusDevice;
 
 /// Size of one device's register window.
@@ -77,6 +80,7 @@ pub struct MmioTransport {
     status: u32,
     interrupt_status: u32,
     config_generation: u32,
+    threaded: bool,
 }
 
 impl MmioTransport {
@@ -101,6 +105,7 @@ impl MmioTransport {
             status: 0,
             interrupt_status: 0,
             config_generation: 0,
+            threaded: false,
         }
     }
 
@@ -152,21 +157,56 @@ impl MmioTransport {
         }
     }
 
-    /// Processes queue `index` if the device is running.
-    pub fn process(&mut self, index: usize) {
+    /// Hands queue processing to the timer thread ([`super::Timer`]):
+    /// QueueNotify then only wakes it, and it polls the rings for a while
+    /// after each burst with driver notifications off, so a busy driver
+    /// needs no exits at all. Without it, QueueNotify processes inline.
+    pub fn set_threaded(&mut self, on: bool) {
+        self.threaded = on;
+    }
+
+    /// Processes queue `index` if the device is running, then re-arms
+    /// driver notifications (and goes on if work raced in).
+    pub fn process(&mut self, index: usize) -> QueueOutcome {
+        let mut total = QueueOutcome::default();
+        loop {
+            let out = self.process_once(index);
+            total.used |= out.used;
+            total.retry_after = out.retry_after;
+            total.broken = out.broken;
+            if out.broken || out.retry_after.is_some() || !self.running() {
+                return total;
+            }
+            let Some(q) = self.queues.get_mut(index).filter(|q| q.ready()) else {
+                return total;
+            };
+            match q.enable_notification(&self.mem) {
+                Ok(true) => continue,
+                Ok(false) => return total,
+                Err(_) => {
+                    self.needs_reset();
+                    total.broken = true;
+                    return total;
+                }
+            }
+        }
+    }
+
+    /// Processes what queue `index` has now, without touching notifications.
+    fn process_once(&mut self, index: usize) -> QueueOutcome {
         if !self.running() {
-            return;
+            return QueueOutcome::default();
         }
         let Some(q) = self.queues.get_mut(index) else {
-            return;
+            return QueueOutcome::default();
         };
         if !q.ready() {
-            return;
+            return QueueOutcome::default();
         }
         let out = self.device.process_queue(index, q, &self.mem);
         if out.broken {
             self.needs_reset();
-            return;
+            return out;
         }
         if out.used {
             let q = &mut self.queues[index];
@@ -178,6 +218,7 @@ impl MmioTransport {
         if let Some(d) = out.retry_after {
             self.waker.schedule(Instant::now() + d);
         }
+        out
     }
 
     fn process_all(&mut self) {
@@ -278,6 +319,7 @@ impl MmioTransport {
                     _ => {}
                 }
             }
+            reg::QUEUE_NOTIFY if self.threaded => self.waker.kick(),
             reg::QUEUE_NOTIFY => {
                 // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index.
                 self.process(v as usize & 0xffff);
@@ -388,5 +430,36 @@ impl Timed for MmioTransport {
         if retry {
             self.process_all();
         }
+    }
+
+    fn poll(&mut self) -> Poll {
+        let mut poll = Poll::Idle;
+        for i in 0..self.queues.len() {
+            let out = self.process_once(i);
+            if out.retry_after.is_some() || out.broken {
+                return Poll::Stop;
+            }
+            if out.used {
+                poll = Poll::Worked;
+            }
+        }
+        if !self.running() {
+            return Poll::Stop;
+        }
+        poll
+    }
+
+    fn set_notify(&mut self, on: bool) -> bool {
+        let mut pending = false;
+        for q in self.queues.iter_mut().filter(|q| q.ready()) {
+            let r = if on {
+                q.enable_notification(&self.mem)
+            } else {
+                q.disable_notification(&self.mem).map(|()| false)
+            };
+            // A broken ring shows up (NEEDS_RESET) at the next process.
+            pending |= r.unwrap_or(false);
+        }
+        pending
     }
 }

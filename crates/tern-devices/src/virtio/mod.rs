@@ -11,6 +11,15 @@
 //! not block that thread: it leaves the request on the ring and asks for a
 //! retry, which [`Timer`] (one thread per device) delivers; the same
 //! thread gives the device a periodic [`VirtioDevice::tick`].
+//!
+//! Optionally ([`mmio::MmioTransport::set_threaded`]) the timer thread does
+//! all the processing and polls the rings for [`POLL_WINDOW`] after each
+//! burst with driver notifications off, so a busy driver never exits. That
+//! wins with a spare host core; on a loaded host (two shared cores, as on
+//! the CI machines) the thread's wakeups cost more than the exits, so the
+//! inline path is the default. Measured with the probe guest, 4 KiB random
+//! reads at depth 1 under KVM PVM with the host's cores busy: inline 14k
+//! IOPS, polling thread under 1k.
 
 pub mod block;
 pub mod mmio;
@@ -122,11 +131,37 @@ impl Waker {
     }
 }
 
-/// Something a [`Timer`] drives: retries due work and ticks.
-pub trait Timed: Send {
-    /// `retry`: a scheduled retry is due.
-    fn on_timer(&mut self, retry: bool);
+/// What one polling pass found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// Requests were completed: keep polling.
+    Worked,
+    /// Nothing to do this pass.
+    Idle,
+    /// Stop polling (throttled, broken or not running).
+    Stop,
 }
+
+/// Something a [`Timer`] drives: retries due work, ticks, and polls.
+pub trait Timed: Send {
+    /// `retry`: a scheduled retry (or a driver's kick) is due.
+    fn on_timer(&mut self, retry: bool);
+    /// One polling pass over the queues.
+    fn poll(&mut self) -> Poll {
+        Poll::Stop
+    }
+    /// Turns driver notifications on or off; on, returns true if work
+    /// arrived meanwhile (so polling must go on).
+    fn set_notify(&mut self, _on: bool) -> bool {
+        false
+    }
+}
+
+/// How long the timer thread polls the rings after the last request
+/// before it turns notifications back on and sleeps. A driver that keeps
+/// the queue busy then never exits to notify: under KVM PVM an MMIO exit
+/// costs tens of microseconds, far more than a page-cache read.
+pub const POLL_WINDOW: Duration = Duration::from_micros(200);
 
 /// The per-device timer thread; stops when dropped.
 pub struct Timer {
@@ -193,5 +228,35 @@ fn timer_loop<T: Timed + ?Sized>(waker: &Waker, target: &Weak<Mutex<T>>) {
         }
         let Some(t) = target.upgrade() else { return };
         t.lock().unwrap_or_else(|p| p.into_inner()).on_timer(retry);
+        if retry {
+            poll_rings(waker, &t);
+        }
     }
+}
+
+/// Polls until the rings stay idle for [`POLL_WINDOW`], with driver
+/// notifications off meanwhile; always leaves them on.
+fn poll_rings<T: Timed + ?Sized>(waker: &Waker, t: &Mutex<T>) {
+    // Locked per pass: the vCPU's register accesses get in between.
+    let lock = || t.lock().unwrap_or_else(|p| p.into_inner());
+    lock().set_notify(false);
+    let mut until = Instant::now() + POLL_WINDOW;
+    loop {
+        match lock().poll() {
+            Poll::Worked => until = Instant::now() + POLL_WINDOW,
+            Poll::Stop => break,
+            Poll::Idle => {}
+        }
+        if Instant::now() >= until || waker.lock().stop {
+            // Re-arm, and catch a request that raced in before it.
+            if lock().set_notify(true) {
+                lock().set_notify(false);
+                until = Instant::now() + POLL_WINDOW;
+                continue;
+            }
+            return;
+        }
+        std::hint::spin_loop();
+    }
+    lock().set_notify(true);
 }

@@ -8,13 +8,12 @@ use std::time::Duration;
 use tern_block::qos::{Clock, ManualClock, Qos, QosEvent, QosEventKind, QosLimits};
 use tern_block::BlockBackend;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::block::{self, req, Block, BlockStats};
 use super::mmio::{reg, MmioTransport, INT_CONFIG, INT_VRING};
-use super::{status, Mem, Timed, VIRTIO_F_VERSION_1};
+use super::{status, Mem, Timed, Timer, VIRTIO_F_VERSION_1};
 use crate::bus::BusDevice;
 
 const QSIZE: u16 = 16;
@@ -23,7 +22,7 @@ const F_WRITE: u16 = 2;
 
 struct Drv {
     mem: Mem,
-    t: MmioTransport,
+    t: Arc<Mutex<MmioTransport>>,
     irq: EventFd,
     desc: u64,
     avail: u64,
@@ -67,10 +66,13 @@ impl Drv {
         let stats = dev.stats();
         let m = mem();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let t = MmioTransport::new(Box::new(dev), m.clone(), irq.try_clone().unwrap());
-        // Ring layout as virtio-queue's own mock lays it out.
-        let mq = MockSplitQueue::create(&m, GuestAddress(0x1000), QSIZE);
-        let (desc, avail, used) = (mq.desc_table_addr().0, mq.avail_addr().0, mq.used_addr().0);
+        let t = Arc::new(Mutex::new(MmioTransport::new(
+            Box::new(dev),
+            m.clone(),
+            irq.try_clone().unwrap(),
+        )));
+        // Rings apart from each other and from the request buffers.
+        let (desc, avail, used) = (0x1000, 0x2000, 0x3000);
         Drv {
             mem: m,
             t,
@@ -91,14 +93,18 @@ impl Drv {
         }
     }
 
+    fn t(&self) -> std::sync::MutexGuard<'_, MmioTransport> {
+        self.t.lock().unwrap()
+    }
+
     fn r32(&mut self, off: u64) -> u32 {
         let mut b = [0u8; 4];
-        self.t.read(off, &mut b);
+        self.t().read(off, &mut b);
         u32::from_le_bytes(b)
     }
 
     fn w32(&mut self, off: u64, v: u32) {
-        self.t.write(off, &v.to_le_bytes());
+        self.t().write(off, &v.to_le_bytes());
     }
 
     fn config_u64(&mut self, off: u64) -> u64 {
@@ -173,6 +179,11 @@ impl Drv {
     /// Used entries since the last call: (head, len).
     fn used(&mut self) -> Vec<(u32, u32)> {
         let idx: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();
+        assert!(
+            idx.wrapping_sub(self.used_seen) <= QSIZE,
+            "used idx {idx} moved back from {}",
+            self.used_seen
+        );
         let mut out = vec![];
         while self.used_seen != idx {
             let at = self.used + 4 + 8 * (self.used_seen % QSIZE) as u64;
@@ -236,9 +247,9 @@ fn identifies_and_negotiates() {
     assert_eq!(d.r32(reg::CONFIG + 20), 512);
     // Misaligned or narrow register accesses are ignored and read 0.
     let mut b = [0xffu8; 2];
-    d.t.read(reg::MAGIC_VALUE, &mut b);
+    d.t().read(reg::MAGIC_VALUE, &mut b);
     assert_eq!(b, [0, 0]);
-    d.t.read(reg::VERSION + 1, &mut [0u8; 4]);
+    d.t().read(reg::VERSION + 1, &mut [0u8; 4]);
     // A driver without VERSION_1 is refused at FEATURES_OK.
     d.w32(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
     d.w32(reg::DRIVER_FEATURES_SEL, 0);
@@ -271,10 +282,10 @@ fn write_read_flush_get_id() {
         .write_slice(&data, GuestAddress(BUF + 0x1000))
         .unwrap();
     assert_eq!(d.request(req::OUT, 16, Some((8192, false)), BUF), (0, 1));
-    assert_ne!(d.t.read_interrupt_status() & INT_VRING, 0);
+    assert_ne!(d.t().read_interrupt_status() & INT_VRING, 0);
     assert_eq!(d.irq.read().unwrap(), 1);
     d.w32(reg::INTERRUPT_ACK, INT_VRING);
-    assert_eq!(d.t.read_interrupt_status(), 0);
+    assert_eq!(d.t().read_interrupt_status(), 0);
     let b2 = BUF + 0x10_0000;
     assert_eq!(d.request(req::IN, 16, Some((8192, true)), b2), (0, 8193));
     let mut back = vec![0u8; 8192];
@@ -385,7 +396,7 @@ fn broken_avail_index_needs_reset_then_recovers() {
         .unwrap();
     d.notify();
     assert_ne!(d.r32(reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
-    assert_ne!(d.t.read_interrupt_status() & INT_CONFIG, 0);
+    assert_ne!(d.t().read_interrupt_status() & INT_CONFIG, 0);
     // Notifies are ignored until reset.
     d.notify();
     d.w32(reg::STATUS, 0);
@@ -486,10 +497,10 @@ fn resize_changes_config_with_a_notification() {
     d.backend
         .resize(4 << 20, &tern_block::ResizePolicy::default())
         .unwrap();
-    d.t.config_changed();
+    d.t().config_changed();
     assert_ne!(d.r32(reg::CONFIG_GENERATION), gen);
     assert_eq!(d.config_u64(0), 8192);
-    assert_ne!(d.t.read_interrupt_status() & INT_CONFIG, 0);
+    assert_ne!(d.t().read_interrupt_status() & INT_CONFIG, 0);
     assert!(d.irq.read().unwrap() >= 1);
     // The new end is addressable.
     assert_eq!(d.request(req::IN, 8191, Some((512, true)), BUF).0, 0);
@@ -520,10 +531,10 @@ fn qos_holds_requests_on_the_ring_and_retries() {
     d.notify();
     assert!(d.used().is_empty());
     assert_eq!(d.stats.throttled.load(Ordering::Relaxed), 1);
-    d.t.on_timer(true);
+    d.t().on_timer(true);
     assert!(d.used().is_empty());
     d.clock.advance(Duration::from_millis(11));
-    d.t.on_timer(true);
+    d.t().on_timer(true);
     assert_eq!(d.used().len(), 1);
     done += 1;
     // A 64 KiB request costs 8: after it, 8 requests' worth of time must pass.
@@ -536,10 +547,10 @@ fn qos_holds_requests_on_the_ring_and_retries() {
     ]);
     d.notify();
     d.clock.advance(Duration::from_millis(50));
-    d.t.on_timer(true);
+    d.t().on_timer(true);
     assert!(d.used().is_empty());
     d.clock.advance(Duration::from_millis(20));
-    d.t.on_timer(true);
+    d.t().on_timer(true);
     assert_eq!(d.used().len(), 1);
     assert!(done > 0);
     // Limits change at runtime: lifted, the next request goes at once.
@@ -566,9 +577,58 @@ fn unmet_minimum_reaches_the_event_callback() {
     for _ in 0..400 {
         assert_eq!(d.request(req::IN, 0, Some((512, true)), BUF).0, 0);
         d.clock.advance(Duration::from_millis(10));
-        d.t.on_timer(false);
+        d.t().on_timer(false);
     }
     let ev = d.events.lock().unwrap().clone();
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!(ev[0].kind, QosEventKind::MinIopsNotMet);
+}
+
+#[test]
+fn threaded_device_polls_with_notifications_off_then_sleeps() {
+    let mut d = Drv::new(false, QosLimits::default());
+    d.init();
+    d.t().set_threaded(true);
+    let waker = d.t().waker();
+    let _timer = Timer::spawn("test-disk".into(), waker, Arc::downgrade(&d.t)).unwrap();
+    let wait_used = |d: &mut Drv| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let u = d.used();
+            if !u.is_empty() {
+                return u;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request never completed"
+            );
+            std::thread::yield_now();
+        }
+    };
+    let flags = |d: &Drv| d.mem.read_obj::<u16>(GuestAddress(d.used)).unwrap();
+    for round in 0..20u64 {
+        let mut hdr = [0u8; 16];
+        hdr[8..16].copy_from_slice(&round.to_le_bytes());
+        d.mem.write_slice(&hdr, GuestAddress(BUF)).unwrap();
+        d.submit(&[
+            (BUF, 16, false),
+            (BUF + 0x1000, 512, true),
+            (BUF + 0xf000, 1, true),
+        ]);
+        // A driver notifies only when the device has not said otherwise.
+        if flags(&d) & 1 == 0 {
+            d.notify();
+        }
+        assert_eq!(wait_used(&mut d).len(), 1);
+    }
+    // Idle: notifications come back on once the poll window passes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while flags(&d) & 1 != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "notifications stay off"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(d.stats.requests.load(Ordering::Relaxed), 20);
 }
