@@ -151,7 +151,7 @@ fn guest_run(tern: &Path, file: &Path, c: &Case, secs: u64) -> (f64, f64) {
     let line = stderr
         .lines()
         .filter_map(|l| l.strip_prefix("[probe] "))
-        .find(|l| l.starts_with("blk-iops"))
+        .find(|l| l.starts_with("blk-iops") && l.contains("result="))
         .unwrap_or_else(|| panic!("no blk-iops report:\n{stderr}"));
     let get = |k: &str| {
         line.split_whitespace()
