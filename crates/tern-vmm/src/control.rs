@@ -225,6 +225,15 @@ impl Control {
         }
     }
 
+    /// Before the vCPU threads start: makes them wait at their first
+    /// checkpoint, as if paused.
+    pub(crate) fn hold(&self) {
+        let mut st = self.lock();
+        if st.request == Request::Run {
+            st.request = Request::Pause;
+        }
+    }
+
     /// Resumes a paused VM.
     pub(crate) fn resume(&self) -> Result<(), ControlError> {
         let mut st = self.lock();

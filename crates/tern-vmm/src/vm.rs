@@ -608,6 +608,13 @@ impl Vm {
         Ok(st)
     }
 
+    /// Starts the vCPU threads held paused: no guest code runs until
+    /// [`Vm::resume`] (a VM that was paused when it was migrated).
+    pub fn start_paused(&self) -> Result<(), VmError> {
+        self.shared.control.hold();
+        self.start()
+    }
+
     /// Starts one thread per vCPU.
     pub fn start(&self) -> Result<(), VmError> {
         control::install_kick_handler();

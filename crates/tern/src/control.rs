@@ -60,6 +60,12 @@ pub enum Request {
     },
     /// QoS events so far (`min-iops-not-met`, `min-iops-restored`).
     Events,
+    /// Start a live migration (returns at once; poll `migrate-status`).
+    Migrate(crate::migrate_cli::MigrateParams),
+    /// Progress of the current or last migration.
+    MigrateStatus,
+    /// Cancel the running migration; the VM keeps running here.
+    MigrateCancel,
 }
 
 /// Errors starting the control server.
@@ -117,7 +123,7 @@ pub fn serve(path: &Path, vm: Arc<Vm>) -> Result<Server, ControlError> {
     Ok(Server { path: path.into() })
 }
 
-fn handle_conn(stream: UnixStream, vm: &Vm) {
+fn handle_conn(stream: UnixStream, vm: &Arc<Vm>) {
     let Ok(mut out) = stream.try_clone() else {
         return;
     };
@@ -146,7 +152,7 @@ fn state_name(s: RunState) -> &'static str {
 }
 
 /// Executes one request.
-pub fn handle(req: Request, vm: &Vm) -> Value {
+pub fn handle(req: Request, vm: &Arc<Vm>) -> Value {
     let done = |r: Result<(), tern_vmm::VmError>| match r {
         Ok(()) => json!({"ok": true, "state": state_name(vm.state())}),
         Err(e) => json!({"ok": false, "error": crate::run::chain(&e)}),
@@ -207,6 +213,9 @@ pub fn handle(req: Request, vm: &Vm) -> Value {
         Request::Reports => json!({"ok": true, "reports": vm.reports().all()}),
         Request::ProbeStop => done(vm.probe_stop_step()),
         Request::ProbeTouch { round } => done(vm.probe_touch(round)),
+        Request::Migrate(p) => crate::migrate_cli::start(vm, p),
+        Request::MigrateStatus => crate::migrate_cli::status(),
+        Request::MigrateCancel => crate::migrate_cli::cancel(),
         Request::DiskQos {
             disk,
             max_iops,

@@ -6,6 +6,7 @@ mod bench;
 mod control;
 mod disk;
 mod exit_code;
+mod migrate_cli;
 mod run;
 mod size;
 mod vm_cli;
@@ -32,6 +33,8 @@ enum Command {
     /// Virtual disk tools (VHDX and raw).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// Live-migrate a worker's VM (progress bar; --cancel to stop one).
+    Migrate(migrate_cli::MigrateArgs),
     #[command(flatten)]
     Api(vm_cli::ApiCommand),
 }
@@ -48,6 +51,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Disk(cmd) => disk::run(cmd),
+        Command::Migrate(args) => migrate_cli::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Api(cmd) => vm_cli::run(cmd),
     };

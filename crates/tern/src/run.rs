@@ -59,6 +59,34 @@ pub struct RunArgs {
     /// disk from its own polling thread (needs a spare host core).
     #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
+    /// Wait for a live migration on tcp:HOST:PORT (port 0: any, printed)
+    /// or unix:PATH, then run the VM it brings. The other options must
+    /// describe the same VM (checked before any memory moves).
+    #[arg(long, value_name = "ENDPOINT")]
+    incoming: Option<tern_migrate::Endpoint>,
+    /// Initial memory contents from an image file: PATH[,lazy] (lazy: map
+    /// it copy-on-write instead of copying it in). Boot data is written
+    /// over it as usual.
+    #[arg(long, value_name = "PATH[,lazy]", value_parser = parse_memory_file)]
+    memory_file: Option<tern_vmm::MemorySource>,
+    /// Start with the vCPUs paused (resume through the control socket).
+    #[arg(long)]
+    paused: bool,
+}
+
+/// Parses `--memory-file PATH[,lazy]`.
+fn parse_memory_file(text: &str) -> Result<tern_vmm::MemorySource, String> {
+    let (path, lazy) = match text.strip_suffix(",lazy") {
+        Some(p) => (p, true),
+        None => (text, false),
+    };
+    if path.is_empty() {
+        return Err("--memory-file needs a path".into());
+    }
+    Ok(tern_vmm::MemorySource::File {
+        path: path.into(),
+        lazy,
+    })
 }
 
 /// Where `tern run` looks for the probe guest when not told.
@@ -105,6 +133,9 @@ fn config(args: &RunArgs) -> Result<VmConfig, (i32, String)> {
     cfg.serial = args.serial.clone();
     cfg.kvm_path = args.kvm.clone();
     cfg.disks = args.disks.clone();
+    if let Some(src) = &args.memory_file {
+        cfg.memory_source = src.clone();
+    }
     if args.memfd {
         cfg.backing = Backing::Memfd;
     }
@@ -158,7 +189,18 @@ pub fn run(args: RunArgs) -> i32 {
     let hooks = VmHooks {
         on_report: Some(Box::new(|line| eprintln!("[probe] {line}"))),
     };
-    let vm = match Vm::create(cfg, hooks) {
+    let mut incoming = None;
+    let built = match &args.incoming {
+        Some(ep) => match crate::migrate_cli::incoming(ep, cfg, hooks) {
+            Ok((vm, r)) => {
+                incoming = Some(r);
+                Ok(vm)
+            }
+            Err(code) => return code,
+        },
+        None => Vm::create(cfg, hooks),
+    };
+    let vm = match built {
         Ok(vm) => Arc::new(vm),
         Err(e) => {
             eprintln!("tern: error: {}", chain(&e));
@@ -176,9 +218,13 @@ pub fn run(args: RunArgs) -> i32 {
     if args.serial == SerialMode::Stdout && std::io::stdin().is_terminal() {
         tern_devices::serial::spawn_input(vm.serial().clone(), std::io::stdin());
     }
-    if let Err(e) = vm.start() {
+    let paused = args.paused || incoming.as_ref().is_some_and(|r| r.paused);
+    if let Err(e) = if paused { vm.start_paused() } else { vm.start() } {
         eprintln!("tern: error: {}", chain(&e));
         return error_code(&e);
+    }
+    if let Some(r) = incoming {
+        crate::migrate_cli::confirm(r, &vm);
     }
     let exit = vm.wait();
     // The process exits without dropping the VM: close disks explicitly

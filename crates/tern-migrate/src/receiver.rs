@@ -1,0 +1,397 @@
+//! The destination side: accepts a migration into fresh memory (or a
+//! handed-over memfd) and returns the state to restore. The caller builds
+//! and starts the VM, then [`Received::confirm`]s.
+
+use std::fs::File;
+use std::io;
+use std::time::{Duration, Instant};
+
+use tern_vmm::memory::{Backing, GuestRam, MemoryError};
+use tern_vmm::VmState;
+
+use crate::pages::{ChunkApplier, ChunkError, HostMem};
+use crate::transport::{self, Listener, Stream};
+use crate::wire::{self, ConfigCheck, Kind, WireError};
+
+/// How long the source may take to open its data channels, and to send
+/// each part of the handshake.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Silence on a data channel longer than this means the source is gone
+/// (it sends every round back to back; the final round follows at once).
+const DATA_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors of an incoming migration. The attempt is over; the listener can
+/// take another.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The connection failed or a message is malformed.
+    #[error("migration connection failed")]
+    Wire(#[from] WireError),
+    /// This side refused the source.
+    #[error("refused the source: {0}")]
+    Refused(String),
+    /// The source gave up.
+    #[error("the source aborted the migration: {0}")]
+    Aborted(String),
+    /// A data channel failed.
+    #[error("data channel {index}")]
+    Channel {
+        /// Channel index.
+        index: u32,
+        /// Why.
+        #[source]
+        source: ChunkError,
+    },
+    /// Guest memory could not be set up.
+    #[error("cannot set up guest memory")]
+    Memory(#[from] MemoryError),
+    /// The VM state does not decode.
+    #[error("bad VM state")]
+    State(#[source] prost::DecodeError),
+    /// The handed-over memory file is wrong.
+    #[error("handed-over memory is {have} bytes, the VM needs {need}")]
+    MemfdSize {
+        /// Its size.
+        have: u64,
+        /// Needed.
+        need: u64,
+    },
+}
+
+impl From<io::Error> for ReceiveError {
+    fn from(e: io::Error) -> Self {
+        ReceiveError::Wire(WireError::Io(e))
+    }
+}
+
+/// A completed transfer, waiting for the VM to be started.
+pub struct Received {
+    /// vCPU and device state.
+    pub state: VmState,
+    /// Guest memory (a memfd, regions back to back): map it shared.
+    pub memory: File,
+    /// Keep the VM paused (it was paused at the source).
+    pub paused: bool,
+    /// Memory came as a memfd (same host), nothing was copied.
+    pub zero_copy: bool,
+    /// Precopy rounds the source ran.
+    pub rounds: u32,
+    /// Pages written here.
+    pub pages: u64,
+    ctl: Stream,
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("paused", &self.paused)
+            .field("zero_copy", &self.zero_copy)
+            .field("rounds", &self.rounds)
+            .field("pages", &self.pages)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Received {
+    /// Tells the source the VM runs here: it may end. An error means the
+    /// source may not know: the caller must stop the VM (the source
+    /// resumes its own when it hears nothing).
+    pub fn confirm(mut self) -> io::Result<()> {
+        wire::write_msg(
+            &mut self.ctl,
+            Kind::Outcome,
+            &wire::Outcome {
+                running: true,
+                error: String::new(),
+            },
+        )
+    }
+
+    /// Tells the source the VM could not be started here: it resumes.
+    pub fn fail(mut self, error: &str) {
+        let _ = wire::write_msg(
+            &mut self.ctl,
+            Kind::Outcome,
+            &wire::Outcome {
+                running: false,
+                error: error.into(),
+            },
+        );
+    }
+}
+
+/// Waits for one migration on `listener` for a VM configured as `expect`.
+/// `log` gets one line per notable event.
+pub fn receive(
+    listener: &Listener,
+    expect: &ConfigCheck,
+    log: &dyn Fn(&str),
+) -> Result<Received, ReceiveError> {
+    let mut ctl = listener.accept()?;
+    ctl.set_timeouts(Some(SETUP_TIMEOUT))?;
+    // Answer with our own version first, so a source of another version
+    // learns what we speak even when we refuse it.
+    let peer = wire::read_preamble(&mut ctl)?;
+    wire::write_preamble(&mut ctl, wire::PROTOCOL_VERSION)?;
+    let refuse = |ctl: &mut Stream, why: String| {
+        let _ = wire::write_msg(
+            ctl,
+            Kind::Welcome,
+            &wire::Welcome {
+                accepted: false,
+                error: why.clone(),
+            },
+        );
+        ReceiveError::Refused(why)
+    };
+    if let Err(e) = wire::check_version(peer) {
+        return Err(refuse(&mut ctl, e.to_string()));
+    }
+    let mut buf = Vec::new();
+    let kind = wire::read_frame(&mut ctl, &mut buf)?;
+    if kind != Kind::Hello {
+        return Err(refuse(
+            &mut ctl,
+            format!("expected a hello, got {kind:?} (a data channel of an old session?)"),
+        ));
+    }
+    let hello: wire::Hello =
+        prost::Message::decode(buf.as_slice()).map_err(|source| WireError::Decode {
+            what: "hello",
+            source,
+        })?;
+    let theirs = hello.config.clone().unwrap_or_default();
+    if let Some(m) = theirs.mismatch(expect) {
+        return Err(refuse(&mut ctl, format!("VM configuration differs: {m}")));
+    }
+    let unix = matches!(listener, Listener::Unix(..));
+    if hello.zero_copy && !unix {
+        return Err(refuse(&mut ctl, "zero-copy needs a UNIX socket".into()));
+    }
+    if !hello.zero_copy && (hello.channels == 0 || hello.channels > 256) {
+        return Err(refuse(
+            &mut ctl,
+            format!("{} data channels", hello.channels),
+        ));
+    }
+    wire::write_msg(
+        &mut ctl,
+        Kind::Welcome,
+        &wire::Welcome {
+            accepted: true,
+            error: String::new(),
+        },
+    )?;
+    log(&format!(
+        "migration from Tern {} accepted: {}",
+        hello.product,
+        if hello.zero_copy {
+            "same-host memfd hand-over".to_string()
+        } else {
+            format!("{} channels", hello.channels)
+        }
+    ));
+    if hello.zero_copy {
+        return receive_memfd(ctl, expect);
+    }
+    receive_stream(listener, ctl, &hello, expect)
+}
+
+fn receive_memfd(mut ctl: Stream, expect: &ConfigCheck) -> Result<Received, ReceiveError> {
+    // The source pauses first, then hands over; wait as long as a round.
+    ctl.set_timeouts(Some(DATA_TIMEOUT))?;
+    let memory = transport::recv_fd(ctl.as_unix().expect("checked: UNIX listener"))?;
+    let have = memory.metadata()?.len();
+    if have < expect.memory {
+        return Err(ReceiveError::MemfdSize {
+            have,
+            need: expect.memory,
+        });
+    }
+    let sw = read_switchover(&mut ctl)?;
+    Ok(Received {
+        state: decode_state(&sw)?,
+        memory,
+        paused: sw.paused,
+        zero_copy: true,
+        rounds: 0,
+        pages: 0,
+        ctl,
+    })
+}
+
+fn read_switchover(ctl: &mut Stream) -> Result<wire::Switchover, ReceiveError> {
+    let mut buf = Vec::new();
+    match wire::read_frame(ctl, &mut buf)? {
+        Kind::Switchover => prost::Message::decode(buf.as_slice()).map_err(|source| {
+            ReceiveError::Wire(WireError::Decode {
+                what: "switchover",
+                source,
+            })
+        }),
+        Kind::Abort => {
+            let a: wire::Abort = prost::Message::decode(buf.as_slice()).unwrap_or_default();
+            Err(ReceiveError::Aborted(a.reason))
+        }
+        got => Err(WireError::Unexpected {
+            expected: "switchover",
+            got,
+        }
+        .into()),
+    }
+}
+
+fn decode_state(sw: &wire::Switchover) -> Result<VmState, ReceiveError> {
+    prost::Message::decode(sw.vm_state.as_slice()).map_err(ReceiveError::State)
+}
+
+/// Accepts the data channels of `hello`'s session.
+fn accept_channels(
+    listener: &Listener,
+    hello: &wire::Hello,
+) -> Result<Vec<Option<Stream>>, ReceiveError> {
+    let mut chans: Vec<Option<Stream>> = (0..hello.channels).map(|_| None).collect();
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+    set_nonblocking(listener, true)?;
+    let r = (|| {
+        while chans.iter().any(Option::is_none) {
+            let mut s = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return Err(ReceiveError::Wire(WireError::Io(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "data channels did not connect",
+                        ))));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            set_stream_blocking(&s)?;
+            s.set_timeouts(Some(SETUP_TIMEOUT))?;
+            let v = wire::read_preamble(&mut s)?;
+            wire::check_version(v)?;
+            let dh: wire::DataHello = wire::read_msg(&mut s, Kind::DataHello, "data hello")?;
+            match chans.get_mut(dh.index as usize) {
+                Some(slot @ None) if dh.session == hello.session => *slot = Some(s),
+                // A channel of another session, or a duplicate: drop it.
+                _ => {}
+            }
+        }
+        Ok(())
+    })();
+    set_nonblocking(listener, false)?;
+    r.map(|()| chans)
+}
+
+fn set_nonblocking(l: &Listener, on: bool) -> io::Result<()> {
+    match l {
+        Listener::Tcp(t) => t.set_nonblocking(on),
+        Listener::Unix(u, _) => u.set_nonblocking(on),
+    }
+}
+
+fn set_stream_blocking(s: &Stream) -> io::Result<()> {
+    match s {
+        Stream::Tcp(t) => t.set_nonblocking(false),
+        Stream::Unix(u) => u.set_nonblocking(false),
+    }
+}
+
+fn receive_stream(
+    listener: &Listener,
+    mut ctl: Stream,
+    hello: &wire::Hello,
+    expect: &ConfigCheck,
+) -> Result<Received, ReceiveError> {
+    let chans = accept_channels(listener, hello)?;
+    let mut ram = GuestRam::new(expect.memory, Backing::Memfd)?;
+    let mem = HostMem::of(&ram.mem);
+    let wakers: Vec<Stream> = chans
+        .iter()
+        .flatten()
+        .filter_map(|s| s.try_clone().ok())
+        .collect();
+    // The control connection is quiet until switchover.
+    ctl.set_timeouts(None)?;
+    let result = std::thread::scope(|sc| {
+        let handles: Vec<_> = chans
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mem = &mem;
+                let s = s.expect("every channel connected");
+                sc.spawn(move || -> Result<u64, ReceiveError> {
+                    s.set_timeouts(Some(DATA_TIMEOUT))?;
+                    let mut r = io::BufReader::with_capacity(256 << 10, s);
+                    let mut applier = ChunkApplier::default();
+                    let mut buf = Vec::new();
+                    let mut pages = 0;
+                    let chan_err = |source| ReceiveError::Channel {
+                        index: i as u32,
+                        source,
+                    };
+                    loop {
+                        match wire::read_frame(&mut r, &mut buf).map_err(|e| chan_err(e.into()))? {
+                            Kind::Chunk => {
+                                pages += applier.apply(mem, &buf).map_err(chan_err)?;
+                            }
+                            Kind::ChannelDone => return Ok(pages),
+                            got => {
+                                return Err(chan_err(
+                                    WireError::Unexpected {
+                                        expected: "chunk",
+                                        got,
+                                    }
+                                    .into(),
+                                ))
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let sw = read_switchover(&mut ctl);
+        if sw.is_err() {
+            // Wake the channels: the source is gone or gave up.
+            for w in &wakers {
+                w.shutdown();
+            }
+        }
+        let mut pages = 0;
+        let mut first_err = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(p)) => pages += p,
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err
+                        .get_or_insert(ReceiveError::Aborted("receiver thread panicked".into()));
+                }
+            }
+        }
+        let sw = sw?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok((sw, pages)),
+        }
+    });
+    let (sw, pages) = result?;
+    let state = decode_state(&sw)?;
+    let memory = ram.memfd.take().expect("memfd backing has a memfd");
+    // Unmap our view; the VM maps the memfd itself.
+    drop(ram);
+    Ok(Received {
+        state,
+        memory,
+        paused: sw.paused,
+        zero_copy: false,
+        rounds: sw.rounds,
+        pages,
+        ctl,
+    })
+}

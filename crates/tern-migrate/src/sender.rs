@@ -1,0 +1,869 @@
+//! The source side: handshake, precopy rounds over N channels, convergence
+//! (auto-converge, timeout, bandwidth cap), switchover, and keeping the VM
+//! running here whenever anything fails.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tern_vmm::vm::DirtyLog;
+use tern_vmm::{RunState, Vm, VmConfig};
+
+use crate::compress::{self, CodecSpeed, Compression};
+use crate::pages::{ChunkBuilder, HostMem};
+use crate::progress::{Phase, Progress};
+use crate::transport::{self, Endpoint, Stream};
+use crate::wire::{self, Codec, ConfigCheck, Kind, WireError, PAGE, WINDOW_BYTES};
+
+/// How long a socket may block before the peer counts as gone.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the destination may take to restore and start the VM.
+const OUTCOME_TIMEOUT: Duration = Duration::from_secs(60);
+/// Fixed part of the expected downtime: state capture, restore, start.
+const FIXED_DOWNTIME: Duration = Duration::from_millis(5);
+/// Auto-converge duty cycle period.
+const THROTTLE_PERIOD: Duration = Duration::from_millis(50);
+
+/// What the source does when the timeout expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TimeoutAction {
+    /// Give up; the VM keeps running here.
+    #[default]
+    Cancel,
+    /// Pause and switch over now, whatever the downtime.
+    Switchover,
+}
+
+impl std::str::FromStr for TimeoutAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cancel" => Ok(TimeoutAction::Cancel),
+            "switchover" | "force" => Ok(TimeoutAction::Switchover),
+            o => Err(format!(
+                "timeout action '{o}': expected cancel or switchover"
+            )),
+        }
+    }
+}
+
+/// Options of an outgoing migration.
+#[derive(Clone, Debug)]
+pub struct MigrateOptions {
+    /// The destination.
+    pub to: Endpoint,
+    /// Data channels; 0: one per host CPU.
+    pub channels: u32,
+    /// Compression.
+    pub compression: Compression,
+    /// Switch over once the rest can be sent within this.
+    pub downtime: Duration,
+    /// Wire bytes per second, all channels together; None: unlimited.
+    pub bandwidth: Option<u64>,
+    /// Give up or force switchover after this long.
+    pub timeout: Option<Duration>,
+    /// What the timeout does.
+    pub on_timeout: TimeoutAction,
+    /// Throttle the vCPUs when the guest dirties faster than the link.
+    pub auto_converge: bool,
+}
+
+impl MigrateOptions {
+    /// Defaults: one channel per CPU, auto compression, 50 ms downtime.
+    pub fn new(to: Endpoint) -> Self {
+        MigrateOptions {
+            to,
+            channels: 0,
+            compression: Compression::Auto,
+            downtime: Duration::from_millis(50),
+            bandwidth: None,
+            timeout: None,
+            on_timeout: TimeoutAction::Cancel,
+            auto_converge: true,
+        }
+    }
+}
+
+/// Errors of an outgoing migration. After any of them the VM runs here as
+/// it did before.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// The destination cannot be reached.
+    #[error("cannot connect to {to}")]
+    Connect {
+        /// The destination.
+        to: Endpoint,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The destination refused the migration.
+    #[error("destination refused the migration: {0}")]
+    Refused(String),
+    /// The destination speaks another protocol.
+    #[error("destination is incompatible")]
+    Incompatible(#[source] WireError),
+    /// The connection failed.
+    #[error("migration connection failed")]
+    Wire(#[from] WireError),
+    /// The destination failed to take over the VM.
+    #[error("destination failed to start the VM: {0}")]
+    Destination(String),
+    /// The user cancelled.
+    #[error("migration cancelled")]
+    Cancelled,
+    /// The timeout expired.
+    #[error("migration timed out after {0:?}")]
+    TimedOut(Duration),
+    /// Zero-copy needs memfd-backed memory.
+    #[error("same-host migration needs guest memory in a memfd (start the VM with --memfd)")]
+    NoMemfd,
+    /// The VM could not be paused, logged or saved.
+    #[error("VM")]
+    Vm(#[from] tern_vmm::VmError),
+}
+
+impl From<std::io::Error> for MigrateError {
+    fn from(e: std::io::Error) -> Self {
+        MigrateError::Wire(WireError::Io(e))
+    }
+}
+
+/// The configuration the destination must match.
+pub fn config_check(cfg: &VmConfig) -> ConfigCheck {
+    ConfigCheck {
+        vcpus: cfg.vcpus,
+        memory: cfg.memory,
+        regions: tern_vmm::memory::ram_regions(cfg.memory)
+            .iter()
+            .flat_map(|r| [r.start, r.len])
+            .collect(),
+        guest_kind: match cfg.guest {
+            tern_vmm::Guest::Probe { .. } => "probe".into(),
+            tern_vmm::Guest::Linux { .. } => "linux".into(),
+        },
+        disks: cfg.disks.len() as u32,
+    }
+}
+
+/// Shares a wire byte budget between channels.
+struct Limiter {
+    rate: f64,
+    next: Mutex<Instant>,
+}
+
+impl Limiter {
+    fn take(&self, bytes: u64) {
+        let now = Instant::now();
+        let wait = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            // Allow a 20 ms burst, no more, after idle time.
+            let floor = now.checked_sub(Duration::from_millis(20)).unwrap_or(now);
+            if *next < floor {
+                *next = floor;
+            }
+            *next += Duration::from_secs_f64(bytes as f64 / self.rate);
+            next.saturating_duration_since(now)
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// Counters the channel threads add to.
+#[derive(Default)]
+struct Counters {
+    wire: AtomicU64,
+    raw: AtomicU64,
+    pages: AtomicU64,
+    zero: AtomicU64,
+}
+
+/// Everything the rounds share.
+struct Engine<'a> {
+    vm: &'a Vm,
+    mem: HostMem,
+    opts: &'a MigrateOptions,
+    progress: &'a Progress,
+    limiter: Option<Limiter>,
+    codec: AtomicU8,
+    speeds: Vec<CodecSpeed>,
+    counters: Counters,
+    started: Instant,
+    /// Link estimate, wire bytes/s (measured while not CPU-bound).
+    link: Mutex<f64>,
+    throttle: AtomicU32,
+}
+
+/// Result of one round.
+struct RoundStats {
+    elapsed: Duration,
+    wire: u64,
+    raw_pages: u64,
+}
+
+/// Migrates `vm` as `opts` says, reporting to `progress`. On success the
+/// VM is paused here and runs at the destination: the caller stops it. On
+/// error the VM runs here (or stays paused if it was paused before).
+pub fn migrate(vm: &Vm, opts: &MigrateOptions, progress: &Progress) -> Result<(), MigrateError> {
+    let started = Instant::now();
+    let was_paused = vm.state() == RunState::Paused;
+    let r = run(vm, opts, progress, started, was_paused);
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    match &r {
+        Ok(()) => progress.update(|s| {
+            s.phase = Phase::Completed;
+            s.elapsed_ms = elapsed_ms;
+            s.remaining_bytes = 0;
+        }),
+        Err(e) => {
+            // The VM must run on here: undo what the migration changed.
+            let _ = vm.stop_dirty_log();
+            if !was_paused && vm.state() == RunState::Paused {
+                let _ = vm.resume();
+            }
+            let phase = match e {
+                MigrateError::Cancelled | MigrateError::TimedOut(_) => Phase::Cancelled,
+                _ => Phase::Failed,
+            };
+            let msg = error_chain(e);
+            progress.update(|s| {
+                s.phase = phase;
+                s.elapsed_ms = elapsed_ms;
+                s.error = Some(msg);
+                s.throttle_percent = 0;
+            });
+        }
+    }
+    r
+}
+
+/// One line: the error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn connect(to: &Endpoint) -> Result<Stream, MigrateError> {
+    let s = Stream::connect(to, IO_TIMEOUT).map_err(|source| MigrateError::Connect {
+        to: to.clone(),
+        source,
+    })?;
+    s.set_timeouts(Some(IO_TIMEOUT))?;
+    Ok(s)
+}
+
+fn run(
+    vm: &Vm,
+    opts: &MigrateOptions,
+    progress: &Progress,
+    started: Instant,
+    was_paused: bool,
+) -> Result<(), MigrateError> {
+    let mem = HostMem::of(&vm.ram().mem);
+    let memfd = vm.ram().memfd.as_ref();
+    let zero_copy = matches!(opts.to, Endpoint::Unix(_));
+    if zero_copy && memfd.is_none() {
+        return Err(MigrateError::NoMemfd);
+    }
+    let channels = if zero_copy {
+        0
+    } else if opts.channels == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    } else {
+        opts.channels
+    };
+    progress.update(|s| {
+        s.phase = Phase::Setup;
+        s.memory_bytes = mem.size();
+        s.channels = channels;
+        s.zero_copy = zero_copy;
+        s.compression = "none".into();
+    });
+
+    // Handshake on the control connection.
+    let mut ctl = connect(&opts.to)?;
+    let session = session_id();
+    wire::write_preamble(&mut ctl, wire::PROTOCOL_VERSION)?;
+    wire::write_msg(
+        &mut ctl,
+        Kind::Hello,
+        &wire::Hello {
+            session,
+            channels,
+            config: Some(config_check(vm.config())),
+            zero_copy,
+            product: env!("CARGO_PKG_VERSION").into(),
+        },
+    )?;
+    let peer = wire::read_preamble(&mut ctl)?;
+    if let Err(e) = wire::check_version(peer) {
+        let _ = wire::write_msg(
+            &mut ctl,
+            Kind::Abort,
+            &wire::Abort {
+                reason: e.to_string(),
+            },
+        );
+        return Err(MigrateError::Incompatible(e));
+    }
+    let welcome: wire::Welcome = wire::read_msg(&mut ctl, Kind::Welcome, "welcome")?;
+    if !welcome.accepted {
+        return Err(MigrateError::Refused(welcome.error));
+    }
+
+    if zero_copy {
+        return switchover_zero_copy(vm, ctl, memfd.expect("checked"), progress, was_paused);
+    }
+
+    let mut data = Vec::new();
+    for index in 0..channels {
+        let mut s = connect(&opts.to)?;
+        wire::write_preamble(&mut s, wire::PROTOCOL_VERSION)?;
+        wire::write_msg(&mut s, Kind::DataHello, &wire::DataHello { session, index })?;
+        data.push(s);
+    }
+
+    let forced = match opts.compression {
+        Compression::Force(c) => Some(c),
+        Compression::Auto => None,
+    };
+    let speeds = if forced.is_none() {
+        let samples = mem.samples(64);
+        let refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
+        compress::calibrate(&refs)
+    } else {
+        Vec::new()
+    };
+    let engine = Engine {
+        vm,
+        mem,
+        opts,
+        progress,
+        limiter: opts.bandwidth.map(|b| Limiter {
+            rate: b.max(1) as f64,
+            next: Mutex::new(Instant::now()),
+        }),
+        codec: AtomicU8::new(forced.unwrap_or(Codec::None) as u8),
+        speeds,
+        counters: Counters::default(),
+        started,
+        link: Mutex::new(0.0),
+        throttle: AtomicU32::new(0),
+    };
+    engine.update_codec_name();
+    let throttle_stop = std::sync::atomic::AtomicBool::new(false);
+    let result = std::thread::scope(|s| {
+        if !was_paused && opts.auto_converge {
+            s.spawn(|| engine.throttle_loop(&throttle_stop));
+        }
+        let r = engine.precopy(&mut data, forced.is_none(), &throttle_stop);
+        throttle_stop.store(true, Ordering::SeqCst);
+        r
+    });
+    let pending = match result {
+        Ok(p) => p,
+        Err(e) => {
+            abort(&mut ctl, &data, &e);
+            return Err(e);
+        }
+    };
+    match engine.switchover(&mut ctl, &mut data, pending, was_paused) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            abort(&mut ctl, &data, &e);
+            Err(e)
+        }
+    }
+}
+
+/// Tells the destination (best effort) and closes every connection.
+fn abort(ctl: &mut Stream, data: &[Stream], e: &MigrateError) {
+    let _ = wire::write_msg(
+        ctl,
+        Kind::Abort,
+        &wire::Abort {
+            reason: error_chain(e),
+        },
+    );
+    ctl.shutdown();
+    for d in data {
+        d.shutdown();
+    }
+}
+
+fn session_id() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)
+}
+
+fn switchover_zero_copy(
+    vm: &Vm,
+    mut ctl: Stream,
+    memfd: &std::fs::File,
+    progress: &Progress,
+    was_paused: bool,
+) -> Result<(), MigrateError> {
+    progress.update(|s| s.phase = Phase::Switchover);
+    let paused_at = Instant::now();
+    if !was_paused {
+        vm.pause()?;
+    }
+    let state = vm.save_state()?;
+    let unix = ctl.as_unix().expect("zero-copy runs over UNIX sockets");
+    transport::send_fd(unix, memfd)?;
+    wire::write_msg(
+        &mut ctl,
+        Kind::Switchover,
+        &wire::Switchover {
+            vm_state: prost::Message::encode_to_vec(&state),
+            paused: was_paused,
+            rounds: 0,
+        },
+    )?;
+    finish(ctl, paused_at, progress)
+}
+
+/// Waits for the destination's verdict.
+fn finish(mut ctl: Stream, paused_at: Instant, progress: &Progress) -> Result<(), MigrateError> {
+    ctl.set_timeouts(Some(OUTCOME_TIMEOUT))?;
+    let outcome: wire::Outcome = wire::read_msg(&mut ctl, Kind::Outcome, "outcome")?;
+    if !outcome.running {
+        return Err(MigrateError::Destination(outcome.error));
+    }
+    let downtime = paused_at.elapsed().as_secs_f64() * 1e3;
+    progress.update(|s| s.downtime_ms = Some(downtime));
+    Ok(())
+}
+
+/// The windows with dirty pages: (base, 256-page bitmap).
+fn dirty_windows(log: &DirtyLog) -> Vec<(u64, [u64; 4])> {
+    let mut out = Vec::new();
+    for (start, words) in &log.regions {
+        for (i, w) in words.chunks(4).enumerate() {
+            if w.iter().any(|&x| x != 0) {
+                let mut bits = [0u64; 4];
+                bits[..w.len()].copy_from_slice(w);
+                out.push((start + i as u64 * WINDOW_BYTES, bits));
+            }
+        }
+    }
+    out
+}
+
+/// The union of two window lists (each ascending by address).
+fn merge_windows(a: Vec<(u64, [u64; 4])>, b: Vec<(u64, [u64; 4])>) -> Vec<(u64, [u64; 4])> {
+    let mut m: std::collections::BTreeMap<u64, [u64; 4]> = a.into_iter().collect();
+    for (base, bits) in b {
+        let e = m.entry(base).or_default();
+        for (x, y) in e.iter_mut().zip(bits) {
+            *x |= y;
+        }
+    }
+    m.into_iter().collect()
+}
+
+fn count_pages(windows: &[(u64, [u64; 4])]) -> u64 {
+    windows
+        .iter()
+        .flat_map(|(_, b)| b.iter())
+        .map(|w| w.count_ones() as u64)
+        .sum()
+}
+
+impl Engine<'_> {
+    fn update_codec_name(&self) {
+        let c = Codec::from_u8(self.codec.load(Ordering::Relaxed)).unwrap_or(Codec::None);
+        self.progress.update(|s| s.compression = c.name().into());
+    }
+
+    fn check_timeout(&self) -> Option<TimeoutAction> {
+        match self.opts.timeout {
+            Some(t) if self.started.elapsed() > t => Some(self.opts.on_timeout),
+            _ => None,
+        }
+    }
+
+    /// Duty-cycles the vCPUs while the throttle is set.
+    fn throttle_loop(&self, stop: &std::sync::atomic::AtomicBool) {
+        while !stop.load(Ordering::SeqCst) {
+            let pct = self.throttle.load(Ordering::Relaxed).min(99);
+            if pct == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            let held = THROTTLE_PERIOD * pct / 100;
+            if self.vm.pause().is_ok() {
+                std::thread::sleep(held);
+                let _ = self.vm.resume();
+            }
+            std::thread::sleep(THROTTLE_PERIOD - held);
+        }
+    }
+
+    /// Precopy rounds until the rest fits the downtime target. Returns the
+    /// dirty windows not sent yet (read from the log, which is now clear).
+    fn precopy(
+        &self,
+        data: &mut [Stream],
+        auto: bool,
+        throttle_stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<Vec<(u64, [u64; 4])>, MigrateError> {
+        self.progress.update(|s| s.phase = Phase::Precopy);
+        self.vm.start_dirty_log()?;
+        let mut windows = self.mem.all_windows();
+        let mut round = 0u32;
+        let mut last_dirty: Option<u64> = None;
+        let mut wire_per_page = PAGE as f64;
+        let mut prev_sent_bytes = 0u64;
+        loop {
+            let st = self.send_round(data, &windows, round == 0, auto)?;
+            round += 1;
+            if st.raw_pages > 0 {
+                wire_per_page = (st.wire as f64 / st.raw_pages as f64).max(16.0);
+            }
+            let log = self.vm.read_dirty_log()?;
+            windows = dirty_windows(&log);
+            let dirty = count_pages(&windows);
+            let dirty_bytes = dirty * PAGE as u64;
+            let dirty_rate = dirty_bytes as f64 / st.elapsed.as_secs_f64().max(1e-3);
+            let bw = self.bandwidth();
+            let est = Duration::from_secs_f64(dirty as f64 * wire_per_page / bw.max(1.0));
+            let downtime = est + FIXED_DOWNTIME;
+            let throttle = self.throttle.load(Ordering::Relaxed);
+            self.progress.update(|s| {
+                s.rounds = round;
+                s.dirty_rate = dirty_rate;
+                s.remaining_bytes = dirty_bytes;
+                s.estimated_remaining_ms = est.as_secs_f64() * 1e3;
+                s.expected_downtime_ms = downtime.as_secs_f64() * 1e3;
+                s.bandwidth = bw;
+                s.throttle_percent = throttle;
+                s.elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3;
+            });
+            if self.progress.cancelled() {
+                return Err(MigrateError::Cancelled);
+            }
+            if downtime <= self.opts.downtime || dirty == 0 {
+                break;
+            }
+            match self.check_timeout() {
+                Some(TimeoutAction::Cancel) => {
+                    return Err(MigrateError::TimedOut(
+                        self.opts.timeout.unwrap_or_default(),
+                    ))
+                }
+                Some(TimeoutAction::Switchover) => break,
+                None => {}
+            }
+            // Not converging: the guest dirtied more than half of what the
+            // link moved in the last round. Hold the vCPUs longer.
+            if self.opts.auto_converge
+                && round >= 2
+                && (dirty as f64 * wire_per_page) > 0.5 * prev_sent_bytes.max(st.wire) as f64
+                && last_dirty.is_some_and(|l| dirty * 10 >= l * 8)
+            {
+                let t = if throttle == 0 {
+                    20
+                } else {
+                    (throttle + 10).min(99)
+                };
+                self.throttle.store(t, Ordering::Relaxed);
+            }
+            last_dirty = Some(dirty);
+            prev_sent_bytes = st.wire;
+        }
+        throttle_stop.store(true, Ordering::SeqCst);
+        Ok(windows)
+    }
+
+    /// Wire bytes/s: the measured link, capped.
+    fn bandwidth(&self) -> f64 {
+        let link = *self.link.lock().unwrap_or_else(|p| p.into_inner());
+        let link = if link > 0.0 { link } else { 100e6 };
+        match self.opts.bandwidth {
+            Some(b) => link.min(b as f64),
+            None => link,
+        }
+    }
+
+    /// Sends one round over every channel; the calling thread watches
+    /// progress, the timeout, cancel, and (auto) the codec meanwhile.
+    fn send_round(
+        &self,
+        data: &mut [Stream],
+        windows: &[(u64, [u64; 4])],
+        first: bool,
+        auto: bool,
+    ) -> Result<RoundStats, MigrateError> {
+        let n = data.len() as u64;
+        let t0 = Instant::now();
+        let wire0 = self.counters.wire.load(Ordering::Relaxed);
+        let raw0 = self.counters.raw.load(Ordering::Relaxed);
+        let done = AtomicU32::new(0);
+        let broken = std::sync::atomic::AtomicBool::new(false);
+        // Second handles, to wake channels blocked on a dead peer.
+        let wakers: Vec<Stream> = data.iter().filter_map(|d| d.try_clone().ok()).collect();
+        let result = std::thread::scope(|s| {
+            let handles: Vec<_> = data
+                .iter_mut()
+                .enumerate()
+                .map(|(i, stream)| {
+                    let (done, broken) = (&done, &broken);
+                    s.spawn(move || {
+                        let r = self.send_channel(stream, windows, i as u64, n, first);
+                        if r.is_err() {
+                            broken.store(true, Ordering::SeqCst);
+                        }
+                        done.fetch_add(1, Ordering::SeqCst);
+                        r
+                    })
+                })
+                .collect();
+            let mut last = (Instant::now(), wire0, raw0);
+            let mut failed = false;
+            while done.load(Ordering::SeqCst) < n as u32 {
+                std::thread::sleep(Duration::from_millis(20));
+                let now = Instant::now();
+                let wire = self.counters.wire.load(Ordering::Relaxed);
+                let raw = self.counters.raw.load(Ordering::Relaxed);
+                let dt = now.duration_since(last.0);
+                if dt >= Duration::from_millis(100) {
+                    let rate = (wire - last.1) as f64 / dt.as_secs_f64();
+                    let codec =
+                        Codec::from_u8(self.codec.load(Ordering::Relaxed)).unwrap_or(Codec::None);
+                    if wire > last.1 {
+                        self.observe_link(rate, codec, (raw - last.2) as f64 / dt.as_secs_f64());
+                    }
+                    if auto {
+                        self.rechoose(n as usize);
+                    }
+                    last = (now, wire, raw);
+                    self.progress.update(|s| {
+                        s.bytes_sent = wire;
+                        s.pages_sent = self.counters.pages.load(Ordering::Relaxed);
+                        s.zero_pages = self.counters.zero.load(Ordering::Relaxed);
+                        s.bandwidth = self.bandwidth();
+                        s.elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3;
+                    });
+                }
+                let give_up = self.progress.cancelled()
+                    || self.check_timeout() == Some(TimeoutAction::Cancel);
+                if give_up || broken.load(Ordering::SeqCst) {
+                    failed = give_up;
+                    for w in &wakers {
+                        w.shutdown();
+                    }
+                    break;
+                }
+            }
+            let mut first_err = None;
+            for h in handles {
+                if let Ok(Err(e)) | Err(e) = h
+                    .join()
+                    .map_err(|_| MigrateError::Destination("sender thread panicked".into()))
+                {
+                    first_err.get_or_insert(e);
+                }
+            }
+            if failed {
+                // Closing the sockets made the channels fail: report why.
+                first_err = Some(if self.progress.cancelled() {
+                    MigrateError::Cancelled
+                } else {
+                    MigrateError::TimedOut(self.opts.timeout.unwrap_or_default())
+                });
+            }
+            match first_err {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        });
+        result?;
+        let elapsed = t0.elapsed();
+        let wire = self.counters.wire.load(Ordering::Relaxed) - wire0;
+        let raw = self.counters.raw.load(Ordering::Relaxed) - raw0;
+        // Short rounds are dominated by latency; only long ones measure.
+        if elapsed > Duration::from_millis(30) && wire > 0 {
+            let codec = Codec::from_u8(self.codec.load(Ordering::Relaxed)).unwrap_or(Codec::None);
+            self.observe_link(
+                wire as f64 / elapsed.as_secs_f64(),
+                codec,
+                raw as f64 / elapsed.as_secs_f64(),
+            );
+        }
+        self.progress.update(|s| {
+            s.bytes_sent = self.counters.wire.load(Ordering::Relaxed);
+            s.pages_sent = self.counters.pages.load(Ordering::Relaxed);
+            s.zero_pages = self.counters.zero.load(Ordering::Relaxed);
+        });
+        Ok(RoundStats {
+            elapsed,
+            wire,
+            raw_pages: raw / PAGE as u64,
+        })
+    }
+
+    /// Folds a throughput observation into the link estimate. Sending raw,
+    /// the wire rate is the link; compressing, it is only a lower bound
+    /// (the CPU may be what limits).
+    fn observe_link(&self, wire_rate: f64, codec: Codec, _raw_rate: f64) {
+        let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        if codec == Codec::None || *link == 0.0 {
+            *link = if *link == 0.0 {
+                wire_rate
+            } else {
+                0.5 * *link + 0.5 * wire_rate
+            };
+        } else if wire_rate > *link {
+            *link = wire_rate;
+        }
+    }
+
+    fn rechoose(&self, threads: usize) {
+        let link = self.bandwidth();
+        let c = compress::choose(link, threads, &self.speeds);
+        if self.codec.swap(c as u8, Ordering::Relaxed) != c as u8 {
+            self.update_codec_name();
+        }
+    }
+
+    /// Sends the windows that belong to channel `index` of `n`: a window's
+    /// channel depends only on its address, so a page resent in a later
+    /// round travels the same connection and arrives after its old copy.
+    fn send_channel(
+        &self,
+        stream: &mut Stream,
+        windows: &[(u64, [u64; 4])],
+        index: u64,
+        n: u64,
+        first: bool,
+    ) -> Result<(), MigrateError> {
+        let mut builder = ChunkBuilder::default();
+        let mut frame = Vec::with_capacity(WINDOW_BYTES as usize + 128);
+        let mut out = std::io::BufWriter::with_capacity(256 << 10, &mut *stream);
+        for &(base, bits) in windows {
+            if (base / WINDOW_BYTES) % n != index {
+                continue;
+            }
+            if self.progress.cancelled() {
+                return Err(MigrateError::Cancelled);
+            }
+            let codec = Codec::from_u8(self.codec.load(Ordering::Relaxed)).unwrap_or(Codec::None);
+            let Some(st) = builder.build(&self.mem, base, bits, first, codec, &mut frame) else {
+                continue;
+            };
+            if let Some(l) = &self.limiter {
+                l.take(st.wire);
+            }
+            wire::write_frame(&mut out, Kind::Chunk, &frame)?;
+            self.counters.wire.fetch_add(st.wire, Ordering::Relaxed);
+            self.counters.raw.fetch_add(st.raw, Ordering::Relaxed);
+            self.counters.pages.fetch_add(st.pages, Ordering::Relaxed);
+            self.counters.zero.fetch_add(st.zero, Ordering::Relaxed);
+        }
+        std::io::Write::flush(&mut out)?;
+        Ok(())
+    }
+
+    /// Pauses, sends the last dirty pages and the state, waits for the
+    /// destination to run the VM.
+    fn switchover(
+        &self,
+        ctl: &mut Stream,
+        data: &mut [Stream],
+        pending: Vec<(u64, [u64; 4])>,
+        was_paused: bool,
+    ) -> Result<(), MigrateError> {
+        self.progress.update(|s| s.phase = Phase::Switchover);
+        let paused_at = Instant::now();
+        if !was_paused {
+            self.vm.pause()?;
+        }
+        let log = self.vm.read_dirty_log()?;
+        let windows = merge_windows(pending, dirty_windows(&log));
+        let auto = matches!(self.opts.compression, Compression::Auto);
+        self.send_round(data, &windows, false, auto)?;
+        for d in data.iter_mut() {
+            wire::write_frame(d, Kind::ChannelDone, &[])?;
+        }
+        let state = self.vm.save_state()?;
+        let rounds = self.progress.snapshot().rounds + 1;
+        wire::write_msg(
+            ctl,
+            Kind::Switchover,
+            &wire::Switchover {
+                vm_state: prost::Message::encode_to_vec(&state),
+                paused: was_paused,
+                rounds,
+            },
+        )?;
+        self.progress.update(|s| {
+            s.rounds = rounds;
+            s.remaining_bytes = 0;
+        });
+        finish(ctl.try_clone()?, paused_at, self.progress)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_windows_group_pages_by_mebibyte() {
+        let mut words = vec![0u64; 12];
+        words[0] = 1;
+        words[5] = 1 << 3;
+        words[11] = u64::MAX;
+        let log = DirtyLog {
+            regions: vec![(0, words), (1 << 32, vec![0, 0, 0, 2])],
+        };
+        let w = dirty_windows(&log);
+        assert_eq!(
+            w,
+            vec![
+                (0, [1, 0, 0, 0]),
+                (WINDOW_BYTES, [0, 1 << 3, 0, 0]),
+                (2 * WINDOW_BYTES, [0, 0, 0, u64::MAX]),
+                (1 << 32, [0, 0, 0, 2]),
+            ]
+        );
+        assert_eq!(count_pages(&w), 1 + 1 + 64 + 1);
+        let m = merge_windows(vec![(0, [1, 0, 0, 0]), (WINDOW_BYTES, [0, 2, 0, 0])], w);
+        assert_eq!(m[0], (0, [1, 0, 0, 0]));
+        assert_eq!(m[1], (WINDOW_BYTES, [0, 2 | 1 << 3, 0, 0]));
+        assert_eq!(m.len(), 4);
+    }
+
+    #[test]
+    fn the_limiter_holds_the_rate() {
+        let l = Limiter {
+            rate: 10e6,
+            next: Mutex::new(Instant::now()),
+        };
+        let t = Instant::now();
+        for _ in 0..20 {
+            l.take(100_000);
+        }
+        // 2 MB at 10 MB/s: about 200 ms, less the 20 ms burst.
+        let e = t.elapsed();
+        assert!(e >= Duration::from_millis(170), "{e:?}");
+    }
+
+    #[test]
+    fn timeout_actions_parse() {
+        assert_eq!("cancel".parse(), Ok(TimeoutAction::Cancel));
+        assert_eq!("switchover".parse(), Ok(TimeoutAction::Switchover));
+        assert!("explode".parse::<TimeoutAction>().is_err());
+    }
+}
