@@ -293,7 +293,14 @@ fn write_read_flush_get_id() {
         .read_slice(&mut back, GuestAddress(b2 + 0x1000))
         .unwrap();
     assert_eq!(back, data);
+    // A driver that polls says so: no interrupt then.
+    d.w32(reg::INTERRUPT_ACK, INT_VRING);
+    let _ = d.irq.read();
+    d.mem.write_obj(1u16, GuestAddress(d.avail)).unwrap();
     assert_eq!(d.request(req::FLUSH, 0, None, BUF), (0, 1));
+    assert_eq!(d.t().read_interrupt_status(), 0);
+    assert!(d.irq.read().is_err(), "no eventfd signal");
+    d.mem.write_obj(0u16, GuestAddress(d.avail)).unwrap();
     assert_eq!(std::fs::read(&d.path).unwrap()[8192..16384], data[..]);
     assert_eq!(d.request(req::GET_ID, 0, Some((20, true)), BUF), (0, 21));
     let mut id = [0u8; 20];
