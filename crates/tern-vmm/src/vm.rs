@@ -615,6 +615,41 @@ impl Vm {
         self.start()
     }
 
+    /// Puts a paused VM back into a state saved from it earlier (a
+    /// checkpoint): memory from `memory` (regions back to back), then
+    /// VM-wide and vCPU state. Refused when the saved vCPUs were parked
+    /// differently (their threads are gone or running) or the layout
+    /// differs; the serial port keeps its current registers.
+    pub fn load_state(&self, st: &VmState, memory: &std::path::Path) -> Result<(), VmError> {
+        match self.state() {
+            RunState::Paused => {}
+            other => return Err(VmError::NotPaused(other)),
+        }
+        check_restore_target(st, &self.config, &self.ram, self.shared.probe)?;
+        for (id, v) in st.vcpus.iter().enumerate() {
+            if v.parked != self.shared.control.is_parked(id as u32) {
+                return Err(VmError::State(StateError::Mismatch(format!(
+                    "vCPU {id} was {} in the saved state and is {} now",
+                    if v.parked { "parked" } else { "running" },
+                    if v.parked { "running" } else { "parked" },
+                ))));
+            }
+        }
+        let file = std::fs::File::open(memory).map_err(|source| {
+            VmError::Memory(MemoryError::Image {
+                path: memory.into(),
+                source,
+            })
+        })?;
+        self.ram.load_from(&file, memory)?;
+        state::restore_vm(&self.fd, st)?;
+        for (v, vs) in self.vcpus.iter().zip(&st.vcpus) {
+            let v = v.lock().unwrap_or_else(|p| p.into_inner());
+            state::restore_vcpu(&v, vs)?;
+        }
+        Ok(())
+    }
+
     /// Starts one thread per vCPU.
     pub fn start(&self) -> Result<(), VmError> {
         control::install_kick_handler();

@@ -4,6 +4,7 @@
 //! them and KVM. Memory contents are not part of [`VmState`]: saving writes
 //! them to a file, migration streams them.
 
+pub mod compat;
 pub mod proto;
 
 use kvm_bindings::{

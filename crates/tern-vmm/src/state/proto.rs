@@ -6,6 +6,10 @@
 //! - fields are only added, never renumbered or reused;
 //! - a new field is optional: a reader that finds it absent uses the old
 //!   behaviour;
+//! - fields a reader does not know are found by [`super::compat`] and
+//!   reported; a writer that adds a field old readers must not ignore
+//!   lists it as required in the container (saved-state file, migration
+//!   stream), and old readers refuse it;
 //! - structures defined by the kernel's KVM ABI (`kvm_sregs`, `kvm_xsave`,
 //!   `kvm_lapic_state`, ...) are stored as their exact byte images: the
 //!   kernel keeps those layouts stable, and re-describing them field by
