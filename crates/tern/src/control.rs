@@ -6,7 +6,11 @@
 //! the probe's open-ended step), `{"cmd":"probe-touch","round":N}`,
 //! `{"cmd":"disk-qos","disk":N,"max_iops":N,"min_iops":N,"max_bw":BYTES}`
 //! (omitted limits stay, 0 removes one), `{"cmd":"disk-resize","disk":N,
-//! "size":BYTES}`, `{"cmd":"events"}` (QoS events).
+//! "size":BYTES}`, `{"cmd":"events"}` (QoS events),
+//! `{"cmd":"save","dir":DIR}` (pause, write state and memory, stop the
+//! worker), `{"cmd":"checkpoint-create","name":S,"memory":BOOL}`,
+//! `{"cmd":"checkpoint-list"}`, `{"cmd":"checkpoint-revert","id":N}`,
+//! `{"cmd":"checkpoint-delete","id":N}`, `{"cmd":"export","dir":DIR}`.
 //! Replies: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -60,12 +64,54 @@ pub enum Request {
     },
     /// QoS events so far (`min-iops-not-met`, `min-iops-restored`).
     Events,
+    /// Save the VM into a new directory and stop the worker.
+    Save {
+        /// Absolute path of a new (or empty) directory.
+        dir: PathBuf,
+    },
+    /// Take a checkpoint (needs `--checkpoint-dir`).
+    CheckpointCreate {
+        /// Its name.
+        name: String,
+        /// Save memory and device state too (default true).
+        #[serde(default = "yes")]
+        memory: bool,
+    },
+    /// The checkpoint tree.
+    CheckpointList,
+    /// Go back to a checkpoint.
+    CheckpointRevert {
+        /// Checkpoint id.
+        id: u64,
+    },
+    /// Delete a checkpoint, merging its disk changes.
+    CheckpointDelete {
+        /// Checkpoint id.
+        id: u64,
+    },
+    /// Export the VM (config, memory, disks, checkpoints) into a new
+    /// directory; the VM runs on.
+    Export {
+        /// Absolute path of a new (or empty) directory.
+        dir: PathBuf,
+    },
     /// Start a live migration (returns at once; poll `migrate-status`).
     Migrate(crate::migrate_cli::MigrateParams),
     /// Progress of the current or last migration.
     MigrateStatus,
     /// Cancel the running migration; the VM keeps running here.
     MigrateCancel,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Request {
+    /// Whether a successful request ends the worker (after its reply).
+    fn stops_worker(&self) -> bool {
+        matches!(self, Request::Save { .. })
+    }
 }
 
 /// Errors starting the control server.
@@ -132,11 +178,24 @@ fn handle_conn(stream: UnixStream, vm: &Arc<Vm>) {
         if line.trim().is_empty() {
             continue;
         }
-        let reply = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => handle(req, vm),
-            Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+        let (reply, stop) = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => {
+                let stops = req.stops_worker();
+                let reply = handle(req, vm);
+                let stop = reply["stop"] == true || (stops && reply["ok"] == true);
+                (reply, stop)
+            }
+            Err(e) => (
+                json!({"ok": false, "error": format!("bad request: {e}")}),
+                false,
+            ),
         };
-        if writeln!(out, "{reply}").is_err() {
+        let written = writeln!(out, "{reply}").is_ok();
+        // Stop only once the reply is out: the worker exits right after.
+        if stop {
+            vm.request_stop();
+        }
+        if !written {
             return;
         }
     }
@@ -261,6 +320,20 @@ pub fn handle(req: Request, vm: &Arc<Vm>) -> Value {
                 .collect();
             json!({"ok": true, "events": events})
         }
+        Request::Save { dir } => crate::snapshot::save(vm, &dir),
+        Request::CheckpointCreate { name, memory } => {
+            crate::snapshot::checkpoint_create(vm, &name, memory)
+        }
+        Request::CheckpointList => crate::snapshot::checkpoint_list(),
+        Request::CheckpointRevert { id } => {
+            let (mut v, stop) = crate::snapshot::checkpoint_revert(vm, id);
+            if stop {
+                v["stop"] = json!(true);
+            }
+            v
+        }
+        Request::CheckpointDelete { id } => crate::snapshot::checkpoint_delete(vm, id),
+        Request::Export { dir } => crate::snapshot::export(vm, &dir),
     }
 }
 

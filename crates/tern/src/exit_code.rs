@@ -4,6 +4,9 @@
 pub const OK: i32 = 0;
 /// Bad command line or configuration (BSD `EX_USAGE`).
 pub const USAGE: i32 = 64;
+/// A saved state, export or other input is damaged, incomplete or from
+/// an incompatible version (`EX_DATAERR`).
+pub const DATA_ERR: i32 = 65;
 /// A needed input file is missing or unreadable (`EX_NOINPUT`).
 pub const NO_INPUT: i32 = 66;
 /// KVM is unavailable (`EX_UNAVAILABLE`).

@@ -9,6 +9,7 @@ mod exit_code;
 mod migrate_cli;
 mod run;
 mod size;
+mod snapshot;
 mod vm_cli;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,10 @@ enum Command {
     /// Benchmarks printing JSON lines.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Worker-level saved states, checkpoints, export and import (over
+    /// a worker's control socket or on directories).
+    #[command(subcommand)]
+    Worker(snapshot::WorkerCommand),
     /// Virtual disk tools (VHDX and raw).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
@@ -51,6 +56,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Disk(cmd) => disk::run(cmd),
+        Command::Worker(cmd) => snapshot::run(cmd),
         Command::Migrate(args) => migrate_cli::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Api(cmd) => vm_cli::run(cmd),

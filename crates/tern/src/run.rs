@@ -26,7 +26,7 @@ pub struct RunArgs {
     memory: u64,
     /// Built-in guest: `probe:WORKLOAD` (e.g. probe:hello, probe:vcpus,
     /// probe:dirty,mib=64,rate=100+verify).
-    #[arg(long, conflicts_with = "kernel", required_unless_present = "kernel")]
+    #[arg(long, conflicts_with = "kernel", required_unless_present_any = ["kernel", "restore"])]
     guest: Option<String>,
     /// Linux kernel (bzImage or ELF vmlinux).
     #[arg(long)]
@@ -59,6 +59,25 @@ pub struct RunArgs {
     /// disk from its own polling thread (needs a spare host core).
     #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
+    /// Continue a saved VM (a directory written by the `save` request, or
+    /// an export) instead of booting; its configuration comes from there.
+    /// Nothing in the directory is changed.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["guest", "kernel", "disks", "incoming", "memory_file"]
+    )]
+    restore: Option<PathBuf>,
+    /// With --restore: map the memory image copy-on-write, pages are read
+    /// on first touch (the default).
+    #[arg(long, requires = "restore", conflicts_with = "eager")]
+    lazy: bool,
+    /// With --restore: copy all of memory in before the VM runs.
+    #[arg(long, requires = "restore")]
+    eager: bool,
+    /// Where this VM's checkpoints live (created when missing).
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
     /// Wait for a live migration on tcp:HOST:PORT (port 0: any, printed)
     /// or unix:PATH, then run the VM it brings. The other options must
     /// describe the same VM (checked before any memory moves).
@@ -179,26 +198,48 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 
 /// Runs the worker; returns the process exit code.
 pub fn run(args: RunArgs) -> i32 {
-    let cfg = match config(&args) {
-        Ok(c) => c,
-        Err((code, msg)) => {
-            eprintln!("tern: error: {msg}");
-            return code;
-        }
+    let t0 = std::time::Instant::now();
+    let (cfg, restore) = match &args.restore {
+        Some(dir) => match crate::snapshot::load_for_restore(dir, !args.eager) {
+            Ok(l) => {
+                let mut cfg = l.config;
+                cfg.serial = args.serial.clone();
+                cfg.kvm_path = args.kvm.clone();
+                (cfg, Some(l.state))
+            }
+            Err(msg) => {
+                eprintln!("tern: error: cannot restore: {msg}");
+                return exit_code::DATA_ERR;
+            }
+        },
+        None => match config(&args) {
+            Ok(c) => (c, None),
+            Err((code, msg)) => {
+                eprintln!("tern: error: {msg}");
+                return code;
+            }
+        },
     };
+    if let Some(dir) = &args.checkpoint_dir {
+        if let Err(e) = crate::snapshot::open_store(dir) {
+            eprintln!("tern: error: {}", chain(&e));
+            return exit_code::USAGE;
+        }
+    }
     let hooks = VmHooks {
         on_report: Some(Box::new(|line| eprintln!("[probe] {line}"))),
     };
     let mut incoming = None;
-    let built = match &args.incoming {
-        Some(ep) => match crate::migrate_cli::incoming(ep, cfg, hooks) {
+    let built = match (&args.incoming, &restore) {
+        (Some(ep), _) => match crate::migrate_cli::incoming(ep, cfg, hooks) {
             Ok((vm, r)) => {
                 incoming = Some(r);
                 Ok(vm)
             }
             Err(code) => return code,
         },
-        None => Vm::create(cfg, hooks),
+        (None, Some(state)) => Vm::restore(cfg, hooks, state),
+        (None, None) => Vm::create(cfg, hooks),
     };
     let vm = match built {
         Ok(vm) => Arc::new(vm),
@@ -225,6 +266,14 @@ pub fn run(args: RunArgs) -> i32 {
     }
     if let Some(r) = incoming {
         crate::migrate_cli::confirm(r, &vm);
+    }
+    if let Some(dir) = &args.restore {
+        eprintln!(
+            "tern: restored from {} ({}), running after {:.1} ms",
+            dir.display(),
+            if args.eager { "eager" } else { "lazy" },
+            t0.elapsed().as_secs_f64() * 1e3
+        );
     }
     let exit = vm.wait();
     // The process exits without dropping the VM: close disks explicitly

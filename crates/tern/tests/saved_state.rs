@@ -1,0 +1,460 @@
+//! Saved states, checkpoints and export/import end to end: real `tern run`
+//! workers, the probe guest's `dirty` and `verify` workloads, and every
+//! damaged input refused with a clear error and nothing overwritten.
+//!
+//! The golden saved state and export under `tests/data/golden/v1` were
+//! written by format version 1; every later Tern must restore them
+//! (regenerate only with a new version directory:
+//! `cargo test -p tern --test saved_state -- --ignored write_golden`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use serde_json::{json, Value};
+use tern_snapshot::file::{self, Header};
+use tern_snapshot::proto::Snapshot;
+
+fn tern() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+}
+
+fn probe_image() -> PathBuf {
+    tern_test_support::probe_guest()
+}
+
+/// A running worker and where its stderr goes.
+struct Worker {
+    child: Child,
+    sock: PathBuf,
+    log: PathBuf,
+}
+
+impl Worker {
+    /// Starts `tern run ARGS` in `cwd` with a control socket there.
+    fn start(cwd: &Path, args: &[&str]) -> Worker {
+        let sock = cwd.join("ctl.sock");
+        let log = cwd.join(format!("worker-{}.log", std::process::id()));
+        let child = tern()
+            .current_dir(cwd)
+            .arg("run")
+            .args(args)
+            .args(["--serial", "null", "--control"])
+            .arg(&sock)
+            .env("TERN_PROBE_IMAGE", probe_image())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut w = Worker { child, sock, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&w.sock).is_err() {
+            if let Ok(Some(status)) = w.child.try_wait() {
+                panic!("worker exited with {status}: {}", w.stderr());
+            }
+            assert!(Instant::now() < deadline, "control socket never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        w
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn request(&self, req: Value) -> Value {
+        let mut s = UnixStream::connect(&self.sock).expect("connect control socket");
+        writeln!(s, "{req}").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
+    }
+
+    fn ok(&self, req: Value) -> Value {
+        let r = self.request(req.clone());
+        assert_eq!(r["ok"], true, "{req} -> {r}\n{}", self.stderr());
+        r
+    }
+
+    /// (generation, cursor) of the dirty workload.
+    fn progress(&self) -> (u64, u64) {
+        let v = self.ok(json!({"cmd": "status"}));
+        (
+            v["probe"]["generation"].as_u64().unwrap(),
+            v["probe"]["cursor"].as_u64().unwrap(),
+        )
+    }
+
+    fn wait_generation(&self, at_least: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.progress().0 < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "dirty workload stuck: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the exit; returns (code, stderr).
+    fn wait(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return (s.code(), self.stderr());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("worker did not exit: {}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the dirty step; the `verify` step runs and the worker exits.
+    fn finish_and_verify(self) -> String {
+        self.ok(json!({"cmd": "probe-stop"}));
+        let (code, stderr) = self.wait();
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stderr.contains("result=pass"), "{stderr}");
+        let verify = stderr
+            .lines()
+            .find(|l| l.contains("verify pages="))
+            .unwrap_or_else(|| panic!("no verify report: {stderr}"));
+        assert!(verify.contains("bad=0 result=pass"), "{verify}");
+        verify.to_string()
+    }
+}
+
+/// Every file under `dir` with its contents' hash, to prove nothing changed.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, String)> {
+    let mut out = Vec::new();
+    for e in walk(dir) {
+        let len = std::fs::metadata(&e).unwrap().len();
+        out.push((
+            e.clone(),
+            len,
+            tern_snapshot::export::sha256_file(&e).unwrap(),
+        ));
+    }
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+const WORKLOAD: &str = "probe:dirty,mib=16,rate=200+verify";
+
+/// Runs a worker until two passes, saves it into `saved`, checks it
+/// stopped by itself.
+fn make_saved(cwd: &Path, saved: &Path, memory: &str, vcpus: &str) -> (u64, u64) {
+    let w = Worker::start(
+        cwd,
+        &["--vcpus", vcpus, "--memory", memory, "--guest", WORKLOAD],
+    );
+    w.wait_generation(2);
+    let r = w.ok(json!({"cmd": "save", "dir": saved}));
+    assert_eq!(r["state"], "saved");
+    let (code, stderr) = w.wait();
+    assert_eq!(code, Some(0), "save must stop the worker: {stderr}");
+    assert!(saved.join("state.bin").is_file() && saved.join("memory.bin").is_file());
+    let st = file::read::<Snapshot>(&saved.join("state.bin")).unwrap();
+    assert!(st.unknown.is_empty());
+    (
+        r["memory"].as_u64().unwrap(),
+        r["memory_written"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn save_and_restore_on_a_second_host_lazy_and_eager_with_every_page_verified() {
+    if !tern_test_support::kvm_available(
+        "save_and_restore_on_a_second_host_lazy_and_eager_with_every_page_verified",
+    ) {
+        return;
+    }
+    let host_a = tempfile::tempdir().unwrap();
+    let saved = host_a.path().join("saved");
+    let (memory, written) = make_saved(host_a.path(), &saved, "96M", "2");
+    assert_eq!(memory, 96 << 20);
+    assert!(written > 16 << 20 && written < memory, "{written}");
+    // Nothing partial is left beside it.
+    let names: Vec<String> = std::fs::read_dir(host_a.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("partial")), "{names:?}");
+    let before = fingerprint(&saved);
+    let saved_arg = saved.to_str().unwrap();
+
+    for mode in ["--lazy", "--eager"] {
+        // "Another host": another worker in another working directory.
+        let host_b = tempfile::tempdir().unwrap();
+        let w = Worker::start(host_b.path(), &["--restore", saved_arg, mode]);
+        let (g0, _) = w.progress();
+        w.wait_generation(g0 + 1);
+        let verify = w.finish_and_verify();
+        assert!(verify.contains("pages=4096"), "{mode}: {verify}");
+        assert_eq!(
+            fingerprint(&saved),
+            before,
+            "{mode}: restore changed the saved files"
+        );
+    }
+}
+
+fn restore_fails(saved: &Path, extra: &[&str]) -> (i32, String) {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = tern()
+        .current_dir(cwd.path())
+        .args(["run", "--serial", "null", "--restore"])
+        .arg(saved)
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Rewrites a saved state as a newer writer would: header version 2, an
+/// extra top-level field 90 and a field 60 inside the VM state, and the
+/// given required paths.
+fn as_newer_writer(state: &Path, required: &[&str], min_reader: u32) {
+    let mut snap = file::read::<Snapshot>(state).unwrap().message;
+    snap.required = required.iter().map(|r| r.to_string()).collect();
+    let mut vm = snap.state.take().unwrap().encode_to_vec();
+    vm.extend([0xe0, 0x03, 0x01]); // field 60, varint 1
+    let mut payload = snap.encode_to_vec();
+    payload.push(0x12); // field 2 (state), length-delimited
+    prost::encoding::encode_varint(vm.len() as u64, &mut payload);
+    payload.extend(vm);
+    payload.extend([0xd0, 0x05, 0x07]); // field 90, varint 7
+    let bytes = file::encode(
+        Header {
+            version: 2,
+            min_reader,
+            flags: 0,
+        },
+        &payload,
+    );
+    std::fs::write(state, bytes).unwrap();
+}
+
+#[test]
+fn damaged_newer_and_incomplete_saved_states_are_refused_and_left_as_they_are() {
+    if !tern_test_support::kvm_available(
+        "damaged_newer_and_incomplete_saved_states_are_refused_and_left_as_they_are",
+    ) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let saved = root.path().join("saved");
+    make_saved(root.path(), &saved, "64M", "1");
+
+    // Truncated memory image.
+    let t = root.path().join("truncated");
+    copy_dir(&saved, &t);
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open(t.join("memory.bin"))
+        .unwrap();
+    mem.set_len((64 << 20) - 4096).unwrap();
+    drop(mem);
+    let before = fingerprint(&t);
+    let (code, e) = restore_fails(&t, &[]);
+    assert_eq!(code, 65, "{e}");
+    assert!(
+        e.contains("memory image has 67104768 bytes, the saved state needs exactly 67108864"),
+        "{e}"
+    );
+    assert_eq!(fingerprint(&t), before, "a refused restore changed files");
+
+    // A damaged state file.
+    let d = root.path().join("damaged");
+    copy_dir(&saved, &d);
+    let mut b = std::fs::read(d.join("state.bin")).unwrap();
+    let n = b.len();
+    b[n - 10] ^= 0x40;
+    std::fs::write(d.join("state.bin"), &b).unwrap();
+    let (code, e) = restore_fails(&d, &["--eager"]);
+    assert_eq!(code, 65, "{e}");
+    assert!(e.contains("damaged (checksum mismatch)"), "{e}");
+
+    // A newer format with an unknown required field.
+    let r = root.path().join("newer-required");
+    copy_dir(&saved, &r);
+    as_newer_writer(&r.join("state.bin"), &["2.60"], 1);
+    let before = fingerprint(&r);
+    let (code, e) = restore_fails(&r, &[]);
+    assert_eq!(code, 65, "{e}");
+    assert!(
+        e.contains("written by saved-state format 2 with required fields this Tern (format 1) does not know: 2.60"),
+        "{e}"
+    );
+    assert_eq!(fingerprint(&r), before);
+
+    // A newer format that older readers may not read at all.
+    let m = root.path().join("newer-min-reader");
+    copy_dir(&saved, &m);
+    as_newer_writer(&m.join("state.bin"), &[], 2);
+    let (code, e) = restore_fails(&m, &[]);
+    assert_eq!(code, 65, "{e}");
+    assert!(e.contains("needs a reader of format 2 or later"), "{e}");
+
+    // Missing state file.
+    let s = root.path().join("no-state");
+    copy_dir(&saved, &s);
+    std::fs::remove_file(s.join("state.bin")).unwrap();
+    let (code, e) = restore_fails(&s, &[]);
+    assert_eq!(code, 65, "{e}");
+    assert!(e.contains("not a saved VM: no state.bin"), "{e}");
+
+    // Saving into a directory that is not empty is refused, and the
+    // worker goes on running.
+    let w = Worker::start(
+        root.path(),
+        &["--memory", "64M", "--guest", "probe:dirty,mib=4+verify"],
+    );
+    w.wait_generation(1);
+    let r = w.request(json!({"cmd": "save", "dir": saved}));
+    assert_eq!(r["ok"], false);
+    assert!(r["error"].as_str().unwrap().contains("not empty"), "{r}");
+    assert_eq!(w.ok(json!({"cmd": "status"}))["state"], "running");
+    w.finish_and_verify();
+}
+
+#[test]
+fn unknown_optional_fields_from_a_newer_writer_are_reported_and_restore_goes_on() {
+    if !tern_test_support::kvm_available(
+        "unknown_optional_fields_from_a_newer_writer_are_reported_and_restore_goes_on",
+    ) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let saved = root.path().join("saved");
+    make_saved(root.path(), &saved, "64M", "1");
+    as_newer_writer(&saved.join("state.bin"), &[], 1);
+    let w = Worker::start(root.path(), &["--restore", saved.to_str().unwrap()]);
+    let stderr = w.stderr();
+    assert!(
+        stderr.contains("field 2.60 (wire type 0) is unknown to this Tern"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("field 90 (wire type 0) is unknown"),
+        "{stderr}"
+    );
+    w.finish_and_verify();
+}
+
+#[test]
+fn memory_checkpoints_form_a_tree_revert_exactly_and_delete_cleanly() {
+    if !tern_test_support::kvm_available(
+        "memory_checkpoints_form_a_tree_revert_exactly_and_delete_cleanly",
+    ) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("checkpoints");
+    let w = Worker::start(
+        root.path(),
+        &[
+            "--vcpus",
+            "2",
+            "--memory",
+            "64M",
+            "--guest",
+            WORKLOAD,
+            "--checkpoint-dir",
+            store.to_str().unwrap(),
+        ],
+    );
+    w.wait_generation(2);
+    w.ok(json!({"cmd": "pause"}));
+    let at_one = w.progress();
+    let c1 = w.ok(json!({"cmd": "checkpoint-create", "name": "one", "memory": true}));
+    assert_eq!(c1["checkpoint"]["id"], 1);
+    assert_eq!(c1["checkpoint"]["parent"], 0);
+    assert_eq!(w.progress(), at_one, "a paused VM stays paused");
+    w.ok(json!({"cmd": "resume"}));
+    w.wait_generation(at_one.0 + 2);
+    let c2 = w.ok(json!({"cmd": "checkpoint-create", "name": "two", "memory": true}));
+    assert_eq!(c2["checkpoint"]["parent"], 1);
+    w.wait_generation(at_one.0 + 3);
+
+    // Revert to one: memory and CPU state exactly as they were.
+    w.ok(json!({"cmd": "pause"}));
+    let r = w.ok(json!({"cmd": "checkpoint-revert", "id": 1}));
+    assert_eq!(r["state"], "paused");
+    assert_eq!(
+        w.progress(),
+        at_one,
+        "revert did not restore the guest's progress"
+    );
+    w.ok(json!({"cmd": "resume"}));
+    w.wait_generation(at_one.0 + 1);
+    // A branch: three hangs from one, beside two.
+    let c3 = w.ok(json!({"cmd": "checkpoint-create", "name": "three", "memory": false}));
+    assert_eq!(c3["checkpoint"]["parent"], 1);
+    let list = w.ok(json!({"cmd": "checkpoint-list"}));
+    let parents: Vec<(u64, u64)> = list["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["id"].as_u64().unwrap(), c["parent"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(parents, [(1, 0), (2, 1), (3, 1)]);
+    assert_eq!(list["current"], 3);
+
+    // Deleting one re-parents its children; its files go.
+    w.ok(json!({"cmd": "checkpoint-delete", "id": 1}));
+    assert!(!store.join("1").exists());
+    let list = w.ok(json!({"cmd": "checkpoint-list"}));
+    let parents: Vec<(u64, u64)> = list["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["id"].as_u64().unwrap(), c["parent"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(parents, [(2, 0), (3, 0)]);
+    let e = w.request(json!({"cmd": "checkpoint-revert", "id": 1}));
+    assert_eq!(e["ok"], false);
+    assert!(
+        e["error"].as_str().unwrap().contains("no checkpoint 1"),
+        "{e}"
+    );
+
+    // Revert to two (taken later on the other branch) and finish there.
+    w.ok(json!({"cmd": "checkpoint-revert", "id": 2}));
+    w.finish_and_verify();
+}
