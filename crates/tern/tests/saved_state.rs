@@ -458,3 +458,207 @@ fn memory_checkpoints_form_a_tree_revert_exactly_and_delete_cleanly() {
     w.ok(json!({"cmd": "checkpoint-revert", "id": 2}));
     w.finish_and_verify();
 }
+
+// ---------------------------------------------------------------------
+// Golden data: states and exports written by earlier formats, restored
+// by every later Tern.
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/golden");
+/// Files of golden data larger than this are stored as `NAME.pages`:
+/// only their non-zero 4 KiB blocks (git keeps them small).
+const PAGES_ABOVE: u64 = 64 << 10;
+const PAGES_MAGIC: &[u8; 8] = b"TPAGES01";
+
+/// `NAME.pages`: magic, the file's length, then (offset, 4 KiB block) for
+/// every block that is not all zero.
+fn compact(path: &Path) {
+    let data = std::fs::read(path).unwrap();
+    let mut out = PAGES_MAGIC.to_vec();
+    out.extend((data.len() as u64).to_le_bytes());
+    for (i, block) in data.chunks(4096).enumerate() {
+        if block.iter().any(|&b| b != 0) {
+            out.extend(((i * 4096) as u64).to_le_bytes());
+            let mut full = block.to_vec();
+            full.resize(4096, 0);
+            out.extend(full);
+        }
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(".pages");
+    std::fs::write(name, out).unwrap();
+    std::fs::remove_file(path).unwrap();
+}
+
+/// Copies golden data into `to`, expanding `NAME.pages` back to `NAME`.
+fn expand_copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.path().is_dir() {
+            expand_copy(&e.path(), &to.join(&name));
+        } else if let Some(orig) = name.strip_suffix(".pages") {
+            let b = std::fs::read(e.path()).unwrap();
+            assert_eq!(&b[..8], PAGES_MAGIC, "{}", e.path().display());
+            let len = u64::from_le_bytes(b[8..16].try_into().unwrap());
+            let f = std::fs::File::create(to.join(orig)).unwrap();
+            f.set_len(len).unwrap();
+            for rec in b[16..].chunks(8 + 4096) {
+                let off = u64::from_le_bytes(rec[..8].try_into().unwrap());
+                let n = (len - off).min(4096) as usize;
+                std::os::unix::fs::FileExt::write_all_at(&f, &rec[8..8 + n], off).unwrap();
+            }
+        } else {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+fn compact_large(dir: &Path) {
+    for p in walk(dir) {
+        if std::fs::metadata(&p).unwrap().len() > PAGES_ABOVE {
+            compact(&p);
+        }
+    }
+}
+
+const GOLDEN_WORKLOAD: &str = "probe:dirty,mib=1,rate=20+verify";
+
+/// Writes this version's golden data. Run by hand, once per format
+/// version, into a new directory:
+/// `cargo test -p tern --test saved_state -- --ignored write_golden`.
+#[test]
+#[ignore]
+fn write_golden() {
+    let version = format!("v{}", tern_snapshot::FORMAT_VERSION);
+    let out = Path::new(GOLDEN).join(&version);
+    assert!(
+        !out.exists(),
+        "{} exists: golden data of a released format is never rewritten",
+        out.display()
+    );
+    let work = tempfile::tempdir().unwrap();
+
+    // A saved state.
+    let saved = work.path().join("saved");
+    let w = Worker::start(
+        work.path(),
+        &["--memory", "20M", "--guest", GOLDEN_WORKLOAD],
+    );
+    w.wait_generation(2);
+    w.ok(json!({"cmd": "save", "dir": saved}));
+    assert_eq!(w.wait().0, Some(0));
+
+    // An export with a disk and a checkpoint.
+    let disk = work.path().join("disk.vhdx");
+    vhdx::create(&disk, &vhdx::CreateOptions::dynamic(4 << 20))
+        .unwrap()
+        .close()
+        .unwrap();
+    let store = work.path().join("store");
+    let w = Worker::start(
+        work.path(),
+        &[
+            "--memory",
+            "20M",
+            "--guest",
+            GOLDEN_WORKLOAD,
+            "--disk",
+            &format!("path={}", disk.display()),
+            "--checkpoint-dir",
+            store.to_str().unwrap(),
+        ],
+    );
+    w.wait_generation(2);
+    w.ok(json!({"cmd": "checkpoint-create", "name": "golden", "memory": true}));
+    w.wait_generation(3);
+    let export = work.path().join("export");
+    w.ok(json!({"cmd": "export", "dir": export}));
+    w.finish_and_verify();
+
+    std::fs::create_dir_all(&out).unwrap();
+    copy_dir(&saved, &out.join("saved"));
+    copy_dir(&export, &out.join("export"));
+    compact_large(&out);
+}
+
+/// Every golden saved state restores (lazy and eager) and verifies.
+#[test]
+fn golden_saved_states_of_every_format_restore_and_verify() {
+    if !tern_test_support::kvm_available("golden_saved_states_of_every_format_restore_and_verify") {
+        return;
+    }
+    let versions: Vec<PathBuf> = walk_dirs(Path::new(GOLDEN));
+    assert!(!versions.is_empty(), "no golden data under {GOLDEN}");
+    for v in versions {
+        for mode in ["--lazy", "--eager"] {
+            let host = tempfile::tempdir().unwrap();
+            let saved = host.path().join("saved");
+            expand_copy(&v.join("saved"), &saved);
+            let w = Worker::start(host.path(), &["--restore", saved.to_str().unwrap(), mode]);
+            let (g0, _) = w.progress();
+            assert!(g0 >= 2, "{}: generation {g0}", v.display());
+            w.wait_generation(g0 + 1);
+            let verify = w.finish_and_verify();
+            assert!(verify.contains("pages=256"), "{}: {verify}", v.display());
+        }
+    }
+}
+
+/// Every golden export imports (its manifest checked), restores with its
+/// checkpoint tree, reverts to its checkpoint and verifies.
+#[test]
+fn golden_exports_of_every_format_import_restore_and_revert() {
+    if !tern_test_support::kvm_available("golden_exports_of_every_format_import_restore_and_revert")
+    {
+        return;
+    }
+    for v in walk_dirs(Path::new(GOLDEN)) {
+        let host = tempfile::tempdir().unwrap();
+        let export = host.path().join("export");
+        expand_copy(&v.join("export"), &export);
+        let dest = host.path().join("vm");
+        let out = tern()
+            .args(["worker", "import"])
+            .arg(&export)
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            v.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let w = Worker::start(
+            host.path(),
+            &[
+                "--restore",
+                dest.to_str().unwrap(),
+                "--checkpoint-dir",
+                dest.join("checkpoints").to_str().unwrap(),
+            ],
+        );
+        let list = w.ok(json!({"cmd": "checkpoint-list"}));
+        assert_eq!(list["checkpoints"][0]["name"], "golden", "{list}");
+        let (g0, _) = w.progress();
+        w.wait_generation(g0 + 1);
+        w.ok(json!({"cmd": "checkpoint-revert", "id": 1}));
+        let (g1, _) = w.progress();
+        assert!(g1 < g0 + 1, "revert went back: {g1} vs {g0}");
+        w.wait_generation(g1 + 1);
+        w.finish_and_verify();
+    }
+}
+
+fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.map(|e| e.unwrap().path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
