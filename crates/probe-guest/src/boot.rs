@@ -1,6 +1,8 @@
 //! What the VMM told the guest: the [`BootInfo`] page.
 
-use tern_probe_abi::{BootInfo, MemRegion, ABI_VERSION, BOOT_INFO_ADDR, BOOT_MAGIC, MAX_MEM_REGIONS};
+use tern_probe_abi::{
+    BootInfo, MemRegion, ABI_VERSION, BOOT_INFO_ADDR, BOOT_MAGIC, MAX_MEM_REGIONS,
+};
 
 /// The boot info page. The VMM fills it before the first vCPU runs and never
 /// changes it afterwards.

@@ -82,7 +82,12 @@ pub fn take_stop() -> bool {
         return false;
     }
     let taken = cmd
-        .compare_exchange(command::STOP, command::NONE, Ordering::AcqRel, Ordering::Acquire)
+        .compare_exchange(
+            command::STOP,
+            command::NONE,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
         .is_ok();
     if taken {
         command_ack().fetch_add(1, Ordering::Release);

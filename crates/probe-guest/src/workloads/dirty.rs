@@ -89,8 +89,17 @@ struct Pace {
 
 impl Pace {
     fn new(tsc_hz: u64, rate_mib: u64) -> Self {
-        let pages_per_sec = if tsc_hz == 0 { 0 } else { rate_mib.saturating_mul(PAGES_PER_MIB) };
-        Pace { tsc_hz, pages_per_sec, base_tsc: rdtsc(), base_page: 0 }
+        let pages_per_sec = if tsc_hz == 0 {
+            0
+        } else {
+            rate_mib.saturating_mul(PAGES_PER_MIB)
+        };
+        Pace {
+            tsc_hz,
+            pages_per_sec,
+            base_tsc: rdtsc(),
+            base_page: 0,
+        }
     }
 
     /// Spins until page `page` is due, or a command arrives.
@@ -101,7 +110,9 @@ impl Pace {
         }
         let ticks = u128::from(page - self.base_page) * u128::from(self.tsc_hz)
             / u128::from(self.pages_per_sec);
-        let due = self.base_tsc.saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX));
+        let due = self
+            .base_tsc
+            .saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX));
         loop {
             let now = rdtsc();
             if now >= due {
@@ -136,7 +147,12 @@ pub(super) fn verify(ctx: &Ctx) -> bool {
     for index in 0..pages {
         let expected = expected_generation(index, generation, cursor);
         let (addr, check) = check_data_page(ctx.regions, index, expected);
-        if let PageCheck::Mismatch { word, found_index, found_generation } = check {
+        if let PageCheck::Mismatch {
+            word,
+            found_index,
+            found_generation,
+        } = check
+        {
             bad += 1;
             if bad <= MAX_MISMATCH_REPORTS {
                 report!(

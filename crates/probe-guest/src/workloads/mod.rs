@@ -78,7 +78,10 @@ impl Ctx {
             spin_loop();
         };
         let result = if n == self.vcpus { "pass" } else { "fail" };
-        report!("vcpus checked_in={n} expected={} result={result}", self.vcpus);
+        report!(
+            "vcpus checked_in={n} expected={} result={result}",
+            self.vcpus
+        );
         n == self.vcpus
     }
 }
@@ -142,7 +145,12 @@ pub fn run_secondary(cpu: u32) -> ! {
     let info = boot::info();
     let has_vcpus_step = boot::workload(info)
         .and_then(|text| parse(text).ok())
-        .is_some_and(|steps| steps.as_slice().iter().any(|s| s.kind == WorkloadKind::Vcpus));
+        .is_some_and(|steps| {
+            steps
+                .as_slice()
+                .iter()
+                .any(|s| s.kind == WorkloadKind::Vcpus)
+        });
     if has_vcpus_step {
         status::checked_in().fetch_add(1, Ordering::AcqRel);
     }
