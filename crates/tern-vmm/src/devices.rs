@@ -255,15 +255,7 @@ impl Disks {
     /// What Linux needs on its command line to find the devices
     /// (`virtio_mmio.device=4K@0xd0000000:16 ...`), with a leading space.
     pub fn cmdline(&self) -> String {
-        (0..self.disks.len())
-            .map(|i| {
-                format!(
-                    " virtio_mmio.device=4K@{:#x}:{}",
-                    Self::base(i),
-                    VIRTIO_GSI_BASE + i as u32
-                )
-            })
-            .collect()
+        cmdline_for(self.disks.len())
     }
 
     fn get(&self, index: usize) -> Result<&Disk, DiskError> {
@@ -500,6 +492,19 @@ impl BlockBackend for ClosedBackend {
     }
 }
 
+/// Linux's `virtio_mmio.device=` parameters for `n` devices.
+fn cmdline_for(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                " virtio_mmio.device=4K@{:#x}:{}",
+                Disks::base(i),
+                VIRTIO_GSI_BASE + i as u32
+            )
+        })
+        .collect()
+}
+
 fn record_event(log: &Mutex<Vec<DiskEvent>>, disk: usize, event: QosEvent) {
     let time_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -557,6 +562,10 @@ mod tests {
         assert_eq!(Disks::base(0), 0xd000_0000);
         assert_eq!(Disks::base(7), 0xd000_7000);
         assert!(Disks::base(MAX_DISKS) <= 0xffff_ffff);
+        assert_eq!(
+            cmdline_for(2),
+            " virtio_mmio.device=4K@0xd0000000:16 virtio_mmio.device=4K@0xd0001000:17"
+        );
         assert!(matches!(
             d.set_qos(0, QosLimits::default()),
             Err(DiskError::NoSuchDisk(0, 0))
