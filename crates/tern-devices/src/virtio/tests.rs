@@ -195,6 +195,13 @@ impl Drv {
         out
     }
 
+    /// Catches up with the used index without checking the entries.
+    fn used_unchecked(&mut self) -> u16 {
+        let idx: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();
+        self.used_seen = idx;
+        idx
+    }
+
     /// One request through the ring: header at `buf`, data after it, the
     /// status byte at `buf + 0xf000`. Returns (status, used len).
     fn request(
@@ -638,4 +645,86 @@ fn threaded_device_polls_with_notifications_off_then_sleeps() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(d.stats.requests.load(Ordering::Relaxed), 20);
+}
+
+#[test]
+fn random_rings_never_panic() {
+    // Garbage descriptors, chains, avail entries and register writes: the
+    // device may fail requests or ask for a reset, never panic.
+    let mut d = Drv::new(false, QosLimits::default());
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..3000 {
+        if d.r32(reg::STATUS) & status::DRIVER_OK == 0
+            || d.r32(reg::STATUS) & status::DEVICE_NEEDS_RESET != 0
+        {
+            d.avail_idx = 0;
+            d.used_seen = 0;
+            d.mem.write_obj(0u16, GuestAddress(d.avail + 2)).unwrap();
+            d.init();
+        }
+        for i in 0..QSIZE as u64 {
+            let r = rnd();
+            let addr = match r % 4 {
+                0 => rnd(),
+                1 => rnd() % (16 << 20),
+                _ => BUF + (rnd() % 0x10000),
+            };
+            let len = match (r >> 8) % 3 {
+                0 => rnd() as u32,
+                1 => (rnd() % 70000) as u32,
+                _ => 16,
+            };
+            let flags = (rnd() % 8) as u16; // NEXT, WRITE, INDIRECT
+            let next = (rnd() % (QSIZE as u64 + 2)) as u16;
+            let desc = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+            d.mem
+                .write_obj(desc, GuestAddress(d.desc + i * 16))
+                .unwrap();
+        }
+        // Request headers of every type at the buffers.
+        let mut hdr = [0u8; 16];
+        hdr[0..4].copy_from_slice(&((rnd() % 14) as u32).to_le_bytes());
+        hdr[8..16].copy_from_slice(&(rnd() % 4096).to_le_bytes());
+        d.mem.write_slice(&hdr, GuestAddress(BUF)).unwrap();
+        let n = rnd() % 5;
+        for _ in 0..n {
+            let slot = d.avail + 4 + 2 * (d.avail_idx % QSIZE) as u64;
+            d.mem
+                .write_obj((rnd() % (QSIZE as u64 + 1)) as u16, GuestAddress(slot))
+                .unwrap();
+            d.avail_idx = d.avail_idx.wrapping_add(1);
+        }
+        if round % 50 == 49 {
+            // Now and then an index that jumps too far.
+            d.avail_idx = d.avail_idx.wrapping_add(rnd() as u16);
+        }
+        d.mem
+            .write_obj(d.avail_idx, GuestAddress(d.avail + 2))
+            .unwrap();
+        d.notify();
+        let _ = d.used_unchecked();
+        if round % 37 == 0 {
+            let off = rnd() % 0x200;
+            d.w32(off & !3, rnd() as u32);
+        }
+    }
+    let (reqs, errs) = (
+        d.stats.requests.load(Ordering::Relaxed),
+        d.stats.errors.load(Ordering::Relaxed),
+    );
+    eprintln!("random rings: {reqs} requests completed, {errs} failed");
+    assert!(reqs > 500 && errs > 100, "the garbage reached the device");
+    // Still a working device after a reset.
+    d.avail_idx = 0;
+    d.used_seen = 0;
+    d.mem.write_obj(0u16, GuestAddress(d.avail + 2)).unwrap();
+    d.mem.write_obj(0u16, GuestAddress(d.used + 2)).unwrap();
+    d.init();
+    assert_eq!(d.request(req::IN, 0, Some((512, true)), BUF).0, 0);
 }
