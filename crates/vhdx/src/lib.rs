@@ -17,6 +17,8 @@ pub mod convert;
 pub mod crc;
 pub mod create;
 mod disk;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guid;
 pub mod header;
 pub mod log;
