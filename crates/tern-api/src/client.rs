@@ -444,6 +444,22 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/migrations/incoming` (daemon to daemon).
+    pub async fn incoming_migration(
+        &self,
+        req: &IncomingMigration,
+    ) -> Result<IncomingReady, ClientError> {
+        self.post("/v1/migrations/incoming", Some(req)).await
+    }
+
+    /// `GET /v1/migrations`.
+    pub async fn list_migrations(&self) -> Result<Vec<Migration>, ClientError> {
+        Ok(self
+            .get::<MigrationList>("/v1/migrations")
+            .await?
+            .migrations)
+    }
+
     /// `GET /v1/migrations/{id}`.
     pub async fn migration(&self, id: &str) -> Result<Migration, ClientError> {
         self.get(&format!("/v1/migrations/{}", seg(id))).await

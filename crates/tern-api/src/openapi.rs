@@ -48,6 +48,7 @@ use crate::types::*;
         apply_checkpoint,
         migrate_vm,
         list_migrations,
+        incoming_migration,
         get_migration,
         cancel_migration,
         list_disks,
@@ -62,7 +63,7 @@ use crate::types::*;
         ApiError, VmState, Size, CreateVm, Vm, VmList, Event, EventList, DiskFormat,
         CreateDisk, DiskQos, Disk, DiskList, ResizeDisk, AttachDisk, CreateCheckpoint,
         Checkpoint, CheckpointList, StartMigration, MigrationState, Migration,
-        MigrationList, Features, HostInfo
+        MigrationList, IncomingMigration, IncomingReady, Features, HostInfo
     )),
     modifiers(&BearerAuth),
     tags(
@@ -295,6 +296,16 @@ fn migrate_vm() {}
 #[utoipa::path(get, path = "/v1/migrations", tag = "migration",
     responses((status = 200, body = MigrationList)))]
 fn list_migrations() {}
+
+#[utoipa::path(post, path = "/v1/migrations/incoming", tag = "migration",
+    request_body = IncomingMigration,
+    responses(
+        (status = 201, body = IncomingReady, description = "A worker waits for the VM at `endpoint`"),
+        (status = 400, body = ApiError),
+        (status = 409, body = ApiError, description = "A VM with this name or id exists here"),
+        (status = 501, body = ApiError, description = "The worker cannot receive migrations yet"),
+    ))]
+fn incoming_migration() {}
 
 #[utoipa::path(get, path = "/v1/migrations/{migration}", tag = "migration",
     params(("migration" = String, Path, description = "Migration id")),

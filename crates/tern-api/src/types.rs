@@ -398,6 +398,34 @@ pub struct Migration {
     pub error: Option<String>,
 }
 
+/// Body of `POST /v1/migrations/incoming`: the source daemon asks this one
+/// to receive a VM.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingMigration {
+    /// The VM's id (kept across hosts).
+    pub vm_id: String,
+    /// The VM's name.
+    pub name: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    /// The guest (`probe:WORKLOAD`).
+    pub guest: String,
+    /// The source daemon, for the record.
+    pub source: String,
+}
+
+/// Reply of `POST /v1/migrations/incoming`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IncomingReady {
+    /// The migration as this host sees it.
+    pub migration: Migration,
+    /// Where the source worker sends the VM (`unix:PATH`).
+    pub endpoint: String,
+}
+
 /// Reply of `GET /v1/migrations`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MigrationList {

@@ -62,6 +62,8 @@ impl From<OpError> for ApiErr {
                 RegistryError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             OpError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+            OpError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            OpError::Peer(_) => (StatusCode::BAD_GATEWAY, "peer"),
             OpError::Worker { .. } | OpError::Failed(_) | OpError::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -166,6 +168,7 @@ pub fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         )
         .add("POST", "/v1/vms/{vm}/migrate", post(migrate_vm))
         .add("GET", "/v1/migrations", get(list_migrations))
+        .add("POST", "/v1/migrations/incoming", post(incoming_migration))
         .add("GET", "/v1/migrations/{migration}", get(get_migration))
         .add(
             "DELETE",
@@ -472,44 +475,41 @@ async fn apply_checkpoint(
     Err(no_checkpoints())
 }
 
-fn no_migration() -> ApiErr {
-    OpError::NotImplemented(
-        "live migration is not implemented yet: the VM worker has no migration endpoints".into(),
-    )
-    .into()
-}
-
 async fn migrate_vm(
     State(d): State<AppState>,
     Path(vm): Path<String>,
     Body(req): Body<StartMigration>,
 ) -> ApiResult<Response> {
-    d.reg.vm(&vm)?;
-    tern_api::Endpoint::parse(&req.to, req.token.clone())
-        .map_err(|e| ApiErr::bad(e.to_string()))?;
-    Err(no_migration())
+    let m = crate::migration::start(&d, &vm, &req).await?;
+    Ok((StatusCode::ACCEPTED, Json(m)).into_response())
 }
 
-async fn list_migrations() -> ApiResult<Json<tern_api::MigrationList>> {
+async fn incoming_migration(
+    State(d): State<AppState>,
+    Body(req): Body<tern_api::IncomingMigration>,
+) -> ApiResult<Response> {
+    let r = crate::migration::incoming(&d, &req).await?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+async fn list_migrations(State(d): State<AppState>) -> ApiResult<Json<tern_api::MigrationList>> {
     Ok(Json(tern_api::MigrationList {
-        migrations: Vec::new(),
+        migrations: crate::migration::list(&d),
     }))
 }
 
-async fn get_migration(Path(id): Path<String>) -> ApiResult<Json<tern_api::Migration>> {
-    Err(ApiErr(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no migration '{id}'"),
-    ))
+async fn get_migration(
+    State(d): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<tern_api::Migration>> {
+    Ok(Json(crate::migration::show(&d, &id)?))
 }
 
-async fn cancel_migration(Path(id): Path<String>) -> ApiResult<Json<tern_api::Migration>> {
-    Err(ApiErr(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no migration '{id}'"),
-    ))
+async fn cancel_migration(
+    State(d): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<tern_api::Migration>> {
+    Ok(Json(crate::migration::cancel(&d, &id).await?))
 }
 
 async fn list_disks(State(d): State<AppState>) -> ApiResult<Json<DiskList>> {

@@ -106,6 +106,9 @@ pub enum OpError {
     /// From the registry: not found (404), conflicts (409), database (500).
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// Something other than a VM or disk is not there (404).
+    #[error("{0}")]
+    NotFound(String),
     /// The feature does not exist yet (501).
     #[error("{0}")]
     NotImplemented(String),
@@ -121,6 +124,9 @@ pub enum OpError {
     /// The VM failed while the operation ran (500).
     #[error("{0}")]
     Failed(String),
+    /// The other daemon of a migration refused or failed (502).
+    #[error("{0}")]
+    Peer(String),
     /// A filesystem operation failed (500).
     #[error("{what}")]
     Io {
@@ -163,6 +169,8 @@ pub struct Daemon {
     pub reg: Registry,
     workers: Mutex<HashMap<String, Arc<Worker>>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) caps: worker::Capabilities,
+    pub(crate) migrations: Mutex<HashMap<String, crate::migration::Record>>,
 }
 
 fn mkdir(path: &Path) -> Result<(), StartError> {
@@ -228,15 +236,18 @@ impl Daemon {
         let db = cfg.db_path();
         let reg =
             Registry::open(&db).map_err(|source| StartError::Registry { path: db, source })?;
+        let caps = worker::Capabilities::probe(&cfg.worker_exe);
         Ok(Arc::new(Daemon {
             cfg,
             reg,
             workers: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            caps,
+            migrations: Mutex::new(HashMap::new()),
         }))
     }
 
-    async fn op_lock(&self, id: &str) -> OwnedMutexGuard<()> {
+    pub(crate) async fn op_lock(&self, id: &str) -> OwnedMutexGuard<()> {
         let m = self
             .locks
             .lock()
@@ -247,7 +258,7 @@ impl Daemon {
         m.lock_owned().await
     }
 
-    fn worker(&self, id: &str) -> Option<Arc<Worker>> {
+    pub(crate) fn worker(&self, id: &str) -> Option<Arc<Worker>> {
         self.workers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -288,7 +299,7 @@ impl Daemon {
                 .iter()
                 .map(|d| d.display().to_string())
                 .collect(),
-            features: crate::features(),
+            features: self.features(),
         })
     }
 
@@ -327,9 +338,22 @@ impl Daemon {
         self.view(&row)
     }
 
-    fn launch(&self, row: &VmRow) -> Result<Launch, OpError> {
-        // Disks in attach order: the worker's disk index is this position.
-        let mut extra = Vec::new();
+    /// Arguments that boot `row` afresh: its settings and its disks in
+    /// attach order (the worker's disk index is this position).
+    pub(crate) fn boot_args(&self, row: &VmRow) -> Result<Vec<String>, OpError> {
+        let mut args = vec![
+            "--vcpus".to_string(),
+            row.vcpus.to_string(),
+            "--memory".to_string(),
+            row.memory.to_string(),
+            "--guest".to_string(),
+            row.guest.clone(),
+        ];
+        if self.caps.memfd {
+            // Guest memory in a memfd: a same-host migration hands it over
+            // instead of copying it.
+            args.push("--memfd".to_string());
+        }
         for d in self.reg.vm_disks(&row.id)? {
             let mut spec = format!("path={}", d.path);
             if let Some(v) = d.qos.max_iops {
@@ -338,20 +362,21 @@ impl Daemon {
             if let Some(v) = d.qos.min_iops {
                 spec.push_str(&format!(",min-iops={v}"));
             }
-            extra.push("--disk".to_string());
-            extra.push(spec);
+            args.push("--disk".to_string());
+            args.push(spec);
         }
-        Ok(Launch {
+        Ok(args)
+    }
+
+    pub(crate) fn launch(&self, row: &VmRow, vm_args: Vec<String>) -> Launch {
+        Launch {
             exe: self.cfg.worker_exe.clone(),
             probe_image: self.cfg.probe_image.clone(),
-            vcpus: row.vcpus,
-            memory: row.memory,
-            guest: row.guest.clone(),
+            vm_args,
             control: self.cfg.control_path(&row.id),
             serial: self.cfg.serial_path(&row.id),
             log: self.cfg.worker_log(&row.id),
-            extra,
-        })
+        }
     }
 
     /// Sends a control request to VM `id`'s worker, if one runs; `None`
@@ -393,13 +418,28 @@ impl Daemon {
                 action: "start it",
             },
         )?;
-        let launch = match self.launch(&row) {
-            Ok(l) => l,
+        let args = match self.boot_args(&row) {
+            Ok(a) => a,
             Err(e) => {
                 self.fail(&id, &e.to_string())?;
                 return Err(e);
             }
         };
+        self.run_worker(&row, args, VmState::Starting, "started")
+            .await
+    }
+
+    /// Spawns a worker for `row` (in state `via`), supervises it, and waits
+    /// until it answers; then the VM is running and `event` recorded.
+    async fn run_worker(
+        self: &Arc<Self>,
+        row: &VmRow,
+        vm_args: Vec<String>,
+        via: VmState,
+        event: &str,
+    ) -> Result<Vm, OpError> {
+        let id = row.id.clone();
+        let launch = self.launch(row, vm_args);
         let serial = match worker::open_serial_fifo(&launch.serial, true) {
             Ok(s) => s,
             Err(source) => {
@@ -427,7 +467,7 @@ impl Daemon {
         // start time reads as none, and the supervisor reports it.
         let pid_start = worker::process_start(pid).unwrap_or(0);
         self.reg.set_worker(&id, pid, pid_start)?;
-        let w = self.track(&row, pid, pid_start, serial);
+        let w = self.track(row, pid, pid_start, serial);
         let gone = w.gone.clone();
         let this = self.clone();
         let wid = id.clone();
@@ -442,11 +482,11 @@ impl Daemon {
             .transition(
                 &id,
                 Transition {
-                    from: &[VmState::Starting],
+                    from: &[via],
                     to: VmState::Running,
                     reason: None,
                     pid: None,
-                    event: "started",
+                    event,
                     message: format!("running (worker pid {pid})"),
                     action: "mark it running",
                 },
@@ -457,7 +497,7 @@ impl Daemon {
 
     /// Registers a worker and its console; `gone` becomes true once the
     /// supervisor has recorded its end.
-    fn track(
+    pub(crate) fn track(
         &self,
         row: &VmRow,
         pid: u32,
@@ -473,6 +513,8 @@ impl Daemon {
             console,
             stop_requested: false.into(),
             kill_requested: false.into(),
+            save_requested: false.into(),
+            incoming: false.into(),
             migrated_away: false.into(),
             gone,
             gone_tx,
@@ -539,7 +581,7 @@ impl Daemon {
     }
 
     /// Marks a VM failed from any state.
-    fn fail(&self, id: &str, reason: &str) -> Result<VmRow, OpError> {
+    pub(crate) fn fail(&self, id: &str, reason: &str) -> Result<VmRow, OpError> {
         Ok(self.reg.transition(
             id,
             Transition {
@@ -581,6 +623,29 @@ impl Daemon {
             w.gone_tx.send_replace(true);
             return;
         }
+        if w.incoming.load(Ordering::SeqCst) {
+            // The VM never arrived: it was never this host's.
+            let why = match &status {
+                Some(s) => format!(
+                    "incoming migration ended: worker {}",
+                    worker::describe_exit(s)
+                ),
+                None => "incoming migration ended".into(),
+            };
+            let _ = self
+                .reg
+                .remove_vm(id, &[VmState::Migrating], "migration-in-failed", &why);
+            w.gone_tx.send_replace(true);
+            return;
+        }
+        if status.as_ref().is_some_and(|s| s.success())
+            && self.reg.vm(id).is_ok_and(|r| r.state == VmState::Migrating)
+        {
+            // A worker ends cleanly mid-migration once the destination
+            // runs the VM; the migration task settles the registry.
+            w.gone_tx.send_replace(true);
+            return;
+        }
         let log = worker::last_log_line(&self.cfg.worker_log(id));
         let with_log = |s: String| match &log {
             Some(l) => format!("{s}: {l}"),
@@ -598,6 +663,19 @@ impl Daemon {
                 "stopped on request".to_string(),
                 "stopped",
             )
+        } else if w.save_requested.load(Ordering::SeqCst) {
+            match status {
+                Some(s) if !s.success() => (
+                    VmState::Failed,
+                    with_log(format!(
+                        "worker pid {} {} while saving",
+                        w.pid,
+                        worker::describe_exit(&s)
+                    )),
+                    "failed",
+                ),
+                _ => (VmState::Saved, "saved on request".to_string(), "saved"),
+            }
         } else {
             match status {
                 Some(s) if s.success() => (
@@ -644,7 +722,7 @@ impl Daemon {
     }
 
     /// Waits until `w` is gone, up to `t`; true if it is.
-    async fn wait_gone(w: &Worker, t: Duration) -> bool {
+    pub(crate) async fn wait_gone(w: &Worker, t: Duration) -> bool {
         let mut gone = w.gone.clone();
         let done = matches!(
             tokio::time::timeout(t, gone.wait_for(|g| *g)).await,
@@ -698,7 +776,7 @@ impl Daemon {
 
     /// A VM whose state says it has a worker but none is tracked (cannot
     /// happen unless reattach failed half-way): mark it failed.
-    fn orphan(&self, row: &VmRow) -> Result<Vm, OpError> {
+    pub(crate) fn orphan(&self, row: &VmRow) -> Result<Vm, OpError> {
         let row = self.fail(&row.id, "the daemon lost track of its worker")?;
         Err(OpError::Failed(format!(
             "VM {}: {}",
@@ -783,7 +861,11 @@ impl Daemon {
     pub async fn delete(&self, key: &str) -> Result<(), OpError> {
         let id = self.reg.vm(key)?.id;
         let g = self.op_lock(&id).await;
+        let saved = self.reg.saved_dir(&id)?;
         self.reg.delete_vm(&id, IDLE_STATES, "deleted on request")?;
+        if let Some(dir) = saved {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         for p in [self.cfg.worker_log(&id), self.cfg.serial_log(&id)] {
             let _ = std::fs::remove_file(p);
         }
@@ -877,20 +959,132 @@ impl Daemon {
         alive
     }
 
-    /// Saving needs the worker's save support.
-    pub async fn save(&self, key: &str) -> Result<Vm, OpError> {
-        self.reg.vm(key)?;
-        Err(OpError::NotImplemented(
-            "save is not implemented yet: the VM worker has no save request".into(),
+    pub(crate) fn not_implemented(what: &str, needs: &str) -> OpError {
+        OpError::NotImplemented(format!(
+            "{what} is not implemented yet: the VM worker ({needs}) lacks it"
         ))
     }
 
-    /// Restoring needs the worker's restore support.
-    pub async fn restore(&self, key: &str) -> Result<Vm, OpError> {
-        self.reg.vm(key)?;
-        Err(OpError::NotImplemented(
-            "restore is not implemented yet: the VM worker cannot restore a saved state".into(),
-        ))
+    /// `POST /v1/vms/{vm}/save`: the worker writes the VM's state and
+    /// memory into a new directory and exits; the VM is `saved`.
+    pub async fn save(&self, key: &str) -> Result<Vm, OpError> {
+        let id = self.reg.vm(key)?.id;
+        if !self.caps.save_restore {
+            return Err(Self::not_implemented("save", "tern run --restore"));
+        }
+        let _g = self.op_lock(&id).await;
+        let before = self.reg.vm(&id)?;
+        let row = self.reg.transition(
+            &id,
+            Transition {
+                from: &[VmState::Running, VmState::Paused],
+                to: VmState::Saving,
+                reason: None,
+                pid: None,
+                event: "saving",
+                message: "save requested".into(),
+                action: "save it",
+            },
+        )?;
+        let Some(w) = self.worker(&id) else {
+            return self.orphan(&row);
+        };
+        let dir = self
+            .cfg
+            .state_dir
+            .join("saved")
+            .join(format!("{id}-{}", crate::registry::now_ms()));
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| OpError::Io {
+                what: format!("cannot create {}", parent.display()),
+                source,
+            })?;
+        }
+        let old = self.reg.saved_dir(&id)?;
+        w.save_requested.store(true, Ordering::SeqCst);
+        let req = json!({"cmd": "save", "dir": dir});
+        match worker::control(&w.control, &req, Duration::from_secs(600)).await {
+            Ok(_) => {
+                self.reg
+                    .set_saved_dir(&id, Some(&dir.display().to_string()))?;
+                if !Self::wait_gone(&w, self.cfg.stop_timeout).await {
+                    return Err(OpError::Failed(format!(
+                        "VM {}: saved, but worker pid {} did not exit",
+                        row.name, w.pid
+                    )));
+                }
+                // The restored worker mapped the old image; it is gone now.
+                if let Some(old) = old.filter(|o| Path::new(o) != dir) {
+                    let _ = std::fs::remove_dir_all(old);
+                }
+                self.get(&id)
+            }
+            Err(source) => {
+                w.save_requested.store(false, Ordering::SeqCst);
+                let _ = std::fs::remove_dir_all(&dir);
+                // Back to what it was, if the worker still runs it.
+                let _ = self.reg.transition(
+                    &id,
+                    Transition {
+                        from: &[VmState::Saving],
+                        to: before.state,
+                        reason: None,
+                        pid: None,
+                        event: "save-failed",
+                        message: chain(&source),
+                        action: "undo the save",
+                    },
+                );
+                Err(OpError::Worker {
+                    what: format!("cannot save VM {}", row.name),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// `POST /v1/vms/{vm}/restore`: a new worker runs the VM from its saved
+    /// state.
+    pub async fn restore(self: &Arc<Self>, key: &str) -> Result<Vm, OpError> {
+        let id = self.reg.vm(key)?.id;
+        if !self.caps.save_restore {
+            return Err(Self::not_implemented("restore", "tern run --restore"));
+        }
+        let _g = self.op_lock(&id).await;
+        let row = self.reg.transition(
+            &id,
+            Transition {
+                from: &[VmState::Saved],
+                to: VmState::Restoring,
+                reason: None,
+                pid: None,
+                event: "restoring",
+                message: "restore requested".into(),
+                action: "restore it (only a saved VM can be restored)",
+            },
+        )?;
+        let Some(dir) = self.reg.saved_dir(&id)? else {
+            let msg = "no saved state on record".to_string();
+            self.fail(&id, &msg)?;
+            return Err(OpError::Failed(format!("VM {}: {msg}", row.name)));
+        };
+        self.run_worker(
+            &row,
+            vec!["--restore".into(), dir],
+            VmState::Restoring,
+            "restored",
+        )
+        .await
+    }
+
+    /// What this daemon's workers can do.
+    pub fn features(&self) -> tern_api::Features {
+        tern_api::Features {
+            save_restore: self.caps.save_restore,
+            migration: self.caps.migration,
+            disks: self.caps.disks,
+            checkpoints: false,
+        }
     }
 }
 

@@ -9,19 +9,9 @@
 pub mod api;
 pub mod daemon;
 pub mod disks;
+pub mod migration;
 pub mod registry;
 pub mod server;
 pub mod worker;
 
 pub use daemon::{Config, Daemon};
-
-/// The optional features this build implements; endpoints of the others
-/// answer 501.
-pub fn features() -> tern_api::Features {
-    tern_api::Features {
-        save_restore: false,
-        migration: false,
-        disks: true,
-        checkpoints: false,
-    }
-}

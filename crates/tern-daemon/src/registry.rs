@@ -177,6 +177,11 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     message TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS saved_states (
+    vm_id TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+    dir TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
 PRAGMA user_version = 1;
 ";
 
@@ -474,9 +479,45 @@ impl Registry {
         Ok(())
     }
 
+    /// Where VM `id`'s saved state is, if it has one.
+    pub fn saved_dir(&self, id: &str) -> Result<Option<String>, RegistryError> {
+        let conn = self.lock();
+        Ok(conn
+            .query_row("SELECT dir FROM saved_states WHERE vm_id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Records (or forgets) VM `id`'s saved state.
+    pub fn set_saved_dir(&self, id: &str, dir: Option<&str>) -> Result<(), RegistryError> {
+        let conn = self.lock();
+        match dir {
+            Some(d) => conn.execute(
+                "INSERT INTO saved_states (vm_id, dir, created_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (vm_id) DO UPDATE SET dir = ?2, created_ms = ?3",
+                params![id, d, now_ms()],
+            )?,
+            None => conn.execute("DELETE FROM saved_states WHERE vm_id = ?1", [id])?,
+        };
+        Ok(())
+    }
+
     /// Deletes VM `id` if its state is one of `from`; its disks are
     /// detached.
     pub fn delete_vm(&self, id: &str, from: &[VmState], why: &str) -> Result<(), RegistryError> {
+        self.remove_vm(id, from, "deleted", why)
+    }
+
+    /// Removes VM `id` if its state is one of `from`, recording `event`
+    /// (a VM that left by migration, or never arrived).
+    pub fn remove_vm(
+        &self,
+        id: &str,
+        from: &[VmState],
+        event: &str,
+        why: &str,
+    ) -> Result<(), RegistryError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let row = tx
@@ -499,7 +540,7 @@ impl Registry {
             [id],
         )?;
         tx.execute("DELETE FROM vms WHERE id = ?1", [id])?;
-        insert_event(&tx, Some(id), Some(&row.name), "deleted", why)?;
+        insert_event(&tx, Some(id), Some(&row.name), event, why)?;
         tx.commit()?;
         Ok(())
     }

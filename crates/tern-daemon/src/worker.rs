@@ -59,20 +59,50 @@ pub struct Launch {
     pub exe: PathBuf,
     /// Probe image, if not the default beside `exe`.
     pub probe_image: Option<PathBuf>,
-    /// vCPUs.
-    pub vcpus: u32,
-    /// Memory bytes.
-    pub memory: u64,
-    /// `probe:WORKLOAD`.
-    pub guest: String,
+    /// What to run: `--vcpus N --memory B --guest G [--disk ...]` or
+    /// `--restore DIR` or `--incoming EP ...`.
+    pub vm_args: Vec<String>,
     /// Control socket path.
     pub control: PathBuf,
     /// Serial output FIFO (see [`open_serial_fifo`]).
     pub serial: PathBuf,
     /// The worker's stdout and stderr go here (appended).
     pub log: PathBuf,
-    /// Extra arguments (disks, restore source, ...).
-    pub extra: Vec<String>,
+}
+
+/// What this worker binary can do, from `tern run --help`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capabilities {
+    /// `--restore DIR` and the `save` request.
+    pub save_restore: bool,
+    /// `--incoming EP` and the `migrate` request.
+    pub migration: bool,
+    /// `--checkpoint-dir DIR` and the `checkpoint-*` requests.
+    pub checkpoints: bool,
+    /// `--disk SPEC`.
+    pub disks: bool,
+    /// `--memfd`.
+    pub memfd: bool,
+}
+
+impl Capabilities {
+    /// Asks `exe run --help`.
+    pub fn probe(exe: &Path) -> Capabilities {
+        let help = std::process::Command::new(exe)
+            .args(["run", "--help"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        Capabilities {
+            save_restore: help.contains("--restore"),
+            migration: help.contains("--incoming"),
+            checkpoints: help.contains("--checkpoint-dir"),
+            disks: help.contains("--disk"),
+            memfd: help.contains("--memfd"),
+        }
+    }
 }
 
 /// Starts a worker. It runs in its own process group, so that a signal to
@@ -93,17 +123,11 @@ pub fn spawn(l: &Launch) -> Result<tokio::process::Child, WorkerError> {
     })?;
     let mut cmd = tokio::process::Command::new(&l.exe);
     cmd.arg("run")
-        .arg("--vcpus")
-        .arg(l.vcpus.to_string())
-        .arg("--memory")
-        .arg(l.memory.to_string())
-        .arg("--guest")
-        .arg(&l.guest)
+        .args(&l.vm_args)
         .arg("--serial")
         .arg(format!("file:{}", l.serial.display()))
         .arg("--control")
         .arg(&l.control)
-        .args(&l.extra)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -343,6 +367,11 @@ pub struct Worker {
     pub stop_requested: AtomicBool,
     /// Set when the daemon killed it on request.
     pub kill_requested: AtomicBool,
+    /// Set while a save runs (the worker ends once saved).
+    pub save_requested: AtomicBool,
+    /// Set while the worker waits for an incoming migration (the VM is not
+    /// this host's until it arrives).
+    pub incoming: AtomicBool,
     /// Set when the VM left this host by migration (its exit is expected).
     pub migrated_away: AtomicBool,
     /// Becomes true once the process has ended and the registry says so.

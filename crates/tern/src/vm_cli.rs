@@ -701,9 +701,9 @@ async fn migrate(
         print_json(&m);
     } else {
         println!(
-            "{name}: migration {} {:?} to {} in {:.0} ms: {} MiB sent in {} rounds, downtime {}",
+            "{name}: migration {} {} to {} in {:.0} ms: {} MiB sent in {} rounds, downtime {}",
             m.id,
-            m.state,
+            format!("{:?}", m.state).to_lowercase(),
             m.peer,
             m.total_ms.unwrap_or(t.elapsed().as_secs_f64() * 1e3),
             m.transferred_bytes >> 20,

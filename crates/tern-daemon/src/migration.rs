@@ -1,0 +1,556 @@
+//! Live migration between daemons: the daemons negotiate (the destination
+//! starts a worker waiting with `tern run --incoming`), the workers move the
+//! VM (`migrate` on the source worker's control socket), and each daemon
+//! settles its registry: the source forgets the VM once the destination
+//! runs it; on failure the source VM runs on and the destination forgets
+//! the VM it never got.
+//!
+//! Migration records live in memory (the events in the registry keep the
+//! history).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tern_api::{
+    Client, Endpoint, IncomingMigration, IncomingReady, Migration, MigrationState, StartMigration,
+    VmState,
+};
+
+use crate::daemon::{chain, check_guest, check_memory, check_name, Daemon, OpError};
+use crate::registry::{new_id, now_ms, RegistryError, Transition, VmRow};
+use crate::worker::{self, Worker};
+
+/// A migration this daemon takes part in.
+#[derive(Clone)]
+pub struct Record {
+    /// What the API shows.
+    pub info: Migration,
+    /// The VM's id.
+    pub vm_id: String,
+    /// Outgoing: the destination daemon and its migration id.
+    pub peer: Option<(Client, String)>,
+}
+
+fn set(d: &Daemon, id: &str, f: impl FnOnce(&mut Migration)) {
+    if let Some(r) = d
+        .migrations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(id)
+    {
+        f(&mut r.info);
+    }
+}
+
+fn get(d: &Daemon, id: &str) -> Option<Record> {
+    d.migrations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(id)
+        .cloned()
+}
+
+/// `GET /v1/migrations`, newest first.
+pub fn list(d: &Daemon) -> Vec<Migration> {
+    let mut v: Vec<_> = d
+        .migrations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .map(|r| r.info.clone())
+        .collect();
+    v.sort_by(|a, b| b.id.cmp(&a.id));
+    v
+}
+
+/// `GET /v1/migrations/{id}`.
+pub fn show(d: &Daemon, id: &str) -> Result<Migration, OpError> {
+    get(d, id)
+        .map(|r| r.info)
+        .ok_or_else(|| OpError::NotFound(format!("no migration '{id}'")))
+}
+
+fn new_record(vm: &VmRow, direction: &str, peer: &str) -> Migration {
+    // Ids sort by start time: newest first in lists.
+    Migration {
+        id: format!("{:013x}{}", now_ms(), &new_id()[..6]),
+        vm: vm.name.clone(),
+        direction: direction.into(),
+        peer: peer.into(),
+        state: MigrationState::Pending,
+        transferred_bytes: 0,
+        total_bytes: vm.memory,
+        rounds: 0,
+        downtime_ms: None,
+        total_ms: None,
+        error: None,
+    }
+}
+
+/// Puts a migrating VM back to running (the worker runs it on).
+fn back_to_running(d: &Daemon, vm_id: &str, event: &str, why: &str) {
+    let r = d.reg.transition(
+        vm_id,
+        Transition {
+            from: &[VmState::Migrating],
+            to: VmState::Running,
+            reason: Some(why.into()),
+            pid: None,
+            event,
+            message: why.into(),
+            action: "end the migration",
+        },
+    );
+    if let Err(e) = r {
+        tracing::warn!("VM {vm_id}: {e}");
+    }
+}
+
+/// `POST /v1/vms/{vm}/migrate`: starts moving a running VM to the daemon
+/// at `req.to`; returns once the workers are connected, then a task
+/// follows the progress.
+pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<Migration, OpError> {
+    let dest = Endpoint::parse(&req.to, req.token.clone())
+        .map_err(|e| OpError::BadRequest(e.to_string()))?;
+    let id = d.reg.vm(key)?.id;
+    if !d.caps.migration {
+        return Err(Daemon::not_implemented(
+            "live migration",
+            "tern run --incoming",
+        ));
+    }
+    if !d.reg.vm_disks(&id)?.is_empty() {
+        return Err(OpError::NotImplemented(
+            "migrating a VM with disks is not implemented yet (neither shared nor mirrored \
+             storage is negotiated between daemons)"
+                .into(),
+        ));
+    }
+    // Held for the whole migration: no stop, pause or save meanwhile.
+    let guard = d.op_lock(&id).await;
+    let row = d.reg.transition(
+        &id,
+        Transition {
+            from: &[VmState::Running],
+            to: VmState::Migrating,
+            reason: None,
+            pid: None,
+            event: "migrating",
+            message: format!("live migration to {dest} starting"),
+            action: "migrate it (only a running VM migrates)",
+        },
+    )?;
+    let Some(w) = d.worker(&id) else {
+        return Err(match d.orphan(&row) {
+            Err(e) => e,
+            Ok(_) => OpError::Failed(format!("VM {}: no worker", row.name)),
+        });
+    };
+    let peer = Client::new(dest.clone()).with_timeout(Duration::from_secs(60));
+    let incoming = IncomingMigration {
+        vm_id: row.id.clone(),
+        name: row.name.clone(),
+        vcpus: row.vcpus,
+        memory: row.memory,
+        guest: row.guest.clone(),
+        source: format!("pid {} ({})", std::process::id(), d.cfg.state_dir.display()),
+    };
+    let ready: IncomingReady = match peer.incoming_migration(&incoming).await {
+        Ok(r) => r,
+        Err(e) => {
+            let why = format!("destination {dest} refused the VM: {}", chain(&e));
+            back_to_running(d, &id, "migration-failed", &why);
+            return Err(OpError::Peer(why));
+        }
+    };
+    let req = json!({"cmd": "migrate", "to": ready.endpoint});
+    if let Err(e) = worker::control(&w.control, &req, Duration::from_secs(30)).await {
+        let why = format!("the worker did not start the migration: {}", chain(&e));
+        let _ = peer.cancel_migration(&ready.migration.id).await;
+        back_to_running(d, &id, "migration-failed", &why);
+        return Err(OpError::Worker {
+            what: format!("cannot migrate VM {}", row.name),
+            source: e,
+        });
+    }
+    let mut info = new_record(&row, "outgoing", &dest.to_string());
+    info.state = MigrationState::Running;
+    let mig_id = info.id.clone();
+    d.migrations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            mig_id.clone(),
+            Record {
+                info: info.clone(),
+                vm_id: id.clone(),
+                peer: Some((peer.clone(), ready.migration.id.clone())),
+            },
+        );
+    let d2 = d.clone();
+    tokio::spawn(async move {
+        follow(&d2, &mig_id, &row, &w, &peer, &ready.migration.id).await;
+        drop(guard);
+    });
+    Ok(info)
+}
+
+/// Copies the worker's progress into the record.
+fn update(d: &Daemon, mig_id: &str, v: &Value) {
+    set(d, mig_id, |m| {
+        m.transferred_bytes = v["bytes_sent"].as_u64().unwrap_or(m.transferred_bytes);
+        m.total_bytes = v["memory_bytes"].as_u64().unwrap_or(m.total_bytes);
+        m.rounds = v["rounds"].as_u64().map_or(m.rounds, |r| r as u32);
+        m.downtime_ms = v["downtime_ms"].as_f64().or(m.downtime_ms);
+        if let Some(e) = v["error"].as_str() {
+            m.error = Some(e.into());
+        }
+        if v["phase"]
+            .as_str()
+            .is_some_and(|p| ["completed", "failed", "cancelled"].contains(&p))
+        {
+            m.total_ms = v["elapsed_ms"].as_f64();
+        }
+    });
+}
+
+/// Follows an outgoing migration to its end and settles the registry.
+async fn follow(
+    d: &Daemon,
+    mig_id: &str,
+    row: &VmRow,
+    w: &Arc<Worker>,
+    peer: &Client,
+    peer_mig: &str,
+) {
+    let start = Instant::now();
+    let mut errors = 0;
+    let outcome = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match worker::control(
+            &w.control,
+            &json!({"cmd": "migrate-status"}),
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Ok(v) => {
+                errors = 0;
+                update(d, mig_id, &v);
+                match v["phase"].as_str() {
+                    Some("completed") => {
+                        // Set before the worker exits: its end is expected.
+                        w.migrated_away.store(true, Ordering::SeqCst);
+                        break Ok(());
+                    }
+                    Some(p @ ("failed" | "cancelled")) => {
+                        break Err((
+                            p == "cancelled",
+                            v["error"].as_str().unwrap_or(p).to_string(),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                // The worker ends right after a completed migration; the
+                // destination knows whether the VM arrived.
+                if *w.gone.borrow() || errors > 20 {
+                    match peer.get_vm(&row.id).await {
+                        Ok(vm) if vm.state.has_worker() => {
+                            w.migrated_away.store(true, Ordering::SeqCst);
+                            break Ok(());
+                        }
+                        _ => {
+                            break Err((
+                                false,
+                                format!("the source worker stopped answering: {}", chain(&e)),
+                            ))
+                        }
+                    }
+                }
+                errors += 1;
+            }
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            // The destination marks the VM running once its worker answers.
+            let arrived = Instant::now();
+            let mut running = false;
+            while arrived.elapsed() < Duration::from_secs(30) {
+                if let Ok(vm) = peer.get_vm(&row.id).await {
+                    if vm.state == VmState::Running {
+                        running = true;
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let msg = format!(
+                "live migration to {} completed in {:.0} ms",
+                peer.endpoint(),
+                start.elapsed().as_secs_f64() * 1e3
+            );
+            let _ = d.reg.remove_vm(
+                &row.id,
+                &[
+                    VmState::Migrating,
+                    VmState::Running,
+                    VmState::Stopped,
+                    VmState::Failed,
+                ],
+                "migrated-out",
+                &msg,
+            );
+            let _ = Daemon::wait_gone(w, Duration::from_secs(10)).await;
+            let _ = std::fs::remove_file(d.cfg.worker_log(&row.id));
+            set(d, mig_id, |m| {
+                m.state = MigrationState::Completed;
+                m.total_ms
+                    .get_or_insert(start.elapsed().as_secs_f64() * 1e3);
+                if !running {
+                    m.error =
+                        Some("the destination did not report the VM running within 30 s".into());
+                }
+            });
+        }
+        Err((cancelled, why)) => {
+            let _ = peer.cancel_migration(peer_mig).await;
+            if *w.gone.borrow() {
+                // The supervisor recorded the worker's end already.
+            } else {
+                back_to_running(
+                    d,
+                    &row.id,
+                    if cancelled {
+                        "migration-cancelled"
+                    } else {
+                        "migration-failed"
+                    },
+                    &format!(
+                        "live migration to {} ended: {why}; the VM runs here",
+                        peer.endpoint()
+                    ),
+                );
+            }
+            set(d, mig_id, |m| {
+                m.state = if cancelled {
+                    MigrationState::Cancelled
+                } else {
+                    MigrationState::Failed
+                };
+                m.error = Some(why);
+                m.total_ms
+                    .get_or_insert(start.elapsed().as_secs_f64() * 1e3);
+            });
+        }
+    }
+}
+
+/// `POST /v1/migrations/incoming`: registers the VM as `migrating` and
+/// starts a worker waiting for it.
+pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<IncomingReady, OpError> {
+    if !d.caps.migration {
+        return Err(Daemon::not_implemented(
+            "live migration",
+            "tern run --incoming",
+        ));
+    }
+    check_name("VM", &req.name)?;
+    check_memory(req.memory)?;
+    check_guest(&req.guest)?;
+    if !(1..=64).contains(&req.vcpus) {
+        return Err(OpError::BadRequest(format!("invalid vcpus {}", req.vcpus)));
+    }
+    if req.vm_id.len() != 16 || !req.vm_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(OpError::BadRequest(format!(
+            "invalid VM id '{}'",
+            req.vm_id
+        )));
+    }
+    let now = now_ms();
+    let row = VmRow {
+        id: req.vm_id.clone(),
+        name: req.name.clone(),
+        vcpus: req.vcpus,
+        memory: req.memory,
+        guest: req.guest.clone(),
+        state: VmState::Migrating,
+        reason: Some(format!("incoming live migration from {}", req.source)),
+        pid: None,
+        pid_start: None,
+        created_ms: now,
+        updated_ms: now,
+    };
+    d.reg.insert_vm(
+        &row,
+        "migrating-in",
+        &format!("incoming live migration from {}", req.source),
+    )?;
+    let path = d.cfg.run_dir().join(format!("{}.mig", row.id));
+    let _ = std::fs::remove_file(&path);
+    let mut args = d.boot_args(&row)?;
+    args.push("--incoming".into());
+    args.push(format!("unix:{}", path.display()));
+    let launch = d.launch(&row, args);
+    let forget = |why: String| {
+        let _ = d
+            .reg
+            .remove_vm(&row.id, &[VmState::Migrating], "migration-in-failed", &why);
+        OpError::Failed(why)
+    };
+    let serial = worker::open_serial_fifo(&launch.serial, true)
+        .map_err(|e| forget(format!("cannot create the serial FIFO: {e}")))?;
+    let mut child = worker::spawn(&launch)
+        .map_err(|e| forget(format!("cannot start a worker: {}", chain(&e))))?;
+    let pid = child.id().unwrap_or(0);
+    let pid_start = worker::process_start(pid).unwrap_or(0);
+    d.reg.set_worker(&row.id, pid, pid_start)?;
+    let w = d.track(&row, pid, pid_start, serial);
+    w.incoming.store(true, Ordering::SeqCst);
+    {
+        let d = d.clone();
+        let w = w.clone();
+        let id = row.id.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await.ok();
+            d.worker_ended(&id, &w, status).await;
+        });
+    }
+    // The source may connect once the worker listens.
+    let t = Instant::now();
+    while !path.exists() {
+        if *w.gone.borrow() || t.elapsed() > d.cfg.start_timeout {
+            if !*w.gone.borrow() {
+                w.kill_requested.store(true, Ordering::SeqCst);
+                let _ = w.kill();
+            }
+            let log = worker::last_log_line(&d.cfg.worker_log(&row.id)).unwrap_or_default();
+            return Err(OpError::Failed(format!(
+                "the incoming worker did not listen on {}: {log}",
+                path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut info = new_record(&row, "incoming", &req.source);
+    info.state = MigrationState::Running;
+    let mig_id = info.id.clone();
+    d.migrations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            mig_id.clone(),
+            Record {
+                info: info.clone(),
+                vm_id: row.id.clone(),
+                peer: None,
+            },
+        );
+    // The VM is ours once its worker answers on the control socket.
+    let d2 = d.clone();
+    let control = launch.control.clone();
+    tokio::spawn(async move {
+        let t = Instant::now();
+        loop {
+            if *w.gone.borrow() {
+                set(&d2, &mig_id, |m| {
+                    if m.state == MigrationState::Running {
+                        m.state = MigrationState::Failed;
+                        m.error = Some("the incoming worker ended before the VM arrived".into());
+                    }
+                });
+                return;
+            }
+            if worker::control(&control, &json!({"cmd": "status"}), Duration::from_secs(2))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        w.incoming.store(false, Ordering::SeqCst);
+        let r = d2.reg.transition(
+            &row.id,
+            Transition {
+                from: &[VmState::Migrating],
+                to: VmState::Running,
+                reason: None,
+                pid: None,
+                event: "migrated-in",
+                message: format!(
+                    "arrived by live migration (worker pid {pid}, {:.0} ms after the request)",
+                    t.elapsed().as_secs_f64() * 1e3
+                ),
+                action: "mark it running",
+            },
+        );
+        if let Err(e) = r {
+            tracing::warn!("VM {}: {e}", row.name);
+        }
+        set(&d2, &mig_id, |m| {
+            m.state = MigrationState::Completed;
+            m.total_ms = Some(t.elapsed().as_secs_f64() * 1e3);
+        });
+    });
+    Ok(IncomingReady {
+        migration: info,
+        endpoint: format!("unix:{}", path.display()),
+    })
+}
+
+/// `DELETE /v1/migrations/{id}`: cancels a running migration; the source
+/// VM runs on.
+pub async fn cancel(d: &Daemon, id: &str) -> Result<Migration, OpError> {
+    let r = get(d, id).ok_or_else(|| OpError::NotFound(format!("no migration '{id}'")))?;
+    if !matches!(
+        r.info.state,
+        MigrationState::Pending | MigrationState::Running
+    ) {
+        return Err(RegistryError::DiskBusy(format!(
+            "migration {id} has already ended ({:?})",
+            r.info.state
+        ))
+        .into());
+    }
+    let w = d.worker(&r.vm_id);
+    match (r.info.direction.as_str(), w) {
+        ("outgoing", Some(w)) => {
+            worker::control(
+                &w.control,
+                &json!({"cmd": "migrate-cancel"}),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|source| OpError::Worker {
+                what: format!("cannot cancel migration {id}"),
+                source,
+            })?;
+            // The follower sees the cancelled phase and settles the rest.
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) {
+                if let Some(r) = get(d, id) {
+                    if r.info.state != MigrationState::Running {
+                        return Ok(r.info);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        ("incoming", Some(w)) if w.incoming.load(Ordering::SeqCst) => {
+            w.kill_requested.store(true, Ordering::SeqCst);
+            let _ = w.kill();
+            Daemon::wait_gone(&w, Duration::from_secs(10)).await;
+            set(d, id, |m| {
+                m.state = MigrationState::Cancelled;
+                m.error = Some("cancelled by the source".into());
+            });
+        }
+        _ => {}
+    }
+    show(d, id)
+}
