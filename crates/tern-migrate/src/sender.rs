@@ -21,6 +21,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const OUTCOME_TIMEOUT: Duration = Duration::from_secs(60);
 /// Fixed part of the expected downtime: state capture, restore, start.
 const FIXED_DOWNTIME: Duration = Duration::from_millis(5);
+/// Highest auto-converge throttle, percent.
+const MAX_THROTTLE: u32 = 99;
 /// Auto-converge duty cycle period.
 const THROTTLE_PERIOD: Duration = Duration::from_millis(50);
 
@@ -496,7 +498,7 @@ impl Engine<'_> {
     /// Duty-cycles the vCPUs while the throttle is set.
     fn throttle_loop(&self, stop: &std::sync::atomic::AtomicBool) {
         while !stop.load(Ordering::SeqCst) {
-            let pct = self.throttle.load(Ordering::Relaxed).min(99);
+            let pct = self.throttle.load(Ordering::Relaxed).min(MAX_THROTTLE);
             if pct == 0 {
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
@@ -525,6 +527,8 @@ impl Engine<'_> {
         let mut last_dirty: Option<u64> = None;
         let mut wire_per_page = PAGE as f64;
         let mut prev_sent_bytes = 0u64;
+        // Rounds at the highest throttle that still did not converge.
+        let mut stuck = 0;
         loop {
             let st = self.send_round(data, &windows, round == 0, auto)?;
             round += 1;
@@ -572,10 +576,18 @@ impl Engine<'_> {
                 && (dirty as f64 * wire_per_page) > 0.5 * prev_sent_bytes.max(st.wire) as f64
                 && last_dirty.is_some_and(|l| dirty * 10 >= l * 8)
             {
+                if throttle >= MAX_THROTTLE {
+                    // Even a nearly stopped guest outruns the link: finish
+                    // with a longer pause rather than never.
+                    stuck += 1;
+                    if stuck >= 3 {
+                        break;
+                    }
+                }
                 let t = if throttle == 0 {
                     20
                 } else {
-                    (throttle + 10).min(99)
+                    (throttle + 10).min(MAX_THROTTLE)
                 };
                 self.throttle.store(t, Ordering::Relaxed);
             }

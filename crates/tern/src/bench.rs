@@ -23,12 +23,15 @@ pub enum BenchCommand {
         #[arg(long, default_value = "512M", value_parser = parse_size)]
         memory: u64,
     },
+    /// Live migration against QEMU (loopback and a 1 Gbit/s veth).
+    Migrate(crate::bench_migrate::MigrateBench),
 }
 
 /// Runs a benchmark; returns the exit code.
 pub fn run(cmd: BenchCommand) -> i32 {
     match cmd {
         BenchCommand::Boot { runs, memory } => boot(runs, memory),
+        BenchCommand::Migrate(args) => crate::bench_migrate::run(args),
     }
 }
 

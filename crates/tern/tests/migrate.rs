@@ -332,3 +332,380 @@ fn a_destination_of_another_configuration_is_refused() {
     );
     src.verify();
 }
+
+/// Starts `tern migrate` in the background (JSON status lines on stdout).
+fn migrate_bg(src: &Worker, to: &str, extra: &[&str]) -> Child {
+    tern()
+        .args(["migrate", "--json", "--control"])
+        .arg(&src.sock)
+        .args(["--to", to])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the source's migration has sent memory.
+fn wait_sending(src: &Worker) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = src.request(json!({"cmd": "migrate-status"}));
+        if v["phase"] == "precopy" && v["bytes_sent"].as_u64().unwrap_or(0) > 1 << 20 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "migration never got going: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for the source's migration to end; returns its status.
+fn wait_migration_end(src: &Worker, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = src.request(json!({"cmd": "migrate-status"}));
+        if ["completed", "failed", "cancelled"].contains(&v["phase"].as_str().unwrap_or("")) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "migration did not end: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn output_of(child: Child) -> (Option<i32>, String, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The source still runs its guest: the dirty workload makes progress.
+fn assert_source_runs(src: &Worker) {
+    assert_eq!(
+        src.request(json!({"cmd": "status"}))["state"],
+        "running",
+        "source VM must run on"
+    );
+    let g = src.generation();
+    src.wait_generation(g + 1);
+}
+
+#[test]
+fn killing_the_destination_leaves_the_source_running_and_a_retry_succeeds() {
+    if !tern_test_support::kvm_available(
+        "killing_the_destination_leaves_the_source_running_and_a_retry_succeeds",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = source(dir.path(), &[]);
+    let (mut dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", None);
+    // A slow link keeps the migration in precopy long enough to kill.
+    let m = migrate_bg(&src, &ep, &["--bandwidth", "4M"]);
+    wait_sending(&src);
+    dst.child.kill().unwrap();
+    let (code, _, stderr) = output_of(m);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("keeps running on the source"), "{stderr}");
+    let v = wait_migration_end(&src, Duration::from_secs(30));
+    assert_eq!(v["phase"], "failed", "{v}");
+    assert_source_runs(&src);
+    // A retry to a new destination succeeds; nothing was lost.
+    let (mut dst2, ep2) = destination(dir.path(), "dest2", "tcp:127.0.0.1:0", None);
+    let (code, stdout, stderr) = migrate(&src, &ep2, &[]);
+    assert_eq!(code, Some(0), "retry: {stderr}\n{stdout}");
+    assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
+    dst2.verify();
+}
+
+#[test]
+fn cancel_leaves_the_source_running_and_the_destination_takes_a_retry() {
+    if !tern_test_support::kvm_available(
+        "cancel_leaves_the_source_running_and_the_destination_takes_a_retry",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = source(dir.path(), &[]);
+    let (mut dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", None);
+    let m = migrate_bg(&src, &ep, &["--bandwidth", "4M", "--channels", "2"]);
+    wait_sending(&src);
+    let c = tern()
+        .args(["migrate", "--cancel", "--control"])
+        .arg(&src.sock)
+        .output()
+        .unwrap();
+    assert_eq!(
+        c.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&c.stderr)
+    );
+    let (code, _, stderr) = output_of(m);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("cancelled"), "{stderr}");
+    let v = wait_migration_end(&src, Duration::from_secs(30));
+    assert_eq!(v["phase"], "cancelled", "{v}");
+    assert_source_runs(&src);
+    // The destination dropped the attempt and waits again: retry there.
+    dst.wait_line("incoming migration failed", Duration::from_secs(20));
+    let (code, stdout, stderr) = migrate(&src, &ep, &[]);
+    assert_eq!(code, Some(0), "retry: {stderr}\n{stdout}");
+    assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
+    dst.verify();
+}
+
+#[test]
+fn the_timeout_cancels_or_forces_switchover_as_chosen() {
+    if !tern_test_support::kvm_available("the_timeout_cancels_or_forces_switchover_as_chosen") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = source(dir.path(), &[]);
+    let (mut dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", None);
+    let slow = ["--bandwidth", "4M", "--timeout", "2", "--no-auto-converge"];
+    let (code, stdout, stderr) = migrate(
+        &src,
+        &ep,
+        &[&slow[..], &["--on-timeout", "cancel"]].concat(),
+    );
+    assert_ne!(code, Some(0), "{stdout}");
+    assert!(stderr.contains("timed out"), "{stderr}");
+    assert_source_runs(&src);
+    dst.wait_line("incoming migration failed", Duration::from_secs(20));
+    // With switchover, the same slow migration completes past its target.
+    let fast_enough = ["--bandwidth", "40M", "--timeout", "1", "--no-auto-converge"];
+    let (code, stdout, stderr) = migrate(
+        &src,
+        &ep,
+        &[
+            &fast_enough[..],
+            &["--on-timeout", "switchover", "--downtime-ms", "1"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, Some(0), "{stderr}\n{stdout}");
+    assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
+    dst.verify();
+}
+
+#[test]
+fn a_guest_dirtying_faster_than_the_link_converges_by_throttling() {
+    if !tern_test_support::kvm_available(
+        "a_guest_dirtying_faster_than_the_link_converges_by_throttling",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tern();
+    c.args(["run", "--vcpus", "2", "--memory", "96M"]);
+    c.args(["--guest", "probe:dirty,mib=64,rate=400+verify"]);
+    let mut src = Worker::spawn("source", dir.path(), c);
+    src.wait_generation(2);
+    let mut c = tern();
+    c.args(["run", "--vcpus", "2", "--memory", "96M"]);
+    c.args(["--guest", "probe:dirty,mib=64,rate=400+verify"]);
+    let (mut dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", Some(c));
+    // 400 MiB/s of dirtying against a 100 MiB/s link.
+    let (code, stdout, stderr) = migrate(
+        &src,
+        &ep,
+        &[
+            "--bandwidth",
+            "100M",
+            "--channels",
+            "2",
+            "--compression",
+            "off",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}\n{stdout}");
+    let max_throttle = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["throttle_percent"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(max_throttle > 0, "never throttled: {stdout}");
+    let last = last_status(&stdout);
+    eprintln!("auto-converge: max throttle {max_throttle}%, {last}");
+    assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
+    dst.verify();
+}
+
+#[test]
+fn local_zero_copy_migration_of_a_4gib_vm() {
+    if !tern_test_support::kvm_available("local_zero_copy_migration_of_a_4gib_vm") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = run_args(2, "4G");
+    c.arg("--memfd");
+    let mut src = Worker::spawn("source", dir.path(), c);
+    src.wait_generation(2);
+    let listen = format!("unix:{}", dir.path().join("mig.sock").display());
+    let (mut dst, ep) = destination(dir.path(), "dest", &listen, Some(run_args(2, "4G")));
+    let (code, stdout, stderr) = migrate(&src, &ep, &[]);
+    assert_eq!(code, Some(0), "{stderr}\n{stdout}");
+    let last = last_status(&stdout);
+    assert_eq!(last["zero_copy"], true, "{last}");
+    assert_eq!(last["bytes_sent"], 0, "nothing copied: {last}");
+    let downtime = last["downtime_ms"].as_f64().unwrap();
+    eprintln!(
+        "zero-copy 4 GiB: downtime {downtime:.1} ms, total {} ms",
+        last["elapsed_ms"]
+    );
+    assert!(downtime < 50.0, "downtime {downtime} ms");
+    assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
+    dst.wait_line("memfd hand-over", Duration::from_secs(10));
+    dst.verify();
+}
+
+/// Two network namespaces joined by a veth limited to 1 Gbit/s; removed
+/// on drop (declare it before the workers, so it goes after them).
+struct NetPair {
+    a: String,
+    b: String,
+    dev_a: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+impl NetPair {
+    /// Creates the pair, or records a skip and returns None.
+    fn new(test: &str, tag: &str) -> Option<NetPair> {
+        tern_test_support::tool(test, "ip")?;
+        tern_test_support::tool(test, "tc")?;
+        let id = std::process::id() % 100000;
+        let p = NetPair {
+            a: format!("tmA{tag}{id}"),
+            b: format!("tmB{tag}{id}"),
+            dev_a: format!("ma{tag}{id}"),
+        };
+        let dev_b = format!("mb{tag}{id}");
+        let setup = || -> Result<(), String> {
+            ip(&["netns", "add", &p.a])?;
+            ip(&["netns", "add", &p.b])?;
+            ip(&[
+                "link", "add", &p.dev_a, "type", "veth", "peer", "name", &dev_b,
+            ])?;
+            ip(&["link", "set", &p.dev_a, "netns", &p.a])?;
+            ip(&["link", "set", &dev_b, "netns", &p.b])?;
+            for (ns, dev, addr) in [
+                (&p.a, &p.dev_a, "10.202.0.1/24"),
+                (&p.b, &dev_b, "10.202.0.2/24"),
+            ] {
+                ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+                ip(&["-n", ns, "link", "set", dev, "up"])?;
+                ip(&["-n", ns, "link", "set", "lo", "up"])?;
+                let tc = Command::new("tc")
+                    .args(["-n", ns, "qdisc", "add", "dev", dev, "root", "tbf"])
+                    .args(["rate", "1gbit", "burst", "1mb", "latency", "10ms"])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                if !tc.status.success() {
+                    return Err(format!("tc: {}", String::from_utf8_lossy(&tc.stderr)));
+                }
+            }
+            Ok(())
+        };
+        match setup() {
+            Ok(()) => Some(p),
+            Err(e) => {
+                drop(p);
+                tern_test_support::skip(test, &format!("cannot set up network namespaces: {e}"));
+                None
+            }
+        }
+    }
+
+    /// `tern run` of the test VM inside namespace `ns`.
+    fn run_in(ns: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_tern")]);
+        c.args([
+            "run", "--vcpus", "2", "--memory", "96M", "--guest", WORKLOAD,
+        ]);
+        c
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.a]);
+        let _ = ip(&["netns", "del", &self.b]);
+    }
+}
+
+#[test]
+fn over_a_1gbit_veth_between_namespaces() {
+    let test = "over_a_1gbit_veth_between_namespaces";
+    if !tern_test_support::kvm_available(test) {
+        return;
+    }
+    let Some(net) = NetPair::new(test, "v") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = Worker::spawn("source", dir.path(), NetPair::run_in(&net.a));
+    src.wait_generation(1);
+    let (mut dst, ep) = destination(
+        dir.path(),
+        "dest",
+        "tcp:10.202.0.2:0",
+        Some(NetPair::run_in(&net.b)),
+    );
+    let (code, stdout, stderr) = migrate(&src, &ep, &[]);
+    assert_eq!(code, Some(0), "{stderr}\n{stdout}");
+    eprintln!("1 Gbit veth: {}", last_status(&stdout));
+    assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
+    dst.verify();
+    drop((src, dst));
+    drop(net);
+}
+
+#[test]
+fn cutting_the_veth_leaves_the_source_running() {
+    let test = "cutting_the_veth_leaves_the_source_running";
+    if !tern_test_support::kvm_available(test) {
+        return;
+    }
+    let Some(net) = NetPair::new(test, "c") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = Worker::spawn("source", dir.path(), NetPair::run_in(&net.a));
+    src.wait_generation(1);
+    let (dst, ep) = destination(
+        dir.path(),
+        "dest",
+        "tcp:10.202.0.2:0",
+        Some(NetPair::run_in(&net.b)),
+    );
+    let m = migrate_bg(&src, &ep, &["--bandwidth", "4M"]);
+    wait_sending(&src);
+    ip(&["-n", &net.a, "link", "set", &net.dev_a, "down"]).unwrap();
+    let (code, _, stderr) = output_of(m);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("keeps running on the source"), "{stderr}");
+    assert_source_runs(&src);
+    src.verify();
+    drop((src, dst));
+    drop(net);
+}
