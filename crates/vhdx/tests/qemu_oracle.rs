@@ -39,6 +39,22 @@ fn qemu_made_images_read_back_identical() {
         let mut d = Disk::open(&img, false).unwrap();
         assert_eq!(d.virtual_size(), size as u64, "{name}");
         assert_same(name, &read_all(&mut d), &raw);
+        drop(d);
+        // Writing into QEMU's layout, and growing it: QEMU reads it back.
+        let mut model = raw.clone();
+        let mut d = Disk::open(&img, true).unwrap();
+        scribble(&mut d, &mut model, name.len() as u64, 25);
+        d.resize(size as u64 + (16 << 20), Shrink::Refuse).unwrap();
+        model.resize(size + (16 << 20), 0);
+        d.write_at(&[0x77; 3000], size as u64 + (15 << 20)).unwrap();
+        model[size + (15 << 20)..size + (15 << 20) + 3000].fill(0x77);
+        d.close().unwrap();
+        qemu_check(&qemu_img, &img);
+        assert_same(
+            &format!("{name} written by vhdx"),
+            &qemu_raw(&qemu_img, &img, dir.path()),
+            &model,
+        );
     }
 }
 
