@@ -7,8 +7,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use vm_superio::serial::SerialState;
 use vm_superio::serial::NoEvents;
+pub use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -321,7 +321,10 @@ mod tests {
                 assert_eq!(&b, b"x");
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "no output reached client");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no output reached client"
+            );
         }
         // Enable the RX interrupt, type, and read it back from the data register.
         dev.lock().unwrap().write(1, &[1]);

@@ -111,7 +111,10 @@ mod tests {
         let (mut tp, rec) = port();
         tp.mem.write_obj(5u32, GuestAddress(0x1000)).unwrap();
         tp.mem.write_slice(b"hello", GuestAddress(0x1004)).unwrap();
-        tp.write((PORT_REPORT - TEST_PORT_BASE) as u64, &0x1000u32.to_le_bytes());
+        tp.write(
+            (PORT_REPORT - TEST_PORT_BASE) as u64,
+            &0x1000u32.to_le_bytes(),
+        );
         tp.write(0, &7u32.to_le_bytes());
         assert_eq!(*rec.0.lock().unwrap(), vec!["hello", "exit 7"]);
     }

@@ -165,6 +165,37 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Disks {
+    /// Each disk's transport state (saved with the VM), in disk order.
+    pub fn save(&self) -> Vec<crate::state::proto::VirtioMmioState> {
+        self.disks
+            .iter()
+            .map(|d| transport_to_proto(&lock(&d.transport).save()))
+            .collect()
+    }
+
+    /// Continues every disk's transport from `saved` (one per disk).
+    pub fn restore(
+        &self,
+        saved: &[crate::state::proto::VirtioMmioState],
+    ) -> Result<(), crate::state::StateError> {
+        use crate::state::StateError;
+        if saved.len() != self.disks.len() {
+            return Err(StateError::Mismatch(format!(
+                "state has {} disks, the VM {}",
+                saved.len(),
+                self.disks.len()
+            )));
+        }
+        for (i, (d, s)) in self.disks.iter().zip(saved).enumerate() {
+            let t = transport_from_proto(s)
+                .map_err(|e| StateError::Mismatch(format!("disk {i}: {e}")))?;
+            lock(&d.transport)
+                .restore(&t)
+                .map_err(|e| StateError::Mismatch(format!("disk {i}: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Opens every disk (locks included), puts its device on `mmio` and
     /// wires its interrupt through `vm`.
     pub fn attach(
@@ -571,4 +602,65 @@ mod tests {
             Err(DiskError::NoSuchDisk(0, 0))
         ));
     }
+}
+
+fn transport_to_proto(
+    t: &tern_devices::virtio::mmio::TransportState,
+) -> crate::state::proto::VirtioMmioState {
+    crate::state::proto::VirtioMmioState {
+        queue_sel: t.queue_sel,
+        device_features_sel: t.device_features_sel,
+        driver_features_sel: t.driver_features_sel,
+        driver_features: t.driver_features,
+        status: t.status,
+        interrupt_status: t.interrupt_status,
+        config_generation: t.config_generation,
+        queues: t
+            .queues
+            .iter()
+            .map(|q| crate::state::proto::VirtqueueState {
+                max_size: q.max_size.into(),
+                size: q.size.into(),
+                ready: q.ready,
+                desc_table: q.desc_table,
+                avail_ring: q.avail_ring,
+                used_ring: q.used_ring,
+                next_avail: q.next_avail.into(),
+                next_used: q.next_used.into(),
+                event_idx_enabled: q.event_idx_enabled,
+            })
+            .collect(),
+    }
+}
+
+fn transport_from_proto(
+    s: &crate::state::proto::VirtioMmioState,
+) -> Result<tern_devices::virtio::mmio::TransportState, String> {
+    let u16_of = |what: &str, v: u32| {
+        u16::try_from(v).map_err(|_| format!("saved {what} {v} does not fit 16 bits"))
+    };
+    let mut queues = Vec::with_capacity(s.queues.len());
+    for q in &s.queues {
+        queues.push(virtio_queue::QueueState {
+            max_size: u16_of("queue max size", q.max_size)?,
+            size: u16_of("queue size", q.size)?,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+            next_avail: u16_of("next_avail", q.next_avail)?,
+            next_used: u16_of("next_used", q.next_used)?,
+            event_idx_enabled: q.event_idx_enabled,
+        });
+    }
+    Ok(tern_devices::virtio::mmio::TransportState {
+        queue_sel: s.queue_sel,
+        device_features_sel: s.device_features_sel,
+        driver_features_sel: s.driver_features_sel,
+        driver_features: s.driver_features,
+        status: s.status,
+        interrupt_status: s.interrupt_status,
+        config_generation: s.config_generation,
+        queues,
+    })
 }

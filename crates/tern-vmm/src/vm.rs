@@ -418,6 +418,9 @@ impl Vm {
         }
         let mut mmio = Bus::new();
         let disks = crate::devices::Disks::attach(&config.disks, &ram.mem, &fd, &mut mmio)?;
+        if let Some(st) = restore {
+            restore_disk_devices(st, &disks)?;
+        }
 
         let parked: Vec<bool> = (0..config.vcpus)
             .map(|id| restore.is_some_and(|st| st.vcpus.get(id as usize).is_some_and(|v| v.parked)))
@@ -598,6 +601,17 @@ impl Vm {
             st.vcpus
                 .push(state::save_vcpu(&v, id as u32, &msrs, parked)?);
         }
+        st.devices = self
+            .disks
+            .save()
+            .iter()
+            .enumerate()
+            .map(|(index, t)| state::proto::DeviceState {
+                kind: VIRTIO_BLK_KIND.into(),
+                index: index as u32,
+                data: prost::Message::encode_to_vec(t),
+            })
+            .collect();
         st.serial = Some(serial_to_proto(
             &self
                 .serial
@@ -606,13 +620,6 @@ impl Vm {
                 .state(),
         ));
         Ok(st)
-    }
-
-    /// Starts the vCPU threads held paused: no guest code runs until
-    /// [`Vm::resume`] (a VM that was paused when it was migrated).
-    pub fn start_paused(&self) -> Result<(), VmError> {
-        self.shared.control.hold();
-        self.start()
     }
 
     /// Puts a paused VM back into a state saved from it earlier (a
@@ -648,6 +655,13 @@ impl Vm {
             state::restore_vcpu(&v, vs)?;
         }
         Ok(())
+    }
+
+    /// Starts the vCPU threads held paused: no guest code runs until
+    /// [`Vm::resume`] (a VM that was paused when it was migrated).
+    pub fn start_paused(&self) -> Result<(), VmError> {
+        self.shared.control.hold();
+        self.start()
     }
 
     /// Starts one thread per vCPU.
@@ -984,6 +998,33 @@ fn run_once(v: &mut VcpuFd, shared: &Shared) -> Action {
         },
         other => Action::Crash(format!("unexpected VM exit {other:?}")),
     }
+}
+
+/// `DeviceState::kind` of a virtio-blk transport.
+const VIRTIO_BLK_KIND: &str = "virtio-blk";
+
+/// Continues the disks' virtio transports from the saved state. A state
+/// written before device state was recorded has none: the disks then start
+/// fresh, as they did when that state was written.
+fn restore_disk_devices(st: &VmState, disks: &crate::devices::Disks) -> Result<(), VmError> {
+    let mut saved: Vec<&state::proto::DeviceState> = st
+        .devices
+        .iter()
+        .filter(|d| d.kind == VIRTIO_BLK_KIND)
+        .collect();
+    if saved.is_empty() {
+        return Ok(());
+    }
+    saved.sort_by_key(|d| d.index);
+    let decoded = saved
+        .iter()
+        .map(|d| {
+            <state::proto::VirtioMmioState as prost::Message>::decode(d.data.as_slice()).map_err(
+                |e| StateError::Mismatch(format!("virtio-blk {} state is corrupt: {e}", d.index)),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(disks.restore(&decoded)?)
 }
 
 /// Refuses a state that does not fit the VM being built.

@@ -362,3 +362,69 @@ fn restore_refuses_a_state_that_does_not_fit() {
     .expect("memory mismatch refused");
     assert!(e.to_string().contains("memory"), "{e}");
 }
+
+/// A save in the middle of guest disk I/O: without the virtio transport's
+/// queue state the restored driver's requests would never complete.
+#[test]
+fn save_and_restore_during_disk_io_keeps_the_virtqueue_going() {
+    if !tern_test_support::kvm_available(
+        "save_and_restore_during_disk_io_keeps_the_virtqueue_going",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let workload = "blk-iops,secs=3,qd=4,mix=randwrite";
+    let config = |source| {
+        let mut cfg = VmConfig::new(
+            1,
+            64 << 20,
+            Guest::Probe {
+                image: tern_test_support::probe_guest(),
+                workload: workload.into(),
+            },
+        );
+        cfg.serial = tern_devices::serial::SerialMode::Null;
+        cfg.disks = vec![tern_vmm::devices::DiskConfig {
+            path: disk.clone(),
+            ..Default::default()
+        }];
+        cfg.memory_source = source;
+        cfg
+    };
+    let vm = Vm::create(config(tern_vmm::MemorySource::Fresh), VmHooks::default()).unwrap();
+    vm.start().unwrap();
+    vm.reports()
+        .wait_for(Duration::from_secs(10), |r| r.starts_with("blk-iops"))
+        .expect("the guest's disk I/O started");
+    vm.pause().unwrap();
+    let state = vm.save_state().unwrap();
+    assert_eq!(state.devices.len(), 1, "the disk's transport is saved");
+    let mem_path = dir.path().join("memory");
+    let mut f = std::fs::File::create(&mem_path).unwrap();
+    vm.ram().save_to(&mut f, &mem_path).unwrap();
+    vm.request_stop();
+    vm.wait();
+    vm.disks().close();
+    drop(vm);
+
+    let source = tern_vmm::MemorySource::File {
+        path: mem_path,
+        lazy: true,
+    };
+    let vm = Vm::restore(config(source), VmHooks::default(), &state).unwrap();
+    vm.start().unwrap();
+    let exit = vm.wait_timeout(Duration::from_secs(30));
+    let reports = vm.reports().all();
+    assert_eq!(exit, Some(VmExit::Guest(0)), "{reports:?}");
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.starts_with("blk-iops") && r.contains("result=pass")),
+        "{reports:?}"
+    );
+}

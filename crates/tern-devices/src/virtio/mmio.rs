@@ -70,6 +70,27 @@ pub const INT_VRING: u32 = 1;
 /// InterruptStatus bit: the configuration changed.
 pub const INT_CONFIG: u32 = 2;
 
+/// A transport's saved registers and queue positions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportState {
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// Features the driver accepted.
+    pub driver_features: u64,
+    /// Device status.
+    pub status: u32,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// Each queue's configuration and ring positions.
+    pub queues: Vec<virtio_queue::QueueState>,
+}
+
 /// A virtio device behind an MMIO register window.
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -111,6 +132,76 @@ impl MmioTransport {
             config_generation: 0,
             threaded: false,
         }
+    }
+
+    /// The transport's registers and queue positions, for saving. The
+    /// device model's own state is rebuilt from its backend and the
+    /// negotiated features.
+    pub fn save(&self) -> TransportState {
+        TransportState {
+            queue_sel: self.queue_sel,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            status: self.status,
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+            queues: self.queues.iter().map(|q| q.state()).collect(),
+        }
+    }
+
+    /// Continues from a saved [`TransportState`]. Every value is checked as
+    /// if the driver had written it; a state that does not fit this device
+    /// is refused and the transport left as it was.
+    pub fn restore(&mut self, s: &TransportState) -> Result<(), String> {
+        if s.queues.len() != self.queues.len() {
+            return Err(format!(
+                "{} queues saved, the device has {}",
+                s.queues.len(),
+                self.queues.len()
+            ));
+        }
+        if s.driver_features & !self.device.features() != 0 {
+            return Err(format!(
+                "saved driver features {:#x} are not offered by the device",
+                s.driver_features
+            ));
+        }
+        let mut queues = Vec::with_capacity(s.queues.len());
+        for (i, (qs, max)) in s
+            .queues
+            .iter()
+            .zip(self.device.queue_max_sizes())
+            .enumerate()
+        {
+            if qs.max_size != *max {
+                return Err(format!(
+                    "queue {i}: saved max size {} != {max}",
+                    qs.max_size
+                ));
+            }
+            let q = Queue::try_from(*qs).map_err(|e| format!("queue {i}: {e:?}"))?;
+            if q.ready() && !q.is_valid(&self.mem) {
+                return Err(format!("queue {i}: rings outside guest memory"));
+            }
+            queues.push(q);
+        }
+        self.queues = queues;
+        self.queue_sel = s.queue_sel;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.driver_features = s.driver_features;
+        self.status = s.status;
+        self.config_generation = s.config_generation;
+        self.interrupt_status = s.interrupt_status;
+        if self.status & status::FEATURES_OK != 0 {
+            self.device.ack_features(self.driver_features);
+        }
+        if self.interrupt_status != 0 {
+            // A level the source had raised is raised again here.
+            let _ = self.irq.write(1);
+        }
+        Ok(())
     }
 
     /// The waker of this transport's timer thread (see [`super::Timer`]).

@@ -175,3 +175,51 @@ pub struct VmState {
     #[prost(bool, tag = "10")]
     pub probe: bool,
 }
+
+/// One virtqueue's configuration and ring positions.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VirtqueueState {
+    #[prost(uint32, tag = "1")]
+    pub max_size: u32,
+    #[prost(uint32, tag = "2")]
+    pub size: u32,
+    #[prost(bool, tag = "3")]
+    pub ready: bool,
+    #[prost(uint64, tag = "4")]
+    pub desc_table: u64,
+    #[prost(uint64, tag = "5")]
+    pub avail_ring: u64,
+    #[prost(uint64, tag = "6")]
+    pub used_ring: u64,
+    #[prost(uint32, tag = "7")]
+    pub next_avail: u32,
+    #[prost(uint32, tag = "8")]
+    pub next_used: u32,
+    #[prost(bool, tag = "9")]
+    pub event_idx_enabled: bool,
+}
+
+/// A virtio-mmio transport (the payload of a `DeviceState` of kind
+/// `virtio-blk`). In-flight requests need no record: the device completes
+/// each request before the vCPU that notified it runs on, and requests held
+/// back by QoS are still on the available ring, where `next_avail` leaves
+/// them to be taken again.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VirtioMmioState {
+    #[prost(uint32, tag = "1")]
+    pub queue_sel: u32,
+    #[prost(uint32, tag = "2")]
+    pub device_features_sel: u32,
+    #[prost(uint32, tag = "3")]
+    pub driver_features_sel: u32,
+    #[prost(uint64, tag = "4")]
+    pub driver_features: u64,
+    #[prost(uint32, tag = "5")]
+    pub status: u32,
+    #[prost(uint32, tag = "6")]
+    pub interrupt_status: u32,
+    #[prost(uint32, tag = "7")]
+    pub config_generation: u32,
+    #[prost(message, repeated, tag = "8")]
+    pub queues: Vec<VirtqueueState>,
+}
