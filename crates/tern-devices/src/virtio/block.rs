@@ -80,7 +80,10 @@ pub struct Block {
     on_event: Box<dyn Fn(QosEvent) + Send>,
     stats: Arc<BlockStats>,
     buf: Vec<u8>,
+    /// Kind of the last failure reported (see `log_error`).
     last_error: Option<String>,
+    last_logged: Option<std::time::Instant>,
+    suppressed: u64,
     on_error: Box<dyn Fn(&str) + Send>,
 }
 
@@ -89,7 +92,7 @@ type R<'a> =
 type W<'a> =
     Writer<'a, <vm_memory::bitmap::AtomicBitmap as vm_memory::bitmap::WithBitmapSlice<'a>>::S>;
 
-/// Why a request failed (logged once per kind; the guest sees IOERR).
+/// Why a request failed (rate-limited in the log; the guest sees IOERR).
 fn io_error(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -110,7 +113,34 @@ impl Block {
             stats: Arc::default(),
             buf: Vec::new(),
             last_error: None,
+            last_logged: None,
+            suppressed: 0,
             on_error,
+        }
+    }
+
+    /// Reports a failed request without flooding the log: a new kind of
+    /// failure (the message with its numbers left out, so each sector does
+    /// not count as new) is reported at once; repeats at most once a
+    /// second, with how many were left out.
+    fn log_error(&mut self, e: String) {
+        let kind: String = e.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let now = std::time::Instant::now();
+        let new_kind = self.last_error.as_deref() != Some(kind.as_str());
+        let due = self
+            .last_logged
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1));
+        if new_kind || due {
+            if self.suppressed > 0 {
+                (self.on_error)(&format!("{e} (and {} more like it)", self.suppressed));
+            } else {
+                (self.on_error)(&e);
+            }
+            self.suppressed = 0;
+            self.last_error = Some(kind);
+            self.last_logged = Some(now);
+        } else {
+            self.suppressed += 1;
         }
     }
 
@@ -245,11 +275,7 @@ impl Block {
             Ok(n) => (status::OK, n),
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                // One line per distinct failure, not one per request.
-                if self.last_error.as_deref() != Some(&e) {
-                    (self.on_error)(&e);
-                    self.last_error = Some(e);
-                }
+                self.log_error(e);
                 (status::IOERR, w.bytes_written() as u32)
             }
         }
@@ -395,5 +421,6 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.last_error = None;
+        self.suppressed = 0;
     }
 }

@@ -728,3 +728,29 @@ fn random_rings_never_panic() {
     d.init();
     assert_eq!(d.request(req::IN, 0, Some((512, true)), BUF).0, 0);
 }
+
+#[test]
+fn a_stream_of_failing_requests_is_logged_once_not_per_request() {
+    let mut d = Drv::new(false, QosLimits::default());
+    d.init();
+    // 200 reads past the end, each at another sector: one kind of failure.
+    for i in 0..200u64 {
+        assert_eq!(
+            d.request(req::IN, 3000 + i, Some((512, true)), BUF).0,
+            block::status::IOERR
+        );
+    }
+    let errors = d.errors.lock().unwrap().clone();
+    // Within a second only the first is logged (a slow run may add one
+    // summary line per second, which says how many it stands for).
+    assert!(!errors.is_empty());
+    assert!(errors.len() <= 3, "{} lines: {errors:?}", errors.len());
+    assert!(errors[0].contains("beyond the disk's end"), "{errors:?}");
+    assert_eq!(d.stats.errors.load(Ordering::Relaxed), 200);
+    // Another kind of failure is reported at once.
+    assert_eq!(
+        d.request(req::OUT, 0, Some((100, false)), BUF).0,
+        block::status::IOERR
+    );
+    assert_eq!(d.errors.lock().unwrap().len(), errors.len() + 1);
+}
