@@ -430,15 +430,6 @@ async fn detach_disk(
     Ok(Json(crate::disks::detach(&d, &vm, &disk)?))
 }
 
-fn no_checkpoints() -> ApiErr {
-    OpError::NotImplemented(
-        "checkpoints are not implemented yet: the VM worker has no saved state or \
-         differencing-disk snapshot support"
-            .into(),
-    )
-    .into()
-}
-
 async fn list_checkpoints(
     State(d): State<AppState>,
     Path(vm): Path<String>,
@@ -454,25 +445,23 @@ async fn create_checkpoint(
     Path(vm): Path<String>,
     Body(req): Body<CreateCheckpoint>,
 ) -> ApiResult<Response> {
-    d.reg.vm(&vm)?;
-    crate::daemon::check_name("checkpoint", &req.name)?;
-    Err(no_checkpoints())
+    let cp = crate::checkpoints::create(&d, &vm, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(cp)).into_response())
 }
 
 async fn delete_checkpoint(
     State(d): State<AppState>,
-    Path((vm, _cp)): Path<(String, String)>,
+    Path((vm, cp)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    d.reg.vm(&vm)?;
-    Err(no_checkpoints())
+    crate::checkpoints::delete(&d, &vm, &cp).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn apply_checkpoint(
     State(d): State<AppState>,
-    Path((vm, _cp)): Path<(String, String)>,
+    Path((vm, cp)): Path<(String, String)>,
 ) -> ApiResult<Json<tern_api::Vm>> {
-    d.reg.vm(&vm)?;
-    Err(no_checkpoints())
+    Ok(Json(crate::checkpoints::apply(&d, &vm, &cp).await?))
 }
 
 async fn migrate_vm(

@@ -349,6 +349,9 @@ impl Daemon {
             "--guest".to_string(),
             row.guest.clone(),
         ];
+        if self.caps.checkpoints {
+            args.extend(self.checkpoint_args(&row.id));
+        }
         if self.caps.memfd {
             // Guest memory in a memfd: a same-host migration hands it over
             // instead of copying it.
@@ -366,6 +369,12 @@ impl Daemon {
             args.push(spec);
         }
         Ok(args)
+    }
+
+    /// `--checkpoint-dir` for VM `id` (its worker keeps the checkpoints).
+    fn checkpoint_args(&self, id: &str) -> Vec<String> {
+        let dir = self.cfg.state_dir.join("checkpoints").join(id);
+        vec!["--checkpoint-dir".into(), dir.display().to_string()]
     }
 
     pub(crate) fn launch(&self, row: &VmRow, vm_args: Vec<String>) -> Launch {
@@ -866,6 +875,7 @@ impl Daemon {
         if let Some(dir) = saved {
             let _ = std::fs::remove_dir_all(dir);
         }
+        let _ = std::fs::remove_dir_all(self.cfg.state_dir.join("checkpoints").join(&id));
         for p in [self.cfg.worker_log(&id), self.cfg.serial_log(&id)] {
             let _ = std::fs::remove_file(p);
         }
@@ -1068,13 +1078,12 @@ impl Daemon {
             self.fail(&id, &msg)?;
             return Err(OpError::Failed(format!("VM {}: {msg}", row.name)));
         };
-        self.run_worker(
-            &row,
-            vec!["--restore".into(), dir],
-            VmState::Restoring,
-            "restored",
-        )
-        .await
+        let mut args = vec!["--restore".to_string(), dir];
+        if self.caps.checkpoints {
+            args.extend(self.checkpoint_args(&id));
+        }
+        self.run_worker(&row, args, VmState::Restoring, "restored")
+            .await
     }
 
     /// What this daemon's workers can do.
@@ -1083,7 +1092,7 @@ impl Daemon {
             save_restore: self.caps.save_restore,
             migration: self.caps.migration,
             disks: self.caps.disks,
-            checkpoints: false,
+            checkpoints: self.caps.checkpoints,
         }
     }
 }

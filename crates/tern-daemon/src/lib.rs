@@ -7,6 +7,7 @@
 //! again ([`daemon::Daemon::reattach`]).
 
 pub mod api;
+pub mod checkpoints;
 pub mod daemon;
 pub mod disks;
 pub mod migration;

@@ -792,6 +792,79 @@ impl Registry {
         Ok(())
     }
 
+    /// The worker's number of VM `vm_id`'s checkpoint `key` (name or
+    /// number).
+    pub fn checkpoint(&self, vm_id: &str, key: &str) -> Result<Option<u64>, RegistryError> {
+        let conn = self.lock();
+        let id: Option<String> = conn
+            .query_row(
+                "SELECT id FROM checkpoints WHERE vm_id = ?1 AND (name = ?2 OR id = ?1 || ':' || ?2)
+                 ORDER BY name = ?2 DESC LIMIT 1",
+                params![vm_id, key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(id.and_then(|i| i.rsplit(':').next()?.parse().ok()))
+    }
+
+    /// Records checkpoint number `n` named `name` of VM `vm_id`.
+    pub fn add_checkpoint(
+        &self,
+        vm_id: &str,
+        vm_name: &str,
+        n: u64,
+        name: &str,
+    ) -> Result<(), RegistryError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let r = tx.execute(
+            "INSERT INTO checkpoints (id, vm_id, name, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![format!("{vm_id}:{n}"), vm_id, name, now_ms()],
+        );
+        match r {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(RegistryError::NameTaken {
+                    kind: "checkpoint",
+                    name: name.into(),
+                })
+            }
+            r => r?,
+        };
+        insert_event(
+            &tx,
+            Some(vm_id),
+            Some(vm_name),
+            "checkpoint-created",
+            &format!("checkpoint {name} (#{n}) taken"),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets checkpoint number `n` of VM `vm_id`.
+    pub fn delete_checkpoint(
+        &self,
+        vm_id: &str,
+        vm_name: &str,
+        n: u64,
+    ) -> Result<(), RegistryError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM checkpoints WHERE id = ?1",
+            [format!("{vm_id}:{n}")],
+        )?;
+        insert_event(
+            &tx,
+            Some(vm_id),
+            Some(vm_name),
+            "checkpoint-deleted",
+            &format!("checkpoint #{n} deleted"),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Checkpoints of VM `id`, oldest first.
     pub fn checkpoints(
         &self,
@@ -804,8 +877,10 @@ impl Registry {
         )?;
         let rows = st
             .query_map([vm_id], |r| {
+                let id: String = r.get(0)?;
                 Ok(tern_api::Checkpoint {
-                    id: r.get(0)?,
+                    // Stored as VM:N, shown as the worker's number N.
+                    id: id.rsplit(':').next().unwrap_or_default().to_string(),
                     vm: vm_name.to_string(),
                     name: r.get(1)?,
                     created_at: rfc3339(r.get(2)?),

@@ -239,3 +239,49 @@ async fn fifty_parallel_create_start_stop_requests_leave_the_registry_consistent
         assert!(!alive(*p), "worker {p} outlived its VM");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_taken_applied_and_deleted_through_the_api() {
+    let name = "checkpoints_are_taken_applied_and_deleted_through_the_api";
+    if !tern_test_support::kvm_available(name) {
+        return;
+    }
+    let t = common::start(common::tern_exe()).await;
+    let c = &t.client;
+    c.create_vm(&spec("cp", "probe:touch")).await.unwrap();
+    if !c.host().await.unwrap().features.checkpoints {
+        let e = c.create_checkpoint("cp", "one").await.unwrap_err();
+        assert_eq!(e.status(), Some(501), "{e}");
+        assert!(e.to_string().contains("not implemented yet"), "{e}");
+        tern_test_support::skip(
+            name,
+            "the VM worker has no checkpoints yet; the daemon answers 501",
+        );
+        return;
+    }
+    // Checkpoints live in the worker: none without one.
+    let e = c.create_checkpoint("cp", "one").await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    c.vm_action("cp", "start").await.unwrap();
+    let one = c.create_checkpoint("cp", "one").await.unwrap();
+    assert_eq!(one.name, "one");
+    let e = c.create_checkpoint("cp", "one").await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    c.create_checkpoint("cp", "two").await.unwrap();
+    let names: Vec<_> = c
+        .list_checkpoints("cp")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["one", "two"]);
+    let vm = c.apply_checkpoint("cp", "one").await.unwrap();
+    assert_eq!(vm.state, VmState::Running);
+    let e = c.apply_checkpoint("cp", "nope").await.unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
+    c.delete_checkpoint("cp", "two").await.unwrap();
+    c.delete_checkpoint("cp", &one.id).await.unwrap();
+    assert!(c.list_checkpoints("cp").await.unwrap().is_empty());
+    c.vm_action("cp", "stop").await.unwrap();
+}

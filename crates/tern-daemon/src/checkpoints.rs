@@ -1,0 +1,148 @@
+//! Checkpoints of a VM: taken, reverted to and deleted by its worker (in
+//! `--checkpoint-dir`, one per VM under the state directory), recorded in
+//! the registry.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tern_api::{Checkpoint, Vm, VmState};
+
+use crate::daemon::{check_name, Daemon, OpError};
+use crate::registry::{RegistryError, Transition};
+use crate::worker;
+
+/// The worker of a VM that runs or is paused; checkpoints need one.
+fn worker_of(
+    d: &Daemon,
+    vm_id: &str,
+    what: &str,
+) -> Result<std::sync::Arc<worker::Worker>, OpError> {
+    let row = d.reg.vm(vm_id)?;
+    match (row.state, d.worker(vm_id)) {
+        (VmState::Running | VmState::Paused, Some(w)) => Ok(w),
+        _ => Err(RegistryError::WrongState {
+            name: row.name,
+            state: row.state,
+            action: format!("{what} (start it first: its worker keeps the checkpoints)"),
+        }
+        .into()),
+    }
+}
+
+async fn ask(d: &Daemon, w: &worker::Worker, req: Value, what: &str) -> Result<Value, OpError> {
+    let _ = d;
+    worker::control(&w.control, &req, Duration::from_secs(600))
+        .await
+        .map_err(|source| OpError::Worker {
+            what: what.into(),
+            source,
+        })
+}
+
+fn check_enabled(d: &Daemon) -> Result<(), OpError> {
+    if d.caps.checkpoints {
+        Ok(())
+    } else {
+        Err(Daemon::not_implemented(
+            "checkpoints",
+            "tern run --checkpoint-dir",
+        ))
+    }
+}
+
+/// `POST /v1/vms/{vm}/checkpoints`.
+pub async fn create(d: &Daemon, key: &str, name: &str) -> Result<Checkpoint, OpError> {
+    let row = d.reg.vm(key)?;
+    check_name("checkpoint", name)?;
+    check_enabled(d)?;
+    let _g = d.op_lock(&row.id).await;
+    if d.reg.checkpoint(&row.id, name)?.is_some() {
+        return Err(RegistryError::NameTaken {
+            kind: "checkpoint",
+            name: name.into(),
+        }
+        .into());
+    }
+    let w = worker_of(d, &row.id, "take a checkpoint")?;
+    let v = ask(
+        d,
+        &w,
+        json!({"cmd": "checkpoint-create", "name": name, "memory": true}),
+        &format!("cannot take checkpoint {name} of VM {}", row.name),
+    )
+    .await?;
+    let n = v["checkpoint"]["id"]
+        .as_u64()
+        .ok_or_else(|| OpError::Failed(format!("the worker gave no checkpoint id: {v}")))?;
+    d.reg.add_checkpoint(&row.id, &row.name, n, name)?;
+    d.reg
+        .checkpoints(&row.id, &row.name)?
+        .into_iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| OpError::Failed("checkpoint recorded but not found".into()))
+}
+
+/// `POST /v1/vms/{vm}/checkpoints/{checkpoint}/apply`.
+pub async fn apply(d: &Daemon, key: &str, cp: &str) -> Result<Vm, OpError> {
+    let row = d.reg.vm(key)?;
+    check_enabled(d)?;
+    let _g = d.op_lock(&row.id).await;
+    let n = d
+        .reg
+        .checkpoint(&row.id, cp)?
+        .ok_or_else(|| OpError::NotFound(format!("VM {} has no checkpoint '{cp}'", row.name)))?;
+    let w = worker_of(d, &row.id, "revert to a checkpoint")?;
+    let v = ask(
+        d,
+        &w,
+        json!({"cmd": "checkpoint-revert", "id": n}),
+        &format!("cannot revert VM {} to checkpoint {cp}", row.name),
+    )
+    .await?;
+    let to = match v["state"].as_str() {
+        Some("paused") => VmState::Paused,
+        Some("stopped") => {
+            // A checkpoint without memory: the worker ends.
+            w.stop_requested.store(true, Ordering::SeqCst);
+            let _ = Daemon::wait_gone(&w, Duration::from_secs(20)).await;
+            return d.get(&row.id);
+        }
+        _ => VmState::Running,
+    };
+    let row = d.reg.transition(
+        &row.id,
+        Transition {
+            from: &[VmState::Running, VmState::Paused],
+            to,
+            reason: None,
+            pid: None,
+            event: "checkpoint-applied",
+            message: format!("reverted to checkpoint {cp}"),
+            action: "revert it",
+        },
+    )?;
+    d.view(&row)
+}
+
+/// `DELETE /v1/vms/{vm}/checkpoints/{checkpoint}`: the worker merges the
+/// checkpoint's disk changes.
+pub async fn delete(d: &Daemon, key: &str, cp: &str) -> Result<(), OpError> {
+    let row = d.reg.vm(key)?;
+    check_enabled(d)?;
+    let _g = d.op_lock(&row.id).await;
+    let n = d
+        .reg
+        .checkpoint(&row.id, cp)?
+        .ok_or_else(|| OpError::NotFound(format!("VM {} has no checkpoint '{cp}'", row.name)))?;
+    let w = worker_of(d, &row.id, "delete a checkpoint")?;
+    ask(
+        d,
+        &w,
+        json!({"cmd": "checkpoint-delete", "id": n}),
+        &format!("cannot delete checkpoint {cp} of VM {}", row.name),
+    )
+    .await?;
+    d.reg.delete_checkpoint(&row.id, &row.name, n)?;
+    Ok(())
+}
