@@ -17,6 +17,8 @@ pub type GuestMem = GuestMemoryMmap<AtomicBitmap>;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// End of the MMIO hole.
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// Largest piece of guest memory copied from or to a file in one call.
+const COPY_CHUNK: u64 = 1 << 30;
 /// Smallest guest memory Tern accepts.
 pub const MIN_MEMORY: u64 = 1 << 20;
 
@@ -254,12 +256,19 @@ impl GuestRam {
                 source,
             })?;
         for r in &self.regions {
-            self.mem
-                .read_exact_volatile_from(GuestAddress(r.start), &mut f, r.len as usize)
-                .map_err(|source| MemoryError::Copy {
-                    what: format!("from {}", path.display()),
-                    source,
-                })?;
+            // One read(2) moves at most 2 GiB - 4 KiB: copy large regions
+            // in pieces.
+            let mut done = 0;
+            while done < r.len {
+                let n = (r.len - done).min(COPY_CHUNK);
+                self.mem
+                    .read_exact_volatile_from(GuestAddress(r.start + done), &mut f, n as usize)
+                    .map_err(|source| MemoryError::Copy {
+                        what: format!("from {}", path.display()),
+                        source,
+                    })?;
+                done += n;
+            }
         }
         Ok(())
     }
@@ -274,12 +283,17 @@ impl GuestRam {
                 source,
             })?;
         for r in &self.regions {
-            self.mem
-                .write_all_volatile_to(GuestAddress(r.start), file, r.len as usize)
-                .map_err(|source| MemoryError::Copy {
-                    what: format!("to {}", path.display()),
-                    source,
-                })?;
+            let mut done = 0;
+            while done < r.len {
+                let n = (r.len - done).min(COPY_CHUNK);
+                self.mem
+                    .write_all_volatile_to(GuestAddress(r.start + done), file, n as usize)
+                    .map_err(|source| MemoryError::Copy {
+                        what: format!("to {}", path.display()),
+                        source,
+                    })?;
+                done += n;
+            }
         }
         Ok(())
     }

@@ -649,6 +649,7 @@ impl Vm {
             })
         })?;
         self.ram.load_from(&file, memory)?;
+        restore_disk_devices(st, &self.disks)?;
         state::restore_vm(&self.fd, st)?;
         for (v, vs) in self.vcpus.iter().zip(&st.vcpus) {
             let v = v.lock().unwrap_or_else(|p| p.into_inner());
