@@ -25,12 +25,16 @@ pub enum BenchCommand {
     },
     /// Live migration against QEMU (loopback and a 1 Gbit/s veth).
     Migrate(crate::bench_migrate::MigrateBench),
+    /// Save and restore times (lazy and eager) and resume latency of
+    /// probe VMs whose memory is in use.
+    Save(crate::bench_save::SaveBench),
 }
 
 /// Runs a benchmark; returns the exit code.
 pub fn run(cmd: BenchCommand) -> i32 {
     match cmd {
         BenchCommand::Boot { runs, memory } => boot(runs, memory),
+        BenchCommand::Save(args) => crate::bench_save::run(args),
         BenchCommand::Migrate(args) => crate::bench_migrate::run(args),
     }
 }

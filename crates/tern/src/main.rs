@@ -3,6 +3,7 @@
 //! Exit codes scripts can rely on are in [`exit_code`] and README.md.
 
 mod bench;
+mod bench_save;
 mod bench_migrate;
 mod control;
 mod disk;
