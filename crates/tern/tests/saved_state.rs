@@ -617,6 +617,37 @@ fn golden_exports_of_every_format_import_restore_and_revert() {
         let host = tempfile::tempdir().unwrap();
         let export = host.path().join("export");
         expand_copy(&v.join("export"), &export);
+        // A tampered and a partial copy are refused, and nothing is made.
+        for (name, damage) in [("tampered", 0u8), ("partial", 1u8)] {
+            let bad = host.path().join(name);
+            copy_dir(&export, &bad);
+            let mem = bad.join("vm/memory.bin");
+            let mut b = std::fs::read(&mem).unwrap();
+            if damage == 0 {
+                b[(16 << 20) + 100] ^= 1;
+            } else {
+                b.truncate(b.len() / 2);
+            }
+            std::fs::write(&mem, b).unwrap();
+            let to = host.path().join(format!("{name}-vm"));
+            let out = tern()
+                .args(["worker", "import"])
+                .arg(&bad)
+                .arg(&to)
+                .output()
+                .unwrap();
+            let e = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(65), "{e}");
+            let want = if damage == 0 {
+                "vm/memory.bin does not match its checksum"
+            } else {
+                "vm/memory.bin has 10485760 bytes, the manifest says 20971520"
+            };
+            assert!(e.contains(want), "{e}");
+            assert!(!to.exists());
+            let (code, e) = restore_fails(&bad, &[]);
+            assert_eq!(code, 65, "{e}");
+        }
         let dest = host.path().join("vm");
         let out = tern()
             .args(["worker", "import"])
@@ -661,4 +692,181 @@ fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// Step index of the probe's workload.
+fn step(w: &Worker) -> u64 {
+    w.ok(json!({"cmd": "status"}))["probe"]["step"]
+        .as_u64()
+        .unwrap()
+}
+
+fn wait_step(w: &Worker, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while step(w) != want {
+        assert!(
+            Instant::now() < deadline,
+            "probe never reached step {want}: {}",
+            w.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn disk_path(w: &Worker) -> PathBuf {
+    let v = w.ok(json!({"cmd": "status"}));
+    PathBuf::from(v["disks"][0]["path"].as_str().unwrap())
+}
+
+/// Whether the disk image at `path` (a chain is followed) holds the
+/// probe's pattern in the sector at `offset`, or zeros.
+fn sector_state(path: &Path, offset: u64) -> &'static str {
+    let mut d = vhdx::Disk::open(path, false).unwrap();
+    let mut buf = vec![0u8; 512];
+    d.read_at(&mut buf, offset).unwrap();
+    if buf == tern_probe_abi::blk::sector_bytes(offset / 512) {
+        "pattern"
+    } else if buf.iter().all(|&b| b == 0) {
+        "zero"
+    } else {
+        "other"
+    }
+}
+
+fn new_disk(path: &Path, size: u64) {
+    vhdx::create(path, &vhdx::CreateOptions::dynamic(size))
+        .unwrap()
+        .close()
+        .unwrap();
+}
+
+/// blk-verify 1 MiB, dirty, blk-verify 8 MiB, dirty, verify.
+const DISK_WORKLOAD: &str =
+    "probe:blk-verify,disk=0,mib=1+dirty,mib=4,rate=50+blk-verify,disk=0,mib=8+dirty,mib=4,rate=50+verify";
+
+#[test]
+fn disk_checkpoint_revert_brings_disk_and_memory_back_and_delete_merges() {
+    if !tern_test_support::kvm_available(
+        "disk_checkpoint_revert_brings_disk_and_memory_back_and_delete_merges",
+    ) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("base.vhdx");
+    new_disk(&base, 32 << 20);
+    let store = root.path().join("store");
+    let w = Worker::start(
+        root.path(),
+        &[
+            "--memory",
+            "64M",
+            "--guest",
+            DISK_WORKLOAD,
+            "--disk",
+            &format!("path={}", base.display()),
+            "--checkpoint-dir",
+            store.to_str().unwrap(),
+        ],
+    );
+    wait_step(&w, 1);
+    w.wait_generation(1);
+    w.ok(json!({"cmd": "pause"}));
+    let at_checkpoint = w.progress();
+    w.ok(json!({"cmd": "checkpoint-create", "name": "one-mib", "memory": true}));
+    let first_child = disk_path(&w);
+    assert!(first_child.starts_with(store.canonicalize().unwrap()));
+    w.ok(json!({"cmd": "resume"}));
+
+    // Write more: the second blk-verify covers 8 MiB.
+    w.ok(json!({"cmd": "probe-stop"}));
+    wait_step(&w, 3);
+    w.ok(json!({"cmd": "pause"}));
+    assert_eq!(sector_state(&first_child, 4 << 20), "pattern");
+
+    // Revert: memory, CPU and device state, and the disk as they were.
+    w.ok(json!({"cmd": "checkpoint-revert", "id": 1}));
+    assert_eq!(w.progress(), at_checkpoint);
+    assert_eq!(step(&w), 1);
+    let reverted = disk_path(&w);
+    assert_ne!(reverted, first_child);
+    assert!(!first_child.exists(), "the abandoned child is deleted");
+    assert_eq!(sector_state(&reverted, 0), "pattern");
+    assert_eq!(sector_state(&reverted, 4 << 20), "zero");
+    w.ok(json!({"cmd": "resume"}));
+
+    // The guest's driver goes on with the restored queues: write 8 MiB
+    // again, then delete the checkpoint while it runs.
+    w.ok(json!({"cmd": "probe-stop"}));
+    wait_step(&w, 3);
+    let r = w.ok(json!({"cmd": "checkpoint-delete", "id": 1}));
+    assert_eq!(r["merged_disks"], 1, "{r}");
+    assert_eq!(
+        disk_path(&w).canonicalize().unwrap(),
+        base.canonicalize().unwrap()
+    );
+    assert!(!reverted.exists(), "the merged child is deleted");
+    let stderr = w.finish_and_verify();
+    let log = std::fs::read_to_string(
+        root.path()
+            .join(format!("worker-{}.log", std::process::id())),
+    )
+    .unwrap();
+    let passes = log
+        .lines()
+        .filter(|l| l.contains("blk-verify disk=0") && l.contains("result=pass"))
+        .count();
+    assert_eq!(passes, 3, "{stderr}\n{log}");
+    // The merged data stays in the base image.
+    assert_eq!(sector_state(&base, 4 << 20), "pattern");
+    assert_eq!(sector_state(&base, 12 << 20), "zero");
+}
+
+#[test]
+fn saved_vm_with_a_disk_continues_its_io_on_another_host_and_a_missing_parent_is_refused() {
+    if !tern_test_support::kvm_available(
+        "saved_vm_with_a_disk_continues_its_io_on_another_host_and_a_missing_parent_is_refused",
+    ) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("base.vhdx");
+    new_disk(&base, 32 << 20);
+    let child = root.path().join("child.avhdx");
+    vhdx::create(&child, &vhdx::CreateOptions::differencing(&base))
+        .unwrap()
+        .close()
+        .unwrap();
+    let w = Worker::start(
+        root.path(),
+        &[
+            "--memory",
+            "64M",
+            "--guest",
+            DISK_WORKLOAD,
+            "--disk",
+            &format!("path={}", child.display()),
+        ],
+    );
+    wait_step(&w, 1);
+    w.wait_generation(1);
+    let saved = root.path().join("saved");
+    w.ok(json!({"cmd": "save", "dir": saved}));
+    assert_eq!(w.wait().0, Some(0));
+
+    let host_b = tempfile::tempdir().unwrap();
+    let w = Worker::start(host_b.path(), &["--restore", saved.to_str().unwrap()]);
+    assert_eq!(step(&w), 1);
+    w.ok(json!({"cmd": "probe-stop"}));
+    wait_step(&w, 3);
+    w.finish_and_verify();
+    assert_eq!(sector_state(&child, 4 << 20), "pattern");
+
+    // The differencing disk's parent goes missing: refused, nothing changed.
+    std::fs::rename(&base, root.path().join("moved-away.vhdx")).unwrap();
+    let before = fingerprint(&saved);
+    let (code, e) = restore_fails(&saved, &[]);
+    assert_ne!(code, 0, "{e}");
+    assert!(e.contains("child.avhdx"), "{e}");
+    assert!(e.contains("parent"), "{e}");
+    assert_eq!(fingerprint(&saved), before);
 }
