@@ -19,7 +19,7 @@ use tern_api::{
     StartMigration, Vm,
 };
 
-/// Exit codes of the API commands (also listed in README.md).
+/// Exit codes of the API commands (stable: scripts may rely on them).
 pub mod code {
     /// Success.
     pub const OK: i32 = 0;
