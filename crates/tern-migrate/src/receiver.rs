@@ -79,6 +79,9 @@ pub struct Received {
     /// Pages written here.
     pub pages: u64,
     ctl: Stream,
+    /// Our mapping of the memory: unmapping gigabytes takes tens of ms,
+    /// so it is dropped after the switchover, not during it.
+    view: Option<GuestRam>,
 }
 
 impl std::fmt::Debug for Received {
@@ -97,6 +100,9 @@ impl Received {
     /// source may not know: the caller must stop the VM (the source
     /// resumes its own when it hears nothing).
     pub fn confirm(mut self) -> io::Result<()> {
+        if let Some(view) = self.view.take() {
+            std::thread::spawn(move || drop(view));
+        }
         wire::write_msg(
             &mut self.ctl,
             Kind::Outcome,
@@ -217,6 +223,7 @@ fn receive_memfd(mut ctl: Stream, expect: &ConfigCheck) -> Result<Received, Rece
         rounds: 0,
         pages: 0,
         ctl,
+        view: None,
     })
 }
 
@@ -383,8 +390,6 @@ fn receive_stream(
     let (sw, pages) = result?;
     let state = decode_state(&sw)?;
     let memory = ram.memfd.take().expect("memfd backing has a memfd");
-    // Unmap our view; the VM maps the memfd itself.
-    drop(ram);
     Ok(Received {
         state,
         memory,
@@ -393,5 +398,6 @@ fn receive_stream(
         rounds: sw.rounds,
         pages,
         ctl,
+        view: Some(ram),
     })
 }

@@ -111,6 +111,9 @@ pub enum MigrateError {
     /// The destination failed to take over the VM.
     #[error("destination failed to start the VM: {0}")]
     Destination(String),
+    /// The peer stopped reading or answering (network cut, peer hung).
+    #[error("the destination did not respond for {0:?}")]
+    Stalled(Duration),
     /// The user cancelled.
     #[error("migration cancelled")]
     Cancelled,
@@ -127,6 +130,13 @@ pub enum MigrateError {
 
 impl From<std::io::Error> for MigrateError {
     fn from(e: std::io::Error) -> Self {
+        // A socket timeout surfaces as EAGAIN: say what it means.
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            return MigrateError::Stalled(IO_TIMEOUT);
+        }
         MigrateError::Wire(WireError::Io(e))
     }
 }
@@ -196,6 +206,18 @@ struct Engine<'a> {
     /// Link estimate, wire bytes/s (measured while not CPU-bound).
     link: Mutex<f64>,
     throttle: AtomicU32,
+    auto: Mutex<AutoTrial>,
+}
+
+/// Automatic compression: a codec the model prefers is tried against the
+/// current one on real traffic, and kept only if it moves memory faster
+/// (on a fast link both ends' CPUs, not the wire, are the bottleneck).
+#[derive(Default)]
+struct AutoTrial {
+    /// (codec before the trial, its memory bytes/s, trial start, raw bytes then).
+    trial: Option<(Codec, f64, Instant, u64)>,
+    /// No new trial before this.
+    quiet_until: Option<Instant>,
 }
 
 /// Result of one round.
@@ -359,6 +381,7 @@ fn run(
         started,
         link: Mutex::new(0.0),
         throttle: AtomicU32::new(0),
+        auto: Mutex::new(AutoTrial::default()),
     };
     engine.update_codec_name();
     let throttle_stop = std::sync::atomic::AtomicBool::new(false);
@@ -657,7 +680,8 @@ impl Engine<'_> {
                         self.observe_link(rate, codec, (raw - last.2) as f64 / dt.as_secs_f64());
                     }
                     if auto {
-                        self.rechoose(n as usize);
+                        let raw_rate = (raw - last.2) as f64 / dt.as_secs_f64();
+                        self.rechoose(n as usize, raw_rate, raw);
                     }
                     last = (now, wire, raw);
                     self.progress.update(|s| {
@@ -741,11 +765,41 @@ impl Engine<'_> {
         }
     }
 
-    fn rechoose(&self, threads: usize) {
-        let link = self.bandwidth();
-        let c = compress::choose(link, threads, &self.speeds);
+    fn set_codec(&self, c: Codec) {
         if self.codec.swap(c as u8, Ordering::Relaxed) != c as u8 {
             self.update_codec_name();
+        }
+    }
+
+    /// One step of automatic compression, every 100 ms of sending.
+    /// `raw_rate`: memory bytes/s over the last interval; `raw`: total.
+    fn rechoose(&self, threads: usize, raw_rate: f64, raw: u64) {
+        let now = Instant::now();
+        let mut a = self.auto.lock().unwrap_or_else(|p| p.into_inner());
+        if a.quiet_until.is_some_and(|t| now < t) {
+            return;
+        }
+        let cur = Codec::from_u8(self.codec.load(Ordering::Relaxed)).unwrap_or(Codec::None);
+        match a.trial {
+            None => {
+                let c = compress::choose(self.bandwidth(), threads, &self.speeds);
+                if c != cur && raw_rate > 0.0 {
+                    a.trial = Some((cur, raw_rate, now, raw));
+                    self.set_codec(c);
+                }
+            }
+            Some((prev, prev_rate, since, raw0)) => {
+                let dt = now.duration_since(since);
+                if dt < Duration::from_millis(300) {
+                    return;
+                }
+                let rate = (raw - raw0) as f64 / dt.as_secs_f64();
+                if rate < prev_rate * 1.05 {
+                    self.set_codec(prev);
+                }
+                a.trial = None;
+                a.quiet_until = Some(now + Duration::from_secs(3));
+            }
         }
     }
 
