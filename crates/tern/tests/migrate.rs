@@ -204,8 +204,8 @@ fn migrate(src: &Worker, to: &str, extra: &[&str]) -> (Option<i32>, String, Stri
 fn last_status(stdout: &str) -> Value {
     stdout
         .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .last()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
         .unwrap_or(Value::Null)
 }
 
