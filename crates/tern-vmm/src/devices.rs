@@ -581,29 +581,6 @@ pub fn resize_policy(vm: &crate::Vm, index: usize) -> ResizePolicy {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn windows_interrupts_and_cmdline() {
-        let d = Disks::default();
-        assert!(d.is_empty());
-        assert_eq!(d.cmdline(), "");
-        assert_eq!(Disks::base(0), 0xd000_0000);
-        assert_eq!(Disks::base(7), 0xd000_7000);
-        assert!(Disks::base(MAX_DISKS) <= 0xffff_ffff);
-        assert_eq!(
-            cmdline_for(2),
-            " virtio_mmio.device=4K@0xd0000000:16 virtio_mmio.device=4K@0xd0001000:17"
-        );
-        assert!(matches!(
-            d.set_qos(0, QosLimits::default()),
-            Err(DiskError::NoSuchDisk(0, 0))
-        ));
-    }
-}
-
 fn transport_to_proto(
     t: &tern_devices::virtio::mmio::TransportState,
 ) -> crate::state::proto::VirtioMmioState {
@@ -663,4 +640,27 @@ fn transport_from_proto(
         config_generation: s.config_generation,
         queues,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_interrupts_and_cmdline() {
+        let d = Disks::default();
+        assert!(d.is_empty());
+        assert_eq!(d.cmdline(), "");
+        assert_eq!(Disks::base(0), 0xd000_0000);
+        assert_eq!(Disks::base(7), 0xd000_7000);
+        assert!(Disks::base(MAX_DISKS) <= 0xffff_ffff);
+        assert_eq!(
+            cmdline_for(2),
+            " virtio_mmio.device=4K@0xd0000000:16 virtio_mmio.device=4K@0xd0001000:17"
+        );
+        assert!(matches!(
+            d.set_qos(0, QosLimits::default()),
+            Err(DiskError::NoSuchDisk(0, 0))
+        ));
+    }
 }
