@@ -1,45 +1,73 @@
 #!/usr/bin/env bash
-# The quickstart: builds everything and runs a short demo on the embedded
-# defaults: the probe guest boots in a KVM VM, dirties memory, is paused,
-# resumed, saved and restored, and verifies every page.
+# The quickstart: builds everything and runs a demo on the embedded defaults.
+#   1. the probe guest boots in a KVM VM (tern run, the VM worker);
+#   2. two host daemons (ternd A and B) start on this machine;
+#   3. on A: a VHDX volume, and a VM that writes and verifies a pattern on it;
+#   4. on A: a VM dirtying 64 MiB at 50 MiB/s, shown running, live-migrated
+#      to B; on B its guest then checks every page it wrote.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --workspace
-tern=target/release/tern
+bin=$PWD/target/release
+tern=$bin/tern
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
-echo "== 1. boot the probe guest (2 vCPUs, 512 MiB)"
-$tern run --vcpus 2 --memory 512M --guest probe:hello
-
-echo
-echo "== 2. start-up time (median of 10)"
-$tern bench boot --runs 10 | tail -n 1
-
-echo
-echo "== 3. a guest dirtying 64 MiB at 100 MiB/s, driven over its control socket"
-sock=$work/ctl.sock
-$tern run --vcpus 2 --memory 512M --serial null --control "$sock" \
-  --guest 'probe:dirty,mib=64,rate=100+verify' &
-worker=$!
-ctl() { python3 - "$sock" "$1" <<'PY'
-import json, socket, sys
+step() { printf '\n== %s\n' "$*"; }
+ctl() { # ctl SOCKET JSON: one request to a worker's control socket
+  python3 - "$1" "$2" <<'PY'
+import socket, sys
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
 s.sendall((sys.argv[2] + "\n").encode())
 print(s.makefile().readline().strip())
 PY
 }
-for _ in $(seq 50); do [[ -S $sock ]] && break; sleep 0.1; done
+
+step "1. the probe guest boots (2 vCPUs, 512 MiB), then start-up time (median of 10)"
+$tern run --vcpus 2 --memory 512M --guest probe:hello
+$tern bench boot --runs 10 | tail -n 1
+
+step "2. two host daemons on this machine"
+for h in a b; do
+  $bin/ternd --state-dir "$work/$h" --socket "$work/$h.sock" >"$work/$h.log" 2>&1 &
+  pids+=($!)
+done
+for h in a b; do
+  for _ in $(seq 100); do [[ -S $work/$h.sock ]] && break; sleep 0.05; done
+done
+A=unix:$work/a.sock
+B=unix:$work/b.sock
+$tern host --host "$A"
+
+step "3. a VHDX volume, and a VM that writes a pattern over 16 MiB of it and reads it back"
+$tern volume create data --size 64M --host "$A"
+$tern vm create disky --memory 128M --disk data --guest 'probe:blk-verify,mib=16' --start --host "$A"
+for _ in $(seq 100); do
+  $tern vm show disky --host "$A" | grep -q 'state: *stopped' && break
+  sleep 0.1
+done
+$tern vm show disky --host "$A" | grep -E 'state|reason'
+$tern disk info "$work/a/disks/data.vhdx"
+
+step "4. a VM dirtying 64 MiB at 50 MiB/s on A, live-migrated to B"
+$tern vm create m1 --vcpus 2 --memory 256M --guest 'probe:dirty,mib=64,rate=50+verify' --start --host "$A"
 sleep 1
-echo "status : $(ctl '{"cmd":"status"}')"
-echo "pause  : $(ctl '{"cmd":"pause"}')"
-echo "status : $(ctl '{"cmd":"status"}')"
-sleep 1
-echo "status : $(ctl '{"cmd":"status"}')   (1 s later: no progress while paused)"
-echo "resume : $(ctl '{"cmd":"resume"}')"
-sleep 1
-echo "status : $(ctl '{"cmd":"status"}')"
-echo "stop the dirty step; the guest verifies every page and exits:"
-ctl '{"cmd":"probe-stop"}' >/dev/null
-wait $worker && echo "worker exited 0: every page verified"
+echo "-- on A:"; $tern vm list --host "$A"
+$tern vm migrate m1 --to "$B" --host "$A"
+echo "-- on A:"; $tern vm list --host "$A"
+echo "-- on B:"; $tern vm list --host "$B"
+id=$($tern vm show m1 --json --host "$B" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+echo "-- the guest on B stops dirtying and verifies every page it wrote:"
+ctl "$work/b/run/$id.ctl" '{"cmd":"probe-stop"}' >/dev/null
+for _ in $(seq 100); do
+  $tern vm show m1 --host "$B" | grep -q 'state: *stopped' && break
+  sleep 0.1
+done
+$tern vm show m1 --host "$B" | grep -E 'state|reason'
+grep -h 'verify pages' "$work/b/logs/$id.log" | tail -n 1
