@@ -64,3 +64,32 @@ pub fn probe_guest() -> PathBuf {
     );
     p
 }
+
+/// The distribution kernel the Linux tests boot (`TERN_TEST_KERNEL`, else
+/// the newest `/boot/vmlinuz-*` from Debian's linux-image-amd64); otherwise
+/// records a skip.
+pub fn debian_kernel(test: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TERN_TEST_KERNEL") {
+        return Some(p.into());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .collect();
+    found.sort();
+    let k = found.pop();
+    if k.is_none() {
+        skip(
+            test,
+            "no /boot/vmlinuz-* (apt-get install linux-image-amd64)",
+        );
+    }
+    k
+}

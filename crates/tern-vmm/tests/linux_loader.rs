@@ -4,7 +4,7 @@
 //! image file itself, read independently of the loader.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use linux_loader::loader::bootparam::boot_params;
@@ -16,33 +16,6 @@ use tern_vmm::memory::{Backing, GuestRam};
 use vm_memory::{Bytes, GuestAddress};
 
 const MIB: u64 = 1 << 20;
-
-/// The distribution kernel, or a recorded skip.
-fn debian_kernel(test: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("TERN_TEST_KERNEL") {
-        return Some(p.into());
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
-        .collect();
-    found.sort();
-    let k = found.pop();
-    if k.is_none() {
-        tern_test_support::skip(
-            test,
-            "no /boot/vmlinuz-* (apt-get install linux-image-amd64)",
-        );
-    }
-    k
-}
 
 fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
@@ -81,7 +54,7 @@ fn table_of(p: &boot_params) -> Vec<E820Entry> {
 
 #[test]
 fn debian_bzimage_boot_params() {
-    let Some(kernel) = debian_kernel("debian_bzimage_boot_params") else {
+    let Some(kernel) = tern_test_support::debian_kernel("debian_bzimage_boot_params") else {
         return;
     };
     let image = std::fs::read(&kernel).unwrap();
@@ -196,7 +169,9 @@ fn debian_bzimage_boot_params() {
 
 #[test]
 fn debian_kernel_too_large_for_a_small_guest() {
-    let Some(kernel) = debian_kernel("debian_kernel_too_large_for_a_small_guest") else {
+    let Some(kernel) =
+        tern_test_support::debian_kernel("debian_kernel_too_large_for_a_small_guest")
+    else {
         return;
     };
     // Debian's kernel decompresses at 16 MiB and needs tens of MiB above.
@@ -242,7 +217,7 @@ fn extract_vmlinux(test: &str, image: &[u8]) -> Option<Vec<u8>> {
 #[test]
 fn debian_vmlinux_elf() {
     let test = "debian_vmlinux_elf";
-    let Some(kernel) = debian_kernel(test) else {
+    let Some(kernel) = tern_test_support::debian_kernel(test) else {
         return;
     };
     let image = std::fs::read(&kernel).unwrap();
@@ -328,7 +303,8 @@ fn garbage_is_not_a_kernel() {
 
 #[test]
 fn truncated_debian_bzimage_is_rejected() {
-    let Some(kernel) = debian_kernel("truncated_debian_bzimage_is_rejected") else {
+    let Some(kernel) = tern_test_support::debian_kernel("truncated_debian_bzimage_is_rejected")
+    else {
         return;
     };
     let image = std::fs::read(&kernel).unwrap();

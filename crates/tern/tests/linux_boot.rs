@@ -16,7 +16,7 @@
 //! same loader (`tern_vmm::boot::linux`).
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,32 +27,6 @@ use tern_vmm::memory::ram_regions;
 /// about 20 s for the vmlinux on an idle machine; the margin is for a loaded
 /// one.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
-
-fn debian_kernel(test: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("TERN_TEST_KERNEL") {
-        return Some(p.into());
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
-        .collect();
-    found.sort();
-    let k = found.pop();
-    if k.is_none() {
-        tern_test_support::skip(
-            test,
-            "no /boot/vmlinuz-* (apt-get install linux-image-amd64)",
-        );
-    }
-    k
-}
 
 fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
@@ -225,7 +199,7 @@ fn debian_vmlinux_shows_cmdline_and_e820() {
     if !tern_test_support::kvm_available(test) {
         return;
     }
-    let Some(kernel) = debian_kernel(test) else {
+    let Some(kernel) = tern_test_support::debian_kernel(test) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -244,7 +218,7 @@ fn debian_vmlinux_e820_with_high_memory() {
     if !tern_test_support::kvm_available(test) {
         return;
     }
-    let Some(kernel) = debian_kernel(test) else {
+    let Some(kernel) = tern_test_support::debian_kernel(test) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -268,7 +242,7 @@ fn debian_bzimage_shows_cmdline_and_e820() {
         );
         return;
     }
-    let Some(kernel) = debian_kernel(test) else {
+    let Some(kernel) = tern_test_support::debian_kernel(test) else {
         return;
     };
     check_boot(test, &kernel, "512M", 512 << 20);
