@@ -133,6 +133,12 @@ pub fn receive(
     expect: &ConfigCheck,
     log: &dyn Fn(&str),
 ) -> Result<Received, ReceiveError> {
+    // Over TCP the memory is streamed into a memfd: allocate it while
+    // waiting, so the transfer does not pay a page fault per page.
+    let ram = match listener {
+        Listener::Tcp(_) => Some(prefaulted(expect.memory)?),
+        Listener::Unix(..) => None,
+    };
     let mut ctl = listener.accept()?;
     ctl.set_timeouts(Some(SETUP_TIMEOUT))?;
     // Answer with our own version first, so a source of another version
@@ -200,7 +206,11 @@ pub fn receive(
     if hello.zero_copy {
         return receive_memfd(ctl, expect);
     }
-    receive_stream(listener, ctl, &hello, expect)
+    let ram = match ram {
+        Some(r) => r,
+        None => GuestRam::new(expect.memory, Backing::Memfd)?,
+    };
+    receive_stream(listener, ctl, &hello, ram)
 }
 
 fn receive_memfd(mut ctl: Stream, expect: &ConfigCheck) -> Result<Received, ReceiveError> {
@@ -307,14 +317,27 @@ fn set_stream_blocking(s: &Stream) -> io::Result<()> {
     }
 }
 
+/// A memfd-backed RAM whose pages a background thread allocates.
+fn prefaulted(size: u64) -> Result<GuestRam, ReceiveError> {
+    let ram = GuestRam::new(size, Backing::Memfd)?;
+    if let Some(f) = ram.memfd.as_ref().and_then(|f| f.try_clone().ok()) {
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: plain syscall on an fd we own; allocating pages of a
+            // memfd never changes data already written.
+            unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) };
+        });
+    }
+    Ok(ram)
+}
+
 fn receive_stream(
     listener: &Listener,
     mut ctl: Stream,
     hello: &wire::Hello,
-    expect: &ConfigCheck,
+    mut ram: GuestRam,
 ) -> Result<Received, ReceiveError> {
     let chans = accept_channels(listener, hello)?;
-    let mut ram = GuestRam::new(expect.memory, Backing::Memfd)?;
     let mem = HostMem::of(&ram.mem);
     let wakers: Vec<Stream> = chans
         .iter()

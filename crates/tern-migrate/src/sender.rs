@@ -681,7 +681,9 @@ impl Engine<'_> {
                     }
                     if auto {
                         let raw_rate = (raw - last.2) as f64 / dt.as_secs_f64();
-                        self.rechoose(n as usize, raw_rate, raw);
+                        // Half the CPUs: the rest send, and run the guest.
+                        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+                        self.rechoose((n as usize).min(cpus / 2).max(1), raw_rate, raw);
                     }
                     last = (now, wire, raw);
                     self.progress.update(|s| {
@@ -794,11 +796,15 @@ impl Engine<'_> {
                     return;
                 }
                 let rate = (raw - raw0) as f64 / dt.as_secs_f64();
-                if rate < prev_rate * 1.05 {
+                // A trial that lost is not repeated soon: each costs time.
+                let quiet = if rate < prev_rate * 1.05 {
                     self.set_codec(prev);
-                }
+                    Duration::from_secs(15)
+                } else {
+                    Duration::from_secs(3)
+                };
                 a.trial = None;
-                a.quiet_until = Some(now + Duration::from_secs(3));
+                a.quiet_until = Some(now + quiet);
             }
         }
     }
