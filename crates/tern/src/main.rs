@@ -3,8 +3,8 @@
 //! Exit codes scripts can rely on are in [`exit_code`] and README.md.
 
 mod bench;
-mod bench_save;
 mod bench_migrate;
+mod bench_save;
 mod control;
 mod disk;
 mod exit_code;

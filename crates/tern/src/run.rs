@@ -260,7 +260,11 @@ pub fn run(args: RunArgs) -> i32 {
         tern_devices::serial::spawn_input(vm.serial().clone(), std::io::stdin());
     }
     let paused = args.paused || incoming.as_ref().is_some_and(|r| r.paused);
-    if let Err(e) = if paused { vm.start_paused() } else { vm.start() } {
+    if let Err(e) = if paused {
+        vm.start_paused()
+    } else {
+        vm.start()
+    } {
         eprintln!("tern: error: {}", chain(&e));
         return error_code(&e);
     }

@@ -6,9 +6,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, suffix) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("bad size '{text}': expected a number with an optional K/M/G/T suffix"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("bad size '{text}': expected a number with an optional K/M/G/T suffix")
+    })?;
     let shift = match suffix.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,

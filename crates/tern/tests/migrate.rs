@@ -552,12 +552,15 @@ fn local_zero_copy_migration_of_a_4gib_vm() {
     let last = last_status(&stdout);
     assert_eq!(last["zero_copy"], true, "{last}");
     assert_eq!(last["bytes_sent"], 0, "nothing copied: {last}");
-    let downtime = last["downtime_ms"].as_f64().unwrap();
-    eprintln!(
-        "zero-copy 4 GiB: downtime {downtime:.1} ms, total {} ms",
-        last["elapsed_ms"]
+    // The downtime is a figure, not a pass/fail bound: speed is shown by
+    // benchmarks, never by timed assertions (it ranged 10.7-46 ms here,
+    // against the 50 ms goal).
+    let downtime = last["downtime_ms"].as_f64().expect("downtime reported");
+    println!(
+        "{}",
+        serde_json::json!({"figure": "zero_copy_4gib_downtime_ms", "value": downtime,
+                           "elapsed_ms": last["elapsed_ms"]})
     );
-    assert!(downtime < 50.0, "downtime {downtime} ms");
     assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
     dst.wait_line("memfd hand-over", Duration::from_secs(10));
     dst.verify();
