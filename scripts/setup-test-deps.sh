@@ -10,6 +10,7 @@ wanted=(
   "linux-image-amd64:/boot/vmlinuz-*"
   "fio:fio"
   "xz-utils:xz"
+  "iproute2:tc"
 )
 
 missing=()
