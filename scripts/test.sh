@@ -21,7 +21,8 @@ trap 'rm -f "$TERN_SKIP_LOG" "$log"' EXIT
 
 echo "== cargo test"
 set +e
-cargo test --workspace 2>&1 | tee "$log"
+# --no-fail-fast: one failing test binary must not hide the others' results.
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 

@@ -178,8 +178,10 @@ fn handle_conn(stream: UnixStream, vm: &Arc<Vm>) {
         if line.trim().is_empty() {
             continue;
         }
+        let mut migrate_status = false;
         let (reply, stop) = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
+                migrate_status = matches!(req, Request::MigrateStatus);
                 let stops = req.stops_worker();
                 let reply = handle(req, vm);
                 let stop = reply["stop"] == true || (stops && reply["ok"] == true);
@@ -190,7 +192,14 @@ fn handle_conn(stream: UnixStream, vm: &Arc<Vm>) {
                 false,
             ),
         };
-        let written = writeln!(out, "{reply}").is_ok();
+        // One write: a worker that exits right after must not leave a
+        // client with half a line.
+        let mut buf = reply.to_string();
+        buf.push('\n');
+        let written = out.write_all(buf.as_bytes()).is_ok();
+        if migrate_status && written {
+            crate::migrate_cli::status_delivered(&reply);
+        }
         // Stop only once the reply is out: the worker exits right after.
         if stop {
             vm.request_stop();

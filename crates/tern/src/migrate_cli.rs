@@ -208,12 +208,19 @@ pub fn status() -> Value {
         return json!({"ok": true, "phase": "none"});
     };
     let s = j.progress.snapshot();
-    if s.phase.done() {
-        j.final_seen.store(true, Ordering::SeqCst);
-    }
     let mut v = serde_json::to_value(&s).unwrap_or_else(|_| json!({}));
     v["ok"] = json!(true);
     v
+}
+
+/// Called once a `migrate-status` reply is written: when it reported the
+/// migration's end, the worker may stop (its watcher has the result).
+pub fn status_delivered(reply: &Value) {
+    let ended =
+        ["completed", "failed", "cancelled"].contains(&reply["phase"].as_str().unwrap_or(""));
+    if let (true, Some(j)) = (ended, job()) {
+        j.final_seen.store(true, Ordering::SeqCst);
+    }
 }
 
 /// `migrate-cancel`.
