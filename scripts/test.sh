@@ -35,5 +35,5 @@ if ((skipped)); then
   echo "== skipped tests (they returned early; not counted as passed):"
   sed 's/^/   /' "$TERN_SKIP_LOG"
 fi
-echo "tern tests: $((passed - skipped)) passed, ${failed} failed, ${skipped} skipped"
+echo "tests: $((passed - skipped)) passed, ${failed} failed, ${skipped} skipped"
 exit "$status"
