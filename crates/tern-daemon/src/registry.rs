@@ -660,21 +660,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let vm = tx
-            .query_row(
-                &format!("SELECT {VM_COLS} FROM vms WHERE id = ?1"),
-                [vm_id],
-                vm_row,
-            )
-            .optional()?
-            .ok_or_else(|| RegistryError::NoVm(vm_id.into()))?;
-        if !from.contains(&vm.state) {
-            return Err(RegistryError::WrongState {
-                name: vm.name,
-                state: vm.state,
-                action: "change its disks while it runs".into(),
-            });
-        }
+        let vm = vm_for_disk_change(&tx, vm_id, from)?;
         let pos: i64 = tx.query_row(
             "SELECT COALESCE(MAX(position) + 1, 0) FROM disks WHERE vm_id = ?1",
             [vm_id],
@@ -710,21 +696,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let vm = tx
-            .query_row(
-                &format!("SELECT {VM_COLS} FROM vms WHERE id = ?1"),
-                [vm_id],
-                vm_row,
-            )
-            .optional()?
-            .ok_or_else(|| RegistryError::NoVm(vm_id.into()))?;
-        if !from.contains(&vm.state) {
-            return Err(RegistryError::WrongState {
-                name: vm.name,
-                state: vm.state,
-                action: "change its disks while it runs".into(),
-            });
-        }
+        let vm = vm_for_disk_change(&tx, vm_id, from)?;
         let n = tx.execute(
             "UPDATE disks SET vm_id = NULL, position = NULL WHERE id = ?1 AND vm_id = ?2",
             params![disk_id, vm_id],
@@ -889,6 +861,31 @@ impl Registry {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+}
+
+/// Loads VM `vm_id` inside `tx` and checks it is in one of `from`, the
+/// states in which its disks may change.
+fn vm_for_disk_change(
+    tx: &rusqlite::Transaction<'_>,
+    vm_id: &str,
+    from: &[VmState],
+) -> Result<VmRow, RegistryError> {
+    let vm = tx
+        .query_row(
+            &format!("SELECT {VM_COLS} FROM vms WHERE id = ?1"),
+            [vm_id],
+            vm_row,
+        )
+        .optional()?
+        .ok_or_else(|| RegistryError::NoVm(vm_id.into()))?;
+    if !from.contains(&vm.state) {
+        return Err(RegistryError::WrongState {
+            name: vm.name,
+            state: vm.state,
+            action: "change its disks while it runs".into(),
+        });
+    }
+    Ok(vm)
 }
 
 #[cfg(test)]
