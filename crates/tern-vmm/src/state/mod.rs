@@ -71,20 +71,27 @@ pub fn readable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, StateError> {
     // KVM_GET_MSRS stops at the first MSR it cannot read and returns how
     // many it did: keep those, drop the failing one, go on.
     while !candidates.is_empty() {
-        let entries: Vec<kvm_msr_entry> = candidates
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs = Msrs::from_entries(&entries)
-            .map_err(|_| StateError::Mismatch("too many MSRs for one KVM_GET_MSRS".into()))?;
-        let n = vcpu.get_msrs(&mut msrs).map_err(kvm_err("read MSRs"))?;
+        let (n, _) = read_msrs(vcpu, &candidates)?;
         readable.extend_from_slice(&candidates[..n]);
         candidates.drain(..(n + 1).min(candidates.len()));
     }
     Ok(readable)
+}
+
+/// One KVM_GET_MSRS for `indices`: how many were read (KVM stops at the
+/// first it cannot read) and their values.
+fn read_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Result<(usize, Msrs), StateError> {
+    let entries: Vec<kvm_msr_entry> = indices
+        .iter()
+        .map(|&index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        })
+        .collect();
+    let mut msrs = Msrs::from_entries(&entries)
+        .map_err(|_| StateError::Mismatch("too many MSRs for one KVM_GET_MSRS".into()))?;
+    let n = vcpu.get_msrs(&mut msrs).map_err(kvm_err("read MSRs"))?;
+    Ok((n, msrs))
 }
 
 /// Captures one (stopped) vCPU.
@@ -95,16 +102,7 @@ pub fn save_vcpu(
     parked: bool,
 ) -> Result<proto::VcpuState, StateError> {
     let r = vcpu.get_regs().map_err(kvm_err("read registers"))?;
-    let entries: Vec<kvm_msr_entry> = msr_indices
-        .iter()
-        .map(|&index| kvm_msr_entry {
-            index,
-            ..Default::default()
-        })
-        .collect();
-    let mut msrs = Msrs::from_entries(&entries)
-        .map_err(|_| StateError::Mismatch("too many MSRs for one KVM_GET_MSRS".into()))?;
-    let n = vcpu.get_msrs(&mut msrs).map_err(kvm_err("read MSRs"))?;
+    let (n, msrs) = read_msrs(vcpu, msr_indices)?;
     if n != msr_indices.len() {
         return Err(StateError::Mismatch(format!(
             "read {n} of {} MSRs",
