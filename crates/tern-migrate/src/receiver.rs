@@ -19,6 +19,10 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Silence on a data channel longer than this means the source is gone
 /// (it sends every round back to back; the final round follows at once).
 const DATA_TIMEOUT: Duration = Duration::from_secs(60);
+/// The source commits as soon as it reads the destination's ready
+/// outcome; longer silence means it is gone (and resumed its own copy or
+/// will, once it hears nothing).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of an incoming migration. The attempt is over; the listener can
 /// take another.
@@ -96,30 +100,54 @@ impl std::fmt::Debug for Received {
 }
 
 impl Received {
-    /// Tells the source the VM runs here: it may end. An error means the
-    /// source may not know: the caller must stop the VM (the source
-    /// resumes its own when it hears nothing).
-    pub fn confirm(mut self) -> io::Result<()> {
-        if let Some(view) = self.view.take() {
-            std::thread::spawn(move || drop(view));
-        }
+    /// Tells the source the VM is built here (memory, state, disks open)
+    /// and waits for its commit. `Ok`: the source will never resume its
+    /// copy: start the VM, then [`Received::confirm`]. `Err`: the source
+    /// gave up, or is gone: discard the VM (it never ran), releasing its
+    /// disks, and wait for the next attempt.
+    pub fn await_commit(&mut self) -> Result<(), ReceiveError> {
         wire::write_msg(
             &mut self.ctl,
             Kind::Outcome,
             &wire::Outcome {
-                running: true,
+                ready: true,
                 error: String::new(),
             },
-        )
+        )?;
+        // The source answers at once; a silent one has gone away.
+        self.ctl.set_timeouts(Some(COMMIT_TIMEOUT))?;
+        let mut buf = Vec::new();
+        match wire::read_frame(&mut self.ctl, &mut buf)? {
+            Kind::Commit => Ok(()),
+            Kind::Abort => {
+                let a: wire::Abort = prost::Message::decode(buf.as_slice()).unwrap_or_default();
+                Err(ReceiveError::Aborted(a.reason))
+            }
+            got => Err(WireError::Unexpected {
+                expected: "commit",
+                got,
+            }
+            .into()),
+        }
     }
 
-    /// Tells the source the VM could not be started here: it resumes.
+    /// Tells the source the VM runs here, after [`Received::await_commit`]
+    /// and the start. The source committed already, so an error only
+    /// means it will not learn it from us: the VM runs on regardless.
+    pub fn confirm(mut self) -> io::Result<()> {
+        if let Some(view) = self.view.take() {
+            std::thread::spawn(move || drop(view));
+        }
+        wire::write_frame(&mut self.ctl, Kind::Running, &[])
+    }
+
+    /// Tells the source the VM could not be built here: it resumes.
     pub fn fail(mut self, error: &str) {
         let _ = wire::write_msg(
             &mut self.ctl,
             Kind::Outcome,
             &wire::Outcome {
-                running: false,
+                ready: false,
                 error: error.into(),
             },
         );

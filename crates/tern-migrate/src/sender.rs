@@ -19,6 +19,10 @@ use crate::wire::{self, Codec, ConfigCheck, Kind, WireError, PAGE, WINDOW_BYTES}
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the destination may take to restore and start the VM.
 const OUTCOME_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a failed switchover waits for the destination to let go of
+/// the disks it opened (it closes them when it hears the abort, or after
+/// its own commit timeout when the network is gone).
+const REACQUIRE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Fixed part of the expected downtime: state capture, restore, start.
 const FIXED_DOWNTIME: Duration = Duration::from_millis(5);
 /// Highest auto-converge throttle, percent.
@@ -120,6 +124,16 @@ pub enum MigrateError {
     /// The timeout expired.
     #[error("migration timed out after {0:?}")]
     TimedOut(Duration),
+    /// The source committed, then never heard that the destination runs
+    /// the VM: it may. The VM stays paused here, its disks released.
+    #[error(
+        "the switchover was committed but the destination never confirmed that it runs the VM; \
+         the VM stays paused here (its disks released): resume it only if the destination does not run it"
+    )]
+    Unconfirmed(#[source] WireError),
+    /// The disks could not be handed over (flushed and closed).
+    #[error("cannot hand the disks over")]
+    Disks(#[from] tern_vmm::devices::DiskError),
     /// Zero-copy needs memfd-backed memory.
     #[error("same-host migration needs guest memory in a memfd (start the VM with --memfd)")]
     NoMemfd,
@@ -244,14 +258,27 @@ pub fn migrate(vm: &Vm, opts: &MigrateOptions, progress: &Progress) -> Result<()
         Err(e) => {
             // The VM must run on here: undo what the migration changed.
             let _ = vm.stop_dirty_log();
-            if !was_paused && vm.state() == RunState::Paused {
-                let _ = vm.resume();
+            let mut msg = error_chain(e);
+            if !matches!(e, MigrateError::Unconfirmed(_)) {
+                // The destination may still be closing the disks it opened.
+                match vm.disks().reacquire(Instant::now() + REACQUIRE_TIMEOUT) {
+                    Ok(()) => {
+                        if !was_paused && vm.state() == RunState::Paused {
+                            let _ = vm.resume();
+                        }
+                    }
+                    Err(d) => {
+                        msg.push_str(&format!(
+                            "; and the VM stays paused here: cannot take its disks back: {}",
+                            error_chain(&d)
+                        ));
+                    }
+                }
             }
             let phase = match e {
                 MigrateError::Cancelled | MigrateError::TimedOut(_) => Phase::Cancelled,
                 _ => Phase::Failed,
             };
-            let msg = error_chain(e);
             progress.update(|s| {
                 s.phase = phase;
                 s.elapsed_ms = elapsed_ms;
@@ -443,6 +470,7 @@ fn switchover_zero_copy(
     if !was_paused {
         vm.pause()?;
     }
+    vm.disks().release()?;
     let state = vm.save_state()?;
     let unix = ctl.as_unix().expect("zero-copy runs over UNIX sockets");
     transport::send_fd(unix, memfd)?;
@@ -458,12 +486,30 @@ fn switchover_zero_copy(
     finish(ctl, paused_at, progress)
 }
 
-/// Waits for the destination's verdict.
+/// Waits for the destination's verdict, commits, and waits for it to run
+/// the VM. Until the commit is written the source may resume; after it,
+/// never on its own (the destination may be running the VM).
 fn finish(mut ctl: Stream, paused_at: Instant, progress: &Progress) -> Result<(), MigrateError> {
     ctl.set_timeouts(Some(OUTCOME_TIMEOUT))?;
     let outcome: wire::Outcome = wire::read_msg(&mut ctl, Kind::Outcome, "outcome")?;
-    if !outcome.running {
+    if !outcome.ready {
         return Err(MigrateError::Destination(outcome.error));
+    }
+    // A write that fails never reached the destination's socket: it will
+    // not run the VM, and this side may resume.
+    wire::write_frame(&mut ctl, Kind::Commit, &[])?;
+    ctl.set_timeouts(Some(IO_TIMEOUT))
+        .map_err(|e| MigrateError::Unconfirmed(WireError::Io(e)))?;
+    let mut buf = Vec::new();
+    match wire::read_frame(&mut ctl, &mut buf) {
+        Ok(Kind::Running) => {}
+        Ok(got) => {
+            return Err(MigrateError::Unconfirmed(WireError::Unexpected {
+                expected: "running",
+                got,
+            }))
+        }
+        Err(e) => return Err(MigrateError::Unconfirmed(e)),
     }
     let downtime = paused_at.elapsed().as_secs_f64() * 1e3;
     progress.update(|s| s.downtime_ms = Some(downtime));
@@ -861,6 +907,8 @@ impl Engine<'_> {
         if !was_paused {
             self.vm.pause()?;
         }
+        // Before the last dirty log: a held queue writes no guest memory.
+        self.vm.disks().release()?;
         let log = self.vm.read_dirty_log()?;
         let windows = merge_windows(pending, dirty_windows(&log));
         let auto = matches!(self.opts.compression, Compression::Auto);

@@ -5,9 +5,11 @@
 use std::io::{self, Read, Write};
 
 /// The migration protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-/// The oldest version this build accepts from a peer.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest version this build accepts from a peer. Version 1 ended
+/// with the destination running the VM before the source knew; version 2
+/// adds the commit step, so the two do not mix.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 /// First bytes of every connection.
 pub const MAGIC: [u8; 8] = *b"TERNMIG\0";
 /// Guest page size.
@@ -39,6 +41,12 @@ pub enum Kind {
     Outcome = 7,
     /// Control: [`Abort`] (source → destination).
     Abort = 8,
+    /// Control: empty; the source will never resume: run the VM
+    /// (source → destination, after a ready [`Outcome`]).
+    Commit = 9,
+    /// Control: empty; the VM runs at the destination (destination →
+    /// source, after [`Kind::Commit`]).
+    Running = 10,
 }
 
 impl Kind {
@@ -52,6 +60,8 @@ impl Kind {
             6 => Kind::Switchover,
             7 => Kind::Outcome,
             8 => Kind::Abort,
+            9 => Kind::Commit,
+            10 => Kind::Running,
             _ => return None,
         })
     }
@@ -282,12 +292,13 @@ pub struct Switchover {
     pub rounds: u32,
 }
 
-/// Control: the destination's verdict.
+/// Control: the destination's verdict on the switchover.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Outcome {
-    /// The VM runs at the destination; the source may end.
+    /// The VM is built at the destination (memory, state, disks opened)
+    /// and waits for [`Kind::Commit`]; nothing of it has run.
     #[prost(bool, tag = "1")]
-    pub running: bool,
+    pub ready: bool,
     /// Why not.
     #[prost(string, tag = "2")]
     pub error: String,

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kvm_ioctls::VmFd;
 use tern_block::qos::{Clock, Qos, QosError, QosEvent, SystemClock};
@@ -158,6 +158,8 @@ struct Disk {
 pub struct Disks {
     disks: Vec<Disk>,
     events: Arc<Mutex<Vec<DiskEvent>>>,
+    /// Released for a migration: images closed, queues held.
+    released: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -400,6 +402,87 @@ impl Disks {
         Ok(())
     }
 
+    /// Hands the images over (a live migration's switchover, vCPUs
+    /// paused): holds every queue so requests wait in the rings, makes
+    /// completed writes durable, and closes the images, releasing their
+    /// locks for the destination. On error nothing stays released.
+    pub fn release(&self) -> Result<(), DiskError> {
+        for (index, d) in self.disks.iter().enumerate() {
+            let mut t = lock(&d.transport);
+            t.set_frozen(true);
+            if let Err(source) = d.backend.flush() {
+                t.set_frozen(false);
+                drop(t);
+                if let Err(e) = self.reopen_first(index, Instant::now()) {
+                    eprintln!("tern: error: taking back a released disk: {e}");
+                }
+                return Err(DiskError::Flush { index, source });
+            }
+            d.backend.close_inner();
+        }
+        self.released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// True between [`Disks::release`] and [`Disks::reacquire`].
+    pub fn released(&self) -> bool {
+        self.released.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Takes the images back after a failed hand-over and lets the queues
+    /// run. A destination that opened them may still be closing them, so
+    /// a locked image is retried until `deadline`. On error the disks that
+    /// could not be opened fail guest I/O; the caller keeps the VM paused.
+    pub fn reacquire(&self, deadline: Instant) -> Result<(), DiskError> {
+        if !self.released() {
+            return Ok(());
+        }
+        let r = self.reopen_first(self.disks.len(), deadline);
+        if r.is_ok() {
+            self.released
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// Reopens the first `n` disks (closed by a release) and unholds their
+    /// queues.
+    fn reopen_first(&self, n: usize, deadline: Instant) -> Result<(), DiskError> {
+        for (index, d) in self.disks.iter().enumerate().take(n) {
+            let mut t = lock(&d.transport);
+            if d.backend.is_closed() {
+                let path = lock(&d.path).clone();
+                let opts = tern_block::OpenOptions::new(&path).read_only(d.config.read_only);
+                let image = loop {
+                    match tern_block::open(&opts) {
+                        Ok(b) => break b,
+                        Err(BlockError::Locked(_)) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(source) => {
+                            return Err(DiskError::Open {
+                                index,
+                                path,
+                                source,
+                            })
+                        }
+                    }
+                };
+                d.backend.set(image);
+            }
+            t.set_frozen(false);
+        }
+        Ok(())
+    }
+
+    /// Lets every queue process what its driver queued before a restore.
+    pub fn kick(&self) {
+        for d in &self.disks {
+            lock(&d.transport).kick();
+        }
+    }
+
     /// Flushes and closes every disk (a VHDX's log is emptied); call it
     /// once the vCPUs have stopped. Returns the failures.
     pub fn close(&self) -> Vec<(usize, BlockError)> {
@@ -422,6 +505,8 @@ struct Switchable {
     inner: std::sync::RwLock<Arc<dyn BlockBackend>>,
     id: String,
     read_only: bool,
+    /// The image is closed (a [`ClosedBackend`] stands in).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Switchable {
@@ -430,6 +515,7 @@ impl Switchable {
             id: b.id().to_string(),
             read_only: b.read_only(),
             inner: std::sync::RwLock::new(b),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -437,8 +523,14 @@ impl Switchable {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn set(&self, b: Arc<dyn BlockBackend>) {
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = b;
+        self.closed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Closes the image and drops it (releasing every lock it held,
@@ -451,6 +543,7 @@ impl Switchable {
             capacity,
             format: g.format(),
         });
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -668,6 +668,9 @@ impl Vm {
     /// Starts one thread per vCPU.
     pub fn start(&self) -> Result<(), VmError> {
         control::install_kick_handler();
+        // A restored disk may hold requests its driver notified the saved
+        // side about: serve them now that this side owns the VM.
+        self.disks.kick();
         let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         for (id, v) in self.vcpus.iter().enumerate() {
             let (v, shared) = (v.clone(), self.shared.clone());
@@ -686,8 +689,14 @@ impl Vm {
         Ok(self.shared.control.pause(Duration::from_secs(5))?)
     }
 
-    /// Resumes after [`Vm::pause`].
+    /// Resumes after [`Vm::pause`]. Disks handed over by a migration whose
+    /// outcome is unknown are taken back first: if the destination runs
+    /// the VM it holds them, and this fails rather than run the VM twice.
     pub fn resume(&self) -> Result<(), VmError> {
+        if self.disks.released() {
+            self.disks
+                .reacquire(std::time::Instant::now() + Duration::from_secs(1))?;
+        }
         Ok(self.shared.control.resume()?)
     }
 

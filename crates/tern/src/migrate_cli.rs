@@ -26,10 +26,17 @@ use crate::exit_code;
 use crate::run::chain;
 use crate::size::parse_size;
 
-/// Waits on `ep` until a migration of a VM like `cfg` arrives, then builds
-/// the VM around it (not started). Failed attempts are logged and the
-/// worker waits for the next one. Returns the exit code on a fatal error.
-pub fn incoming(ep: &Endpoint, mut cfg: VmConfig, hooks: VmHooks) -> Result<(Vm, Received), i32> {
+/// Waits on `ep` until a migration of a VM like `cfg` arrives, builds the
+/// VM around it (disks opened) and waits for the source's commit. Returns
+/// the VM, not started: the caller starts it and [`confirm`]s. Failed or
+/// uncommitted attempts are logged, their VM discarded (it never ran), and
+/// the worker waits for the next one. Returns the exit code on a fatal
+/// error.
+pub fn incoming(
+    ep: &Endpoint,
+    cfg: VmConfig,
+    hooks: impl Fn() -> VmHooks,
+) -> Result<(Vm, Received), i32> {
     let listener = match Listener::bind(ep) {
         Ok(l) => l,
         Err(e) => {
@@ -43,48 +50,63 @@ pub fn incoming(ep: &Endpoint, mut cfg: VmConfig, hooks: VmHooks) -> Result<(Vm,
     eprintln!("tern: waiting for a migration on {local}");
     let expect = tern_migrate::config_check(&cfg);
     let log = |m: &str| eprintln!("tern: {m}");
-    let received = loop {
-        match tern_migrate::receive(&listener, &expect, &log) {
-            Ok(r) => break r,
-            Err(e) => eprintln!(
-                "tern: incoming migration failed: {}; waiting for another",
-                chain(&e)
-            ),
-        }
-    };
-    drop(listener);
-    cfg.memory_source =
-        MemorySource::Memfd(Arc::new(received.memory.try_clone().map_err(|e| {
-            eprintln!("tern: error: cannot duplicate the memory file: {e}");
-            exit_code::SOFTWARE
-        })?));
-    match Vm::restore(cfg, hooks, &received.state) {
-        Ok(vm) => Ok((vm, received)),
-        Err(e) => {
-            let msg = chain(&e);
-            received.fail(&msg);
-            eprintln!("tern: error: cannot restore the migrated VM: {msg}");
-            Err(exit_code::SOFTWARE)
+    loop {
+        let mut received = match tern_migrate::receive(&listener, &expect, &log) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!(
+                    "tern: incoming migration failed: {}; waiting for another",
+                    chain(&e)
+                );
+                continue;
+            }
+        };
+        let mut cfg = cfg.clone();
+        cfg.memory_source =
+            MemorySource::Memfd(Arc::new(received.memory.try_clone().map_err(|e| {
+                eprintln!("tern: error: cannot duplicate the memory file: {e}");
+                exit_code::SOFTWARE
+            })?));
+        let vm = match Vm::restore(cfg, hooks(), &received.state) {
+            Ok(vm) => vm,
+            Err(e) => {
+                let msg = chain(&e);
+                received.fail(&msg);
+                eprintln!("tern: error: cannot restore the migrated VM: {msg}");
+                return Err(exit_code::SOFTWARE);
+            }
+        };
+        match received.await_commit() {
+            Ok(()) => return Ok((vm, received)),
+            Err(e) => {
+                eprintln!(
+                    "tern: the source did not commit the migration ({}); discarding the VM built here and waiting for another",
+                    chain(&e)
+                );
+                for (i, e) in vm.disks().close() {
+                    eprintln!("tern: error: closing disk {i}: {}", chain(&e));
+                }
+                drop(vm);
+            }
         }
     }
 }
 
-/// After the migrated VM started: tells the source. If the source cannot
-/// hear it, it resumes its own copy, so this one must stop.
-pub fn confirm(r: Received, vm: &Vm) {
+/// After the migrated VM started: tells the source (which committed
+/// already, so the VM runs here whether or not the word arrives).
+pub fn confirm(r: Received) {
     let (zero_copy, rounds, pages) = (r.zero_copy, r.rounds, r.pages);
-    match r.confirm() {
-        Ok(()) => {
-            eprintln!(
-            "tern: migration complete ({}, {rounds} rounds, {pages} pages received); VM running",
-            if zero_copy { "memfd hand-over" } else { "streamed" }
-        )
-        }
-        Err(e) => {
-            eprintln!("tern: error: cannot confirm the migration to the source ({e}); stopping");
-            vm.request_stop();
-        }
+    if let Err(e) = r.confirm() {
+        eprintln!("tern: warning: cannot tell the source the VM runs here ({e}); it runs on");
     }
+    eprintln!(
+        "tern: migration complete ({}, {rounds} rounds, {pages} pages received); VM running",
+        if zero_copy {
+            "memfd hand-over"
+        } else {
+            "streamed"
+        }
+    );
 }
 
 /// Parameters of the `migrate` control request.
@@ -190,9 +212,14 @@ pub fn start(vm: &Arc<Vm>, params: MigrateParams) -> Value {
                     vm.request_stop();
                 }
                 Err(e) => eprintln!(
-                    "tern: migration to {} failed: {}; the VM keeps running here",
+                    "tern: migration to {} failed: {}{}",
                     opts.to,
-                    tern_migrate::sender::error_chain(&e)
+                    tern_migrate::sender::error_chain(&e),
+                    if vm.state() == tern_vmm::RunState::Paused {
+                        ""
+                    } else {
+                        "; the VM keeps running here"
+                    }
                 ),
             }
         });
@@ -400,10 +427,16 @@ pub fn run(args: MigrateArgs) -> i32 {
             exit_code::OK
         }
         _ => {
+            let error = last["error"].as_str().unwrap_or("unknown error");
             eprintln!(
-                "tern: error: migration {}: {}; the VM keeps running on the source",
+                "tern: error: migration {}: {error}{}",
                 last["phase"].as_str().unwrap_or("failed"),
-                last["error"].as_str().unwrap_or("unknown error")
+                // The worker says so itself when the VM cannot run on.
+                if error.contains("stays paused") {
+                    ""
+                } else {
+                    "; the VM keeps running on the source"
+                }
             );
             exit_code::SOFTWARE
         }

@@ -226,7 +226,7 @@ pub fn run(args: RunArgs) -> i32 {
             return exit_code::USAGE;
         }
     }
-    let hooks = VmHooks {
+    let hooks = || VmHooks {
         on_report: Some(Box::new(|line| eprintln!("[probe] {line}"))),
     };
     let mut incoming = None;
@@ -238,8 +238,8 @@ pub fn run(args: RunArgs) -> i32 {
             }
             Err(code) => return code,
         },
-        (None, Some(state)) => Vm::restore(cfg, hooks, state),
-        (None, None) => Vm::create(cfg, hooks),
+        (None, Some(state)) => Vm::restore(cfg, hooks(), state),
+        (None, None) => Vm::create(cfg, hooks()),
     };
     let vm = match built {
         Ok(vm) => Arc::new(vm),
@@ -269,7 +269,7 @@ pub fn run(args: RunArgs) -> i32 {
         return error_code(&e);
     }
     if let Some(r) = incoming {
-        crate::migrate_cli::confirm(r, &vm);
+        crate::migrate_cli::confirm(r);
     }
     if let Some(dir) = &args.restore {
         eprintln!(

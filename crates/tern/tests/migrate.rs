@@ -712,3 +712,152 @@ fn cutting_the_veth_leaves_the_source_running() {
     drop((src, dst));
     drop(net);
 }
+
+/// A guest writing to its disk for a few seconds, then writing and
+/// reading back the first 8 MiB with the probe's sector pattern.
+const DISK_WORKLOAD: &str = "probe:blk-iops,bs=4k,qd=4,secs=5,mix=randwrite+blk-verify,mib=8";
+
+/// `tern run` of a 1-vCPU VM running [`DISK_WORKLOAD`] on `disk`.
+fn disk_vm(disk: &str) -> Command {
+    let mut c = tern();
+    c.args([
+        "run",
+        "--vcpus",
+        "1",
+        "--memory",
+        "64M",
+        "--guest",
+        DISK_WORKLOAD,
+    ]);
+    c.args(["--disk", disk]);
+    c
+}
+
+fn vhdx_image(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    vhdx::create(&p, &vhdx::CreateOptions::dynamic(64 << 20))
+        .unwrap()
+        .close()
+        .unwrap();
+    p
+}
+
+/// The `result=` summary of probe step `name`, if it reported.
+fn probe_result(stderr: &str, name: &str) -> Option<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("[probe] "))
+        .find(|l| l.starts_with(name) && l.contains("result="))
+        .map(str::to_string)
+}
+
+/// Reads the image from the host and checks the guest's pattern in every
+/// sector of its first 8 MiB.
+fn assert_pattern(img: &Path) {
+    let mut d = vhdx::Disk::open(img, false).unwrap();
+    let mut buf = vec![0u8; 8 << 20];
+    d.read_at(&mut buf, 0).unwrap();
+    for (s, sector) in buf.chunks(512).enumerate() {
+        assert!(
+            sector == tern_probe_abi::blk::sector_bytes(s as u64),
+            "{}: sector {s} does not hold the guest's pattern",
+            img.display()
+        );
+    }
+}
+
+#[test]
+fn a_vm_migrates_during_disk_io_and_its_vhdx_is_handed_over() {
+    let name = "a_vm_migrates_during_disk_io_and_its_vhdx_is_handed_over";
+    if !tern_test_support::kvm_available(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = vhdx_image(dir.path(), "shared.vhdx");
+    let disk = format!("path={}", img.display());
+    let mut src = Worker::spawn("source", dir.path(), disk_vm(&disk));
+    // Both sides name the same file (shared storage): the destination can
+    // only open it once the source has let go of its lock.
+    let (mut dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", Some(disk_vm(&disk)));
+    // Let the guest's writes get going: requests are in flight throughout.
+    let t = Instant::now();
+    while src.request(json!({"cmd": "status"}))["disks"][0]["requests"]
+        .as_u64()
+        .unwrap_or(0)
+        < 200
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", src.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, stdout, stderr) = migrate(&src, &ep, &[]);
+    assert_eq!(code, Some(0), "{stderr}\n{stdout}");
+    assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(
+        probe_result(&src.stderr(), "blk-iops"),
+        None,
+        "the guest's disk writes were to be under way at the switchover"
+    );
+    assert_eq!(
+        dst.wait_exit(Duration::from_secs(120)),
+        Some(0),
+        "{}",
+        dst.stderr()
+    );
+    let err = dst.stderr();
+    for step in ["blk-iops", "blk-verify"] {
+        let r = probe_result(&err, step).unwrap_or_else(|| panic!("no {step} report: {err}"));
+        assert!(r.contains("result=pass"), "{r}");
+        if step == "blk-iops" {
+            assert!(r.contains("errors=0"), "{r}");
+        }
+    }
+    assert_pattern(&img);
+}
+
+#[test]
+fn a_destination_that_cannot_open_the_disk_leaves_the_source_running_with_it() {
+    let name = "a_destination_that_cannot_open_the_disk_leaves_the_source_running_with_it";
+    if !tern_test_support::kvm_available(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = vhdx_image(dir.path(), "mine.vhdx");
+    let other = vhdx_image(dir.path(), "held.vhdx");
+    let mut src = Worker::spawn(
+        "source",
+        dir.path(),
+        disk_vm(&format!("path={}", img.display())),
+    );
+    // The destination is pointed at an image another worker holds: it
+    // cannot open it after the memory and state have arrived.
+    let mut hold = tern();
+    hold.args(["run", "--memory", "16M", "--guest", "probe:blk-capacity"]);
+    hold.args(["--disk", &format!("path={}", other.display())]);
+    let holder = Worker::spawn("holder", dir.path(), hold);
+    // Its control socket answers once its disk is open (and locked).
+    assert_eq!(holder.request(json!({"cmd": "status"}))["ok"], true);
+    let (_dst, ep) = destination(
+        dir.path(),
+        "dest",
+        "tcp:127.0.0.1:0",
+        Some(disk_vm(&format!("path={}", other.display()))),
+    );
+    let (code, _, stderr) = migrate(&src, &ep, &[]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("locked"), "{stderr}");
+    assert!(stderr.contains("keeps running on the source"), "{stderr}");
+    // The source took its own disk back and the guest's I/O goes on to
+    // the end without an error.
+    assert_eq!(
+        src.wait_exit(Duration::from_secs(120)),
+        Some(0),
+        "{}",
+        src.stderr()
+    );
+    let err = src.stderr();
+    for step in ["blk-iops", "blk-verify"] {
+        let r = probe_result(&err, step).unwrap_or_else(|| panic!("no {step} report: {err}"));
+        assert!(r.contains("result=pass"), "{r}");
+    }
+    assert_pattern(&img);
+}

@@ -106,6 +106,9 @@ pub struct MmioTransport {
     interrupt_status: u32,
     config_generation: u32,
     threaded: bool,
+    /// Queue processing held (the backend is handed to another process
+    /// during a migration); requests wait in the rings.
+    frozen: bool,
 }
 
 impl MmioTransport {
@@ -131,6 +134,7 @@ impl MmioTransport {
             interrupt_status: 0,
             config_generation: 0,
             threaded: false,
+            frozen: false,
         }
     }
 
@@ -260,6 +264,22 @@ impl MmioTransport {
         self.threaded = on;
     }
 
+    /// Holds (true) or releases (false) queue processing. While held,
+    /// requests stay in the rings untouched, so neither guest memory nor
+    /// the backend changes; releasing processes whatever arrived meanwhile.
+    pub fn set_frozen(&mut self, on: bool) {
+        self.frozen = on;
+        if !on {
+            self.waker.kick();
+        }
+    }
+
+    /// Processes requests the driver queued before this transport was
+    /// restored (its notification went to the saved side).
+    pub fn kick(&self) {
+        self.waker.kick();
+    }
+
     /// Processes queue `index` if the device is running, then re-arms
     /// driver notifications (and goes on if work raced in).
     pub fn process(&mut self, index: usize) -> QueueOutcome {
@@ -269,7 +289,7 @@ impl MmioTransport {
             total.used |= out.used;
             total.retry_after = out.retry_after;
             total.broken = out.broken;
-            if out.broken || out.retry_after.is_some() || !self.running() {
+            if out.broken || out.retry_after.is_some() || !self.running() || self.frozen {
                 return total;
             }
             let Some(q) = self.queues.get_mut(index).filter(|q| q.ready()) else {
@@ -289,7 +309,7 @@ impl MmioTransport {
 
     /// Processes what queue `index` has now, without touching notifications.
     fn process_once(&mut self, index: usize) -> QueueOutcome {
-        if !self.running() {
+        if !self.running() || self.frozen {
             return QueueOutcome::default();
         }
         let Some(q) = self.queues.get_mut(index) else {
@@ -553,7 +573,7 @@ impl Timed for MmioTransport {
                 poll = Poll::Worked;
             }
         }
-        if !self.running() {
+        if !self.running() || self.frozen {
             return Poll::Stop;
         }
         poll
