@@ -63,7 +63,7 @@ use crate::types::*;
         ApiError, VmState, Size, CreateVm, Vm, VmList, Event, EventList, DiskFormat,
         CreateDisk, DiskQos, Disk, DiskList, ResizeDisk, AttachDisk, CreateCheckpoint,
         Checkpoint, CheckpointList, StartMigration, MigrationState, Migration,
-        MigrationList, IncomingMigration, IncomingReady, Features, HostInfo
+        MigrationList, IncomingMigration, IncomingDisk, IncomingReady, Features, HostInfo
     )),
     modifiers(&BearerAuth),
     tags(

@@ -415,6 +415,28 @@ pub struct IncomingMigration {
     pub guest: String,
     /// The source daemon, for the record.
     pub source: String,
+    /// The VM's disks, in order. They stay where they are: the
+    /// destination must reach the same paths (shared storage) inside its
+    /// allowed directories; the workers hand the image locks over.
+    #[serde(default)]
+    pub disks: Vec<IncomingDisk>,
+}
+
+/// A disk that moves with an incoming VM.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingDisk {
+    /// Its name (kept on the destination).
+    pub name: String,
+    /// The image file, the same path on both hosts.
+    pub path: String,
+    /// Format.
+    pub format: DiskFormat,
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Storage QoS.
+    #[serde(default)]
+    pub qos: DiskQos,
 }
 
 /// Reply of `POST /v1/migrations/incoming`.

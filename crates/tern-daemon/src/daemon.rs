@@ -524,6 +524,7 @@ impl Daemon {
             kill_requested: false.into(),
             save_requested: false.into(),
             incoming: false.into(),
+            incoming_disks: Default::default(),
             migrated_away: false.into(),
             gone,
             gone_tx,
@@ -644,6 +645,9 @@ impl Daemon {
             let _ = self
                 .reg
                 .remove_vm(id, &[VmState::Migrating], "migration-in-failed", &why);
+            let disks =
+                std::mem::take(&mut *w.incoming_disks.lock().unwrap_or_else(|p| p.into_inner()));
+            let _ = self.reg.forget_disks(&disks);
             w.gone_tx.send_replace(true);
             return;
         }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tern_api::{
-    Client, Endpoint, IncomingMigration, IncomingReady, Migration, MigrationState, StartMigration,
-    VmState,
+    Client, Disk, Endpoint, IncomingDisk, IncomingMigration, IncomingReady, Migration,
+    MigrationState, StartMigration, VmState,
 };
 
 use crate::daemon::{chain, check_guest, check_memory, check_name, Daemon, OpError};
@@ -89,13 +89,21 @@ fn new_record(vm: &VmRow, direction: &str, peer: &str) -> Migration {
     }
 }
 
-/// Puts a migrating VM back to running (the worker runs it on).
+/// Puts a migrating VM back to running (the worker runs it on), or to
+/// paused when the source worker committed and never heard back: the
+/// destination may run it, so the worker holds it paused and the operator
+/// decides.
 fn back_to_running(d: &Daemon, vm_id: &str, event: &str, why: &str) {
+    let held = why.contains("never confirmed");
     let r = d.reg.transition(
         vm_id,
         Transition {
             from: &[VmState::Migrating],
-            to: VmState::Running,
+            to: if held {
+                VmState::Paused
+            } else {
+                VmState::Running
+            },
             reason: Some(why.into()),
             pid: None,
             event,
@@ -121,13 +129,18 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
             "tern run --incoming",
         ));
     }
-    if !d.reg.vm_disks(&id)?.is_empty() {
-        return Err(OpError::NotImplemented(
-            "migrating a VM with disks is not implemented yet (neither shared nor mirrored \
-             storage is negotiated between daemons)"
-                .into(),
-        ));
+    let vm_row = d.reg.vm(&id)?;
+    if !d.reg.checkpoints(&id, &vm_row.name)?.is_empty() {
+        return Err(RegistryError::DiskBusy(format!(
+            "VM {} has checkpoints: their differencing images and saved states stay on this \
+             host; delete the checkpoints before migrating it",
+            vm_row.name
+        ))
+        .into());
     }
+    // Disks stay where they are (shared storage): the destination must
+    // reach the same paths; the workers hand the image locks over.
+    let disks = d.reg.vm_disks(&id)?;
     // Held for the whole migration: no stop, pause or save meanwhile.
     let guard = d.op_lock(&id).await;
     let row = d.reg.transition(
@@ -156,6 +169,16 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
         memory: row.memory,
         guest: row.guest.clone(),
         source: format!("pid {} ({})", std::process::id(), d.cfg.state_dir.display()),
+        disks: disks
+            .iter()
+            .map(|k| IncomingDisk {
+                name: k.name.clone(),
+                path: k.path.clone(),
+                format: k.format,
+                size: k.size,
+                qos: k.qos,
+            })
+            .collect(),
     };
     let ready: IncomingReady = match peer.incoming_migration(&incoming).await {
         Ok(r) => r,
@@ -191,7 +214,17 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
         );
     let d2 = d.clone();
     tokio::spawn(async move {
-        follow(&d2, &mig_id, &row, &w, &peer, &ready.migration.id).await;
+        let disk_ids: Vec<String> = disks.into_iter().map(|k| k.id).collect();
+        follow(
+            &d2,
+            &mig_id,
+            &row,
+            &disk_ids,
+            &w,
+            &peer,
+            &ready.migration.id,
+        )
+        .await;
         drop(guard);
     });
     Ok(info)
@@ -221,6 +254,7 @@ async fn follow(
     d: &Daemon,
     mig_id: &str,
     row: &VmRow,
+    disk_ids: &[String],
     w: &Arc<Worker>,
     peer: &Client,
     peer_mig: &str,
@@ -305,6 +339,8 @@ async fn follow(
                 "migrated-out",
                 &msg,
             );
+            // The disks went with the VM: the destination's registry has them.
+            let _ = d.reg.forget_disks(disk_ids);
             let _ = Daemon::wait_gone(w, Duration::from_secs(10)).await;
             let _ = std::fs::remove_file(d.cfg.worker_log(&row.id));
             set(d, mig_id, |m| {
@@ -331,8 +367,13 @@ async fn follow(
                         "migration-failed"
                     },
                     &format!(
-                        "live migration to {} ended: {why}; the VM runs here",
-                        peer.endpoint()
+                        "live migration to {} ended: {why}{}",
+                        peer.endpoint(),
+                        if why.contains("stays paused") {
+                            ""
+                        } else {
+                            "; the VM runs here"
+                        }
                     ),
                 );
             }
@@ -371,6 +412,7 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
             req.vm_id
         )));
     }
+    let disks = incoming_disks(d, &req.disks)?;
     let now = now_ms();
     let row = VmRow {
         id: req.vm_id.clone(),
@@ -385,8 +427,9 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
         created_ms: now,
         updated_ms: now,
     };
-    d.reg.insert_vm(
+    let created = d.reg.insert_migrating_vm(
         &row,
+        &disks,
         "migrating-in",
         &format!("incoming live migration from {}", req.source),
     )?;
@@ -400,6 +443,7 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
         let _ = d
             .reg
             .remove_vm(&row.id, &[VmState::Migrating], "migration-in-failed", &why);
+        let _ = d.reg.forget_disks(&created);
         OpError::Failed(why)
     };
     let serial = worker::open_serial_fifo(&launch.serial, true)
@@ -410,6 +454,7 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
     let pid_start = worker::process_start(pid).unwrap_or(0);
     d.reg.set_worker(&row.id, pid, pid_start)?;
     let w = d.track(&row, pid, pid_start, serial);
+    *w.incoming_disks.lock().unwrap_or_else(|p| p.into_inner()) = created;
     w.incoming.store(true, Ordering::SeqCst);
     {
         let d = d.clone();
@@ -501,6 +546,40 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
         migration: info,
         endpoint: format!("unix:{}", path.display()),
     })
+}
+
+/// Checks the disks of an incoming VM: each must be a file this host
+/// reaches under the same path, inside its allowed directories.
+fn incoming_disks(d: &Daemon, disks: &[IncomingDisk]) -> Result<Vec<Disk>, OpError> {
+    disks
+        .iter()
+        .map(|k| {
+            check_name("disk", &k.name)?;
+            crate::disks::check_size(k.size)?;
+            let path = crate::disks::resolve_path(
+                &d.cfg.disk_dirs,
+                &k.name,
+                k.format,
+                Some(k.path.as_str()),
+            )?;
+            if !path.is_file() {
+                return Err(OpError::BadRequest(format!(
+                    "disk {} ({}) is not on this host: a VM migrates with its disks only \
+                     when both hosts reach them under the same path (shared storage)",
+                    k.name, k.path
+                )));
+            }
+            Ok(Disk {
+                id: new_id(),
+                name: k.name.clone(),
+                path: path.display().to_string(),
+                format: k.format,
+                size: k.size,
+                vm: None,
+                qos: k.qos,
+            })
+        })
+        .collect()
 }
 
 /// `DELETE /v1/migrations/{id}`: cancels a running migration; the source

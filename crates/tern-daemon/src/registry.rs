@@ -185,6 +185,34 @@ CREATE TABLE IF NOT EXISTS saved_states (
 PRAGMA user_version = 1;
 ";
 
+/// Inserts `row` into `vms` (a taken name is an error of its own).
+fn insert_vm_row(tx: &rusqlite::Transaction<'_>, row: &VmRow) -> Result<(), RegistryError> {
+    let r = tx.execute(
+        "INSERT INTO vms (id, name, vcpus, memory, guest, state, reason, pid, pid_start, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            row.id,
+            row.name,
+            row.vcpus,
+            row.memory as i64,
+            row.guest,
+            row.state.as_str(),
+            row.reason,
+            row.pid,
+            row.pid_start.map(|v| v as i64),
+            row.created_ms,
+            now_ms()
+        ],
+    );
+    match r {
+        Err(e) if is_unique_violation(&e) => Err(RegistryError::NameTaken {
+            kind: "VM",
+            name: row.name.clone(),
+        }),
+        r => r.map(drop).map_err(Into::into),
+    }
+}
+
 const VM_COLS: &str =
     "id, name, vcpus, memory, guest, state, reason, pid, pid_start, created_ms, updated_ms";
 
@@ -348,33 +376,91 @@ impl Registry {
     pub fn insert_vm(&self, row: &VmRow, event: &str, message: &str) -> Result<(), RegistryError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let r = tx.execute(
-            "INSERT INTO vms (id, name, vcpus, memory, guest, state, reason, pid, pid_start, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                row.id,
-                row.name,
-                row.vcpus,
-                row.memory as i64,
-                row.guest,
-                row.state.as_str(),
-                row.reason,
-                row.pid,
-                row.pid_start.map(|v| v as i64),
-                row.created_ms,
-                now_ms()
-            ],
-        );
-        match r {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(RegistryError::NameTaken {
-                    kind: "VM",
-                    name: row.name.clone(),
-                })
-            }
-            r => r?,
-        };
+        insert_vm_row(&tx, row)?;
         insert_event(&tx, Some(&row.id), Some(&row.name), event, message)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Inserts a VM arriving by migration together with its disks,
+    /// attached in order, in one transaction. A disk already registered
+    /// here under the same path is taken over if free (a VM coming back);
+    /// otherwise it is registered. Returns the ids of the disks
+    /// registered here, to forget if the VM never arrives.
+    pub fn insert_migrating_vm(
+        &self,
+        row: &VmRow,
+        disks: &[Disk],
+        event: &str,
+        message: &str,
+    ) -> Result<Vec<String>, RegistryError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        insert_vm_row(&tx, row)?;
+        let mut created = Vec::new();
+        for (pos, d) in disks.iter().enumerate() {
+            let known: Option<(String, Option<String>)> = tx
+                .query_row(
+                    "SELECT id, vm_id FROM disks WHERE path = ?1",
+                    [&d.path],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match known {
+                Some((_, Some(_))) => {
+                    return Err(RegistryError::DiskBusy(format!(
+                        "disk {} is attached to another VM on this host",
+                        d.path
+                    )))
+                }
+                Some((id, None)) => {
+                    tx.execute(
+                        "UPDATE disks SET vm_id = ?2, position = ?3, size = ?4, max_iops = ?5, min_iops = ?6 WHERE id = ?1",
+                        params![id, row.id, pos as i64, d.size as i64, d.qos.max_iops, d.qos.min_iops],
+                    )?;
+                }
+                None => {
+                    let r = tx.execute(
+                        "INSERT INTO disks (id, name, path, format, size, vm_id, position, max_iops, min_iops)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        params![
+                            d.id,
+                            d.name,
+                            d.path,
+                            d.format.as_str(),
+                            d.size as i64,
+                            row.id,
+                            pos as i64,
+                            d.qos.max_iops,
+                            d.qos.min_iops
+                        ],
+                    );
+                    match r {
+                        Err(e) if is_unique_violation(&e) => {
+                            return Err(RegistryError::NameTaken {
+                                kind: "disk",
+                                name: d.name.clone(),
+                            })
+                        }
+                        r => r?,
+                    };
+                    created.push(d.id.clone());
+                }
+            }
+        }
+        insert_event(&tx, Some(&row.id), Some(&row.name), event, message)?;
+        tx.commit()?;
+        Ok(created)
+    }
+
+    /// Drops the registry rows of free disks `ids` (their files stay): the
+    /// disks went with a VM to another host, or never came.
+    pub fn forget_disks(&self, ids: &[String]) -> Result<(), RegistryError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for id in ids {
+            tx.execute("DELETE FROM disks WHERE id = ?1 AND vm_id IS NULL", [id])?;
+        }
         tx.commit()?;
         Ok(())
     }

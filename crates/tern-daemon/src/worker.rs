@@ -372,6 +372,9 @@ pub struct Worker {
     /// Set while the worker waits for an incoming migration (the VM is not
     /// this host's until it arrives).
     pub incoming: AtomicBool,
+    /// Disks registered for an incoming VM: forgotten again if it never
+    /// arrives.
+    pub incoming_disks: std::sync::Mutex<Vec<String>>,
     /// Set when the VM left this host by migration (its exit is expected).
     pub migrated_away: AtomicBool,
     /// Becomes true once the process has ended and the registry says so.

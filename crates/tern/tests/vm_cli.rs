@@ -22,6 +22,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path) -> Daemon {
+        Daemon::start_with(dir, &[])
+    }
+
+    /// A daemon with extra `ternd` arguments.
+    fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("d.sock");
         let log = std::fs::OpenOptions::new()
@@ -36,6 +41,7 @@ impl Daemon {
             .arg(&socket)
             .arg("--worker")
             .arg(TERN)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -452,4 +458,98 @@ fn tern_vm_migrate_moves_a_running_vm_between_two_daemons() {
     let out = a.tern(&["vm", "events", "mover"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("migrated-out"));
     assert_eq!(b.json(&["vm", "stop", "mover"])["state"], "stopped");
+}
+
+#[test]
+fn tern_vm_migrate_moves_a_vm_with_a_vhdx_disk_on_shared_storage() {
+    let name = "tern_vm_migrate_moves_a_vm_with_a_vhdx_disk_on_shared_storage";
+    if !tern_test_support::kvm_available(name) {
+        return;
+    }
+    tern_test_support::probe_guest();
+    let tmp = tempfile::tempdir().unwrap();
+    // Storage both daemons reach under the same path.
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let shared_arg = shared.to_str().unwrap();
+    let a = Daemon::start_with(&tmp.path().join("a"), &["--disk-dir", shared_arg]);
+    let b = Daemon::start_with(&tmp.path().join("b"), &["--disk-dir", shared_arg]);
+    let img = shared.join("data.vhdx");
+    a.json(&[
+        "volume",
+        "create",
+        "data",
+        "--size",
+        "64M",
+        "--path",
+        img.to_str().unwrap(),
+    ]);
+    // Writes go on during the migration; after it the guest writes and
+    // reads back 8 MiB of its disk on B.
+    a.json(&[
+        "vm",
+        "create",
+        "mover",
+        "--memory",
+        "64M",
+        "--disk",
+        "data",
+        "--guest",
+        "probe:blk-iops,bs=4k,qd=4,secs=4,mix=randwrite+blk-verify,mib=8",
+        "--start",
+    ]);
+    let before = a.state("mover");
+    // A daemon that does not reach the storage refuses the VM before
+    // anything moves; it runs on at A with its disk.
+    let c = Daemon::start(&tmp.path().join("c"));
+    let out = a.tern(&["vm", "migrate", "mover", "--to", &c.host()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("outside the allowed directories"), "{err}");
+    assert_eq!(a.state("mover")["state"], "running");
+    assert_eq!(a.state("mover")["pid"], before["pid"]);
+    assert_eq!(c.json(&["vm", "list"])["vms"], serde_json::json!([]));
+    assert_eq!(c.json(&["volume", "list"])["disks"], serde_json::json!([]));
+    let m = a.json(&["vm", "migrate", "mover", "--to", &b.host()]);
+    assert_eq!(m["state"], "completed", "{m}");
+    a.fails(&["vm", "show", "mover"], 2, "no VM named");
+    // The disk went with the VM: A forgot it, B has it attached.
+    assert_eq!(a.json(&["volume", "list"])["disks"], serde_json::json!([]));
+    let on_b = b.json(&["volume", "show", "data"]);
+    assert_eq!(on_b["path"], img.to_str().unwrap(), "{on_b}");
+    assert_eq!(on_b["vm"], "mover", "{on_b}");
+    let moved = b.state("mover");
+    assert_eq!(moved["disks"], serde_json::json!(["data"]), "{moved}");
+    assert!(!alive(before["pid"].as_u64().unwrap()));
+    // The guest finishes its disk work on B and exits cleanly.
+    let t = Instant::now();
+    while b.state("mover")["state"] != "stopped" {
+        assert!(t.elapsed() < Duration::from_secs(120), "{}", b.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(
+        tmp.path()
+            .join("b/state/logs")
+            .join(format!("{}.log", before["id"].as_str().unwrap())),
+    )
+    .unwrap();
+    for step in ["blk-iops", "blk-verify"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(step) && l.contains("result=pass")),
+            "{step} did not pass on B: {log}"
+        );
+    }
+    assert!(!log.contains("result=fail"), "{log}");
+    // And B can hand it on: the image is closed and unlocked.
+    let info = Command::new(TERN)
+        .args(["disk", "check"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
 }
