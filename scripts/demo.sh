@@ -2,9 +2,11 @@
 # The quickstart: builds everything and runs a demo on the embedded defaults.
 #   1. the probe guest boots in a KVM VM (tern run, the VM worker);
 #   2. two host daemons (ternd A and B) start on this machine;
-#   3. on A: a VHDX volume, and a VM that writes and verifies a pattern on it;
-#   4. on A: a VM dirtying 64 MiB at 50 MiB/s, shown running, live-migrated
-#      to B; on B its guest then checks every page it wrote.
+#   3. on A: a VHDX volume in a directory both daemons reach (shared
+#      storage), and a VM on it that writes a pattern to its disk, then
+#      dirties 64 MiB at 50 MiB/s; shown running;
+#   4. live-migrated to B with its disk; on B the guest checks every page
+#      it wrote and writes and reads its disk again; B owns the volume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,9 +35,10 @@ step "1. the probe guest boots (2 vCPUs, 512 MiB), then start-up time (median of
 $tern run --vcpus 2 --memory 512M --guest probe:hello
 $tern bench boot --runs 10 | tail -n 1
 
-step "2. two host daemons on this machine"
+step "2. two host daemons on this machine, sharing a disk directory"
+mkdir -p "$work/shared"
 for h in a b; do
-  $bin/ternd --state-dir "$work/$h" --socket "$work/$h.sock" >"$work/$h.log" 2>&1 &
+  $bin/ternd --state-dir "$work/$h" --socket "$work/$h.sock" --disk-dir "$work/shared" >"$work/$h.log" 2>&1 &
   pids+=($!)
 done
 for h in a b; do
@@ -45,29 +48,26 @@ A=unix:$work/a.sock
 B=unix:$work/b.sock
 $tern host --host "$A"
 
-step "3. a VHDX volume, and a VM that writes a pattern over 16 MiB of it and reads it back"
+step "3. on A: a VHDX volume and a VM on it: writes a pattern over 16 MiB of its disk, then dirties 64 MiB at 50 MiB/s"
 $tern volume create data --size 64M --host "$A"
-$tern vm create disky --memory 128M --disk data --guest 'probe:blk-verify,mib=16' --start --host "$A"
-for _ in $(seq 100); do
-  $tern vm show disky --host "$A" | grep -q 'state: *stopped' && break
-  sleep 0.1
-done
-$tern vm show disky --host "$A" | grep -E 'state|reason'
-$tern disk info "$work/a/disks/data.vhdx"
-
-step "4. a VM dirtying 64 MiB at 50 MiB/s on A, live-migrated to B"
-$tern vm create m1 --vcpus 2 --memory 256M --guest 'probe:dirty,mib=64,rate=50+verify' --start --host "$A"
+$tern vm create m1 --vcpus 2 --memory 256M --disk data \
+  --guest 'probe:blk-verify,mib=16+dirty,mib=64,rate=50+verify+blk-verify,mib=16' --start --host "$A"
 sleep 1
-echo "-- on A:"; $tern vm list --host "$A"
+echo "-- on A:"; $tern vm list --host "$A"; $tern volume list --host "$A"
+
+step "4. live migration of m1 with its disk from A to B"
 $tern vm migrate m1 --to "$B" --host "$A"
-echo "-- on A:"; $tern vm list --host "$A"
-echo "-- on B:"; $tern vm list --host "$B"
+echo "-- on A:"; $tern vm list --host "$A"; $tern volume list --host "$A"
+echo "-- on B:"; $tern vm list --host "$B"; $tern volume list --host "$B"
 id=$($tern vm show m1 --json --host "$B" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-echo "-- the guest on B stops dirtying and verifies every page it wrote:"
+echo "-- the guest on B stops dirtying, verifies every page it wrote, then writes and reads its disk:"
 ctl "$work/b/run/$id.ctl" '{"cmd":"probe-stop"}' >/dev/null
-for _ in $(seq 100); do
+for _ in $(seq 200); do
   $tern vm show m1 --host "$B" | grep -q 'state: *stopped' && break
   sleep 0.1
 done
 $tern vm show m1 --host "$B" | grep -E 'state|reason'
 grep -h 'verify pages' "$work/b/logs/$id.log" | tail -n 1
+grep -h 'blk-verify.*result=' "$work/b/logs/$id.log" | tail -n 1
+$tern disk info "$work/shared/data.vhdx"
+

@@ -17,6 +17,18 @@ pub fn outb(port: u16, value: u8) {
     }
 }
 
+/// Reads one byte from an I/O port.
+#[inline(always)]
+pub fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: `in` exits to the VMM like `out` (IOPL = 3) and only writes
+    // the named register.
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") value, options(nostack, preserves_flags));
+    }
+    value
+}
+
 /// Writes a 32-bit value to an I/O port. Not `nomem`: the VMM may read guest
 /// memory while handling it (a report), so earlier stores must be done.
 #[inline(always)]

@@ -404,9 +404,11 @@ async fn bridge(socket: WebSocket, hub: Arc<crate::worker::ConsoleHub>) {
                 Message::Close(_) => break,
                 _ => continue,
             };
-            // Input is dropped until the worker's serial port takes it
-            // (see worker::open_serial_fifo); the console stays open.
-            let _ = hub.input(&data).await;
+            // A guest that does not read its serial port drops the input;
+            // the console stays open.
+            if let Err(e) = hub.input(&data).await {
+                tracing::debug!("console input not taken: {e}");
+            }
         }
     };
     tokio::select! {

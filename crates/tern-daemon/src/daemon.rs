@@ -513,7 +513,11 @@ impl Daemon {
         pid_start: u64,
         serial: tokio::net::unix::pipe::Receiver,
     ) -> Arc<Worker> {
-        let console = ConsoleHub::start(serial, self.cfg.serial_log(&row.id));
+        let console = ConsoleHub::start(
+            serial,
+            self.cfg.serial_log(&row.id),
+            self.cfg.control_path(&row.id),
+        );
         let (gone_tx, gone) = watch::channel(false);
         let w = Arc::new(Worker {
             pid,

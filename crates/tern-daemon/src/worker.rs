@@ -236,8 +236,8 @@ const SCROLLBACK: usize = 64 * 1024;
 /// scrollback, so whatever the guest prints before a client connects is
 /// lost, and the probe prints within microseconds of starting. The FIFO
 /// is open before the worker starts, so nothing is lost; it also outlives a
-/// daemon restart (the next daemon opens it again). The price: no serial
-/// input (see [`ConsoleHub::input`]).
+/// daemon restart (the next daemon opens it again). Input goes the other
+/// way, through the worker's control socket (see [`ConsoleHub::input`]).
 pub fn open_serial_fifo(
     path: &Path,
     create: bool,
@@ -259,6 +259,8 @@ pub fn open_serial_fifo(
 /// The daemon's end of a worker's serial output: it records it (scrollback
 /// and a log file) and fans it out to console clients.
 pub struct ConsoleHub {
+    /// The worker's control socket (console input goes there).
+    control: PathBuf,
     scrollback: Mutex<VecDeque<u8>>,
     tx: broadcast::Sender<Vec<u8>>,
     closed: watch::Sender<bool>,
@@ -267,7 +269,11 @@ pub struct ConsoleHub {
 impl ConsoleHub {
     /// Records what arrives on `serial` into `log` and the scrollback until
     /// [`ConsoleHub::close`].
-    pub fn start(mut serial: tokio::net::unix::pipe::Receiver, log: PathBuf) -> Arc<ConsoleHub> {
+    pub fn start(
+        mut serial: tokio::net::unix::pipe::Receiver,
+        log: PathBuf,
+        control: PathBuf,
+    ) -> Arc<ConsoleHub> {
         let (tx, _) = broadcast::channel(256);
         // A hub made again after a daemon restart starts from what the log
         // kept.
@@ -276,6 +282,7 @@ impl ConsoleHub {
             scrollback.extend(&old[old.len().saturating_sub(SCROLLBACK)..]);
         }
         let hub = Arc::new(ConsoleHub {
+            control,
             scrollback: Mutex::new(scrollback),
             tx,
             closed: watch::channel(false).0,
@@ -343,13 +350,18 @@ impl ConsoleHub {
         self.closed.subscribe()
     }
 
-    /// Typing on the guest's serial port: not possible while the worker's
-    /// serial output goes to a FIFO (see [`open_serial_fifo`]).
-    pub async fn input(&self, _bytes: &[u8]) -> std::io::Result<()> {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            "console input is not implemented yet",
-        ))
+    /// Types `bytes` on the guest's serial port (the worker waits up to a
+    /// second for the guest to take them).
+    pub async fn input(&self, bytes: &[u8]) -> Result<(), WorkerError> {
+        for part in bytes.chunks(4096) {
+            control(
+                &self.control,
+                &serde_json::json!({"cmd": "console-input", "bytes": part}),
+                Duration::from_secs(5),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 

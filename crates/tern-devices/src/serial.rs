@@ -208,6 +208,27 @@ impl SerialDevice {
     }
 }
 
+/// Types `bytes` on the guest's serial port, waiting (up to `timeout`) for
+/// the guest to drain the UART's small FIFO. Returns how many it took.
+pub fn type_input(dev: &SharedSerial, mut bytes: &[u8], timeout: std::time::Duration) -> usize {
+    let deadline = std::time::Instant::now() + timeout;
+    let total = bytes.len();
+    while !bytes.is_empty() {
+        let took = dev
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enqueue_input(bytes);
+        bytes = &bytes[took..];
+        if took == 0 {
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    total - bytes.len()
+}
+
 /// Forwards everything read from `input` to the guest's serial port, from a
 /// thread of its own, until end of file.
 pub fn spawn_input<R: Read + Send + 'static>(dev: SharedSerial, mut input: R) {
@@ -217,16 +238,10 @@ pub fn spawn_input<R: Read + Send + 'static>(dev: SharedSerial, mut input: R) {
             let mut buf = [0u8; 64];
             while let Ok(n @ 1..) = input.read(&mut buf) {
                 let mut rest = &buf[..n];
-                // The UART FIFO is small: retry until the guest drained it.
+                // The UART FIFO is small: wait as long as the guest takes.
                 while !rest.is_empty() {
-                    let took = dev
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .enqueue_input(rest);
+                    let took = type_input(&dev, rest, std::time::Duration::from_secs(1));
                     rest = &rest[took..];
-                    if took == 0 {
-                        std::thread::sleep(std::time::Duration::from_millis(5));
-                    }
                 }
             }
         });

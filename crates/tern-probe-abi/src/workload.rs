@@ -34,6 +34,9 @@ pub enum WorkloadKind {
     BlkCapacity,
     /// Discard disk `disk` from `from` MiB to its end and release that tail.
     BlkTrim,
+    /// Read lines typed on the serial port and print each back as
+    /// `echo: LINE`; the line `quit` ends the step.
+    Echo,
 }
 
 /// Access pattern of `blk-iops`.
@@ -69,7 +72,7 @@ impl Mix {
 
 impl WorkloadKind {
     /// Every workload with its name, for help texts.
-    pub const ALL: [WorkloadKind; 9] = [
+    pub const ALL: [WorkloadKind; 10] = [
         WorkloadKind::Hello,
         WorkloadKind::Vcpus,
         WorkloadKind::Dirty,
@@ -79,6 +82,7 @@ impl WorkloadKind {
         WorkloadKind::BlkIops,
         WorkloadKind::BlkCapacity,
         WorkloadKind::BlkTrim,
+        WorkloadKind::Echo,
     ];
 
     /// The name used in workload strings.
@@ -93,12 +97,16 @@ impl WorkloadKind {
             WorkloadKind::BlkIops => "blk-iops",
             WorkloadKind::BlkCapacity => "blk-capacity",
             WorkloadKind::BlkTrim => "blk-trim",
+            WorkloadKind::Echo => "echo",
         }
     }
 
     const fn keys(self) -> &'static [&'static str] {
         match self {
-            WorkloadKind::Hello | WorkloadKind::Vcpus | WorkloadKind::Verify => &[],
+            WorkloadKind::Hello
+            | WorkloadKind::Vcpus
+            | WorkloadKind::Verify
+            | WorkloadKind::Echo => &[],
             WorkloadKind::Dirty => &["mib", "rate"],
             WorkloadKind::Touch => &["pages", "span", "seed"],
             WorkloadKind::BlkVerify => &["disk", "mib"],

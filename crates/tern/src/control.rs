@@ -10,17 +10,41 @@
 //! `{"cmd":"save","dir":DIR}` (pause, write state and memory, stop the
 //! worker), `{"cmd":"checkpoint-create","name":S,"memory":BOOL}`,
 //! `{"cmd":"checkpoint-list"}`, `{"cmd":"checkpoint-revert","id":N}`,
-//! `{"cmd":"checkpoint-delete","id":N}`, `{"cmd":"export","dir":DIR}`.
+//! `{"cmd":"checkpoint-delete","id":N}`, `{"cmd":"export","dir":DIR}`,
+//! `{"cmd":"console-input","bytes":[N,...]}` (typing on the serial port).
 //! Replies: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tern_vmm::{RunState, Vm};
+
+/// Most bytes one `console-input` request may carry.
+const MAX_CONSOLE_INPUT: usize = 4096;
+
+/// `console-input`: the guest gets the bytes as it drains its UART; a
+/// guest that stops reading makes the request fail after a second.
+fn console_input(vm: &Vm, bytes: &[u8]) -> Value {
+    if bytes.len() > MAX_CONSOLE_INPUT {
+        return json!({"ok": false, "error": format!(
+            "{} bytes of console input in one request; at most {MAX_CONSOLE_INPUT}",
+            bytes.len()
+        )});
+    }
+    let took = tern_devices::serial::type_input(vm.serial(), bytes, Duration::from_secs(1));
+    if took < bytes.len() {
+        return json!({"ok": false, "accepted": took, "error": format!(
+            "the guest took {took} of {} bytes: it is not reading its serial port",
+            bytes.len()
+        )});
+    }
+    json!({"ok": true, "accepted": took})
+}
 
 /// A control request.
 #[derive(Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -64,6 +88,11 @@ pub enum Request {
     },
     /// QoS events so far (`min-iops-not-met`, `min-iops-restored`).
     Events,
+    /// Type bytes on the guest's serial port (a console's keystrokes).
+    ConsoleInput {
+        /// The bytes, in order.
+        bytes: Vec<u8>,
+    },
     /// Save the VM into a new directory and stop the worker.
     Save {
         /// Absolute path of a new (or empty) directory.
@@ -281,6 +310,7 @@ pub fn handle(req: Request, vm: &Arc<Vm>) -> Value {
         Request::Reports => json!({"ok": true, "reports": vm.reports().all()}),
         Request::ProbeStop => done(vm.probe_stop_step()),
         Request::ProbeTouch { round } => done(vm.probe_touch(round)),
+        Request::ConsoleInput { bytes } => console_input(vm, &bytes),
         Request::Migrate(p) => crate::migrate_cli::start(vm, p),
         Request::MigrateStatus => crate::migrate_cli::status(),
         Request::MigrateCancel => crate::migrate_cli::cancel(),

@@ -55,6 +55,15 @@ fn main() {
             std::process::exit(code);
         }
     };
+    if matches!(cli.command, Command::Disk(_) | Command::Api(_)) {
+        // Commands that print for pipes (`tern vm show X | grep -q ...`)
+        // end quietly when the reader goes, as other Unix tools do, instead
+        // of panicking on a failed print. The worker keeps SIGPIPE ignored:
+        // a closed control-socket peer must not kill the VM.
+        // SAFETY: restoring the default disposition of a signal before any
+        // thread starts; no handler code is involved.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let code = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Disk(cmd) => disk::run(cmd),

@@ -771,8 +771,7 @@ async fn console(c: &Client, name: &str, detach_key: u8) -> CmdResult {
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!(
-            "Connected to {name}'s console (output only: typing is not passed on yet). \
-             Detach with Ctrl-{}.\r",
+            "Connected to {name}'s console. Detach with Ctrl-{}.\r",
             (detach_key | 0x40) as char
         );
     }

@@ -182,6 +182,13 @@ fn sigkill(pid: u64) {
 /// Attaches `tern vm console`, waits for `needle` in its output, detaches
 /// with Ctrl-] and returns what it printed.
 fn console_shows(d: &Daemon, vm: &str, needle: &str) -> String {
+    console_dialog(d, vm, &[(b"", needle)])
+}
+
+/// Attaches `tern vm console`; for each step types its bytes, then waits
+/// for its text to appear in the output after what earlier steps saw;
+/// detaches with Ctrl-] and returns everything printed.
+fn console_dialog(d: &Daemon, vm: &str, steps: &[(&[u8], &str)]) -> String {
     let mut child = Command::new(TERN)
         .args(["vm", "console", vm])
         .env("TERN_HOST", d.host())
@@ -201,17 +208,26 @@ fn console_shows(d: &Daemon, vm: &str, needle: &str) -> String {
         }
     });
     let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(&seen).contains(needle) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(b) => seen.extend(b),
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "console of {vm} did not show {needle:?}; it showed {:?}",
-                    String::from_utf8_lossy(&seen)
-                );
+    let mut from = 0;
+    for (typed, needle) in steps {
+        child.stdin.as_mut().unwrap().write_all(typed).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = String::from_utf8_lossy(&seen[from..]).into_owned();
+            if let Some(i) = text.find(needle) {
+                from += i + needle.len();
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => seen.extend(b),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "console of {vm} did not show {needle:?}; it showed {:?}",
+                        String::from_utf8_lossy(&seen)
+                    );
+                }
             }
         }
     }
@@ -551,5 +567,46 @@ fn tern_vm_migrate_moves_a_vm_with_a_vhdx_disk_on_shared_storage() {
         info.status.success(),
         "{}",
         String::from_utf8_lossy(&info.stderr)
+    );
+}
+
+#[test]
+fn typing_on_the_console_reaches_the_guest() {
+    let name = "typing_on_the_console_reaches_the_guest";
+    if !tern_test_support::kvm_available(name) {
+        return;
+    }
+    tern_test_support::probe_guest();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("d"));
+    d.json(&[
+        "vm",
+        "create",
+        "talker",
+        "--memory",
+        "32M",
+        "--guest",
+        "probe:echo",
+        "--start",
+    ]);
+    // The guest prints back each line it reads from its serial port.
+    let shown = console_dialog(
+        &d,
+        "talker",
+        &[
+            (b"", "type a line"),
+            (b"ping tern\r", "echo: ping tern"),
+            (b"quit\r", "echo: quit"),
+        ],
+    );
+    assert!(shown.contains("echo: ping tern"), "{shown}");
+    // `quit` ended the guest's step: it finishes and the VM stops.
+    poll(Duration::from_secs(20), "the guest to finish", || {
+        (d.state("talker")["state"] == "stopped").then_some(())
+    });
+    let reason = d.state("talker")["reason"].clone();
+    assert!(
+        reason.as_str().unwrap_or("").contains("exit status 0"),
+        "{reason}"
     );
 }

@@ -48,6 +48,7 @@ impl Ctx {
             WorkloadKind::BlkIops => blk::iops(self, step),
             WorkloadKind::BlkCapacity => blk::capacity(self, step),
             WorkloadKind::BlkTrim => blk::trim(self, step),
+            WorkloadKind::Echo => echo(),
         }
     }
 
@@ -189,4 +190,43 @@ fn check_data_page(regions: &[MemRegion], index: u64, generation: u64) -> (u64, 
     // SAFETY: as in `fill_data_page`; only read here.
     let page = unsafe { &*(addr as *const [u64; WORDS_PER_PAGE]) };
     (addr, check_page(page, index, generation))
+}
+
+/// The UART's line status register and its data-ready bit.
+const SERIAL_LSR: u16 = tern_probe_abi::PORT_SERIAL + 5;
+const LSR_DATA_READY: u8 = 1;
+
+/// `echo`: prints each line typed on the serial port back; `quit` ends.
+/// Lines longer than the buffer are cut (the rest is dropped).
+fn echo() -> bool {
+    println!("echo: type a line ('quit' ends)");
+    let mut line = [0u8; 128];
+    let mut len = 0;
+    let mut lines = 0u64;
+    loop {
+        if io::inb(SERIAL_LSR) & LSR_DATA_READY == 0 {
+            spin_loop();
+            continue;
+        }
+        match io::inb(tern_probe_abi::PORT_SERIAL) {
+            b'\r' | b'\n' if len == 0 => {}
+            b'\r' | b'\n' => {
+                let text = &line[..len];
+                io::serial_write(b"echo: ");
+                io::serial_write(text);
+                io::serial_write(b"\r\n");
+                lines += 1;
+                if text == b"quit" {
+                    report!("echo lines={lines} result=pass");
+                    return true;
+                }
+                len = 0;
+            }
+            b if len < line.len() => {
+                line[len] = b;
+                len += 1;
+            }
+            _ => {}
+        }
+    }
 }
