@@ -420,6 +420,11 @@ pub struct IncomingMigration {
     /// allowed directories; the workers hand the image locks over.
     #[serde(default)]
     pub disks: Vec<IncomingDisk>,
+    /// Stream the VM over TCP (the source reached this daemon over TCP:
+    /// it may be another host). Otherwise the workers meet on a UNIX
+    /// socket and the guest memory is handed over as a memfd.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// A disk that moves with an incoming VM.
@@ -444,7 +449,9 @@ pub struct IncomingDisk {
 pub struct IncomingReady {
     /// The migration as this host sees it.
     pub migration: Migration,
-    /// Where the source worker sends the VM (`unix:PATH`).
+    /// Where the source worker sends the VM: `unix:PATH`, or
+    /// `tcp:IP:PORT` (an unspecified IP means: the address the source
+    /// reached this daemon at).
     pub endpoint: String,
 }
 

@@ -43,6 +43,9 @@ pub struct Config {
     pub probe_image: Option<PathBuf>,
     /// Directories where disk images may live (the first is the default).
     pub disk_dirs: Vec<PathBuf>,
+    /// Where incoming TCP migrations listen: the IP of the API's TCP
+    /// listener (unspecified when it has none or it is a name).
+    pub migration_ip: std::net::IpAddr,
     /// How long a worker may take to answer its control socket.
     pub start_timeout: Duration,
     /// How long a stop may take before the worker is killed.
@@ -58,6 +61,7 @@ impl Config {
             state_dir,
             worker_exe,
             probe_image: None,
+            migration_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             start_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(20),
         }

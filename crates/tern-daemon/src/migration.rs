@@ -179,6 +179,7 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
                 qos: k.qos,
             })
             .collect(),
+        stream: matches!(dest, Endpoint::Tcp { .. }),
     };
     let ready: IncomingReady = match peer.incoming_migration(&incoming).await {
         Ok(r) => r,
@@ -188,7 +189,8 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
             return Err(OpError::Peer(why));
         }
     };
-    let req = json!({"cmd": "migrate", "to": ready.endpoint});
+    let to = worker_endpoint(&ready.endpoint, &dest);
+    let req = json!({"cmd": "migrate", "to": to});
     if let Err(e) = worker::control(&w.control, &req, Duration::from_secs(30)).await {
         let why = format!("the worker did not start the migration: {}", chain(&e));
         let _ = peer.cancel_migration(&ready.migration.id).await;
@@ -437,7 +439,12 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
     let _ = std::fs::remove_file(&path);
     let mut args = d.boot_args(&row)?;
     args.push("--incoming".into());
-    args.push(format!("unix:{}", path.display()));
+    args.push(if req.stream {
+        // Port 0: the worker picks one and says which in its log.
+        format!("tcp:{}", std::net::SocketAddr::new(d.cfg.migration_ip, 0))
+    } else {
+        format!("unix:{}", path.display())
+    });
     let launch = d.launch(&row, args);
     let forget = |why: String| {
         let _ = d
@@ -467,7 +474,21 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
     }
     // The source may connect once the worker listens.
     let t = Instant::now();
-    while !path.exists() {
+    let log_path = d.cfg.worker_log(&row.id);
+    let listening = || -> Option<String> {
+        if req.stream {
+            let log = std::fs::read_to_string(&log_path).ok()?;
+            log.lines()
+                .find_map(|l| l.split("waiting for a migration on ").nth(1))
+                .map(|ep| ep.trim().to_string())
+        } else {
+            path.exists().then(|| format!("unix:{}", path.display()))
+        }
+    };
+    let endpoint = loop {
+        if let Some(ep) = listening() {
+            break ep;
+        }
         if *w.gone.borrow() || t.elapsed() > d.cfg.start_timeout {
             if !*w.gone.borrow() {
                 w.kill_requested.store(true, Ordering::SeqCst);
@@ -475,12 +496,11 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
             }
             let log = worker::last_log_line(&d.cfg.worker_log(&row.id)).unwrap_or_default();
             return Err(OpError::Failed(format!(
-                "the incoming worker did not listen on {}: {log}",
-                path.display()
+                "the incoming worker did not listen for the migration: {log}"
             )));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    };
     let mut info = new_record(&row, "incoming", &req.source);
     info.state = MigrationState::Running;
     let mig_id = info.id.clone();
@@ -544,8 +564,24 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
     });
     Ok(IncomingReady {
         migration: info,
-        endpoint: format!("unix:{}", path.display()),
+        endpoint,
     })
+}
+
+/// Where the source worker connects: the destination's endpoint, with an
+/// unspecified IP replaced by the host the destination daemon was reached
+/// at.
+fn worker_endpoint(endpoint: &str, dest: &Endpoint) -> String {
+    let (Some(rest), Endpoint::Tcp { addr, .. }) = (endpoint.strip_prefix("tcp:"), dest) else {
+        return endpoint.to_string();
+    };
+    match rest.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => {
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+            format!("tcp:{host}:{}", a.port())
+        }
+        _ => endpoint.to_string(),
+    }
 }
 
 /// Checks the disks of an incoming VM: each must be a file this host

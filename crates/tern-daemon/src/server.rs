@@ -143,6 +143,13 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
     if args.tcp.is_some() && args.token_file.is_none() {
         return Err(ServeError::NoToken);
     }
+    if let Some(a) = args
+        .tcp
+        .as_deref()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+    {
+        cfg.migration_ip = a.ip();
+    }
     let socket = args
         .socket
         .clone()

@@ -610,3 +610,75 @@ fn typing_on_the_console_reaches_the_guest() {
         "{reason}"
     );
 }
+
+#[test]
+fn tern_vm_migrate_streams_a_vm_to_a_daemon_reached_over_tcp() {
+    let name = "tern_vm_migrate_streams_a_vm_to_a_daemon_reached_over_tcp";
+    if !tern_test_support::kvm_available(name) {
+        return;
+    }
+    tern_test_support::probe_guest();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Daemon::start(&tmp.path().join("a"));
+    let token_file = tmp.path().join("b.token");
+    let b = Daemon::start_with(
+        &tmp.path().join("b"),
+        &[
+            "--tcp",
+            "127.0.0.1:0",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    let url = poll(Duration::from_secs(10), "B's TCP address", || {
+        b.log()
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .map(str::to_string)
+    });
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    a.json(&[
+        "vm",
+        "create",
+        "far",
+        "--memory",
+        "64M",
+        "--guest",
+        "probe:dirty,mib=16,rate=20+verify",
+        "--start",
+    ]);
+    let id = a.state("far")["id"].as_str().unwrap().to_string();
+    // A daemon reached over TCP may be on another host: no memfd, the
+    // memory streams over TCP to the worker B started.
+    let m = a.json(&[
+        "vm",
+        "migrate",
+        "far",
+        "--to",
+        &url,
+        "--to-token",
+        token.trim(),
+    ]);
+    assert_eq!(m["state"], "completed", "{m}");
+    // (A memfd hand-over moves no bytes in no rounds; pages compress.)
+    assert!(
+        m["transferred_bytes"].as_u64().unwrap_or(0) > 0 && m["rounds"].as_u64() >= Some(1),
+        "the memory was streamed: {m}"
+    );
+    a.fails(&["vm", "show", "far"], 2, "no VM named");
+    assert_eq!(b.state("far")["state"], "running");
+    // The guest on B stops dirtying and checks every page it wrote.
+    let ctl = tmp.path().join("b/state/run").join(format!("{id}.ctl"));
+    let mut s = std::os::unix::net::UnixStream::connect(&ctl).unwrap();
+    s.write_all(b"{\"cmd\":\"probe-stop\"}\n").unwrap();
+    poll(Duration::from_secs(60), "the guest on B to verify", || {
+        (b.state("far")["state"] == "stopped").then_some(())
+    });
+    let log =
+        std::fs::read_to_string(tmp.path().join("b/state/logs").join(format!("{id}.log"))).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("verify") && l.contains("bad=0") && l.contains("result=pass")),
+        "{log}"
+    );
+}
