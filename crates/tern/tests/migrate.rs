@@ -751,6 +751,20 @@ fn probe_result(stderr: &str, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Waits for `w`'s guest to finish [`DISK_WORKLOAD`]: exit 0, both steps
+/// passed, no failed request.
+fn assert_disk_work_passed(w: &mut Worker) {
+    let code = w.wait_exit(Duration::from_secs(120));
+    let err = w.stderr();
+    assert_eq!(code, Some(0), "{}: {err}", w.name);
+    for step in ["blk-iops", "blk-verify"] {
+        let r = probe_result(&err, step).unwrap_or_else(|| panic!("no {step} report: {err}"));
+        assert!(r.contains("result=pass"), "{r}");
+    }
+    let iops = probe_result(&err, "blk-iops").unwrap_or_default();
+    assert!(iops.contains("errors=0"), "{iops}");
+}
+
 /// Reads the image from the host and checks the guest's pattern in every
 /// sector of its first 8 MiB.
 fn assert_pattern(img: &Path) {
@@ -797,20 +811,7 @@ fn a_vm_migrates_during_disk_io_and_its_vhdx_is_handed_over() {
         None,
         "the guest's disk writes were to be under way at the switchover"
     );
-    assert_eq!(
-        dst.wait_exit(Duration::from_secs(120)),
-        Some(0),
-        "{}",
-        dst.stderr()
-    );
-    let err = dst.stderr();
-    for step in ["blk-iops", "blk-verify"] {
-        let r = probe_result(&err, step).unwrap_or_else(|| panic!("no {step} report: {err}"));
-        assert!(r.contains("result=pass"), "{r}");
-        if step == "blk-iops" {
-            assert!(r.contains("errors=0"), "{r}");
-        }
-    }
+    assert_disk_work_passed(&mut dst);
     assert_pattern(&img);
 }
 
@@ -848,16 +849,6 @@ fn a_destination_that_cannot_open_the_disk_leaves_the_source_running_with_it() {
     assert!(stderr.contains("keeps running on the source"), "{stderr}");
     // The source took its own disk back and the guest's I/O goes on to
     // the end without an error.
-    assert_eq!(
-        src.wait_exit(Duration::from_secs(120)),
-        Some(0),
-        "{}",
-        src.stderr()
-    );
-    let err = src.stderr();
-    for step in ["blk-iops", "blk-verify"] {
-        let r = probe_result(&err, step).unwrap_or_else(|| panic!("no {step} report: {err}"));
-        assert!(r.contains("result=pass"), "{r}");
-    }
+    assert_disk_work_passed(&mut src);
     assert_pattern(&img);
 }

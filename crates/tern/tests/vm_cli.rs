@@ -179,6 +179,16 @@ fn sigkill(pid: u64) {
         .success());
 }
 
+/// A scratch directory for a test that needs KVM and the probe guest;
+/// `None` (after a loud SKIP) without /dev/kvm.
+fn kvm_test(name: &str) -> Option<tempfile::TempDir> {
+    if !tern_test_support::kvm_available(name) {
+        return None;
+    }
+    tern_test_support::probe_guest();
+    Some(tempfile::tempdir().unwrap())
+}
+
 /// Attaches `tern vm console`, waits for `needle` in its output, detaches
 /// with Ctrl-] and returns what it printed.
 fn console_shows(d: &Daemon, vm: &str, needle: &str) -> String {
@@ -478,12 +488,10 @@ fn tern_vm_migrate_moves_a_running_vm_between_two_daemons() {
 
 #[test]
 fn tern_vm_migrate_moves_a_vm_with_a_vhdx_disk_on_shared_storage() {
-    let name = "tern_vm_migrate_moves_a_vm_with_a_vhdx_disk_on_shared_storage";
-    if !tern_test_support::kvm_available(name) {
+    let Some(tmp) = kvm_test("tern_vm_migrate_moves_a_vm_with_a_vhdx_disk_on_shared_storage")
+    else {
         return;
-    }
-    tern_test_support::probe_guest();
-    let tmp = tempfile::tempdir().unwrap();
+    };
     // Storage both daemons reach under the same path.
     let shared = tmp.path().join("shared");
     std::fs::create_dir_all(&shared).unwrap();
@@ -572,12 +580,9 @@ fn tern_vm_migrate_moves_a_vm_with_a_vhdx_disk_on_shared_storage() {
 
 #[test]
 fn typing_on_the_console_reaches_the_guest() {
-    let name = "typing_on_the_console_reaches_the_guest";
-    if !tern_test_support::kvm_available(name) {
+    let Some(tmp) = kvm_test("typing_on_the_console_reaches_the_guest") else {
         return;
-    }
-    tern_test_support::probe_guest();
-    let tmp = tempfile::tempdir().unwrap();
+    };
     let d = Daemon::start(&tmp.path().join("d"));
     d.json(&[
         "vm",
@@ -613,12 +618,9 @@ fn typing_on_the_console_reaches_the_guest() {
 
 #[test]
 fn tern_vm_migrate_streams_a_vm_to_a_daemon_reached_over_tcp() {
-    let name = "tern_vm_migrate_streams_a_vm_to_a_daemon_reached_over_tcp";
-    if !tern_test_support::kvm_available(name) {
+    let Some(tmp) = kvm_test("tern_vm_migrate_streams_a_vm_to_a_daemon_reached_over_tcp") else {
         return;
-    }
-    tern_test_support::probe_guest();
-    let tmp = tempfile::tempdir().unwrap();
+    };
     let a = Daemon::start(&tmp.path().join("a"));
     let token_file = tmp.path().join("b.token");
     let b = Daemon::start_with(
