@@ -67,8 +67,16 @@ pub fn incoming(
                 eprintln!("tern: error: cannot duplicate the memory file: {e}");
                 exit_code::SOFTWARE
             })?));
+        let t = std::time::Instant::now();
         let vm = match Vm::restore(cfg, hooks(), &received.state) {
-            Ok(vm) => vm,
+            Ok(vm) => {
+                eprintln!(
+                    "tern: the migrated VM is built here ({:.1} ms, {} disks opened); waiting for the source's commit",
+                    t.elapsed().as_secs_f64() * 1e3,
+                    vm.disks().len()
+                );
+                vm
+            }
             Err(e) => {
                 let msg = chain(&e);
                 received.fail(&msg);
