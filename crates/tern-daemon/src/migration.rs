@@ -315,21 +315,19 @@ async fn follow(
         // The source worker committed and never heard back: the
         // destination knows. If it runs the VM, the migration is done and
         // the paused source copy ends; otherwise that copy stays paused.
-        Err((_, why)) if why.contains("never confirmed") => {
-            match peer.get_vm(&row.id).await {
-                Ok(vm) if vm.state == VmState::Running => {
-                    w.migrated_away.store(true, Ordering::SeqCst);
-                    let _ = worker::control(
-                        &w.control,
-                        &json!({"cmd": "shutdown"}),
-                        Duration::from_secs(10),
-                    )
-                    .await;
-                    Ok(())
-                }
-                _ => Err((false, why)),
+        Err((_, why)) if why.contains("never confirmed") => match peer.get_vm(&row.id).await {
+            Ok(vm) if vm.state == VmState::Running => {
+                w.migrated_away.store(true, Ordering::SeqCst);
+                let _ = worker::control(
+                    &w.control,
+                    &json!({"cmd": "shutdown"}),
+                    Duration::from_secs(10),
+                )
+                .await;
+                Ok(())
             }
-        }
+            _ => Err((false, why)),
+        },
         o => o,
     };
     match outcome {
