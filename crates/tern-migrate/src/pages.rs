@@ -1,8 +1,13 @@
 //! Guest memory as raw host ranges, zero-page detection, and building and
 //! applying page chunks.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
 use crate::compress::{CompressError, Compressor, Decompressor};
-use crate::wire::{ChunkHeader, Codec, WireError, CHUNK_HEADER, PAGE, WINDOW_BYTES, WINDOW_PAGES};
+use crate::transport::{read_exact_fd, read_exact_vectored};
+use crate::wire::{
+    ChunkHeader, Codec, Kind, WireError, CHUNK_HEADER, MAX_FRAME, PAGE, WINDOW_BYTES, WINDOW_PAGES,
+};
 
 /// One RAM region: guest-physical start, length, host address.
 #[derive(Clone, Copy, Debug)]
@@ -10,6 +15,8 @@ struct Range {
     gpa: u64,
     len: u64,
     host: *mut u8,
+    /// Offset of the range in its backing file, if it has one.
+    file: Option<u64>,
 }
 
 /// Guest memory seen as raw host ranges. The guest may write it while the
@@ -53,6 +60,7 @@ impl HostMem {
                     gpa: r.start_addr().0,
                     len: r.len(),
                     host: r.as_ptr(),
+                    file: r.file_offset().map(|f| f.start()),
                 })
                 .collect(),
         }
@@ -70,11 +78,22 @@ impl HostMem {
 
     /// Host address of `len` bytes at `gpa`, if they lie inside one region.
     fn host(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+        self.place(gpa, len).map(|(p, _)| p)
+    }
+
+    /// Host address and backing file offset (if any) of `len` bytes at
+    /// `gpa`, if they lie inside one region.
+    fn place(&self, gpa: u64, len: u64) -> Option<(*mut u8, Option<u64>)> {
         self.ranges
             .iter()
-            .find(|r| gpa >= r.gpa && gpa + len <= r.gpa + r.len)
-            // SAFETY: the offset is within the region's mapping (checked).
-            .map(|r| unsafe { r.host.add((gpa - r.gpa) as usize) })
+            // Checked: `gpa` may come from the peer.
+            .find(|r| gpa >= r.gpa && gpa.checked_add(len).is_some_and(|e| e <= r.gpa + r.len))
+            .map(|r| {
+                let off = gpa - r.gpa;
+                // SAFETY: the offset is within the region's mapping (checked).
+                let p = unsafe { r.host.add(off as usize) };
+                (p, r.file.map(|f| f + off))
+            })
     }
 
     /// Copies `out.len()` bytes at `gpa` out of guest memory.
@@ -84,31 +103,6 @@ impl HostMem {
                 // SAFETY: `p` is valid for `out.len()` bytes (inside a live
                 // mapping); `out` is a separate buffer.
                 unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), out.len()) };
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Copies `data` into guest memory at `gpa`.
-    fn write(&self, gpa: u64, data: &[u8]) -> bool {
-        match self.host(gpa, data.len() as u64) {
-            Some(p) => {
-                // SAFETY: `p` is valid for `data.len()` bytes of a live,
-                // writable mapping; `data` is a separate buffer.
-                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Zeroes one page at `gpa`.
-    fn zero(&self, gpa: u64) -> bool {
-        match self.host(gpa, PAGE as u64) {
-            Some(p) => {
-                // SAFETY: `p` is valid for one page of a live, writable mapping.
-                unsafe { std::ptr::write_bytes(p, 0, PAGE) };
                 true
             }
             None => false,
@@ -129,18 +123,33 @@ impl HostMem {
         out
     }
 
-    /// Small pieces of guest memory for compression calibration: up to
-    /// `count` windows spread evenly, copied out.
+    /// Small pieces of guest memory for compression calibration: from up
+    /// to `count` windows spread evenly, up to 64 KiB of their non-zero
+    /// pages each (spread over the window), copied out. Zero pages are left out: they travel as a
+    /// bit, never compressed, and would make any codec look perfect.
     pub fn samples(&self, count: usize) -> Vec<Vec<u8>> {
+        const SAMPLE_PAGES: usize = 16;
         let windows = self.all_windows();
         let step = (windows.len() / count.max(1)).max(1);
         windows
             .iter()
             .step_by(step)
             .take(count)
-            .filter_map(|(base, _)| {
-                let mut v = vec![0u8; 64 << 10];
-                self.read(*base, &mut v).then_some(v)
+            .filter_map(|&(base, _)| {
+                let mut v = Vec::with_capacity(SAMPLE_PAGES * PAGE);
+                let mut page = vec![0u8; PAGE];
+                // Pages spread over the window, then the ones between.
+                let order = (0..WINDOW_PAGES / SAMPLE_PAGES)
+                    .flat_map(|k| (k..WINDOW_PAGES).step_by(WINDOW_PAGES / SAMPLE_PAGES));
+                for i in order {
+                    if v.len() >= SAMPLE_PAGES * PAGE {
+                        break;
+                    }
+                    if self.read(base + (i * PAGE) as u64, &mut page) && !is_zero(&page) {
+                        v.extend_from_slice(&page);
+                    }
+                }
+                (!v.is_empty()).then_some(v)
             })
             .collect()
     }
@@ -162,14 +171,31 @@ fn window_bits(pages: usize) -> [u64; 4] {
 
 /// Whether a page is all zeros.
 pub fn is_zero(page: &[u8]) -> bool {
-    // Wide ORs vectorize; an early exit per 256 bytes keeps non-zero pages
-    // (which usually differ early) cheap.
-    page.chunks(256).all(|c| {
-        c.chunks_exact(16).fold(0u128, |a, w| {
-            a | u128::from_ne_bytes(w.try_into().expect("16"))
-        }) == 0
-            && c.chunks_exact(16).remainder().iter().all(|&b| b == 0)
-    })
+    assert_eq!(page.len(), PAGE);
+    // SAFETY: `page` is PAGE readable bytes.
+    unsafe { page_is_zero(page.as_ptr()) }
+}
+
+/// Whether the page at `p` is all zeros. Reads through the raw pointer
+/// (guest memory that the guest may be writing): wide ORs vectorize; an
+/// early exit per 256 bytes keeps non-zero pages (which usually differ
+/// early) cheap.
+///
+/// # Safety
+///
+/// `p` must be readable for PAGE bytes.
+unsafe fn page_is_zero(p: *const u8) -> bool {
+    for block in 0..PAGE / 256 {
+        let mut acc = 0u128;
+        for i in 0..16 {
+            // SAFETY: inside the page (block * 256 + i * 16 + 16 <= PAGE).
+            acc |= unsafe { p.add(block * 256 + i * 16).cast::<u128>().read_unaligned() };
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    true
 }
 
 /// What one chunk carried.
@@ -185,19 +211,55 @@ pub struct ChunkStats {
     pub wire: u64,
 }
 
+/// Where the data of the chunk built last is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Data {
+    /// Straight in guest memory (`ChunkBuilder::runs`): raw chunks are
+    /// written to the socket from there, never copied in user space.
+    #[default]
+    Guest,
+    /// Copied out (`ChunkBuilder::raw`): compression did not shrink it.
+    Copied,
+    /// Compressed (`ChunkBuilder::packed`).
+    Packed,
+}
+
+/// Frame head: u32 length and u8 kind.
+const FRAME_HEAD: usize = 5;
+
+/// Runs of contiguous host memory, built page by page.
+#[derive(Default)]
+struct Runs(Vec<(*mut u8, usize)>);
+
+impl Runs {
+    fn push(&mut self, p: *mut u8, len: usize) {
+        match self.0.last_mut() {
+            Some((at, n)) if at.wrapping_add(*n) == p => *n += len,
+            _ => self.0.push((p, len)),
+        }
+    }
+}
+
 /// Reusable buffers of one sending thread.
 #[derive(Default)]
 pub struct ChunkBuilder {
+    /// Frame head and chunk header of the chunk built last.
+    head: Vec<u8>,
+    /// Its data pages in guest memory (raw chunks).
+    runs: Runs,
+    data: Data,
     raw: Vec<u8>,
     packed: Vec<u8>,
+    iov: Vec<libc::iovec>,
     compressor: Option<Compressor>,
 }
 
 impl ChunkBuilder {
-    /// Builds the chunk for the pages `bits` of the window at `base` into
-    /// `frame` (the payload of a `Chunk` frame). `skip_zero`: leave zero
-    /// pages out entirely (first round: the destination starts zeroed).
-    /// Returns `None` if nothing is left to send.
+    /// Builds the chunk for the pages `bits` of the window at `base` (a
+    /// whole `Chunk` frame, sent by [`ChunkBuilder::write_to`]).
+    /// `skip_zero`: leave zero pages out entirely (first round: the
+    /// destination starts zeroed). Returns `None` if nothing is left to
+    /// send.
     pub fn build(
         &mut self,
         mem: &HostMem,
@@ -205,11 +267,14 @@ impl ChunkBuilder {
         bits: [u64; 4],
         skip_zero: bool,
         codec: Codec,
-        frame: &mut Vec<u8>,
     ) -> Option<ChunkStats> {
         let mut present = [0u64; 4];
         let mut zero = [0u64; 4];
         self.raw.clear();
+        self.runs.0.clear();
+        // Raw chunks leave the data where it is; compression needs it in
+        // one piece.
+        let copy = codec != Codec::None;
         let mut stats = ChunkStats::default();
         for (w, &word) in bits.iter().enumerate() {
             let mut word = word;
@@ -217,19 +282,30 @@ impl ChunkBuilder {
                 let b = word.trailing_zeros() as usize;
                 word &= word - 1;
                 let gpa = base + ((w * 64 + b) * PAGE) as u64;
-                let at = self.raw.len();
-                self.raw.resize(at + PAGE, 0);
-                if !mem.read(gpa, &mut self.raw[at..]) {
-                    self.raw.truncate(at);
+                let Some(p) = mem.host(gpa, PAGE as u64) else {
                     continue;
-                }
-                if is_zero(&self.raw[at..]) {
-                    self.raw.truncate(at);
+                };
+                // SAFETY: `p` is one page inside a live mapping.
+                if unsafe { page_is_zero(p) } {
                     if skip_zero {
                         continue;
                     }
                     zero[w] |= 1 << b;
                     stats.zero += 1;
+                } else if copy {
+                    let at = self.raw.len();
+                    self.raw.reserve(PAGE);
+                    // SAFETY: `p` is one readable page; `raw` has room for
+                    // PAGE more bytes at `at` (reserved), which the copy
+                    // initializes before the length covers them.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(p, self.raw.as_mut_ptr().add(at), PAGE);
+                        self.raw.set_len(at + PAGE);
+                    }
+                    stats.raw += PAGE as u64;
+                } else {
+                    self.runs.push(p, PAGE);
+                    stats.raw += PAGE as u64;
                 }
                 present[w] |= 1 << b;
                 stats.pages += 1;
@@ -238,80 +314,372 @@ impl ChunkBuilder {
         if stats.pages == 0 {
             return None;
         }
-        stats.raw = self.raw.len() as u64;
         let c = self.compressor.get_or_insert_with(Compressor::new);
-        let used = if !self.raw.is_empty() && c.compress(codec, &self.raw, &mut self.packed) {
+        let used = if copy && !self.raw.is_empty() && c.compress(codec, &self.raw, &mut self.packed)
+        {
             codec
         } else {
             Codec::None
         };
-        frame.clear();
+        (self.data, stats.wire) = match (used, copy) {
+            (Codec::None, false) => (Data::Guest, stats.raw),
+            (Codec::None, true) => (Data::Copied, stats.raw),
+            _ => (Data::Packed, self.packed.len() as u64),
+        };
+        self.head.clear();
+        let frame_len = 1 + CHUNK_HEADER as u64 + stats.wire;
+        self.head
+            .extend_from_slice(&(frame_len as u32).to_le_bytes());
+        self.head.push(Kind::Chunk as u8);
         ChunkHeader {
             base,
             present,
             zero,
             codec: used,
-            raw_len: self.raw.len() as u32,
+            raw_len: stats.raw as u32,
         }
-        .encode(frame);
-        frame.extend_from_slice(if used == Codec::None {
-            &self.raw
-        } else {
-            &self.packed
-        });
-        stats.wire = frame.len() as u64 + 5;
+        .encode(&mut self.head);
+        stats.wire += (FRAME_HEAD + CHUNK_HEADER) as u64;
         Some(stats)
     }
+
+    /// Writes the chunk built last to `fd`: one writev of its header and
+    /// data (raw pages straight from guest memory).
+    pub fn write_to(&mut self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        self.iov.clear();
+        self.iov.push(libc::iovec {
+            iov_base: self.head.as_mut_ptr().cast(),
+            iov_len: self.head.len(),
+        });
+        let buf = |v: &mut Vec<u8>| libc::iovec {
+            iov_base: v.as_mut_ptr().cast(),
+            iov_len: v.len(),
+        };
+        match self.data {
+            Data::Guest => self
+                .iov
+                .extend(self.runs.0.iter().map(|&(p, n)| libc::iovec {
+                    iov_base: p.cast(),
+                    iov_len: n,
+                })),
+            Data::Copied => self.iov.push(buf(&mut self.raw)),
+            Data::Packed => self.iov.push(buf(&mut self.packed)),
+        }
+        // SAFETY: the header and buffers are ours; the guest runs were
+        // checked to lie inside guest memory, whose mapping outlives the
+        // migration (the guest may write them meanwhile: the dirty log
+        // sends such pages again).
+        unsafe { crate::transport::write_all_vectored(fd, &mut self.iov) }
+    }
+
+    /// The chunk built last as bytes (tests, and any plain writer).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.head);
+        match self.data {
+            Data::Guest => {
+                for &(p, n) in &self.runs.0 {
+                    let at = out.len();
+                    out.reserve(n);
+                    // SAFETY: a run inside guest memory (checked when
+                    // built); `out` has room for it (reserved).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(p, out.as_mut_ptr().add(at), n);
+                        out.set_len(at + n);
+                    }
+                }
+            }
+            Data::Copied => out.extend_from_slice(&self.raw),
+            Data::Packed => out.extend_from_slice(&self.packed),
+        }
+    }
 }
+
+/// What came on a data channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataFrame {
+    /// A chunk, applied: its page count.
+    Chunk(u64),
+    /// `ChannelDone`.
+    Done,
+}
+
+/// The frame kind of a wire byte.
+fn kind_of(b: u8) -> Option<Kind> {
+    use Kind::*;
+    [
+        Hello,
+        Welcome,
+        DataHello,
+        Chunk,
+        ChannelDone,
+        Switchover,
+        Outcome,
+        Abort,
+        Commit,
+        Running,
+    ]
+    .into_iter()
+    .find(|k| *k as u8 == b)
+}
+
+/// Pipe capacity asked for when splicing (the default pipe-max-size).
+const PIPE_BYTES: usize = 1 << 20;
 
 /// Reusable buffers of one receiving thread.
 #[derive(Default)]
 pub struct ChunkApplier {
+    /// The file behind guest memory (a memfd). With it, data goes into
+    /// the file, not through the mapping: raw pages are spliced from the
+    /// socket, decompressed ones written. The kernel then fills whole new
+    /// pages without zeroing them first, and nothing faults.
+    file: Option<std::fs::File>,
+    /// Pipe for splicing (read end, write end, capacity), made on first use.
+    pipe: Option<(OwnedFd, OwnedFd, usize)>,
+    /// Compressed data as it came.
+    buf: Vec<u8>,
+    /// Decompressed data whose pages are not contiguous in memory.
     raw: Vec<u8>,
+    /// Data pages of the current chunk, in guest memory.
+    runs: Runs,
+    /// The same runs in `file`: (offset, bytes).
+    file_runs: Vec<(u64, usize)>,
+    /// Zero pages of the current chunk.
+    zeros: Vec<*mut u8>,
+    iov: Vec<libc::iovec>,
     decompressor: Option<Decompressor>,
 }
 
 impl ChunkApplier {
-    /// Writes the pages of chunk `payload` into `mem`; returns pages written.
-    pub fn apply(&mut self, mem: &HostMem, payload: &[u8]) -> Result<u64, ChunkError> {
-        let h = ChunkHeader::decode(payload)?;
-        let data = &payload[CHUNK_HEADER..];
-        let raw: &[u8] = if h.codec == Codec::None {
-            if data.len() != h.raw_len as usize {
-                return Err(WireError::BadFrame(format!(
-                    "raw chunk of {} bytes, header says {}",
-                    data.len(),
-                    h.raw_len
-                ))
-                .into());
+    /// An applier that writes guest memory through `file`, the memfd
+    /// behind the mapping that `HostMem` describes (regions at their
+    /// recorded file offsets).
+    pub fn with_file(file: std::fs::File) -> Self {
+        ChunkApplier {
+            file: Some(file),
+            ..Default::default()
+        }
+    }
+
+    /// The splicing pipe.
+    fn pipe(&mut self) -> std::io::Result<(BorrowedFd<'_>, BorrowedFd<'_>, usize)> {
+        if self.pipe.is_none() {
+            let mut fds = [0; 2];
+            // SAFETY: `fds` has room for the two descriptors.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return Err(std::io::Error::last_os_error());
             }
-            data
-        } else {
-            self.raw.resize(h.raw_len as usize, 0);
-            self.decompressor
-                .get_or_insert_with(Decompressor::new)
-                .decompress(h.codec, data, &mut self.raw)?;
-            &self.raw
-        };
-        let mut at = 0;
+            // SAFETY: pipe2 just made these descriptors; we own them.
+            let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            // SAFETY: plain fcntl on our pipe; on failure the default stays.
+            let cap = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES as i32) };
+            let cap = if cap > 0 {
+                cap
+            } else {
+                // SAFETY: as above.
+                unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) }
+            };
+            self.pipe = Some((r, w, cap.max(4096) as usize));
+        }
+        let (r, w, cap) = self.pipe.as_ref().expect("made above");
+        Ok((r.as_fd(), w.as_fd(), *cap))
+    }
+
+    /// Moves `len` bytes from socket `fd` into the file at `off`: splice
+    /// to the pipe, splice from the pipe (one copy, into the page cache).
+    fn splice_in(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        mut off: u64,
+        mut len: usize,
+    ) -> std::io::Result<()> {
+        let file = self
+            .file
+            .as_ref()
+            .expect("splicing needs the file")
+            .as_raw_fd();
+        let (pr, pw, cap) = self.pipe()?;
+        let (pr, pw) = (pr.as_raw_fd(), pw.as_raw_fd());
+        while len > 0 {
+            // SAFETY: splice between descriptors we hold; no user memory.
+            let n = unsafe {
+                libc::splice(
+                    fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    pw,
+                    std::ptr::null_mut(),
+                    len.min(cap),
+                    libc::SPLICE_F_MOVE,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let mut left = n as usize;
+            while left > 0 {
+                let mut o = off as libc::loff_t;
+                // SAFETY: as above; `o` is a live offset the call advances.
+                let m = unsafe {
+                    libc::splice(
+                        pr,
+                        std::ptr::null_mut(),
+                        file,
+                        &mut o,
+                        left,
+                        libc::SPLICE_F_MOVE,
+                    )
+                };
+                if m < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                if m == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                left -= m as usize;
+                off += m as u64;
+            }
+            len -= n as usize;
+        }
+        Ok(())
+    }
+
+    /// Reads the next frame of a data channel from `fd`; a chunk's pages
+    /// go into `mem` (raw data straight from the socket). Everything the
+    /// peer says is checked before memory is written: a malformed frame
+    /// is an error, never a write outside guest memory.
+    pub fn next(&mut self, mem: &HostMem, fd: BorrowedFd<'_>) -> Result<DataFrame, ChunkError> {
+        let mut head = [0u8; FRAME_HEAD];
+        read_exact_fd(fd, &mut head).map_err(WireError::Io)?;
+        let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+        if len == 0 || len > MAX_FRAME {
+            return Err(WireError::BadFrame(format!("length {len}")).into());
+        }
+        let len = len as usize - 1;
+        match kind_of(head[4]) {
+            Some(Kind::Chunk) => self.chunk(mem, fd, len).map(DataFrame::Chunk),
+            Some(Kind::ChannelDone) => {
+                self.buf.resize(len, 0);
+                read_exact_fd(fd, &mut self.buf).map_err(WireError::Io)?;
+                Ok(DataFrame::Done)
+            }
+            Some(got) => Err(WireError::Unexpected {
+                expected: "chunk",
+                got,
+            }
+            .into()),
+            None => Err(WireError::BadFrame(format!("kind {}", head[4])).into()),
+        }
+    }
+
+    /// Reads a chunk of `len` bytes (after the frame head) into `mem`;
+    /// returns pages written.
+    fn chunk(&mut self, mem: &HostMem, fd: BorrowedFd<'_>, len: usize) -> Result<u64, ChunkError> {
+        if len < CHUNK_HEADER {
+            return Err(WireError::BadFrame(format!("chunk of {len} bytes")).into());
+        }
+        let mut hb = [0u8; CHUNK_HEADER];
+        read_exact_fd(fd, &mut hb).map_err(WireError::Io)?;
+        let h = ChunkHeader::decode(&hb)?;
+        let data_len = len - CHUNK_HEADER;
+        // Where every page goes, checked before anything is read.
+        self.runs.0.clear();
+        self.file_runs.clear();
+        self.zeros.clear();
         let mut pages = 0;
+        let mut in_file = self.file.is_some();
         for w in 0..4 {
             let mut word = h.present[w];
             while word != 0 {
                 let b = word.trailing_zeros() as usize;
                 word &= word - 1;
                 let gpa = h.base + ((w * 64 + b) * PAGE) as u64;
-                let ok = if h.zero[w] & (1 << b) != 0 {
-                    mem.zero(gpa)
+                let (p, off) = mem
+                    .place(gpa, PAGE as u64)
+                    .ok_or(ChunkError::OutOfRange(gpa))?;
+                if h.zero[w] & (1 << b) != 0 {
+                    self.zeros.push(p);
                 } else {
-                    at += PAGE;
-                    mem.write(gpa, &raw[at - PAGE..at])
-                };
-                if !ok {
-                    return Err(ChunkError::OutOfRange(gpa));
+                    self.runs.push(p, PAGE);
+                    match (off, self.file_runs.last_mut()) {
+                        (None, _) => in_file = false,
+                        (Some(o), Some((at, n))) if *at + *n as u64 == o => *n += PAGE,
+                        (Some(o), _) => self.file_runs.push((o, PAGE)),
+                    }
                 }
                 pages += 1;
             }
+        }
+        if h.codec == Codec::None {
+            if data_len != h.raw_len as usize {
+                return Err(WireError::BadFrame(format!(
+                    "raw chunk of {data_len} bytes, header says {}",
+                    h.raw_len
+                ))
+                .into());
+            }
+            if in_file {
+                for i in 0..self.file_runs.len() {
+                    let (off, n) = self.file_runs[i];
+                    self.splice_in(fd, off, n).map_err(WireError::Io)?;
+                }
+            } else {
+                self.iov.clear();
+                self.iov
+                    .extend(self.runs.0.iter().map(|&(p, n)| libc::iovec {
+                        iov_base: p.cast(),
+                        iov_len: n,
+                    }));
+                // SAFETY: every run lies inside guest memory (checked
+                // above); until the switchover nothing but this thread
+                // touches the window (each window travels on one channel,
+                // the VM does not exist yet).
+                unsafe { read_exact_vectored(fd, &mut self.iov) }.map_err(WireError::Io)?;
+            }
+        } else {
+            self.buf.resize(data_len, 0);
+            read_exact_fd(fd, &mut self.buf).map_err(WireError::Io)?;
+            let dec = self.decompressor.get_or_insert_with(Decompressor::new);
+            if let (true, Some(file)) = (in_file, &self.file) {
+                use std::os::unix::fs::FileExt;
+                self.raw.resize(h.raw_len as usize, 0);
+                dec.decompress(h.codec, &self.buf, &mut self.raw)?;
+                let mut at = 0;
+                for &(off, n) in &self.file_runs {
+                    file.write_all_at(&self.raw[at..at + n], off)
+                        .map_err(WireError::Io)?;
+                    at += n;
+                }
+            } else if let [(p, n)] = self.runs.0[..] {
+                // SAFETY: as above: a checked range of guest memory that
+                // only this thread uses until the switchover.
+                let out = unsafe { std::slice::from_raw_parts_mut(p, n) };
+                dec.decompress(h.codec, &self.buf, out)?;
+            } else {
+                self.raw.resize(h.raw_len as usize, 0);
+                dec.decompress(h.codec, &self.buf, &mut self.raw)?;
+                let mut at = 0;
+                for &(p, n) in &self.runs.0 {
+                    // SAFETY: as above; `raw` holds raw_len = the runs'
+                    // total bytes (checked by the header's decode).
+                    unsafe { std::ptr::copy_nonoverlapping(self.raw.as_ptr().add(at), p, n) };
+                    at += n;
+                }
+            }
+        }
+        for &p in &self.zeros {
+            // SAFETY: one checked page of guest memory, as above.
+            unsafe { std::ptr::write_bytes(p, 0, PAGE) };
         }
         Ok(pages)
     }
@@ -327,8 +695,24 @@ mod tests {
                 gpa,
                 len: buf.len() as u64,
                 host: buf.as_mut_ptr(),
+                file: None,
             }],
         }
+    }
+
+    /// Feeds `frame` to an applier through a socket, as a channel does.
+    fn apply(a: &mut ChunkApplier, mem: &HostMem, frame: &[u8]) -> Result<DataFrame, ChunkError> {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let (mut w, r) = std::os::unix::net::UnixStream::pair().unwrap();
+        let frame = frame.to_vec();
+        let t = std::thread::spawn(move || {
+            let _ = w.write_all(&frame);
+        });
+        let res = a.next(mem, r.as_fd());
+        drop(r);
+        t.join().unwrap();
+        res
     }
 
     #[test]
@@ -365,36 +749,59 @@ mod tests {
         let mut frame = Vec::new();
         for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
             for (base, bits) in smem.all_windows() {
-                let s = b
-                    .build(&smem, base, bits, false, codec, &mut frame)
-                    .unwrap();
+                let s = b.build(&smem, base, bits, false, codec).unwrap();
+                b.encode(&mut frame);
+                assert_eq!(s.wire, frame.len() as u64);
                 assert_eq!(s.pages, 256);
                 assert_eq!(s.raw, (256 - s.zero) * PAGE as u64);
                 if codec != Codec::None {
                     assert!(s.wire < s.raw, "{codec:?} {s:?}");
                 }
-                assert_eq!(a.apply(&dmem, &frame).unwrap(), 256);
+                assert_eq!(apply(&mut a, &dmem, &frame).unwrap(), DataFrame::Chunk(256));
             }
             assert!(src == dst, "{codec:?}");
             dst.fill(0xee);
         }
+        // Scattered pages (several runs), raw and compressed.
+        for codec in [Codec::None, Codec::Zstd] {
+            let bits = [0b1011_0110, 0, 1 << 63, 1];
+            b.build(&smem, 0x10_0000, bits, false, codec).unwrap();
+            b.encode(&mut frame);
+            assert_eq!(apply(&mut a, &dmem, &frame).unwrap(), DataFrame::Chunk(7));
+            for (i, page) in dst.chunks(PAGE).enumerate().take(256) {
+                let sent = bits[i / 64] & (1 << (i % 64)) != 0;
+                assert_eq!(
+                    sent,
+                    page == &src[i * PAGE..(i + 1) * PAGE],
+                    "{codec:?} page {i}"
+                );
+            }
+            dst.fill(0xee);
+        }
+        // A frame written by a socket writer reads back the same.
+        b.build(&smem, 0x10_0000, [u64::MAX; 4], false, Codec::None)
+            .unwrap();
+        let (x, y) = std::os::unix::net::UnixStream::pair().unwrap();
+        std::thread::scope(|sc| {
+            let r = sc.spawn(|| {
+                ChunkApplier::default()
+                    .next(&dmem, std::os::fd::AsFd::as_fd(&y))
+                    .unwrap()
+            });
+            b.write_to(std::os::fd::AsFd::as_fd(&x)).unwrap();
+            assert_eq!(r.join().unwrap(), DataFrame::Chunk(256));
+        });
+        assert!(src[..WINDOW_BYTES as usize] == dst[..WINDOW_BYTES as usize]);
         // The first round leaves zero pages out.
         let s = b
-            .build(
-                &smem,
-                0x10_0000,
-                [u64::MAX; 4],
-                true,
-                Codec::None,
-                &mut frame,
-            )
+            .build(&smem, 0x10_0000, [u64::MAX; 4], true, Codec::None)
             .unwrap();
         assert_eq!((s.pages, s.zero, s.raw), (2, 0, 2 * PAGE as u64));
         let zeros = vec![0u8; size];
         let mut z = zeros.clone();
         let zmem = mem_of(&mut z, 0);
         assert!(b
-            .build(&zmem, 0, [u64::MAX; 4], true, Codec::Zstd, &mut frame)
+            .build(&zmem, 0, [u64::MAX; 4], true, Codec::Zstd)
             .is_none());
     }
 
@@ -403,14 +810,115 @@ mod tests {
         let mut src = vec![1u8; WINDOW_BYTES as usize];
         let smem = mem_of(&mut src, 0);
         let mut frame = Vec::new();
-        ChunkBuilder::default()
-            .build(&smem, 0, [1, 0, 0, 0], false, Codec::None, &mut frame)
-            .unwrap();
+        let mut b = ChunkBuilder::default();
+        b.build(&smem, 0, [1, 0, 0, 0], false, Codec::None).unwrap();
+        b.encode(&mut frame);
         let mut dst = vec![0u8; WINDOW_BYTES as usize];
         let dmem = mem_of(&mut dst, WINDOW_BYTES);
+        let mut a = ChunkApplier::default();
         assert!(matches!(
-            ChunkApplier::default().apply(&dmem, &frame),
+            apply(&mut a, &dmem, &frame),
             Err(ChunkError::OutOfRange(0))
         ));
+        // A window at the very top of the address space: no wrap-around.
+        let mut top = frame.clone();
+        top[5..13].copy_from_slice(&(0u64.wrapping_sub(WINDOW_BYTES)).to_le_bytes());
+        top[13..77].fill(0);
+        top[37..45].copy_from_slice(&(1u64 << 63).to_le_bytes());
+        top[77] = 0;
+        top[78..82].copy_from_slice(&(PAGE as u32).to_le_bytes());
+        dst.fill(0xaa);
+        let mut dmem0 = mem_of(&mut dst, 0);
+        dmem0.ranges[0].len = u64::MAX;
+        assert!(matches!(
+            apply(&mut a, &dmem0, &top),
+            Err(ChunkError::OutOfRange(_))
+        ));
+        assert!(dst.iter().all(|&x| x == 0xaa), "nothing written");
+    }
+
+    #[test]
+    fn chunks_go_into_the_memfd_behind_guest_memory() {
+        use tern_vmm::memory::{Backing, GuestRam};
+        let size = 4 * WINDOW_BYTES as usize;
+        let mut src = vec![0u8; size];
+        for (i, b) in src.iter_mut().enumerate() {
+            if !(i / PAGE).is_multiple_of(5) {
+                *b = (i % 253) as u8 ^ (i / PAGE) as u8 | 1;
+            }
+        }
+        let smem = mem_of(&mut src, 0);
+        let ram = GuestRam::new(size as u64, Backing::Memfd).unwrap();
+        let dmem = HostMem::of(&ram.mem);
+        let file = ram.memfd.as_ref().unwrap().try_clone().unwrap();
+        let mut a = ChunkApplier::with_file(file);
+        let mut b = ChunkBuilder::default();
+        let mut frame = Vec::new();
+        let codecs = [Codec::None, Codec::Lz4, Codec::None, Codec::Zstd];
+        for ((base, bits), codec) in smem.all_windows().into_iter().zip(codecs) {
+            // Scattered pages in the first window, whole windows after.
+            let bits = if base == 0 {
+                [0xf0f0_0000_ffff_0001, 3, 0, 1 << 63]
+            } else {
+                bits
+            };
+            b.build(&smem, base, bits, false, codec).unwrap();
+            b.encode(&mut frame);
+            apply(&mut a, &dmem, &frame).unwrap();
+        }
+        let mut back = vec![0u8; size];
+        dmem.read(0, &mut back);
+        for (i, (x, y)) in back.chunks(PAGE).zip(src.chunks(PAGE)).enumerate() {
+            let sent = i >= WINDOW_PAGES
+                || [0xf0f0_0000_ffff_0001u64, 3, 0, 1 << 63][i / 64] & (1 << (i % 64)) != 0;
+            if sent {
+                assert!(x == y, "page {i}");
+            } else {
+                assert!(x.iter().all(|&b| b == 0), "page {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        let mut src = vec![3u8; WINDOW_BYTES as usize];
+        let smem = mem_of(&mut src, 0);
+        let mut b = ChunkBuilder::default();
+        let mut frame = Vec::new();
+        b.build(&smem, 0, [0b111, 0, 0, 0], false, Codec::None)
+            .unwrap();
+        b.encode(&mut frame);
+        let mut dst = vec![0u8; WINDOW_BYTES as usize];
+        let dmem = mem_of(&mut dst, 0);
+        let mut a = ChunkApplier::default();
+        // Cut short: the stream ends inside the data.
+        assert!(apply(&mut a, &dmem, &frame[..frame.len() - 1]).is_err());
+        // Frame length and raw length disagree.
+        let mut f = frame.clone();
+        let l = u32::from_le_bytes(f[..4].try_into().unwrap()) - PAGE as u32;
+        f[..4].copy_from_slice(&l.to_le_bytes());
+        assert!(apply(&mut a, &dmem, &f[..f.len() - PAGE]).is_err());
+        // Too long, too short, unknown kind, unknown codec, another frame kind.
+        for head in [
+            [0xff, 0xff, 0xff, 0x7f, 4],
+            [0, 0, 0, 0, 4],
+            [10, 0, 0, 0, 4],
+            [1, 0, 0, 0, 99],
+            [1, 0, 0, 0, 6],
+        ] {
+            assert!(apply(&mut a, &dmem, &head).is_err(), "{head:?}");
+        }
+        let mut f = frame.clone();
+        f[77] = 9;
+        assert!(apply(&mut a, &dmem, &f).is_err());
+        // Garbage compressed data.
+        let mut f = frame.clone();
+        f[77] = Codec::Lz4 as u8;
+        assert!(apply(&mut a, &dmem, &f).is_err());
+        assert_eq!(
+            apply(&mut a, &dmem, &[1, 0, 0, 0, 5]).unwrap(),
+            DataFrame::Done
+        );
+        assert_eq!(apply(&mut a, &dmem, &frame).unwrap(), DataFrame::Chunk(3));
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tern_vmm::memory::{Backing, GuestRam, MemoryError};
 use tern_vmm::VmState;
 
-use crate::pages::{ChunkApplier, ChunkError, HostMem};
+use crate::pages::{ChunkApplier, ChunkError, DataFrame, HostMem};
 use crate::transport::{self, Listener, Stream};
 use crate::wire::{self, ConfigCheck, Kind, WireError};
 
@@ -161,8 +161,8 @@ pub fn receive(
     expect: &ConfigCheck,
     log: &dyn Fn(&str),
 ) -> Result<Received, ReceiveError> {
-    // Over TCP the memory is streamed into a memfd: allocate it while
-    // waiting, so the transfer does not pay a page fault per page.
+    // Over TCP the memory is streamed into a memfd: allocate what can be
+    // allocated while waiting, so the transfer has less to allocate.
     let ram = match listener {
         Listener::Tcp(_) => Some(prefaulted(expect.memory)?),
         Listener::Unix(..) => None,
@@ -234,11 +234,11 @@ pub fn receive(
     if hello.zero_copy {
         return receive_memfd(ctl, expect);
     }
-    let ram = match ram {
-        Some(r) => r,
-        None => GuestRam::new(expect.memory, Backing::Memfd)?,
+    let (ram, prefault) = match ram {
+        Some((r, p)) => (r, Some(p)),
+        None => (GuestRam::new(expect.memory, Backing::Memfd)?, None),
     };
-    receive_stream(listener, ctl, &hello, ram)
+    receive_stream(listener, ctl, &hello, ram, prefault)
 }
 
 fn receive_memfd(mut ctl: Stream, expect: &ConfigCheck) -> Result<Received, ReceiveError> {
@@ -345,18 +345,43 @@ fn set_stream_blocking(s: &Stream) -> io::Result<()> {
     }
 }
 
-/// A memfd-backed RAM whose pages a background thread allocates.
-fn prefaulted(size: u64) -> Result<GuestRam, ReceiveError> {
+/// Stops the background allocation of [`prefaulted`] when dropped.
+struct Prefault(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Prefault {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Bytes the background allocation takes at a time.
+const PREFAULT_STEP: u64 = 32 << 20;
+
+/// A memfd-backed RAM whose pages a background thread allocates while
+/// the worker waits for the source, until the returned guard is dropped
+/// (when the data starts: from then on the receiving threads allocate
+/// what they write, and a second allocator would only compete with them
+/// for the CPU and the file's locks).
+fn prefaulted(size: u64) -> Result<(GuestRam, Prefault), ReceiveError> {
     let ram = GuestRam::new(size, Backing::Memfd)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(f) = ram.memfd.as_ref().and_then(|f| f.try_clone().ok()) {
+        let stop = stop.clone();
         std::thread::spawn(move || {
             use std::os::fd::AsRawFd;
-            // SAFETY: plain syscall on an fd we own; allocating pages of a
-            // memfd never changes data already written.
-            unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) };
+            let mut off = 0;
+            while off < size && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let len = PREFAULT_STEP.min(size - off);
+                // SAFETY: plain syscall on an fd we own; allocating pages
+                // of a memfd never changes data already written.
+                unsafe {
+                    libc::fallocate(f.as_raw_fd(), 0, off as libc::off_t, len as libc::off_t)
+                };
+                off += len;
+            }
         });
     }
-    Ok(ram)
+    Ok((ram, Prefault(stop)))
 }
 
 fn receive_stream(
@@ -364,9 +389,12 @@ fn receive_stream(
     mut ctl: Stream,
     hello: &wire::Hello,
     mut ram: GuestRam,
+    prefault: Option<Prefault>,
 ) -> Result<Received, ReceiveError> {
     let chans = accept_channels(listener, hello)?;
+    drop(prefault);
     let mem = HostMem::of(&ram.mem);
+    let memfd = ram.memfd.as_ref();
     let wakers: Vec<Stream> = chans
         .iter()
         .flatten()
@@ -383,28 +411,21 @@ fn receive_stream(
                 let s = s.expect("every channel connected");
                 sc.spawn(move || -> Result<u64, ReceiveError> {
                     s.set_timeouts(Some(DATA_TIMEOUT))?;
-                    let mut r = io::BufReader::with_capacity(256 << 10, s);
-                    let mut applier = ChunkApplier::default();
-                    let mut buf = Vec::new();
-                    let mut pages = 0;
-                    let chan_err = |source| ReceiveError::Channel {
-                        index: i as u32,
-                        source,
+                    let mut applier = match memfd.map(std::fs::File::try_clone) {
+                        Some(f) => ChunkApplier::with_file(f?),
+                        None => ChunkApplier::default(),
                     };
+                    let mut pages = 0;
+                    let fd = std::os::fd::AsFd::as_fd(&s);
                     loop {
-                        match wire::read_frame(&mut r, &mut buf).map_err(|e| chan_err(e.into()))? {
-                            Kind::Chunk => {
-                                pages += applier.apply(mem, &buf).map_err(chan_err)?;
-                            }
-                            Kind::ChannelDone => return Ok(pages),
-                            got => {
-                                return Err(chan_err(
-                                    WireError::Unexpected {
-                                        expected: "chunk",
-                                        got,
-                                    }
-                                    .into(),
-                                ))
+                        match applier.next(mem, fd) {
+                            Ok(DataFrame::Chunk(p)) => pages += p,
+                            Ok(DataFrame::Done) => return Ok(pages),
+                            Err(source) => {
+                                return Err(ReceiveError::Channel {
+                                    index: i as u32,
+                                    source,
+                                })
                             }
                         }
                     }

@@ -867,8 +867,7 @@ impl Engine<'_> {
         first: bool,
     ) -> Result<(), MigrateError> {
         let mut builder = ChunkBuilder::default();
-        let mut frame = Vec::with_capacity(WINDOW_BYTES as usize + 128);
-        let mut out = std::io::BufWriter::with_capacity(256 << 10, &mut *stream);
+        let fd = std::os::fd::AsFd::as_fd(&*stream);
         for &(base, bits) in windows {
             if (base / WINDOW_BYTES) % n != index {
                 continue;
@@ -877,19 +876,18 @@ impl Engine<'_> {
                 return Err(MigrateError::Cancelled);
             }
             let codec = Codec::from_u8(self.codec.load(Ordering::Relaxed)).unwrap_or(Codec::None);
-            let Some(st) = builder.build(&self.mem, base, bits, first, codec, &mut frame) else {
+            let Some(st) = builder.build(&self.mem, base, bits, first, codec) else {
                 continue;
             };
             if let Some(l) = &self.limiter {
                 l.take(st.wire);
             }
-            wire::write_frame(&mut out, Kind::Chunk, &frame)?;
+            builder.write_to(fd)?;
             self.counters.wire.fetch_add(st.wire, Ordering::Relaxed);
             self.counters.raw.fetch_add(st.raw, Ordering::Relaxed);
             self.counters.pages.fetch_add(st.pages, Ordering::Relaxed);
             self.counters.zero.fetch_add(st.zero, Ordering::Relaxed);
         }
-        std::io::Write::flush(&mut out)?;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -116,6 +116,122 @@ impl Stream {
             Stream::Tcp(_) => None,
         }
     }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+/// Most iovecs one readv/writev takes (Linux: IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+/// Drops the first `n` bytes of `iov` (a partial transfer); returns how
+/// many entries were used up entirely.
+fn advance(iov: &mut [libc::iovec], mut n: usize) -> usize {
+    let mut done = 0;
+    for v in iov.iter_mut() {
+        if n < v.iov_len {
+            // SAFETY: stays inside the buffer (n < iov_len).
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+            v.iov_len -= n;
+            return done;
+        }
+        n -= v.iov_len;
+        v.iov_len = 0;
+        done += 1;
+    }
+    done
+}
+
+/// Writes every byte that `iov` describes to `fd` (writev, resumed after
+/// partial writes; EINTR retried). `iov` is used up in the process.
+///
+/// # Safety
+///
+/// Every entry must describe memory readable for its length for the
+/// whole call (it may change meanwhile: what goes out is then whatever
+/// the kernel read).
+pub unsafe fn write_all_vectored(
+    fd: BorrowedFd<'_>,
+    mut iov: &mut [libc::iovec],
+) -> io::Result<()> {
+    loop {
+        // Empty entries first: a readv of nothing would look like the end.
+        let skip = advance(iov, 0);
+        iov = &mut iov[skip..];
+        if iov.is_empty() {
+            return Ok(());
+        }
+        let cnt = iov.len().min(IOV_MAX);
+        // SAFETY: the caller vouches for the buffers; `iov` is a live array
+        // of `cnt` entries.
+        let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), cnt as libc::c_int) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let done = advance(iov, n as usize);
+        iov = &mut iov[done..];
+    }
+}
+
+/// Fills every buffer that `iov` describes from `fd` (readv, resumed after
+/// partial reads; EINTR retried); the end of the stream before that is
+/// an `UnexpectedEof` error. `iov` is used up in the process.
+///
+/// # Safety
+///
+/// Every entry must describe memory writable for its length for the
+/// whole call, that nothing else reads or writes meanwhile.
+pub unsafe fn read_exact_vectored(
+    fd: BorrowedFd<'_>,
+    mut iov: &mut [libc::iovec],
+) -> io::Result<()> {
+    loop {
+        // Empty entries first: a readv of nothing would look like the end.
+        let skip = advance(iov, 0);
+        iov = &mut iov[skip..];
+        if iov.is_empty() {
+            return Ok(());
+        }
+        let cnt = iov.len().min(IOV_MAX);
+        // SAFETY: the caller vouches for the buffers; `iov` is a live array
+        // of `cnt` entries.
+        let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), cnt as libc::c_int) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let done = advance(iov, n as usize);
+        iov = &mut iov[done..];
+    }
+}
+
+/// Reads exactly `buf.len()` bytes from `fd`.
+pub fn read_exact_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<()> {
+    let mut iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    // SAFETY: `buf` is an exclusively borrowed buffer of that length.
+    unsafe { read_exact_vectored(fd, &mut iov) }
 }
 
 impl Read for Stream {
@@ -288,6 +404,48 @@ mod tests {
         for bad in ["tcp:host", "tcp::1", "udp:x:1", "unix:", "127.0.0.1:80"] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn vectored_io_moves_every_byte_across_partial_transfers() {
+        let (a, b) = UnixStream::pair().unwrap();
+        // Far more than a socket buffer: writev and readv return short.
+        let src: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i * 7 + i / 4093) as u8)
+            .collect();
+        let pieces = [0usize, 1, 4095, 1_000_000, 3_000_000];
+        let t = {
+            let src = src.clone();
+            std::thread::spawn(move || {
+                let mut iov: Vec<libc::iovec> = pieces
+                    .windows(2)
+                    .map(|w| libc::iovec {
+                        iov_base: src[w[0]..].as_ptr() as *mut _,
+                        iov_len: w[1] - w[0],
+                    })
+                    .collect();
+                // SAFETY: `src` outlives the call and is only read.
+                unsafe { write_all_vectored(a.as_fd(), &mut iov) }.unwrap();
+            })
+        };
+        let mut dst = vec![0u8; src.len()];
+        let mut iov: Vec<libc::iovec> = [0usize, 17, 2_000_000, 3_000_000]
+            .windows(2)
+            .map(|w| libc::iovec {
+                iov_base: dst[w[0]..].as_mut_ptr().cast(),
+                iov_len: w[1] - w[0],
+            })
+            .collect();
+        // SAFETY: `dst` is ours alone for the call.
+        unsafe { read_exact_vectored(b.as_fd(), &mut iov) }.unwrap();
+        t.join().unwrap();
+        assert!(dst == src);
+        drop(b);
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(a);
+        let mut buf = [0u8; 4];
+        let e = read_exact_fd(b.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
