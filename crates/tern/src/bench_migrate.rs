@@ -574,11 +574,10 @@ fn run_inner(args: &MigrateBench) -> Res<()> {
         json!({"bench": "migrate", "memory_image": img, "memory": args.memory,
         "how": "256 KiB pieces in rotation: zeros, text (/usr/share, /usr/lib/python3, /usr/include), binaries (/usr/bin, /usr/lib/x86_64-linux-gnu, /usr/sbin), /dev/urandom"})
     );
-    // Warm the page cache so neither side reads the disk.
-    let _ = std::io::copy(
-        &mut File::open(&args.image).map_err(|e| e.to_string())?,
-        &mut std::io::sink(),
-    );
+    // Keep the image in the page cache so neither side reads the disk: a
+    // warm-up read is not enough where the host reclaims idle page cache
+    // within seconds (DAMON pageout, as on this project's test machines).
+    let _pinned = PinnedFile::new(&args.image)?;
     let qemu = if args.no_qemu {
         None
     } else {
@@ -698,6 +697,56 @@ fn run_inner(args: &MigrateBench) -> Res<()> {
     println!("{}", json!({"bench": "migrate", "summary": summary}));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// A file mapped and locked in memory (its page cache stays resident)
+/// until dropped.
+struct PinnedFile {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl PinnedFile {
+    fn new(path: &Path) -> Res<PinnedFile> {
+        use std::os::fd::AsRawFd;
+        let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = f.metadata().map_err(|e| e.to_string())?.len() as usize;
+        // SAFETY: a fresh read-only shared mapping of a file we opened;
+        // nothing else refers to the address range.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(format!(
+                "mmap {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: the range is our mapping.
+        if unsafe { libc::mlock(addr, len) } != 0 {
+            eprintln!(
+                "tern: bench migrate: cannot lock the memory image in memory ({}); \
+                 it may be read from disk during the runs",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(PinnedFile { addr, len })
+    }
+}
+
+impl Drop for PinnedFile {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, unmapped once.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
 }
 
 fn tempfile_dir() -> Res<PathBuf> {
