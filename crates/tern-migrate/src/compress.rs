@@ -210,10 +210,11 @@ pub fn calibrate(samples: &[&[u8]]) -> Vec<CodecSpeed> {
 /// Picks the codec moving guest memory fastest: with `link` wire bytes/s
 /// and `threads` compressing threads, codec c moves
 /// `min(threads × speed_c, link / ratio_c)` bytes of memory per second;
-/// no compression moves `link`. Compression must win by 10% to be chosen
-/// (it costs CPU the guest could use).
+/// no compression moves `link`. Compression must be predicted to win by
+/// 50% to be chosen: it costs CPU the guest could use, and where sending
+/// is CPU-bound too (a fast link, few cores) the model overrates it.
 pub fn choose(link: f64, threads: usize, speeds: &[CodecSpeed]) -> Codec {
-    let mut best = (Codec::None, link * 1.1);
+    let mut best = (Codec::None, link * 1.5);
     for s in speeds {
         let rate = (threads as f64 * s.bytes_per_s).min(link / s.ratio.max(1e-3));
         if rate > best.1 {

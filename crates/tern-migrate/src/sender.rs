@@ -663,8 +663,42 @@ impl Engine<'_> {
             last_dirty = Some(dirty);
             prev_sent_bytes = st.wire;
         }
+        // What the socket buffers still hold would be sent while paused.
+        self.drain(data)?;
         throttle_stop.store(true, Ordering::SeqCst);
         Ok(windows)
+    }
+
+    /// Waits until the peer has taken everything written to the channels
+    /// (the socket send queues hold megabytes: on a slow link, tens of
+    /// milliseconds that would otherwise fall into the downtime).
+    fn drain(&self, data: &[Stream]) -> Result<(), MigrateError> {
+        let mut last = (u64::MAX, Instant::now());
+        loop {
+            let mut unsent = 0;
+            for d in data {
+                // A socket that cannot say is not waited for.
+                unsent += d.unsent().unwrap_or(0);
+            }
+            if unsent == 0 {
+                return Ok(());
+            }
+            if self.progress.cancelled() {
+                return Err(MigrateError::Cancelled);
+            }
+            if self.check_timeout() == Some(TimeoutAction::Cancel) {
+                return Err(MigrateError::TimedOut(
+                    self.opts.timeout.unwrap_or_default(),
+                ));
+            }
+            let now = Instant::now();
+            if unsent < last.0 {
+                last = (unsent, now);
+            } else if now.duration_since(last.1) > IO_TIMEOUT {
+                return Err(MigrateError::Stalled(IO_TIMEOUT));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Wire bytes/s: the measured link, capped.
@@ -843,7 +877,7 @@ impl Engine<'_> {
                 }
                 let rate = (raw - raw0) as f64 / dt.as_secs_f64();
                 // A trial that lost is not repeated soon: each costs time.
-                let quiet = if rate < prev_rate * 1.05 {
+                let quiet = if rate < prev_rate * 1.15 {
                     self.set_codec(prev);
                     Duration::from_secs(15)
                 } else {

@@ -109,6 +109,17 @@ impl Stream {
         };
     }
 
+    /// Bytes written but not yet taken by the peer (TCP: not yet
+    /// acknowledged), from the socket's send queue.
+    pub fn unsent(&self) -> io::Result<u64> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int to the pointer.
+        if unsafe { libc::ioctl(self.as_fd().as_raw_fd(), libc::TIOCOUTQ, &mut n) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n.max(0) as u64)
+    }
+
     /// The UNIX socket, if this is one.
     pub fn as_unix(&self) -> Option<&UnixStream> {
         match self {
