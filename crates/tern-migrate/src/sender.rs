@@ -466,6 +466,8 @@ fn switchover_zero_copy(
     was_paused: bool,
 ) -> Result<(), MigrateError> {
     progress.update(|s| s.phase = Phase::Switchover);
+    // As in a streamed switchover: the hand-over's flush stays short.
+    vm.disks().flush_all()?;
     let paused_at = Instant::now();
     if !was_paused {
         vm.pause()?;
@@ -935,6 +937,9 @@ impl Engine<'_> {
         was_paused: bool,
     ) -> Result<(), MigrateError> {
         self.progress.update(|s| s.phase = Phase::Switchover);
+        // Write back what the guest wrote so far while it still runs: the
+        // flush in the hand-over then covers only the last milliseconds.
+        self.vm.disks().flush_all()?;
         let paused_at = Instant::now();
         if !was_paused {
             self.vm.pause()?;
