@@ -599,6 +599,25 @@ fn run_inner(args: &MigrateBench) -> Res<()> {
     let mut summary = serde_json::Map::new();
     for (link, net) in &links {
         let net = net.as_ref();
+        // One migration that is not counted: on this host whichever case
+        // runs first in a process is 2-5x slower (host memory handed back
+        // by free page reporting is faulted in again), which would make
+        // the order of the cases decide the result.
+        match tern_case(
+            &exe,
+            &dir,
+            net,
+            args.memory,
+            "probe:hello",
+            Some(&args.image),
+            "off",
+        ) {
+            Ok((total, _, _)) => println!(
+                "{}",
+                json!({"bench": "migrate", "link": link, "warmup": true, "total_ms": total})
+            ),
+            Err(e) => eprintln!("tern: bench migrate: warm-up run failed: {e}"),
+        }
         let mut qemu_best: Option<(String, f64)> = None;
         if let Some((q, accel)) = &qemu {
             for v in QEMU_VARIANTS {
