@@ -119,10 +119,7 @@ impl Received {
         let mut buf = Vec::new();
         match wire::read_frame(&mut self.ctl, &mut buf)? {
             Kind::Commit => Ok(()),
-            Kind::Abort => {
-                let a: wire::Abort = prost::Message::decode(buf.as_slice()).unwrap_or_default();
-                Err(ReceiveError::Aborted(a.reason))
-            }
+            Kind::Abort => Err(aborted(&buf)),
             got => Err(WireError::Unexpected {
                 expected: "commit",
                 got,
@@ -274,16 +271,20 @@ fn read_switchover(ctl: &mut Stream) -> Result<wire::Switchover, ReceiveError> {
                 source,
             })
         }),
-        Kind::Abort => {
-            let a: wire::Abort = prost::Message::decode(buf.as_slice()).unwrap_or_default();
-            Err(ReceiveError::Aborted(a.reason))
-        }
+        Kind::Abort => Err(aborted(&buf)),
         got => Err(WireError::Unexpected {
             expected: "switchover",
             got,
         }
         .into()),
     }
+}
+
+/// The source's `Abort` (a payload that does not decode still means it
+/// gave up).
+fn aborted(payload: &[u8]) -> ReceiveError {
+    let a: wire::Abort = prost::Message::decode(payload).unwrap_or_default();
+    ReceiveError::Aborted(a.reason)
 }
 
 fn decode_state(sw: &wire::Switchover) -> Result<VmState, ReceiveError> {

@@ -167,34 +167,9 @@ fn advance(iov: &mut [libc::iovec], mut n: usize) -> usize {
 /// Every entry must describe memory readable for its length for the
 /// whole call (it may change meanwhile: what goes out is then whatever
 /// the kernel read).
-pub unsafe fn write_all_vectored(
-    fd: BorrowedFd<'_>,
-    mut iov: &mut [libc::iovec],
-) -> io::Result<()> {
-    loop {
-        // Empty entries first: a readv of nothing would look like the end.
-        let skip = advance(iov, 0);
-        iov = &mut iov[skip..];
-        if iov.is_empty() {
-            return Ok(());
-        }
-        let cnt = iov.len().min(IOV_MAX);
-        // SAFETY: the caller vouches for the buffers; `iov` is a live array
-        // of `cnt` entries.
-        let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), cnt as libc::c_int) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        let done = advance(iov, n as usize);
-        iov = &mut iov[done..];
-    }
+pub unsafe fn write_all_vectored(fd: BorrowedFd<'_>, iov: &mut [libc::iovec]) -> io::Result<()> {
+    // SAFETY: the caller's promise is writev's.
+    unsafe { all_vectored(fd, iov, libc::writev, io::ErrorKind::WriteZero) }
 }
 
 /// Fills every buffer that `iov` describes from `fd` (readv, resumed after
@@ -205,9 +180,25 @@ pub unsafe fn write_all_vectored(
 ///
 /// Every entry must describe memory writable for its length for the
 /// whole call, that nothing else reads or writes meanwhile.
-pub unsafe fn read_exact_vectored(
+pub unsafe fn read_exact_vectored(fd: BorrowedFd<'_>, iov: &mut [libc::iovec]) -> io::Result<()> {
+    // SAFETY: the caller's promise is readv's.
+    unsafe { all_vectored(fd, iov, libc::readv, io::ErrorKind::UnexpectedEof) }
+}
+
+/// `readv` or `writev`.
+type VectoredIo = unsafe extern "C" fn(libc::c_int, *const libc::iovec, libc::c_int) -> isize;
+
+/// Runs `op` until every entry of `iov` is used up; a result of 0 bytes
+/// before that is the error `at_zero`.
+///
+/// # Safety
+///
+/// As for the public callers: the buffers are valid for `op` throughout.
+unsafe fn all_vectored(
     fd: BorrowedFd<'_>,
     mut iov: &mut [libc::iovec],
+    op: VectoredIo,
+    at_zero: io::ErrorKind,
 ) -> io::Result<()> {
     loop {
         // Empty entries first: a readv of nothing would look like the end.
@@ -219,7 +210,7 @@ pub unsafe fn read_exact_vectored(
         let cnt = iov.len().min(IOV_MAX);
         // SAFETY: the caller vouches for the buffers; `iov` is a live array
         // of `cnt` entries.
-        let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), cnt as libc::c_int) };
+        let n = unsafe { op(fd.as_raw_fd(), iov.as_ptr(), cnt as libc::c_int) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -228,7 +219,7 @@ pub unsafe fn read_exact_vectored(
             return Err(e);
         }
         if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+            return Err(at_zero.into());
         }
         let done = advance(iov, n as usize);
         iov = &mut iov[done..];
