@@ -72,21 +72,41 @@ pub fn show(d: &Daemon, id: &str) -> Result<Migration, OpError> {
         .ok_or_else(|| OpError::NotFound(format!("no migration '{id}'")))
 }
 
-fn new_record(vm: &VmRow, direction: &str, peer: &str) -> Migration {
+/// Records a migration of `vm` that has started and returns what the API
+/// shows of it.
+fn start_record(
+    d: &Daemon,
+    vm: &VmRow,
+    direction: &str,
+    peer_name: &str,
+    peer: Option<(Client, String)>,
+) -> Migration {
     // Ids sort by start time: newest first in lists.
-    Migration {
+    let info = Migration {
         id: format!("{:013x}{}", now_ms(), &new_id()[..6]),
         vm: vm.name.clone(),
         direction: direction.into(),
-        peer: peer.into(),
-        state: MigrationState::Pending,
+        peer: peer_name.into(),
+        state: MigrationState::Running,
         transferred_bytes: 0,
         total_bytes: vm.memory,
         rounds: 0,
         downtime_ms: None,
         total_ms: None,
         error: None,
-    }
+    };
+    d.migrations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            info.id.clone(),
+            Record {
+                info: info.clone(),
+                vm_id: vm.id.clone(),
+                peer,
+            },
+        );
+    info
 }
 
 /// Puts a migrating VM back to running (the worker runs it on), or to
@@ -200,20 +220,14 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
             source: e,
         });
     }
-    let mut info = new_record(&row, "outgoing", &dest.to_string());
-    info.state = MigrationState::Running;
+    let info = start_record(
+        d,
+        &row,
+        "outgoing",
+        &dest.to_string(),
+        Some((peer.clone(), ready.migration.id.clone())),
+    );
     let mig_id = info.id.clone();
-    d.migrations
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            mig_id.clone(),
-            Record {
-                info: info.clone(),
-                vm_id: id.clone(),
-                peer: Some((peer.clone(), ready.migration.id.clone())),
-            },
-        );
     let d2 = d.clone();
     tokio::spawn(async move {
         let disk_ids: Vec<String> = disks.into_iter().map(|k| k.id).collect();
@@ -520,20 +534,8 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    let mut info = new_record(&row, "incoming", &req.source);
-    info.state = MigrationState::Running;
+    let info = start_record(d, &row, "incoming", &req.source, None);
     let mig_id = info.id.clone();
-    d.migrations
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            mig_id.clone(),
-            Record {
-                info: info.clone(),
-                vm_id: row.id.clone(),
-                peer: None,
-            },
-        );
     // The VM is ours once its worker answers on the control socket.
     let d2 = d.clone();
     let control = launch.control.clone();
