@@ -25,6 +25,7 @@ use crate::checkpoint::{Store, TREE_FILE};
 use crate::file::{self, FileError};
 use crate::proto::CheckpointTree;
 use crate::saved::{self, SavedError};
+use crate::staging::StagingError;
 
 /// The manifest's name.
 pub const MANIFEST: &str = "manifest.json";
@@ -227,24 +228,10 @@ fn disk_name(index: usize, src: &Path) -> String {
 }
 
 fn create_tmp(dir: &Path) -> Result<(PathBuf, PathBuf), ExportError> {
-    if let Ok(mut entries) = std::fs::read_dir(dir) {
-        if entries.next().is_some() {
-            return Err(ExportError::Exists(dir.into()));
-        }
-    }
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = dir
-        .file_name()
-        .ok_or_else(|| ExportError::Exists(dir.into()))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp, "create"))?;
-    Ok((tmp, parent))
+    crate::staging::staging_dir(dir).map_err(|e| match e {
+        StagingError::Exists => ExportError::Exists(dir.into()),
+        StagingError::Create(tmp, source) => io(&tmp, "create")(source),
+    })
 }
 
 /// Writes the manifest of everything in `tmp` and renames it to `dir`.

@@ -32,6 +32,7 @@ pub mod export;
 pub mod file;
 pub mod proto;
 pub mod saved;
+mod staging;
 
 pub use file::{FileError, FORMAT_VERSION};
 pub use saved::{load, save_into, Loaded, SaveInfo, SavedError};

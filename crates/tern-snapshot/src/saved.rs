@@ -310,23 +310,10 @@ pub fn save_into_as(
 ) -> Result<SaveInfo, SavedError> {
     let t0 = Instant::now();
     let state = vm.save_state().map_err(SavedError::Capture)?;
-    if let Ok(mut entries) = std::fs::read_dir(dir) {
-        if entries.next().is_some() {
-            return Err(SavedError::Exists(dir.into()));
-        }
-    }
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = dir
-        .file_name()
-        .ok_or_else(|| SavedError::Exists(dir.into()))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp, "create"))?;
+    let (tmp, parent) = crate::staging::staging_dir(dir).map_err(|e| match e {
+        crate::staging::StagingError::Exists => SavedError::Exists(dir.into()),
+        crate::staging::StagingError::Create(tmp, source) => io_err(&tmp, "create")(source),
+    })?;
     let r = (|| {
         let written = if memory {
             write_memory(vm.ram(), &tmp.join(MEMORY_FILE))?
