@@ -83,16 +83,32 @@ pub async fn create(d: &Daemon, key: &str, name: &str) -> Result<Checkpoint, OpE
         .ok_or_else(|| OpError::Failed("checkpoint recorded but not found".into()))
 }
 
-/// `POST /v1/vms/{vm}/checkpoints/{checkpoint}/apply`.
-pub async fn apply(d: &Daemon, key: &str, cp: &str) -> Result<Vm, OpError> {
+/// An existing checkpoint of a VM with a worker, under the VM's operation
+/// lock.
+struct Existing {
+    row: crate::registry::VmRow,
+    /// The worker's number of the checkpoint.
+    n: u64,
+    w: std::sync::Arc<worker::Worker>,
+    _op: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// Finds checkpoint `cp` of VM `key` and its worker, to `what` it.
+async fn existing(d: &Daemon, key: &str, cp: &str, what: &str) -> Result<Existing, OpError> {
     let row = d.reg.vm(key)?;
     check_enabled(d)?;
-    let _g = d.op_lock(&row.id).await;
+    let op = d.op_lock(&row.id).await;
     let n = d
         .reg
         .checkpoint(&row.id, cp)?
         .ok_or_else(|| OpError::NotFound(format!("VM {} has no checkpoint '{cp}'", row.name)))?;
-    let w = worker_of(d, &row.id, "revert to a checkpoint")?;
+    let w = worker_of(d, &row.id, what)?;
+    Ok(Existing { row, n, w, _op: op })
+}
+
+/// `POST /v1/vms/{vm}/checkpoints/{checkpoint}/apply`.
+pub async fn apply(d: &Daemon, key: &str, cp: &str) -> Result<Vm, OpError> {
+    let Existing { row, n, w, _op } = existing(d, key, cp, "revert to a checkpoint").await?;
     let v = ask(
         d,
         &w,
@@ -128,14 +144,7 @@ pub async fn apply(d: &Daemon, key: &str, cp: &str) -> Result<Vm, OpError> {
 /// `DELETE /v1/vms/{vm}/checkpoints/{checkpoint}`: the worker merges the
 /// checkpoint's disk changes.
 pub async fn delete(d: &Daemon, key: &str, cp: &str) -> Result<(), OpError> {
-    let row = d.reg.vm(key)?;
-    check_enabled(d)?;
-    let _g = d.op_lock(&row.id).await;
-    let n = d
-        .reg
-        .checkpoint(&row.id, cp)?
-        .ok_or_else(|| OpError::NotFound(format!("VM {} has no checkpoint '{cp}'", row.name)))?;
-    let w = worker_of(d, &row.id, "delete a checkpoint")?;
+    let Existing { row, n, w, _op } = existing(d, key, cp, "delete a checkpoint").await?;
     ask(
         d,
         &w,
