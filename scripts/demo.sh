@@ -10,6 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The demo talks to worker control sockets and reads JSON with python3.
+if ! command -v python3 >/dev/null; then
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3
+fi
+
 cargo build --release --workspace
 bin=$PWD/target/release
 tern=$bin/tern
