@@ -27,7 +27,7 @@ pub mod wire;
 
 pub use compress::Compression;
 pub use progress::{Phase, Progress, Snapshot};
-pub use receiver::{receive, ReceiveError, Received};
+pub use receiver::{receive, IncomingMemory, ReceiveError, Received};
 pub use sender::{config_check, migrate, MigrateError, MigrateOptions, TimeoutAction};
 pub use transport::{Endpoint, Listener};
 pub use wire::{Codec, PROTOCOL_VERSION};

@@ -1,7 +1,7 @@
 //! Guest memory as raw host ranges, zero-page detection, and building and
 //! applying page chunks.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 
 use crate::compress::{CompressError, Compressor, Decompressor};
 use crate::transport::{read_exact_fd, read_exact_vectored};
@@ -15,8 +15,6 @@ struct Range {
     gpa: u64,
     len: u64,
     host: *mut u8,
-    /// Offset of the range in its backing file, if it has one.
-    file: Option<u64>,
 }
 
 /// Guest memory seen as raw host ranges. The guest may write it while the
@@ -60,7 +58,6 @@ impl HostMem {
                     gpa: r.start_addr().0,
                     len: r.len(),
                     host: r.as_ptr(),
-                    file: r.file_offset().map(|f| f.start()),
                 })
                 .collect(),
         }
@@ -78,21 +75,13 @@ impl HostMem {
 
     /// Host address of `len` bytes at `gpa`, if they lie inside one region.
     fn host(&self, gpa: u64, len: u64) -> Option<*mut u8> {
-        self.place(gpa, len).map(|(p, _)| p)
-    }
-
-    /// Host address and backing file offset (if any) of `len` bytes at
-    /// `gpa`, if they lie inside one region.
-    fn place(&self, gpa: u64, len: u64) -> Option<(*mut u8, Option<u64>)> {
         self.ranges
             .iter()
             // Checked: `gpa` may come from the peer.
             .find(|r| gpa >= r.gpa && gpa.checked_add(len).is_some_and(|e| e <= r.gpa + r.len))
             .map(|r| {
-                let off = gpa - r.gpa;
                 // SAFETY: the offset is within the region's mapping (checked).
-                let p = unsafe { r.host.add(off as usize) };
-                (p, r.file.map(|f| f + off))
+                unsafe { r.host.add((gpa - r.gpa) as usize) }
             })
     }
 
@@ -423,27 +412,18 @@ fn kind_of(b: u8) -> Option<Kind> {
     .find(|k| *k as u8 == b)
 }
 
-/// Pipe capacity asked for when splicing (the default pipe-max-size).
-const PIPE_BYTES: usize = 1 << 20;
-
-/// Reusable buffers of one receiving thread.
+/// Reusable buffers of one receiving thread. Pages are written through
+/// the mapping of guest memory, raw ones read straight from the socket.
+/// (Splicing into the memfd instead saves nothing here and serializes
+/// the channels: every write to a shmem file takes its inode lock.)
 #[derive(Default)]
 pub struct ChunkApplier {
-    /// The file behind guest memory (a memfd). With it, data goes into
-    /// the file, not through the mapping: raw pages are spliced from the
-    /// socket, decompressed ones written. The kernel then fills whole new
-    /// pages without zeroing them first, and nothing faults.
-    file: Option<std::fs::File>,
-    /// Pipe for splicing (read end, write end, capacity), made on first use.
-    pipe: Option<(OwnedFd, OwnedFd, usize)>,
     /// Compressed data as it came.
     buf: Vec<u8>,
     /// Decompressed data whose pages are not contiguous in memory.
     raw: Vec<u8>,
     /// Data pages of the current chunk, in guest memory.
     runs: Runs,
-    /// The same runs in `file`: (offset, bytes).
-    file_runs: Vec<(u64, usize)>,
     /// Zero pages of the current chunk.
     zeros: Vec<*mut u8>,
     iov: Vec<libc::iovec>,
@@ -451,109 +431,6 @@ pub struct ChunkApplier {
 }
 
 impl ChunkApplier {
-    /// An applier that writes guest memory through `file`, the memfd
-    /// behind the mapping that `HostMem` describes (regions at their
-    /// recorded file offsets).
-    pub fn with_file(file: std::fs::File) -> Self {
-        ChunkApplier {
-            file: Some(file),
-            ..Default::default()
-        }
-    }
-
-    /// The splicing pipe.
-    fn pipe(&mut self) -> std::io::Result<(BorrowedFd<'_>, BorrowedFd<'_>, usize)> {
-        if self.pipe.is_none() {
-            let mut fds = [0; 2];
-            // SAFETY: `fds` has room for the two descriptors.
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // SAFETY: pipe2 just made these descriptors; we own them.
-            let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-            // SAFETY: plain fcntl on our pipe; on failure the default stays.
-            let cap = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES as i32) };
-            let cap = if cap > 0 {
-                cap
-            } else {
-                // SAFETY: as above.
-                unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) }
-            };
-            self.pipe = Some((r, w, cap.max(4096) as usize));
-        }
-        let (r, w, cap) = self.pipe.as_ref().expect("made above");
-        Ok((r.as_fd(), w.as_fd(), *cap))
-    }
-
-    /// Moves `len` bytes from socket `fd` into the file at `off`: splice
-    /// to the pipe, splice from the pipe (one copy, into the page cache).
-    fn splice_in(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        mut off: u64,
-        mut len: usize,
-    ) -> std::io::Result<()> {
-        let file = self
-            .file
-            .as_ref()
-            .expect("splicing needs the file")
-            .as_raw_fd();
-        let (pr, pw, cap) = self.pipe()?;
-        let (pr, pw) = (pr.as_raw_fd(), pw.as_raw_fd());
-        while len > 0 {
-            // SAFETY: splice between descriptors we hold; no user memory.
-            let n = unsafe {
-                libc::splice(
-                    fd.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    pw,
-                    std::ptr::null_mut(),
-                    len.min(cap),
-                    libc::SPLICE_F_MOVE,
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let mut left = n as usize;
-            while left > 0 {
-                let mut o = off as libc::loff_t;
-                // SAFETY: as above; `o` is a live offset the call advances.
-                let m = unsafe {
-                    libc::splice(
-                        pr,
-                        std::ptr::null_mut(),
-                        file,
-                        &mut o,
-                        left,
-                        libc::SPLICE_F_MOVE,
-                    )
-                };
-                if m < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() == std::io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(e);
-                }
-                if m == 0 {
-                    return Err(std::io::ErrorKind::WriteZero.into());
-                }
-                left -= m as usize;
-                off += m as u64;
-            }
-            len -= n as usize;
-        }
-        Ok(())
-    }
-
     /// Reads the next frame of a data channel from `fd`; a chunk's pages
     /// go into `mem` (raw data straight from the socket). Everything the
     /// peer says is checked before memory is written: a malformed frame
@@ -594,28 +471,21 @@ impl ChunkApplier {
         let data_len = len - CHUNK_HEADER;
         // Where every page goes, checked before anything is read.
         self.runs.0.clear();
-        self.file_runs.clear();
         self.zeros.clear();
         let mut pages = 0;
-        let mut in_file = self.file.is_some();
         for w in 0..4 {
             let mut word = h.present[w];
             while word != 0 {
                 let b = word.trailing_zeros() as usize;
                 word &= word - 1;
                 let gpa = h.base + ((w * 64 + b) * PAGE) as u64;
-                let (p, off) = mem
-                    .place(gpa, PAGE as u64)
+                let p = mem
+                    .host(gpa, PAGE as u64)
                     .ok_or(ChunkError::OutOfRange(gpa))?;
                 if h.zero[w] & (1 << b) != 0 {
                     self.zeros.push(p);
                 } else {
                     self.runs.push(p, PAGE);
-                    match (off, self.file_runs.last_mut()) {
-                        (None, _) => in_file = false,
-                        (Some(o), Some((at, n))) if *at + *n as u64 == o => *n += PAGE,
-                        (Some(o), _) => self.file_runs.push((o, PAGE)),
-                    }
                 }
                 pages += 1;
             }
@@ -628,39 +498,22 @@ impl ChunkApplier {
                 ))
                 .into());
             }
-            if in_file {
-                for i in 0..self.file_runs.len() {
-                    let (off, n) = self.file_runs[i];
-                    self.splice_in(fd, off, n).map_err(WireError::Io)?;
-                }
-            } else {
-                self.iov.clear();
-                self.iov
-                    .extend(self.runs.0.iter().map(|&(p, n)| libc::iovec {
-                        iov_base: p.cast(),
-                        iov_len: n,
-                    }));
-                // SAFETY: every run lies inside guest memory (checked
-                // above); until the switchover nothing but this thread
-                // touches the window (each window travels on one channel,
-                // the VM does not exist yet).
-                unsafe { read_exact_vectored(fd, &mut self.iov) }.map_err(WireError::Io)?;
-            }
+            self.iov.clear();
+            self.iov
+                .extend(self.runs.0.iter().map(|&(p, n)| libc::iovec {
+                    iov_base: p.cast(),
+                    iov_len: n,
+                }));
+            // SAFETY: every run lies inside guest memory (checked above);
+            // until the switchover nothing but this thread touches the
+            // window (each window travels on one channel, the VM does not
+            // exist yet).
+            unsafe { read_exact_vectored(fd, &mut self.iov) }.map_err(WireError::Io)?;
         } else {
             self.buf.resize(data_len, 0);
             read_exact_fd(fd, &mut self.buf).map_err(WireError::Io)?;
             let dec = self.decompressor.get_or_insert_with(Decompressor::new);
-            if let (true, Some(file)) = (in_file, &self.file) {
-                use std::os::unix::fs::FileExt;
-                self.raw.resize(h.raw_len as usize, 0);
-                dec.decompress(h.codec, &self.buf, &mut self.raw)?;
-                let mut at = 0;
-                for &(off, n) in &self.file_runs {
-                    file.write_all_at(&self.raw[at..at + n], off)
-                        .map_err(WireError::Io)?;
-                    at += n;
-                }
-            } else if let [(p, n)] = self.runs.0[..] {
+            if let [(p, n)] = self.runs.0[..] {
                 // SAFETY: as above: a checked range of guest memory that
                 // only this thread uses until the switchover.
                 let out = unsafe { std::slice::from_raw_parts_mut(p, n) };
@@ -695,7 +548,6 @@ mod tests {
                 gpa,
                 len: buf.len() as u64,
                 host: buf.as_mut_ptr(),
-                file: None,
             }],
         }
     }
@@ -838,7 +690,7 @@ mod tests {
     }
 
     #[test]
-    fn chunks_go_into_the_memfd_behind_guest_memory() {
+    fn chunks_go_into_memfd_backed_guest_memory() {
         use tern_vmm::memory::{Backing, GuestRam};
         let size = 4 * WINDOW_BYTES as usize;
         let mut src = vec![0u8; size];
@@ -850,8 +702,7 @@ mod tests {
         let smem = mem_of(&mut src, 0);
         let ram = GuestRam::new(size as u64, Backing::Memfd).unwrap();
         let dmem = HostMem::of(&ram.mem);
-        let file = ram.memfd.as_ref().unwrap().try_clone().unwrap();
-        let mut a = ChunkApplier::with_file(file);
+        let mut a = ChunkApplier::default();
         let mut b = ChunkBuilder::default();
         let mut frame = Vec::new();
         let codecs = [Codec::None, Codec::Lz4, Codec::None, Codec::Zstd];

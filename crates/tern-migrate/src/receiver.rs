@@ -2,11 +2,10 @@
 //! handed-over memfd) and returns the state to restore. The caller builds
 //! and starts the VM, then [`Received::confirm`]s.
 
-use std::fs::File;
 use std::io;
 use std::time::{Duration, Instant};
 
-use tern_vmm::memory::{Backing, GuestRam, MemoryError};
+use tern_vmm::memory::{Backing, GuestRam, MemoryError, MemorySource, PreparedRam};
 use tern_vmm::VmState;
 
 use crate::pages::{ChunkApplier, ChunkError, DataFrame, HostMem};
@@ -72,8 +71,9 @@ impl From<io::Error> for ReceiveError {
 pub struct Received {
     /// vCPU and device state.
     pub state: VmState,
-    /// Guest memory (a memfd, regions back to back): map it shared.
-    pub memory: File,
+    /// Guest memory for the VM: the memfd handed over on the same host,
+    /// or the RAM the stream was written into.
+    pub memory: MemorySource,
     /// Keep the VM paused (it was paused at the source).
     pub paused: bool,
     /// Memory came as a memfd (same host), nothing was copied.
@@ -83,9 +83,6 @@ pub struct Received {
     /// Pages written here.
     pub pages: u64,
     ctl: Stream,
-    /// Our mapping of the memory: unmapping gigabytes takes tens of ms,
-    /// so it is dropped after the switchover, not during it.
-    view: Option<GuestRam>,
 }
 
 impl std::fmt::Debug for Received {
@@ -132,9 +129,6 @@ impl Received {
     /// and the start. The source committed already, so an error only
     /// means it will not learn it from us: the VM runs on regardless.
     pub fn confirm(mut self) -> io::Result<()> {
-        if let Some(view) = self.view.take() {
-            std::thread::spawn(move || drop(view));
-        }
         wire::write_frame(&mut self.ctl, Kind::Running, &[])
     }
 
@@ -151,18 +145,48 @@ impl Received {
     }
 }
 
+/// Guest memory made ready for a migration streamed over TCP.
+pub struct IncomingMemory {
+    ram: GuestRam,
+    prefault: Option<Prefault>,
+}
+
+impl IncomingMemory {
+    /// `size` bytes of guest RAM backed as `backing`. `prealloc`: every
+    /// page is allocated and mapped before this returns (QEMU's
+    /// `prealloc=on`), so the transfer faults nothing in; otherwise, for
+    /// a memfd, a background thread allocates pages while the worker
+    /// waits for the source, until the data starts.
+    pub fn new(size: u64, backing: Backing, prealloc: bool) -> Result<Self, ReceiveError> {
+        let ram = GuestRam::new(size, backing)?;
+        if prealloc {
+            ram.populate(0, size)?;
+            return Ok(IncomingMemory {
+                ram,
+                prefault: None,
+            });
+        }
+        let prefault = prefault_in_background(&ram, size);
+        Ok(IncomingMemory { ram, prefault })
+    }
+}
+
 /// Waits for one migration on `listener` for a VM configured as `expect`.
-/// `log` gets one line per notable event.
+/// Memory streamed over TCP goes into `memory` (made here when `None`;
+/// a same-host hand-over brings its own). `log` gets one line per notable
+/// event.
 pub fn receive(
     listener: &Listener,
     expect: &ConfigCheck,
+    memory: Option<IncomingMemory>,
     log: &dyn Fn(&str),
 ) -> Result<Received, ReceiveError> {
-    // Over TCP the memory is streamed into a memfd: allocate what can be
-    // allocated while waiting, so the transfer has less to allocate.
-    let ram = match listener {
-        Listener::Tcp(_) => Some(prefaulted(expect.memory)?),
-        Listener::Unix(..) => None,
+    let memory = match (listener, memory) {
+        (Listener::Tcp(_), None) => {
+            Some(IncomingMemory::new(expect.memory, Backing::Memfd, false)?)
+        }
+        (Listener::Tcp(_), m) => m,
+        (Listener::Unix(..), _) => None,
     };
     let mut ctl = listener.accept()?;
     ctl.set_timeouts(Some(SETUP_TIMEOUT))?;
@@ -231,11 +255,11 @@ pub fn receive(
     if hello.zero_copy {
         return receive_memfd(ctl, expect);
     }
-    let (ram, prefault) = match ram {
-        Some((r, p)) => (r, Some(p)),
-        None => (GuestRam::new(expect.memory, Backing::Memfd)?, None),
+    let memory = match memory {
+        Some(m) if m.ram.size() == expect.memory => m,
+        _ => IncomingMemory::new(expect.memory, Backing::Memfd, false)?,
     };
-    receive_stream(listener, ctl, &hello, ram, prefault)
+    receive_stream(listener, ctl, &hello, memory)
 }
 
 fn receive_memfd(mut ctl: Stream, expect: &ConfigCheck) -> Result<Received, ReceiveError> {
@@ -252,13 +276,12 @@ fn receive_memfd(mut ctl: Stream, expect: &ConfigCheck) -> Result<Received, Rece
     let sw = read_switchover(&mut ctl)?;
     Ok(Received {
         state: decode_state(&sw)?,
-        memory,
+        memory: MemorySource::Memfd(std::sync::Arc::new(memory)),
         paused: sw.paused,
         zero_copy: true,
         rounds: 0,
         pages: 0,
         ctl,
-        view: None,
     })
 }
 
@@ -346,7 +369,8 @@ fn set_stream_blocking(s: &Stream) -> io::Result<()> {
     }
 }
 
-/// Stops the background allocation of [`prefaulted`] when dropped.
+/// Stops the background allocation of [`prefault_in_background`] when
+/// dropped.
 struct Prefault(std::sync::Arc<std::sync::atomic::AtomicBool>);
 
 impl Drop for Prefault {
@@ -358,44 +382,39 @@ impl Drop for Prefault {
 /// Bytes the background allocation takes at a time.
 const PREFAULT_STEP: u64 = 32 << 20;
 
-/// A memfd-backed RAM whose pages a background thread allocates while
+/// Allocates the pages of memfd-backed `ram` in a background thread while
 /// the worker waits for the source, until the returned guard is dropped
 /// (when the data starts: from then on the receiving threads allocate
 /// what they write, and a second allocator would only compete with them
 /// for the CPU and the file's locks).
-fn prefaulted(size: u64) -> Result<(GuestRam, Prefault), ReceiveError> {
-    let ram = GuestRam::new(size, Backing::Memfd)?;
+fn prefault_in_background(ram: &GuestRam, size: u64) -> Option<Prefault> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if let Some(f) = ram.memfd.as_ref().and_then(|f| f.try_clone().ok()) {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let mut off = 0;
-            while off < size && !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let len = PREFAULT_STEP.min(size - off);
-                // SAFETY: plain syscall on an fd we own; allocating pages
-                // of a memfd never changes data already written.
-                unsafe {
-                    libc::fallocate(f.as_raw_fd(), 0, off as libc::off_t, len as libc::off_t)
-                };
-                off += len;
-            }
-        });
-    }
-    Ok((ram, Prefault(stop)))
+    let f = ram.memfd.as_ref().and_then(|f| f.try_clone().ok())?;
+    let guard = Prefault(stop.clone());
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let mut off = 0;
+        while off < size && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let len = PREFAULT_STEP.min(size - off);
+            // SAFETY: plain syscall on an fd we own; allocating pages
+            // of a memfd never changes data already written.
+            unsafe { libc::fallocate(f.as_raw_fd(), 0, off as libc::off_t, len as libc::off_t) };
+            off += len;
+        }
+    });
+    Some(guard)
 }
 
 fn receive_stream(
     listener: &Listener,
     mut ctl: Stream,
     hello: &wire::Hello,
-    mut ram: GuestRam,
-    prefault: Option<Prefault>,
+    memory: IncomingMemory,
 ) -> Result<Received, ReceiveError> {
     let chans = accept_channels(listener, hello)?;
+    let IncomingMemory { ram, prefault } = memory;
     drop(prefault);
     let mem = HostMem::of(&ram.mem);
-    let memfd = ram.memfd.as_ref();
     let wakers: Vec<Stream> = chans
         .iter()
         .flatten()
@@ -412,10 +431,7 @@ fn receive_stream(
                 let s = s.expect("every channel connected");
                 sc.spawn(move || -> Result<u64, ReceiveError> {
                     s.set_timeouts(Some(DATA_TIMEOUT))?;
-                    let mut applier = match memfd.map(std::fs::File::try_clone) {
-                        Some(f) => ChunkApplier::with_file(f?),
-                        None => ChunkApplier::default(),
-                    };
+                    let mut applier = ChunkApplier::default();
                     let mut pages = 0;
                     let fd = std::os::fd::AsFd::as_fd(&s);
                     loop {
@@ -462,15 +478,15 @@ fn receive_stream(
     });
     let (sw, pages) = result?;
     let state = decode_state(&sw)?;
-    let memory = ram.memfd.take().expect("memfd backing has a memfd");
     Ok(Received {
         state,
-        memory,
+        // The VM takes this very mapping: nothing is mapped or unmapped
+        // again during the switchover.
+        memory: MemorySource::Prepared(PreparedRam::new(ram)),
         paused: sw.paused,
         zero_copy: false,
         rounds: sw.rounds,
         pages,
         ctl,
-        view: Some(ram),
     })
 }

@@ -49,7 +49,7 @@ fn migrate_to(
     let to = listener.local().unwrap();
     let expect = tern_migrate::config_check(cfg);
     let d = std::thread::spawn(move || {
-        let r = tern_migrate::receive(&listener, &expect, &|_| {}).unwrap();
+        let r = tern_migrate::receive(&listener, &expect, None, &|_| {}).unwrap();
         dest(r);
     });
     let err = tern_migrate::migrate(vm, &MigrateOptions::new(to), &Progress::default())

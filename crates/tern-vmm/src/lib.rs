@@ -15,6 +15,6 @@ pub mod vm;
 pub mod x86;
 
 pub use control::RunState;
-pub use memory::{Backing, MemorySource};
+pub use memory::{Backing, MemorySource, PreparedRam};
 pub use state::VmState;
 pub use vm::{Guest, Vm, VmConfig, VmError, VmExit, VmHooks};

@@ -66,6 +66,9 @@ pub struct VmConfig {
     pub memory_source: MemorySource,
     /// Disks (virtio-blk), in the order the guest sees them.
     pub disks: Vec<crate::devices::DiskConfig>,
+    /// Allocate and map all of RAM before the VM runs (QEMU's
+    /// `prealloc=on`): no page faults later, all memory committed now.
+    pub prealloc: bool,
 }
 
 impl VmConfig {
@@ -80,6 +83,7 @@ impl VmConfig {
             kvm_path: "/dev/kvm".into(),
             memory_source: MemorySource::Fresh,
             disks: Vec::new(),
+            prealloc: false,
         }
     }
 }
@@ -400,6 +404,9 @@ impl Vm {
             });
         }
         let ram = GuestRam::with_source(config.memory, config.backing, &config.memory_source)?;
+        if config.prealloc {
+            ram.populate(0, ram.size())?;
+        }
         if let Some(st) = restore {
             check_restore_target(st, &config, &ram, probe_steps)?;
         }

@@ -46,6 +46,11 @@ pub struct MigrateBench {
     /// Runs per case (the best is reported).
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Both VMMs' destinations allocate their RAM before the migration
+    /// starts (Tern `--prealloc`, QEMU `prealloc=on`); otherwise pages are
+    /// allocated as data arrives.
+    #[arg(long)]
+    prealloc: bool,
 }
 
 type Res<T> = Result<T, String>;
@@ -277,11 +282,12 @@ fn tern_case(
     exe: &Path,
     dir: &Path,
     net: Option<&NetPair>,
-    memory: u64,
+    args: &MigrateBench,
     guest: &str,
     image: Option<&Path>,
     compression: &str,
 ) -> Res<(f64, f64, Value)> {
+    let memory = args.memory;
     let (src_sock, dst_sock) = (dir.join("tsrc.sock"), dir.join("tdst.sock"));
     let _ = std::fs::remove_file(&src_sock);
     let _ = std::fs::remove_file(&dst_sock);
@@ -294,6 +300,7 @@ fn tern_case(
     dst.args(["run", "--vcpus", "1", "--memory", &mem, "--guest", guest])
         .args(["--serial", "null", "--incoming", &listen, "--control"])
         .arg(&dst_sock)
+        .args(args.prealloc.then_some("--prealloc"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -422,11 +429,10 @@ fn qemu_case(
     accel: &str,
     dir: &Path,
     net: Option<&NetPair>,
-    memory: u64,
-    image: &Path,
+    args: &MigrateBench,
     variant: (&str, u32, &str),
 ) -> Res<(f64, f64, Value)> {
-    let mib = memory >> 20;
+    let (mib, image) = (args.memory >> 20, &args.image);
     let (sq, dq) = (dir.join("qsrc.qmp"), dir.join("qdst.qmp"));
     let _ = std::fs::remove_file(&sq);
     let _ = std::fs::remove_file(&dq);
@@ -455,8 +461,10 @@ fn qemu_case(
     ));
     let mut d = in_ns(net.map(|n| n.b.as_str()), qemu);
     common(&mut d, &dq);
-    d.args(["-incoming", "defer", "-object"])
-        .arg(format!("memory-backend-ram,id=mem,size={mib}M"));
+    d.args(["-incoming", "defer", "-object"]).arg(format!(
+        "memory-backend-ram,id=mem,size={mib}M{}",
+        if args.prealloc { ",prealloc=on" } else { "" }
+    ));
     let _sp = Proc(s.spawn().map_err(|e| format!("{}: {e}", qemu.display()))?);
     let _dp = Proc(d.spawn().map_err(|e| format!("{}: {e}", qemu.display()))?);
     let mut sq = Qmp::open(&sq)?;
@@ -571,7 +579,7 @@ fn run_inner(args: &MigrateBench) -> Res<()> {
     let img = build_image(&args.image, args.memory)?;
     println!(
         "{}",
-        json!({"bench": "migrate", "memory_image": img, "memory": args.memory,
+        json!({"bench": "migrate", "memory_image": img, "memory": args.memory, "destination_prealloc": args.prealloc,
         "how": "256 KiB pieces in rotation: zeros, text (/usr/share, /usr/lib/python3, /usr/include), binaries (/usr/bin, /usr/lib/x86_64-linux-gnu, /usr/sbin), /dev/urandom"})
     );
     // Keep the image in the page cache so neither side reads the disk: a
@@ -607,7 +615,7 @@ fn run_inner(args: &MigrateBench) -> Res<()> {
             &exe,
             &dir,
             net,
-            args.memory,
+            args,
             "probe:hello",
             Some(&args.image),
             "off",
@@ -621,9 +629,7 @@ fn run_inner(args: &MigrateBench) -> Res<()> {
         let mut qemu_best: Option<(String, f64)> = None;
         if let Some((q, accel)) = &qemu {
             for v in QEMU_VARIANTS {
-                let r = best(args.runs, || {
-                    qemu_case(q, accel, &dir, net, args.memory, &args.image, v)
-                });
+                let r = best(args.runs, || qemu_case(q, accel, &dir, net, args, v));
                 match r {
                     Ok((total, down, raw)) => {
                         println!(
@@ -652,7 +658,7 @@ fn run_inner(args: &MigrateBench) -> Res<()> {
                     &exe,
                     &dir,
                     net,
-                    args.memory,
+                    args,
                     "probe:hello",
                     Some(&args.image),
                     comp,
@@ -693,7 +699,7 @@ fn run_inner(args: &MigrateBench) -> Res<()> {
         if !args.no_dirty {
             // A running guest dirtying 100 MiB/s: downtime against the 50 ms target.
             let guest = "probe:dirty,mib=256,rate=100+verify";
-            match tern_case(&exe, &dir, net, args.memory, guest, None, "auto") {
+            match tern_case(&exe, &dir, net, args, guest, None, "auto") {
                 Ok((total, down, v)) => {
                     println!(
                         "{}",
@@ -713,7 +719,10 @@ fn run_inner(args: &MigrateBench) -> Res<()> {
         }
         summary.insert(link.to_string(), s);
     }
-    println!("{}", json!({"bench": "migrate", "summary": summary}));
+    println!(
+        "{}",
+        json!({"bench": "migrate", "destination_prealloc": args.prealloc, "summary": summary})
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -18,9 +18,10 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tern_migrate::{
-    Compression, Endpoint, Listener, MigrateOptions, Progress, Received, TimeoutAction,
+    Compression, Endpoint, IncomingMemory, Listener, MigrateOptions, Progress, Received,
+    TimeoutAction,
 };
-use tern_vmm::{MemorySource, Vm, VmConfig, VmHooks};
+use tern_vmm::{Vm, VmConfig, VmHooks};
 
 use crate::exit_code;
 use crate::run::chain;
@@ -47,26 +48,49 @@ pub fn incoming(
     let local = listener
         .local()
         .map_or_else(|_| ep.to_string(), |l| l.to_string());
-    eprintln!("tern: waiting for a migration on {local}");
     let expect = tern_migrate::config_check(&cfg);
+    // Memory for a stream is made before each wait (an attempt that
+    // fails takes its memory with it), backed as the VM asks; so with
+    // --prealloc the source never waits for the allocation.
+    let memory = || -> Result<Option<IncomingMemory>, i32> {
+        if !matches!(listener, Listener::Tcp(_)) {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let m = IncomingMemory::new(cfg.memory, cfg.backing, cfg.prealloc).map_err(|e| {
+            eprintln!("tern: error: {}", chain(&e));
+            exit_code::UNAVAILABLE
+        })?;
+        if cfg.prealloc {
+            eprintln!(
+                "tern: {} MiB of guest memory preallocated in {:.0} ms",
+                cfg.memory >> 20,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        Ok(Some(m))
+    };
+    let mut ready = memory()?;
+    eprintln!("tern: waiting for a migration on {local}");
     let log = |m: &str| eprintln!("tern: {m}");
     loop {
-        let mut received = match tern_migrate::receive(&listener, &expect, &log) {
+        let attempt = tern_migrate::receive(&listener, &expect, ready.take(), &log);
+        let mut received = match attempt {
             Ok(r) => r,
             Err(e) => {
                 eprintln!(
                     "tern: incoming migration failed: {}; waiting for another",
                     chain(&e)
                 );
+                ready = memory()?;
                 continue;
             }
         };
         let mut cfg = cfg.clone();
-        cfg.memory_source =
-            MemorySource::Memfd(Arc::new(received.memory.try_clone().map_err(|e| {
-                eprintln!("tern: error: cannot duplicate the memory file: {e}");
-                exit_code::SOFTWARE
-            })?));
+        // Prealloc'd memory came in `received`; mapping it again here
+        // would only add to the downtime.
+        cfg.prealloc = false;
+        cfg.memory_source = received.memory.clone();
         let t = std::time::Instant::now();
         let vm = match Vm::restore(cfg, hooks(), &received.state) {
             Ok(vm) => {
@@ -95,6 +119,8 @@ pub fn incoming(
                     eprintln!("tern: error: closing disk {i}: {}", chain(&e));
                 }
                 drop(vm);
+                drop(received);
+                ready = memory()?;
             }
         }
     }

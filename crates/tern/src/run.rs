@@ -91,6 +91,11 @@ pub struct RunArgs {
     /// Start with the vCPUs paused (resume through the control socket).
     #[arg(long)]
     paused: bool,
+    /// Allocate and map all guest memory before the VM runs (QEMU's
+    /// prealloc=on): no page faults later. With --incoming: before
+    /// waiting, so the migration writes into memory that is ready.
+    #[arg(long)]
+    prealloc: bool,
 }
 
 /// Parses `--memory-file PATH[,lazy]`.
@@ -158,6 +163,7 @@ fn config(args: &RunArgs) -> Result<VmConfig, (i32, String)> {
     if args.memfd {
         cfg.backing = Backing::Memfd;
     }
+    cfg.prealloc = args.prealloc;
     Ok(cfg)
 }
 
@@ -205,6 +211,7 @@ pub fn run(args: RunArgs) -> i32 {
                 let mut cfg = l.config;
                 cfg.serial = args.serial.clone();
                 cfg.kvm_path = args.kvm.clone();
+                cfg.prealloc = args.prealloc;
                 (cfg, Some(l.state))
             }
             Err(msg) => {

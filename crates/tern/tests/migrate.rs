@@ -566,6 +566,40 @@ fn local_zero_copy_migration_of_a_4gib_vm() {
     dst.verify();
 }
 
+#[test]
+fn a_preallocated_memfd_destination_keeps_its_memfd_for_the_next_hop() {
+    if !tern_test_support::kvm_available(
+        "a_preallocated_memfd_destination_keeps_its_memfd_for_the_next_hop",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = source(dir.path(), &[]);
+    // TCP into a destination that preallocates memfd-backed memory ...
+    let mut c = run_args(2, "96M");
+    c.args(["--memfd", "--prealloc"]);
+    let (mut mid, ep) = destination(dir.path(), "mid", "tcp:127.0.0.1:0", Some(c));
+    mid.wait_line(
+        "96 MiB of guest memory preallocated",
+        Duration::from_secs(1),
+    );
+    let (code, stdout, stderr) = migrate(&src, &ep, &[]);
+    assert_eq!(code, Some(0), "{stderr}\n{stdout}");
+    assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
+    mid.wait_line("migration complete", Duration::from_secs(10));
+    // ... whose VM then hands that memfd over on the same host: the
+    // stream went into the memory the VM runs on, backed as it asked.
+    let listen = format!("unix:{}", dir.path().join("hop.sock").display());
+    let (mut dst, ep) = destination(dir.path(), "dest", &listen, None);
+    let (code, stdout, stderr) = migrate(&mid, &ep, &[]);
+    assert_eq!(code, Some(0), "{stderr}\n{stdout}");
+    let last = last_status(&stdout);
+    assert_eq!(last["zero_copy"], true, "{last}");
+    assert_eq!(mid.wait_exit(Duration::from_secs(20)), Some(0));
+    dst.wait_line("memfd hand-over", Duration::from_secs(10));
+    dst.verify();
+}
+
 /// Two network namespaces joined by a veth limited to 1 Gbit/s; removed
 /// on drop (declare it before the workers, so it goes after them).
 struct NetPair {
