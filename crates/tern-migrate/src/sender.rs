@@ -227,6 +227,9 @@ struct Engine<'a> {
     auto: Mutex<AutoTrial>,
 }
 
+/// Sending time before automatic compression may try a codec.
+const FIRST_TRIAL_AFTER: Duration = Duration::from_millis(200);
+
 /// Automatic compression: a codec the model prefers is tried against the
 /// current one on real traffic, and kept only if it moves memory faster
 /// (on a fast link both ends' CPUs, not the wire, are the bottleneck).
@@ -864,6 +867,12 @@ impl Engine<'_> {
     fn rechoose(&self, threads: usize, raw_rate: f64, raw: u64) {
         let now = Instant::now();
         let mut a = self.auto.lock().unwrap_or_else(|p| p.into_inner());
+        if a.quiet_until.is_none() {
+            // The first 100 ms understate a fast link (slow start, the
+            // destination faulting its memory in): let the estimate
+            // settle before it decides a trial.
+            a.quiet_until = Some(now + FIRST_TRIAL_AFTER);
+        }
         if a.quiet_until.is_some_and(|t| now < t) {
             return;
         }

@@ -4,7 +4,11 @@
 //! Both VMs start paused with the same memory image, loaded copy-on-write
 //! from a file (QEMU: `memory-backend-file,share=off` with `-S`; Tern:
 //! `--memory-file IMG,lazy --paused`), and migrate to a second process of
-//! their own kind. Figures are each side's own: QEMU's `total-time` and
+//! their own kind. With `--prealloc` all memory is resident before the
+//! clock starts, as in a VM that has been running: the sources load the
+//! image in (QEMU `prealloc=on` on the file backend, which copies every
+//! page; Tern `--memory-file IMG`) and the destinations allocate theirs
+//! (QEMU `prealloc=on`, Tern `--prealloc`). Figures are each side's own: QEMU's `total-time` and
 //! `downtime` from `query-migrate`, Tern's `elapsed_ms` and `downtime_ms`
 //! from `migrate-status`.
 //!
@@ -46,9 +50,11 @@ pub struct MigrateBench {
     /// Runs per case (the best is reported).
     #[arg(long, default_value_t = 1)]
     runs: usize,
-    /// Both VMMs' destinations allocate their RAM before the migration
-    /// starts (Tern `--prealloc`, QEMU `prealloc=on`); otherwise pages are
-    /// allocated as data arrives.
+    /// All memory resident before the clock starts, on both VMMs: the
+    /// sources load the image in, the destinations allocate their RAM
+    /// (Tern `--memory-file IMG` / `--prealloc`, QEMU `prealloc=on`);
+    /// otherwise the sources map the image lazily and the destinations
+    /// allocate as data arrives.
     #[arg(long)]
     prealloc: bool,
 }
@@ -333,7 +339,11 @@ fn tern_case(
         .stderr(Stdio::null());
     if let Some(img) = image {
         src.arg("--memory-file")
-            .arg(format!("{},lazy", img.display()))
+            .arg(if args.prealloc {
+                img.display().to_string()
+            } else {
+                format!("{},lazy", img.display())
+            })
             .arg("--paused");
     }
     let mut src = Proc(src.spawn().map_err(|e| e.to_string())?);
@@ -456,8 +466,9 @@ fn qemu_case(
     let mut s = in_ns(net.map(|n| n.a.as_str()), qemu);
     common(&mut s, &sq);
     s.arg("-S").arg("-object").arg(format!(
-        "memory-backend-file,id=mem,size={mib}M,mem-path={},share=off",
-        image.display()
+        "memory-backend-file,id=mem,size={mib}M,mem-path={},share=off{}",
+        image.display(),
+        if args.prealloc { ",prealloc=on" } else { "" }
     ));
     let mut d = in_ns(net.map(|n| n.b.as_str()), qemu);
     common(&mut d, &dq);
