@@ -25,10 +25,11 @@ const OUTCOME_TIMEOUT: Duration = Duration::from_secs(60);
 const REACQUIRE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Fixed part of the expected downtime: pause, state capture, the
 /// destination building the VM (KVM VM, vCPUs, devices, disks opened),
-/// commit and start. Measured at 27-30 ms with nothing left to send
-/// (`tern bench migrate`, KVM PVM host); with the old 5 ms the model
-/// promised downtimes 20+ ms shorter than they came out.
-const FIXED_DOWNTIME: Duration = Duration::from_millis(25);
+/// commit and start. Measured at 8-13 ms with nothing left to send
+/// (`tern bench migrate`, KVM PVM host; 27-30 ms while the last round
+/// still waited for a 20 ms tick); kept a little above that, since a
+/// model that promises too little makes the downtime overshoot.
+const FIXED_DOWNTIME: Duration = Duration::from_millis(15);
 /// Highest auto-converge throttle, percent.
 const MAX_THROTTLE: u32 = 99;
 /// Auto-converge duty cycle period.
@@ -608,7 +609,7 @@ impl Engine<'_> {
         // Rounds at the highest throttle that still did not converge.
         let mut stuck = 0;
         loop {
-            let st = self.send_round(data, &windows, round == 0, auto)?;
+            let st = self.send_round(data, &windows, round == 0, auto, false)?;
             round += 1;
             if st.raw_pages > 0 {
                 wire_per_page = (st.wire as f64 / st.raw_pages as f64).max(16.0);
@@ -722,18 +723,24 @@ impl Engine<'_> {
 
     /// Sends one round over every channel; the calling thread watches
     /// progress, the timeout, cancel, and (auto) the codec meanwhile.
+    /// `paused`: the last round, inside the downtime: the watcher returns
+    /// the moment the channels are done instead of at its next 20 ms tick.
     fn send_round(
         &self,
         data: &mut [Stream],
         windows: &[(u64, [u64; 4])],
         first: bool,
         auto: bool,
+        paused: bool,
     ) -> Result<RoundStats, MigrateError> {
         let n = data.len() as u64;
         let t0 = Instant::now();
         let wire0 = self.counters.wire.load(Ordering::Relaxed);
         let raw0 = self.counters.raw.load(Ordering::Relaxed);
         let done = AtomicU32::new(0);
+        // Signalled when a channel is done (the lock orders it with the
+        // watcher's check of `done`).
+        let finished = (Mutex::new(()), std::sync::Condvar::new());
         let broken = std::sync::atomic::AtomicBool::new(false);
         // Second handles, to wake channels blocked on a dead peer.
         let wakers: Vec<Stream> = data.iter().filter_map(|d| d.try_clone().ok()).collect();
@@ -742,13 +749,15 @@ impl Engine<'_> {
                 .iter_mut()
                 .enumerate()
                 .map(|(i, stream)| {
-                    let (done, broken) = (&done, &broken);
+                    let (done, broken, finished) = (&done, &broken, &finished);
                     s.spawn(move || {
                         let r = self.send_channel(stream, windows, i as u64, n, first);
                         if r.is_err() {
                             broken.store(true, Ordering::SeqCst);
                         }
+                        let _g = finished.0.lock().unwrap_or_else(|p| p.into_inner());
                         done.fetch_add(1, Ordering::SeqCst);
+                        finished.1.notify_all();
                         r
                     })
                 })
@@ -756,7 +765,14 @@ impl Engine<'_> {
             let mut last = (Instant::now(), wire0, raw0);
             let mut failed = false;
             while done.load(Ordering::SeqCst) < n as u32 {
-                std::thread::sleep(Duration::from_millis(20));
+                if paused {
+                    let g = finished.0.lock().unwrap_or_else(|p| p.into_inner());
+                    if done.load(Ordering::SeqCst) < n as u32 {
+                        let _ = finished.1.wait_timeout(g, Duration::from_millis(20));
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 let now = Instant::now();
                 let wire = self.counters.wire.load(Ordering::Relaxed);
                 let raw = self.counters.raw.load(Ordering::Relaxed);
@@ -962,7 +978,7 @@ impl Engine<'_> {
         let log = self.vm.read_dirty_log()?;
         let windows = merge_windows(pending, dirty_windows(&log));
         let auto = matches!(self.opts.compression, Compression::Auto);
-        self.send_round(data, &windows, false, auto)?;
+        self.send_round(data, &windows, false, auto, true)?;
         for d in data.iter_mut() {
             wire::write_frame(d, Kind::ChannelDone, &[])?;
         }
