@@ -391,25 +391,8 @@ pub enum DataFrame {
     Chunk(u64),
     /// `ChannelDone`.
     Done,
-}
-
-/// The frame kind of a wire byte.
-fn kind_of(b: u8) -> Option<Kind> {
-    use Kind::*;
-    [
-        Hello,
-        Welcome,
-        DataHello,
-        Chunk,
-        ChannelDone,
-        Switchover,
-        Outcome,
-        Abort,
-        Commit,
-        Running,
-    ]
-    .into_iter()
-    .find(|k| *k as u8 == b)
+    /// `Sync`: everything before it is applied; echo it.
+    Sync,
 }
 
 /// Reusable buffers of one receiving thread. Pages are written through
@@ -443,12 +426,16 @@ impl ChunkApplier {
             return Err(WireError::BadFrame(format!("length {len}")).into());
         }
         let len = len as usize - 1;
-        match kind_of(head[4]) {
+        match Kind::from_u8(head[4]) {
             Some(Kind::Chunk) => self.chunk(mem, fd, len).map(DataFrame::Chunk),
-            Some(Kind::ChannelDone) => {
+            Some(k @ (Kind::ChannelDone | Kind::Sync)) => {
                 self.buf.resize(len, 0);
                 read_exact_fd(fd, &mut self.buf).map_err(WireError::Io)?;
-                Ok(DataFrame::Done)
+                Ok(if k == Kind::Sync {
+                    DataFrame::Sync
+                } else {
+                    DataFrame::Done
+                })
             }
             Some(got) => Err(WireError::Unexpected {
                 expected: "chunk",
@@ -769,6 +756,10 @@ mod tests {
         assert_eq!(
             apply(&mut a, &dmem, &[1, 0, 0, 0, 5]).unwrap(),
             DataFrame::Done
+        );
+        assert_eq!(
+            apply(&mut a, &dmem, &[1, 0, 0, 0, 11]).unwrap(),
+            DataFrame::Sync
         );
         assert_eq!(apply(&mut a, &dmem, &frame).unwrap(), DataFrame::Chunk(3));
     }

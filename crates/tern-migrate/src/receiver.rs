@@ -433,11 +433,17 @@ fn receive_stream(
                     s.set_timeouts(Some(DATA_TIMEOUT))?;
                     let mut applier = ChunkApplier::default();
                     let mut pages = 0;
+                    let mut reply = s.try_clone()?;
                     let fd = std::os::fd::AsFd::as_fd(&s);
                     loop {
                         match applier.next(mem, fd) {
                             Ok(DataFrame::Chunk(p)) => pages += p,
                             Ok(DataFrame::Done) => return Ok(pages),
+                            Ok(DataFrame::Sync) => wire::write_frame(&mut reply, Kind::Sync, &[])
+                                .map_err(|e| ReceiveError::Channel {
+                                index: i as u32,
+                                source: WireError::Io(e).into(),
+                            })?,
                             Err(source) => {
                                 return Err(ReceiveError::Channel {
                                     index: i as u32,

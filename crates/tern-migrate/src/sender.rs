@@ -673,8 +673,10 @@ impl Engine<'_> {
             last_dirty = Some(dirty);
             prev_sent_bytes = st.wire;
         }
-        // What the socket buffers still hold would be sent while paused.
+        // What the socket buffers still hold would be sent while paused,
+        // and what the destination holds unapplied applied while paused.
         self.drain(data)?;
+        self.sync(data)?;
         throttle_stop.store(true, Ordering::SeqCst);
         Ok(windows)
     }
@@ -709,6 +711,32 @@ impl Engine<'_> {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Waits until the destination has applied everything sent so far:
+    /// data it received but not yet applied is acknowledged by TCP already,
+    /// so only it can say. (A destination short of CPU, e.g. decompressing
+    /// on cores a compressing source also uses, held up to 32 MiB of
+    /// received chunks; applying them inside the pause made 1 Gbit
+    /// downtimes of 45-160 ms.)
+    fn sync(&self, data: &mut [Stream]) -> Result<(), MigrateError> {
+        for d in data.iter_mut() {
+            wire::write_frame(d, Kind::Sync, &[])?;
+        }
+        let mut buf = Vec::new();
+        for d in data.iter_mut() {
+            match wire::read_frame(d, &mut buf)? {
+                Kind::Sync => {}
+                got => {
+                    return Err(WireError::Unexpected {
+                        expected: "sync",
+                        got,
+                    }
+                    .into())
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Wire bytes/s: the measured link, capped.

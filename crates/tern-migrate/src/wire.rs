@@ -5,11 +5,12 @@
 use std::io::{self, Read, Write};
 
 /// The migration protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest version this build accepts from a peer. Version 1 ended
 /// with the destination running the VM before the source knew; version 2
-/// adds the commit step, so the two do not mix.
-pub const MIN_PROTOCOL_VERSION: u32 = 2;
+/// added the commit step; version 3 adds `Sync` on the data channels,
+/// which a version 2 destination would not know. None of them mix.
+pub const MIN_PROTOCOL_VERSION: u32 = 3;
 /// First bytes of every connection.
 pub const MAGIC: [u8; 8] = *b"TERNMIG\0";
 /// Guest page size.
@@ -47,10 +48,14 @@ pub enum Kind {
     /// Control: empty; the VM runs at the destination (destination →
     /// source, after [`Kind::Commit`]).
     Running = 10,
+    /// Data channel: empty; the source asks, and the destination echoes
+    /// it once everything before it on the channel is applied.
+    Sync = 11,
 }
 
 impl Kind {
-    fn from_u8(v: u8) -> Option<Kind> {
+    /// The kind of a wire byte.
+    pub(crate) fn from_u8(v: u8) -> Option<Kind> {
         Some(match v {
             1 => Kind::Hello,
             2 => Kind::Welcome,
@@ -62,6 +67,7 @@ impl Kind {
             8 => Kind::Abort,
             9 => Kind::Commit,
             10 => Kind::Running,
+            11 => Kind::Sync,
             _ => return None,
         })
     }
