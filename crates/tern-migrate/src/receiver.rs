@@ -160,7 +160,7 @@ impl IncomingMemory {
     pub fn new(size: u64, backing: Backing, prealloc: bool) -> Result<Self, ReceiveError> {
         let ram = GuestRam::new(size, backing)?;
         if prealloc {
-            ram.populate(0, size)?;
+            ram.populate()?;
             return Ok(IncomingMemory {
                 ram,
                 prefault: None,

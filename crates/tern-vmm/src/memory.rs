@@ -192,23 +192,11 @@ impl GuestRam {
             })
             .collect();
         let mem = GuestMem::from_ranges_with_files(ranges).map_err(MemoryError::Map)?;
-        {
-            use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-            for region in mem.iter() {
-                // Transparent huge pages where the host allows them (for
-                // a memfd: shmem_enabled advise or more): a fault then
-                // fills 2 MiB, and the guest runs with fewer TLB misses.
-                // Advice only: failure changes nothing.
-                // SAFETY: the region's own mapping, whole.
-                unsafe {
-                    libc::madvise(
-                        region.as_ptr().cast(),
-                        region.len() as usize,
-                        libc::MADV_HUGEPAGE,
-                    )
-                };
-            }
-        }
+        // Transparent huge pages where the host allows them (for a memfd:
+        // shmem_enabled advise or more): a fault then fills 2 MiB, and the
+        // guest runs with fewer TLB misses. Advice only: failure changes
+        // nothing.
+        let _ = advise(&mem, libc::MADV_HUGEPAGE);
         Ok(GuestRam {
             mem,
             regions,
@@ -327,38 +315,12 @@ impl GuestRam {
         Ok(())
     }
 
-    /// Allocates and maps the pages of `len` bytes of RAM at `offset`
-    /// (counting regions back to back, as in the memfd) now, so touching
-    /// them later costs no page fault: QEMU's `prealloc=on`, Cloud
-    /// Hypervisor's `prefault`. Contents are unchanged, and it is safe
-    /// while other threads write the same memory.
-    pub fn populate(&self, offset: u64, len: u64) -> Result<(), MemoryError> {
-        use vm_memory::GuestMemoryBackend;
-        let end = offset.saturating_add(len);
-        let mut at = 0u64;
-        for (r, region) in self.regions.iter().zip(self.mem.iter()) {
-            let (lo, hi) = (offset.max(at), end.min(at + r.len));
-            at += r.len;
-            if lo >= hi {
-                continue;
-            }
-            let start = (lo - (at - r.len)) as usize;
-            // SAFETY: `start` is inside this region's mapping (lo < region
-            // end, checked above) and `hi - lo` bytes fit after it;
-            // MADV_POPULATE_WRITE only faults pages in (as a write would,
-            // without changing data), it never unmaps or alters memory.
-            let rc = unsafe {
-                libc::madvise(
-                    region.as_ptr().add(start).cast(),
-                    (hi - lo) as usize,
-                    libc::MADV_POPULATE_WRITE,
-                )
-            };
-            if rc != 0 {
-                return Err(MemoryError::Populate(std::io::Error::last_os_error()));
-            }
-        }
-        Ok(())
+    /// Allocates and maps every page of RAM now, so touching it later
+    /// costs no page fault: QEMU's `prealloc=on`, Cloud Hypervisor's
+    /// `prefault`. Contents are unchanged, and it is safe while other
+    /// threads write the same memory.
+    pub fn populate(&self) -> Result<(), MemoryError> {
+        advise(&self.mem, libc::MADV_POPULATE_WRITE).map_err(MemoryError::Populate)
     }
 
     /// Writes guest memory (regions back to back) to `file` from offset 0.
@@ -385,6 +347,22 @@ impl GuestRam {
         }
         Ok(())
     }
+}
+
+/// Gives every region of `mem`, whole, the `madvise` advice `advice`:
+/// one that only changes how pages are backed (huge pages, faulting in),
+/// never their contents or the mapping.
+fn advise(mem: &GuestMem, advice: libc::c_int) -> std::io::Result<()> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for region in mem.iter() {
+        // SAFETY: the region's own live mapping, whole; the callers' advice
+        // neither unmaps it nor alters data.
+        let rc = unsafe { libc::madvise(region.as_ptr().cast(), region.len() as usize, advice) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn create_memfd(size: u64) -> Result<File, MemoryError> {
@@ -420,10 +398,11 @@ mod tests {
                     .map(|f| f.metadata().unwrap().blocks() * 512)
             };
             assert!(allocated().is_none_or(|b| b < 1 << 20), "{backing:?}");
-            ram.populate(0, 8 << 20).unwrap();
+            ram.populate().unwrap();
             assert!(allocated().is_none_or(|b| b == 8 << 20), "{backing:?}");
-            // Out-of-range parts are ignored, not an error.
-            ram.populate(4 << 20, u64::MAX).unwrap();
+            // Again: nothing changes, no error.
+            ram.populate().unwrap();
+            assert!(allocated().is_none_or(|b| b == 8 << 20), "{backing:?}");
             let b: u8 = ram.mem.read_obj(GuestAddress(0x1234)).unwrap();
             assert_eq!(b, 0x5a);
             let z: u8 = ram.mem.read_obj(GuestAddress(0x7f_ffff)).unwrap();

@@ -405,7 +405,7 @@ impl Vm {
         }
         let ram = GuestRam::with_source(config.memory, config.backing, &config.memory_source)?;
         if config.prealloc {
-            ram.populate(0, ram.size())?;
+            ram.populate()?;
         }
         if let Some(st) = restore {
             check_restore_target(st, &config, &ram, probe_steps)?;

@@ -8,9 +8,9 @@
 //! clock starts, as in a VM that has been running: the sources load the
 //! image in (QEMU `prealloc=on` on the file backend, which copies every
 //! page; Tern `--memory-file IMG`) and the destinations allocate theirs
-//! (QEMU `prealloc=on`, Tern `--prealloc`). Figures are each side's own: QEMU's `total-time` and
-//! `downtime` from `query-migrate`, Tern's `elapsed_ms` and `downtime_ms`
-//! from `migrate-status`.
+//! (QEMU `prealloc=on`, Tern `--prealloc`). Figures are each side's own:
+//! QEMU's `total-time` and `downtime` from `query-migrate`, Tern's
+//! `elapsed_ms` and `downtime_ms` from `migrate-status`.
 //!
 //! The memory image (built once, kept): 256 KiB pieces in rotation: zeros,
 //! text (files under /usr/share and /usr/lib/python3*), program binaries
@@ -590,7 +590,7 @@ fn run_inner(args: &MigrateBench) -> Res<()> {
     let img = build_image(&args.image, args.memory)?;
     println!(
         "{}",
-        json!({"bench": "migrate", "memory_image": img, "memory": args.memory, "destination_prealloc": args.prealloc,
+        json!({"bench": "migrate", "memory_image": img, "memory": args.memory, "prealloc": args.prealloc,
         "how": "256 KiB pieces in rotation: zeros, text (/usr/share, /usr/lib/python3, /usr/include), binaries (/usr/bin, /usr/lib/x86_64-linux-gnu, /usr/sbin), /dev/urandom"})
     );
     // Keep the image in the page cache so neither side reads the disk: a
@@ -618,19 +618,23 @@ fn run_inner(args: &MigrateBench) -> Res<()> {
     let mut summary = serde_json::Map::new();
     for (link, net) in &links {
         let net = net.as_ref();
+        // Tern on the memory image, paused, with compression `comp`.
+        let image_case = |comp: &str| {
+            tern_case(
+                &exe,
+                &dir,
+                net,
+                args,
+                "probe:hello",
+                Some(&args.image),
+                comp,
+            )
+        };
         // One migration that is not counted: on this host whichever case
         // runs first in a process is 2-5x slower (host memory handed back
         // by free page reporting is faulted in again), which would make
         // the order of the cases decide the result.
-        match tern_case(
-            &exe,
-            &dir,
-            net,
-            args,
-            "probe:hello",
-            Some(&args.image),
-            "off",
-        ) {
+        match image_case("off") {
             Ok((total, _, _)) => println!(
                 "{}",
                 json!({"bench": "migrate", "link": link, "warmup": true, "total_ms": total})
@@ -664,17 +668,7 @@ fn run_inner(args: &MigrateBench) -> Res<()> {
         let mut tern_auto = None;
         let mut tern_off = None;
         for comp in ["auto", "off"] {
-            let r = best(args.runs, || {
-                tern_case(
-                    &exe,
-                    &dir,
-                    net,
-                    args,
-                    "probe:hello",
-                    Some(&args.image),
-                    comp,
-                )
-            });
+            let r = best(args.runs, || image_case(comp));
             match r {
                 Ok((total, down, v)) => {
                     println!(
@@ -732,7 +726,7 @@ fn run_inner(args: &MigrateBench) -> Res<()> {
     }
     println!(
         "{}",
-        json!({"bench": "migrate", "destination_prealloc": args.prealloc, "summary": summary})
+        json!({"bench": "migrate", "prealloc": args.prealloc, "summary": summary})
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
