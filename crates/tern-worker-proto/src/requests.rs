@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::endpoint::Endpoint;
 use crate::types::{DiskFormat, QosLimits, VmState};
 
 /// Most bytes one [`ConsoleInput`] request may carry.
@@ -37,10 +36,6 @@ pub struct StatusReply {
     /// The probe guest's progress (probe guests only, once readable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeStatus>,
-    /// While [`VmState::Incoming`]: where the worker waits for the
-    /// migration, with the port it really listens on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub incoming: Option<Endpoint>,
 }
 
 /// One disk in a [`StatusReply`].

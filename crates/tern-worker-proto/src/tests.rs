@@ -98,7 +98,6 @@ fn every_request_and_reply_round_trips() {
                 blk_capacity_changes: 1,
                 blk_in_use_end: 4096,
             }),
-            incoming: None,
         },
     ));
     add(round_trip(Pause {}, state(VmState::Paused)));
@@ -307,25 +306,6 @@ fn lines_of_the_untyped_protocol_still_parse() {
     assert_eq!(line, r#"{"ok":true,"state":"paused"}"#);
     let line = encode_reply(&Ok(Ack {}));
     assert_eq!(line, r#"{"ok":true}"#);
-    // A worker still waiting for its migration says where.
-    let waiting = StatusReply {
-        state: VmState::Incoming,
-        vcpus: 1,
-        memory: 1 << 30,
-        pid: 7,
-        disks: vec![],
-        probe: None,
-        incoming: Some("tcp:127.0.0.1:40123".parse().unwrap()),
-    };
-    let line = encode_reply(&Ok(waiting.clone()));
-    assert!(
-        line.contains(r#""incoming":"tcp:127.0.0.1:40123""#),
-        "{line}"
-    );
-    assert_eq!(
-        decode_reply::<StatusReply>(&line).unwrap().unwrap(),
-        waiting
-    );
 }
 
 #[test]

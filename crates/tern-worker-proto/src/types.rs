@@ -6,9 +6,6 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VmState {
-    /// No VM yet: the worker waits for an incoming migration (see
-    /// [`StatusReply::incoming`](crate::requests::StatusReply::incoming)).
-    Incoming,
     /// vCPUs run.
     Running,
     /// vCPUs are paused.
