@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::probe::{self, ProbeError};
 use crate::control::{self, Control, ControlError, RunState};
 use crate::memory::{Backing, GuestRam, MemoryError, MemorySource};
+use crate::state::time::TimeRestore;
 use crate::state::{self, StateError, VmState};
 use crate::x86::{self, EntryMode, X86Error};
 
@@ -334,6 +335,7 @@ pub struct Vm {
     config: VmConfig,
     dirty_logging: std::sync::atomic::AtomicBool,
     disks: crate::devices::Disks,
+    time_restore: Mutex<Option<TimeRestore>>,
 }
 
 impl Vm {
@@ -490,12 +492,15 @@ impl Vm {
             )
             .expect("fresh bus");
         }
+        let mut time_restore = None;
         match (&config.guest, restore) {
             (_, Some(st)) => {
-                state::restore_vm(&fd, st)?;
-                for (v, vs) in vcpus.iter().zip(&st.vcpus) {
-                    state::restore_vcpu(v, vs)?;
+                let refs: Vec<&VcpuFd> = vcpus.iter().collect();
+                let time = restore_cpu_state(&fd, &refs, st)?;
+                if st.probe {
+                    wake_probe_without_clock(&ram.mem, &time)?;
                 }
+                time_restore = Some(time);
             }
             (Guest::Probe { image, workload }, None) => {
                 let entry = probe::load_image(&ram.mem, image)?;
@@ -575,6 +580,7 @@ impl Vm {
             config,
             dirty_logging: false.into(),
             disks,
+            time_restore: Mutex::new(time_restore),
         })
     }
 
@@ -657,12 +663,25 @@ impl Vm {
         })?;
         self.ram.load_from(&file, memory)?;
         restore_disk_devices(st, &self.disks)?;
-        state::restore_vm(&self.fd, st)?;
-        for (v, vs) in self.vcpus.iter().zip(&st.vcpus) {
-            let v = v.lock().unwrap_or_else(|p| p.into_inner());
-            state::restore_vcpu(&v, vs)?;
+        let guards: Vec<_> = self
+            .vcpus
+            .iter()
+            .map(|v| v.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let refs: Vec<&VcpuFd> = guards.iter().map(|g| &**g).collect();
+        let time = restore_cpu_state(&self.fd, &refs, st)?;
+        if st.probe {
+            wake_probe_without_clock(&self.ram.mem, &time)?;
         }
+        *self.time_restore.lock().unwrap_or_else(|p| p.into_inner()) = Some(time);
         Ok(())
+    }
+
+    /// What the host did with the guest's saved TSC and kvmclock at the
+    /// last restore or [`Vm::load_state`]; `None` for a VM that booted and
+    /// was never put back into a saved state.
+    pub fn time_restore(&self) -> Option<TimeRestore> {
+        *self.time_restore.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts the vCPU threads held paused: no guest code runs until
@@ -879,6 +898,9 @@ pub fn read_status(mem: &crate::memory::GuestMem) -> Result<Status, vm_memory::G
         blk_capacity_changes: mem.read_obj(at(offset_of!(Status, blk_capacity_changes)))?,
         blk_capacity: mem.read_obj(at(offset_of!(Status, blk_capacity)))?,
         blk_in_use_end: mem.read_obj(at(offset_of!(Status, blk_in_use_end)))?,
+        tsc: mem.read_obj(at(offset_of!(Status, tsc)))?,
+        clock_adjust: mem.read_obj(at(offset_of!(Status, clock_adjust)))?,
+        clock_jumps: mem.read_obj(at(offset_of!(Status, clock_jumps)))?,
     })
 }
 
@@ -1015,6 +1037,49 @@ fn run_once(v: &mut VcpuFd, shared: &Shared) -> Action {
         },
         other => Action::Crash(format!("unexpected VM exit {other:?}")),
     }
+}
+
+/// Puts VM-wide and vCPU state back from `st` and continues guest time:
+/// kvmclock first, then each vCPU (its TSC rate before its MSRs), then one
+/// TSC offset for all vCPUs where the IA32_TSC writes were not honoured.
+fn restore_cpu_state(fd: &VmFd, vcpus: &[&VcpuFd], st: &VmState) -> Result<TimeRestore, VmError> {
+    state::restore_vm(fd, st)?;
+    state::time::continue_tsc_rate(vcpus, st);
+    for (v, vs) in vcpus.iter().zip(&st.vcpus) {
+        state::restore_vcpu(v, vs)?;
+    }
+    Ok(state::time::continue_time(fd, vcpus, st)?)
+}
+
+/// A probe image saved before the probe had a continuous clock (its
+/// status page has no TSC reading) waits for TSC deadlines it set on the
+/// old host; where this host left the guest's TSC far behind them, it is
+/// woken with [`command::WAKE`] (see there), or it would wait for as long
+/// as the old host had been up.
+fn wake_probe_without_clock(
+    mem: &crate::memory::GuestMem,
+    time: &TimeRestore,
+) -> Result<(), VmError> {
+    let state::time::TscRestore::NotHonoured { wanted, found, .. } = time.tsc else {
+        return Ok(());
+    };
+    let status = read_status(mem).map_err(VmError::StatusPage)?;
+    let went_back = found < wanted;
+    if !went_back || status.tsc != 0 || status.phase != tern_probe_abi::phase::RUNNING {
+        return Ok(());
+    }
+    if status.command != command::NONE {
+        // A STOP is pending: it ends the wait as well.
+        return Ok(());
+    }
+    tracing::info!(
+        "the restored probe image has no continuous clock and its TSC went back: waking it"
+    );
+    mem.write_obj(
+        command::WAKE,
+        GuestAddress(STATUS_ADDR + tern_probe_abi::STATUS_COMMAND_OFFSET),
+    )
+    .map_err(VmError::StatusPage)
 }
 
 /// `DeviceState::kind` of a virtio-blk transport.
