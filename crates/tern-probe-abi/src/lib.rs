@@ -153,10 +153,11 @@ pub mod command {
     /// the continuous clock ([`Status::tsc`](super::Status::tsc) still 0)
     /// when the host could not carry the guest's TSC over and it went
     /// backwards: every wait of those images ends on any command, so the
-    /// open-ended step goes on unpaced instead of waiting for a deadline
-    /// the new host's TSC reaches only much later. Nothing takes it; the
-    /// next STOP replaces it. Images with the continuous clock take TSC
-    /// jumps out themselves and never get it.
+    /// VMM paces their `dirty` step from outside by holding WAKE while the
+    /// step is behind its rate and NONE while it is ahead (other waiting
+    /// steps are woken for good). Nothing in the guest takes it; a STOP
+    /// replaces it. Images with the continuous clock take TSC jumps out
+    /// themselves and never get it.
     pub const WAKE: u32 = 2;
 }
 

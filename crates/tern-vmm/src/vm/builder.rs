@@ -16,10 +16,10 @@ use tern_probe_abi::{MAX_VCPUS, PORT_SERIAL};
 use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::pacer::Pacer;
 use super::probe::{ProbeSink, Reports};
 use super::snapshot::{
-    check_restore_target, restore_cpu_state, restore_disk_devices, serial_from_proto,
-    wake_probe_without_clock,
+    check_restore_target, needs_pacing, restore_cpu_state, restore_disk_devices, serial_from_proto,
 };
 use super::{
     host_memory, kvm_err, set_slot, Guest, Shared, Vm, VmConfig, VmError, VmExit, VmHooks,
@@ -200,12 +200,13 @@ impl Vm {
             .expect("fresh bus");
         }
         let mut time_restore = None;
+        let pacer = Arc::new(Pacer::default());
         match (&config.guest, restore) {
             (_, Some(st)) => {
                 let refs: Vec<&VcpuFd> = vcpus.iter().collect();
                 let time = restore_cpu_state(&fd, &refs, st)?;
-                if st.probe {
-                    wake_probe_without_clock(&ram.mem, &time)?;
+                if st.probe && needs_pacing(&ram.mem, &time)? {
+                    pacer.require();
                 }
                 time_restore = Some(time);
             }
@@ -288,6 +289,7 @@ impl Vm {
             dirty_logging: false.into(),
             disks,
             time_restore: Mutex::new(time_restore),
+            pacer,
         })
     }
 }

@@ -5,6 +5,7 @@
 
 mod builder;
 mod config;
+mod pacer;
 mod probe;
 mod snapshot;
 mod vcpu;
@@ -89,6 +90,7 @@ pub struct Vm {
     dirty_logging: std::sync::atomic::AtomicBool,
     disks: crate::devices::Disks,
     time_restore: Mutex<Option<TimeRestore>>,
+    pacer: Arc<pacer::Pacer>,
 }
 
 impl Vm {
@@ -114,6 +116,18 @@ impl Vm {
                 .map_err(VmError::Thread)?;
             self.shared.control.register_thread(t.as_pthread_t());
             threads.push(t);
+        }
+        drop(threads);
+        self.start_pacer()
+    }
+
+    /// Starts pacing a restored probe image without a continuous clock
+    /// where a restore found one (see [`pacer`]).
+    fn start_pacer(&self) -> Result<(), VmError> {
+        if let Guest::Probe { workload, .. } = &self.config.guest {
+            self.pacer
+                .start_if_needed(self.ram.mem.clone(), self.shared.control.clone(), workload)
+                .map_err(VmError::Thread)?;
         }
         Ok(())
     }
@@ -159,6 +173,7 @@ impl Vm {
     }
 
     fn join(&self) {
+        self.pacer.stop();
         self.shared.control.clear_threads();
         let threads: Vec<_> = self
             .threads

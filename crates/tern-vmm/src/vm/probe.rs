@@ -88,6 +88,11 @@ impl Vm {
 
     /// Writes a command into the probe guest's mailbox (`command::STOP`).
     pub fn probe_command(&self, cmd: u32) -> Result<(), VmError> {
+        let _held = self
+            .pacer
+            .command_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         self.ram
             .mem
             .write_obj(

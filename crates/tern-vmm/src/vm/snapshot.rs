@@ -2,8 +2,6 @@
 //! and checkpoints loaded into a paused VM.
 
 use kvm_ioctls::{VcpuFd, VmFd};
-use tern_probe_abi::{command, STATUS_ADDR};
-use vm_memory::{Bytes, GuestAddress};
 
 use super::probe::read_status;
 use super::{Vm, VmConfig, VmError};
@@ -99,8 +97,9 @@ impl Vm {
             .collect();
         let refs: Vec<&VcpuFd> = guards.iter().map(|g| &**g).collect();
         let time = restore_cpu_state(&self.fd, &refs, st)?;
-        if st.probe {
-            wake_probe_without_clock(&self.ram.mem, &time)?;
+        if st.probe && needs_pacing(&self.ram.mem, &time)? {
+            self.pacer.require();
+            self.start_pacer()?;
         }
         *self.time_restore.lock().unwrap_or_else(|p| p.into_inner()) = Some(time);
         Ok(())
@@ -130,35 +129,19 @@ pub(super) fn restore_cpu_state(
     Ok(state::time::continue_time(fd, vcpus, st)?)
 }
 
-/// A probe image saved before the probe had a continuous clock (its
-/// status page has no TSC reading) waits for TSC deadlines it set on the
-/// old host; where this host left the guest's TSC far behind them, it is
-/// woken with [`command::WAKE`] (see there), or it would wait for as long
-/// as the old host had been up.
-pub(super) fn wake_probe_without_clock(
+/// Whether a restored probe image needs [`super::pacer`]: it predates the
+/// probe's continuous clock (its status page has no TSC reading), it is in
+/// a step, and this host left its TSC behind the saved one, so its waits
+/// would last as long as the old host had been up.
+pub(super) fn needs_pacing(
     mem: &crate::memory::GuestMem,
     time: &TimeRestore,
-) -> Result<(), VmError> {
+) -> Result<bool, VmError> {
     let state::time::TscRestore::NotHonoured { wanted, found, .. } = time.tsc else {
-        return Ok(());
+        return Ok(false);
     };
     let status = read_status(mem).map_err(VmError::StatusPage)?;
-    let went_back = found < wanted;
-    if !went_back || status.tsc != 0 || status.phase != tern_probe_abi::phase::RUNNING {
-        return Ok(());
-    }
-    if status.command != command::NONE {
-        // A STOP is pending: it ends the wait as well.
-        return Ok(());
-    }
-    tracing::info!(
-        "the restored probe image has no continuous clock and its TSC went back: waking it"
-    );
-    mem.write_obj(
-        command::WAKE,
-        GuestAddress(STATUS_ADDR + tern_probe_abi::STATUS_COMMAND_OFFSET),
-    )
-    .map_err(VmError::StatusPage)
+    Ok(found < wanted && status.tsc == 0 && status.phase == tern_probe_abi::phase::RUNNING)
 }
 
 /// `DeviceState::kind` of a virtio-blk transport.
