@@ -1,7 +1,7 @@
-//! A KVM virtual machine: creation from a [`VmConfig`] ([`builder`]), vCPU
-//! threads ([`vcpu`], an explicit state machine), run control, dirty
-//! logging, save and restore ([`snapshot`]) and the probe guest's harness
-//! ([`probe`]).
+//! A KVM virtual machine: creation from a [`VmConfig`] (`builder`), vCPU
+//! threads (`vcpu`, an explicit state machine), run control, dirty
+//! logging, save and restore (`snapshot`) and the probe guest's harness
+//! (`probe`, and `pacer` for restored images without a continuous clock).
 
 mod builder;
 mod config;

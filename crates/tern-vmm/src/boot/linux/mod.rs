@@ -21,9 +21,9 @@
 //! Everything read from an image is untrusted: sizes and addresses are
 //! checked before use, and a malformed image is an error, never a panic.
 //!
-//! The parts: [`params`] (the e820 map), `kernel` (image formats and
-//! loading), [`cmdline`] (command line and initrd); this module puts them
-//! together in `boot_params`.
+//! The parts: `kernel` (image formats and loading), `cmdline` (command
+//! line and initrd), `params` (`boot_params` and the e820 map); this module
+//! holds the layout, the types and errors, and puts the parts together.
 
 mod cmdline;
 mod kernel;
