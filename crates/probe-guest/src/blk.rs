@@ -13,7 +13,7 @@
 //! by the TSC, see [`Timeout`]): a device that stops answering becomes
 //! [`Error::Timeout`], never a hang, and a VM paused meanwhile does not.
 
-use crate::io::rdtsc;
+use crate::clock;
 use crate::virtio::{
     reg, status, Buf, Mmio, QueueMem, SplitQueue, Timeout, INT_CONFIG, MAGIC, VIRTIO_F_VERSION_1,
 };
@@ -514,7 +514,7 @@ impl Blk {
             if let Some(d) = self.poll()? {
                 return Ok(Some(d));
             }
-            if rdtsc() >= until {
+            if clock::now() >= until {
                 return Ok(None);
             }
             if stall.expired() {

@@ -13,6 +13,7 @@
 
 mod blk;
 mod boot;
+mod clock;
 mod io;
 mod mem;
 mod report;

@@ -10,7 +10,7 @@
 //! one), everything else is volatile, and a full fence separates publishing
 //! from the notification check, as §2.7.13 asks.
 
-use crate::io::rdtsc;
+use crate::clock;
 use core::hint::spin_loop;
 use core::ptr;
 use core::sync::atomic::{fence, AtomicU16, Ordering};
@@ -117,9 +117,9 @@ impl Mmio {
 
 /// A time budget, for bounding every wait on the device, that counts only
 /// time the guest ran: the TSC keeps going while the VMM pauses the VM
-/// (or saves it, or migrates it), and may even go back after a restore on
-/// another host, so each step between two looks at the TSC counts for at
-/// most [`Timeout::MAX_STEP_MS`] and a step backwards for nothing. Call
+/// (or saves it, or migrates it). [`clock::now`] takes out jumps of more
+/// than a second (a restore on another host); below that, each step between
+/// two looks counts for at most [`Timeout::MAX_STEP_MS`]. Call
 /// [`Timeout::expired`] often (every spin of a poll loop).
 #[derive(Clone, Copy, Debug)]
 pub struct Timeout {
@@ -138,7 +138,7 @@ impl Timeout {
             u64::try_from(u128::from(ticks_per_sec) * u128::from(ms) / 1000).unwrap_or(u64::MAX)
         };
         Timeout {
-            last: rdtsc(),
+            last: clock::now(),
             left: ticks(ms),
             max_step: ticks(Self::MAX_STEP_MS).max(1),
         }
@@ -147,7 +147,7 @@ impl Timeout {
     /// Charges the time since the last look; whether the budget is spent.
     #[inline(always)]
     pub fn expired(&mut self) -> bool {
-        let now = rdtsc();
+        let now = clock::now();
         if now > self.last {
             self.left = self
                 .left

@@ -149,6 +149,16 @@ pub mod command {
     pub const NONE: u32 = 0;
     /// Finish the current open-ended step (`dirty`, `touch`) and go on.
     pub const STOP: u32 = 1;
+    /// Written by the VMM only into a restored probe image that predates
+    /// the continuous clock ([`Status::tsc`](super::Status::tsc) still 0)
+    /// when the host could not carry the guest's TSC over and it went
+    /// backwards: every wait of those images ends on any command, so the
+    /// VMM paces their `dirty` step from outside by holding WAKE while the
+    /// step is behind its rate and NONE while it is ahead (other waiting
+    /// steps are woken for good). Nothing in the guest takes it; a STOP
+    /// replaces it. Images with the continuous clock take TSC jumps out
+    /// themselves and never get it.
+    pub const WAKE: u32 = 2;
 }
 
 /// Phases the guest publishes in [`Status::phase`].
@@ -197,6 +207,18 @@ pub struct Status {
     /// refuses to shrink the disk below it. Set by `blk-verify`
     /// (to the end of what it wrote) and lowered by `blk-trim`.
     pub blk_in_use_end: u64,
+    /// The guest's latest reading of its own TSC (`rdtsc` at CPL 3), as
+    /// its clock last took it: what the guest sees, which may differ from
+    /// the IA32_TSC the VMM saves where the host cannot offset the guest's
+    /// `rdtsc` (see `docs/saved-state.md`).
+    pub tsc: u64,
+    /// Added (wrapping) to the raw TSC to give the guest's continuous clock:
+    /// each jump of the raw TSC is taken out of it.
+    pub clock_adjust: u64,
+    /// Jumps of the raw TSC larger than a second (either way) the guest's
+    /// clock has taken out: a restore or migration the host did not keep
+    /// the guest's TSC across.
+    pub clock_jumps: u64,
 }
 
 /// Byte offset of [`Status::command`] inside the status page.
@@ -207,6 +229,8 @@ pub const STATUS_GENERATION_OFFSET: u64 = 24;
 pub const STATUS_TOUCH_REQUEST_OFFSET: u64 = 56;
 /// Byte offset of [`Status::blk_in_use_end`].
 pub const STATUS_BLK_IN_USE_END_OFFSET: u64 = 80;
+/// Byte offset of [`Status::tsc`].
+pub const STATUS_TSC_OFFSET: u64 = 88;
 
 /// Header of a report the guest sends through [`PORT_REPORT`]: `len` bytes of
 /// UTF-8 text follow it directly.
@@ -237,6 +261,7 @@ mod tests {
             offset_of!(Status, blk_in_use_end) as u64,
             STATUS_BLK_IN_USE_END_OFFSET
         );
+        assert_eq!(offset_of!(Status, tsc) as u64, STATUS_TSC_OFFSET);
         assert!(size_of::<Status>() as u64 <= PAGE_SIZE);
         assert!(size_of::<BootInfo>() as u64 <= PAGE_SIZE);
     }

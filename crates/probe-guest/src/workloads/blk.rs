@@ -35,7 +35,7 @@
 use super::{Ctx, MIB};
 use crate::blk::{Blk, Error, Op, DATA_AREA, DATA_AREA_LEN};
 use crate::report::{println, report};
-use crate::{boot, io, status};
+use crate::{boot, clock, status};
 use core::hint::spin_loop;
 use core::sync::atomic::Ordering;
 use tern_probe_abi::blk::{
@@ -186,7 +186,7 @@ pub(super) fn verify(ctx: &Ctx, step: &Step) -> bool {
     // while it is being written.
     use_up_to(sectors * SECTOR_SIZE);
 
-    let t0 = io::rdtsc();
+    let t0 = clock::now();
     let stride = VERIFY_CHUNK * SECTOR_SIZE;
     let written = stream(
         &mut blk,
@@ -214,7 +214,7 @@ pub(super) fn verify(ctx: &Ctx, step: &Step) -> bool {
         report!("{NAME} disk={disk} phase=write result=fail {e}");
         return false;
     }
-    let t1 = io::rdtsc();
+    let t1 = clock::now();
 
     let mut bad = 0u64;
     let read = stream(
@@ -245,7 +245,7 @@ pub(super) fn verify(ctx: &Ctx, step: &Step) -> bool {
         report!("{NAME} disk={disk} phase=read result=fail {e}");
         return false;
     }
-    let t2 = io::rdtsc();
+    let t2 = clock::now();
     let result = if bad == 0 { "pass" } else { "fail" };
     report!(
         "{NAME} disk={disk} bytes={bytes} capacity={capacity} sectors={sectors} bad_sectors={bad} \
@@ -332,7 +332,7 @@ pub(super) fn capacity(ctx: &Ctx, step: &Step) -> bool {
     };
     println!("{NAME} disk={disk} watching capacity={capacity} generation={generation}");
     let period = ctx.ticks_per_sec() / 1000;
-    let mut next = io::rdtsc();
+    let mut next = clock::now();
     let mut seen = 0u32;
     loop {
         if status::take_stop() {
@@ -341,7 +341,7 @@ pub(super) fn capacity(ctx: &Ctx, step: &Step) -> bool {
             );
             return true;
         }
-        let now = io::rdtsc();
+        let now = clock::now();
         // `next - now > period`: the TSC went back (a restore elsewhere).
         if now < next && next - now <= period {
             spin_loop();
@@ -442,13 +442,13 @@ pub(super) fn iops(ctx: &Ctx, step: &Step) -> bool {
     let mut cursor = 0u64;
     let (mut ios, mut ios_second, mut errors) = (0u64, 0u64, 0u64);
     let mut first_error = None;
-    let start = io::rdtsc();
+    let start = clock::now();
     let end = start + secs * hz;
     let (mut second, mut second_end) = (0u64, start + hz);
     let mut stall = blk.timeout();
     let mut failure = None;
     loop {
-        let now = io::rdtsc();
+        let now = clock::now();
         while now >= second_end && second < secs {
             second += 1;
             report!(
@@ -498,7 +498,7 @@ pub(super) fn iops(ctx: &Ctx, step: &Step) -> bool {
                 break;
             }
         };
-        let now = io::rdtsc();
+        let now = clock::now();
         while let Some(d) = got {
             stall = blk.timeout();
             if let Err(e) = blk.check(d) {
@@ -532,7 +532,7 @@ pub(super) fn iops(ctx: &Ctx, step: &Step) -> bool {
             Err(e) => failure = Some(e),
         }
     }
-    let elapsed_ms = ms_between(ctx, start, io::rdtsc());
+    let elapsed_ms = ms_between(ctx, start, clock::now());
     if let Some(e) = failure {
         return fail(format_args!("ios={ios} elapsed_ms={elapsed_ms} {e}"));
     }

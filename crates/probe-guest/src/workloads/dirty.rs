@@ -9,7 +9,7 @@
 //! starts with one store of both fields ([`status::start_pass`]).
 
 use super::{check_data_page, fill_data_page, too_large, Ctx, PAGES_PER_MIB};
-use crate::io::rdtsc;
+use crate::clock;
 use crate::report::{println, report};
 use crate::status;
 use core::hint::spin_loop;
@@ -97,7 +97,7 @@ impl Pace {
         Pace {
             tsc_hz,
             pages_per_sec,
-            base_tsc: rdtsc(),
+            base_tsc: clock::now(),
             base_page: 0,
         }
     }
@@ -114,7 +114,7 @@ impl Pace {
             .base_tsc
             .saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX));
         loop {
-            let now = rdtsc();
+            let now = clock::now();
             if now >= due {
                 // More than 100 ms late (the guest was paused, or the host
                 // busy): forget the debt instead of bursting to catch up, so

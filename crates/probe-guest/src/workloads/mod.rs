@@ -6,7 +6,7 @@ mod dirty;
 mod touch;
 
 use crate::report::{println, report};
-use crate::{boot, io, status};
+use crate::{boot, clock, io, status};
 use core::hint::spin_loop;
 use core::sync::atomic::Ordering;
 use tern_probe_abi::stamp::{check_page, fill_page, PageCheck, WORDS_PER_PAGE};
@@ -52,15 +52,9 @@ impl Ctx {
         }
     }
 
-    /// TSC ticks per second for timeouts: the VMM's figure, or a guess of
-    /// 3 GHz when it gave none (a timeout may then be off by a factor of a
-    /// few, which is harmless; rates are never measured with the guess).
+    /// TSC ticks per second for timeouts (see [`clock::ticks_per_sec`]).
     fn ticks_per_sec(&self) -> u64 {
-        if self.tsc_hz == 0 {
-            3_000_000_000
-        } else {
-            self.tsc_hz
-        }
+        clock::ticks_per_sec()
     }
 
     /// Waits until every vCPU (this one included) has checked in.

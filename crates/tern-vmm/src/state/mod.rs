@@ -6,6 +6,7 @@
 
 pub mod compat;
 pub mod proto;
+pub mod time;
 
 use kvm_bindings::{
     kvm_clock_data, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_pit_state2,
