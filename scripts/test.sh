@@ -26,6 +26,32 @@ cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
+# Fuzz targets, a few seconds each (scripts/fuzz.sh; fuzz/README.md): each
+# counts as one test, written to the log in cargo's result format so the
+# totals below include them.
+echo "== fuzz targets (${TERN_FUZZ_SECONDS:-3} s each)"
+fuzz_ok=0
+fuzz_bad=0
+if scripts/fuzz.sh --build >"$log.fuzz" 2>&1; then
+  for target in $(scripts/fuzz.sh --list); do
+    if scripts/fuzz.sh "$target" "${TERN_FUZZ_SECONDS:-3}" >"$log.fuzz" 2>&1; then
+      echo "fuzz $target ... ok ($(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log.fuzz" | grep -o '[0-9]*$') runs)"
+      fuzz_ok=$((fuzz_ok + 1))
+    else
+      echo "fuzz $target ... FAILED (input in fuzz/artifacts/$target/):"
+      tail -n 30 "$log.fuzz" | sed 's/^/   /'
+      fuzz_bad=$((fuzz_bad + 1))
+    fi
+  done
+else
+  echo "fuzz targets do not build:"
+  tail -n 30 "$log.fuzz" | sed 's/^/   /'
+  fuzz_bad=$(scripts/fuzz.sh --list | wc -l)
+fi
+rm -f "$log.fuzz"
+echo "test result: fuzz. ${fuzz_ok} passed; ${fuzz_bad} failed" >>"$log"
+if ((fuzz_bad)); then status=1; fi
+
 sum() { awk -v k="$1" '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ "^" k) n += $i } END { print n + 0 }' "$log"; }
 passed=$(sum passed)
 failed=$(sum failed)

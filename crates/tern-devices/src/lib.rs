@@ -3,6 +3,7 @@
 //! to KVM (irqfds, exits) through the small traits defined here.
 
 pub mod bus;
+pub mod fuzzing;
 pub mod serial;
 pub mod testport;
 pub mod virtio;

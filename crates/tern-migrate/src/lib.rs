@@ -18,6 +18,8 @@
 #![doc = include_str!("../../../docs/migration-protocol.md")]
 
 pub mod compress;
+pub mod fuzzing;
+pub mod hostmem;
 pub mod pages;
 pub mod progress;
 pub mod receiver;

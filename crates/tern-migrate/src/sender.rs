@@ -2,18 +2,26 @@
 //! (auto-converge, timeout, bandwidth cap), switchover, and keeping the VM
 //! running here whenever anything fails.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+mod autotune;
+mod dirty;
+mod rate;
+mod switchover;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tern_vmm::vm::DirtyLog;
 use tern_vmm::{RunState, Vm, VmConfig};
 
-use crate::compress::{self, CodecSpeed, Compression};
+use crate::compress::{self, Compression};
 use crate::pages::{ChunkBuilder, HostMem};
 use crate::progress::{Phase, Progress};
-use crate::transport::{self, Endpoint, Stream};
+use crate::transport::{Endpoint, Stream};
 use crate::wire::{self, Codec, ConfigCheck, Kind, WireError, PAGE, WINDOW_BYTES};
+use autotune::CodecTuner;
+use dirty::{count_pages, dirty_windows, Window};
+use rate::Limiter;
+use switchover::{abort, switchover_zero_copy};
 
 /// How long a socket may block before the peer counts as gone.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -177,31 +185,6 @@ pub fn config_check(cfg: &VmConfig) -> ConfigCheck {
     }
 }
 
-/// Shares a wire byte budget between channels.
-struct Limiter {
-    rate: f64,
-    next: Mutex<Instant>,
-}
-
-impl Limiter {
-    fn take(&self, bytes: u64) {
-        let now = Instant::now();
-        let wait = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            // Allow a 20 ms burst, no more, after idle time.
-            let floor = now.checked_sub(Duration::from_millis(20)).unwrap_or(now);
-            if *next < floor {
-                *next = floor;
-            }
-            *next += Duration::from_secs_f64(bytes as f64 / self.rate);
-            next.saturating_duration_since(now)
-        };
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
-        }
-    }
-}
-
 /// Counters the channel threads add to.
 #[derive(Default)]
 struct Counters {
@@ -214,32 +197,14 @@ struct Counters {
 /// Everything the rounds share.
 struct Engine<'a> {
     vm: &'a Vm,
-    mem: HostMem,
+    mem: HostMem<'a>,
     opts: &'a MigrateOptions,
     progress: &'a Progress,
     limiter: Option<Limiter>,
-    codec: AtomicU8,
-    speeds: Vec<CodecSpeed>,
+    tuner: CodecTuner<'a>,
     counters: Counters,
     started: Instant,
-    /// Link estimate, wire bytes/s (measured while not CPU-bound).
-    link: Mutex<f64>,
     throttle: AtomicU32,
-    auto: Mutex<AutoTrial>,
-}
-
-/// Sending time before automatic compression may try a codec.
-const FIRST_TRIAL_AFTER: Duration = Duration::from_millis(200);
-
-/// Automatic compression: a codec the model prefers is tried against the
-/// current one on real traffic, and kept only if it moves memory faster
-/// (on a fast link both ends' CPUs, not the wire, are the bottleneck).
-#[derive(Default)]
-struct AutoTrial {
-    /// (codec before the trial, its memory bytes/s, trial start, raw bytes then).
-    trial: Option<(Codec, f64, Instant, u64)>,
-    /// No new trial before this.
-    quiet_until: Option<Instant>,
 }
 
 /// Result of one round.
@@ -406,19 +371,17 @@ fn run(
         mem,
         opts,
         progress,
-        limiter: opts.bandwidth.map(|b| Limiter {
-            rate: b.max(1) as f64,
-            next: Mutex::new(Instant::now()),
-        }),
-        codec: AtomicU8::new(forced.unwrap_or(Codec::None) as u8),
-        speeds,
+        limiter: opts.bandwidth.map(Limiter::new),
+        tuner: CodecTuner::new(
+            progress,
+            opts.bandwidth,
+            forced.unwrap_or(Codec::None),
+            speeds,
+        ),
         counters: Counters::default(),
         started,
-        link: Mutex::new(0.0),
         throttle: AtomicU32::new(0),
-        auto: Mutex::new(AutoTrial::default()),
     };
-    engine.update_codec_name();
     let throttle_stop = std::sync::atomic::AtomicBool::new(false);
     let result = std::thread::scope(|s| {
         if !was_paused && opts.auto_converge {
@@ -444,21 +407,6 @@ fn run(
     }
 }
 
-/// Tells the destination (best effort) and closes every connection.
-fn abort(ctl: &mut Stream, data: &[Stream], e: &MigrateError) {
-    let _ = wire::write_msg(
-        ctl,
-        Kind::Abort,
-        &wire::Abort {
-            reason: error_chain(e),
-        },
-    );
-    ctl.shutdown();
-    for d in data {
-        d.shutdown();
-    }
-}
-
 fn session_id() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -466,107 +414,7 @@ fn session_id() -> u64 {
     t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)
 }
 
-fn switchover_zero_copy(
-    vm: &Vm,
-    mut ctl: Stream,
-    memfd: &std::fs::File,
-    progress: &Progress,
-    was_paused: bool,
-) -> Result<(), MigrateError> {
-    progress.update(|s| s.phase = Phase::Switchover);
-    // As in a streamed switchover: the hand-over's flush stays short.
-    vm.disks().flush_all()?;
-    let paused_at = Instant::now();
-    if !was_paused {
-        vm.pause()?;
-    }
-    vm.disks().release()?;
-    let state = vm.save_state()?;
-    let unix = ctl.as_unix().expect("zero-copy runs over UNIX sockets");
-    transport::send_fd(unix, memfd)?;
-    wire::write_msg(
-        &mut ctl,
-        Kind::Switchover,
-        &wire::Switchover {
-            vm_state: prost::Message::encode_to_vec(&state),
-            paused: was_paused,
-            rounds: 0,
-        },
-    )?;
-    finish(ctl, paused_at, progress)
-}
-
-/// Waits for the destination's verdict, commits, and waits for it to run
-/// the VM. Until the commit is written the source may resume; after it,
-/// never on its own (the destination may be running the VM).
-fn finish(mut ctl: Stream, paused_at: Instant, progress: &Progress) -> Result<(), MigrateError> {
-    ctl.set_timeouts(Some(OUTCOME_TIMEOUT))?;
-    let outcome: wire::Outcome = wire::read_msg(&mut ctl, Kind::Outcome, "outcome")?;
-    if !outcome.ready {
-        return Err(MigrateError::Destination(outcome.error));
-    }
-    // A write that fails never reached the destination's socket: it will
-    // not run the VM, and this side may resume.
-    wire::write_frame(&mut ctl, Kind::Commit, &[])?;
-    ctl.set_timeouts(Some(IO_TIMEOUT))
-        .map_err(|e| MigrateError::Unconfirmed(WireError::Io(e)))?;
-    let mut buf = Vec::new();
-    match wire::read_frame(&mut ctl, &mut buf) {
-        Ok(Kind::Running) => {}
-        Ok(got) => {
-            return Err(MigrateError::Unconfirmed(WireError::Unexpected {
-                expected: "running",
-                got,
-            }))
-        }
-        Err(e) => return Err(MigrateError::Unconfirmed(e)),
-    }
-    let downtime = paused_at.elapsed().as_secs_f64() * 1e3;
-    progress.update(|s| s.downtime_ms = Some(downtime));
-    Ok(())
-}
-
-/// The windows with dirty pages: (base, 256-page bitmap).
-fn dirty_windows(log: &DirtyLog) -> Vec<(u64, [u64; 4])> {
-    let mut out = Vec::new();
-    for (start, words) in &log.regions {
-        for (i, w) in words.chunks(4).enumerate() {
-            if w.iter().any(|&x| x != 0) {
-                let mut bits = [0u64; 4];
-                bits[..w.len()].copy_from_slice(w);
-                out.push((start + i as u64 * WINDOW_BYTES, bits));
-            }
-        }
-    }
-    out
-}
-
-/// The union of two window lists (each ascending by address).
-fn merge_windows(a: Vec<(u64, [u64; 4])>, b: Vec<(u64, [u64; 4])>) -> Vec<(u64, [u64; 4])> {
-    let mut m: std::collections::BTreeMap<u64, [u64; 4]> = a.into_iter().collect();
-    for (base, bits) in b {
-        let e = m.entry(base).or_default();
-        for (x, y) in e.iter_mut().zip(bits) {
-            *x |= y;
-        }
-    }
-    m.into_iter().collect()
-}
-
-fn count_pages(windows: &[(u64, [u64; 4])]) -> u64 {
-    windows
-        .iter()
-        .flat_map(|(_, b)| b.iter())
-        .map(|w| w.count_ones() as u64)
-        .sum()
-}
-
 impl Engine<'_> {
-    fn update_codec_name(&self) {
-        let c = Codec::from_u8(self.codec.load(Ordering::Relaxed)).unwrap_or(Codec::None);
-        self.progress.update(|s| s.compression = c.name().into());
-    }
-
     fn check_timeout(&self) -> Option<TimeoutAction> {
         match self.opts.timeout {
             Some(t) if self.started.elapsed() > t => Some(self.opts.on_timeout),
@@ -598,7 +446,7 @@ impl Engine<'_> {
         data: &mut [Stream],
         auto: bool,
         throttle_stop: &std::sync::atomic::AtomicBool,
-    ) -> Result<Vec<(u64, [u64; 4])>, MigrateError> {
+    ) -> Result<Vec<Window>, MigrateError> {
         self.progress.update(|s| s.phase = Phase::Precopy);
         self.vm.start_dirty_log()?;
         let mut windows = self.mem.all_windows();
@@ -619,7 +467,7 @@ impl Engine<'_> {
             let dirty = count_pages(&windows);
             let dirty_bytes = dirty * PAGE as u64;
             let dirty_rate = dirty_bytes as f64 / st.elapsed.as_secs_f64().max(1e-3);
-            let bw = self.bandwidth();
+            let bw = self.tuner.bandwidth();
             let est = Duration::from_secs_f64(dirty as f64 * wire_per_page / bw.max(1.0));
             let downtime = est + FIXED_DOWNTIME;
             let throttle = self.throttle.load(Ordering::Relaxed);
@@ -681,74 +529,6 @@ impl Engine<'_> {
         Ok(windows)
     }
 
-    /// Waits until the peer has taken everything written to the channels
-    /// (the socket send queues hold megabytes: on a slow link, tens of
-    /// milliseconds that would otherwise fall into the downtime).
-    fn drain(&self, data: &[Stream]) -> Result<(), MigrateError> {
-        let mut last = (u64::MAX, Instant::now());
-        loop {
-            let mut unsent = 0;
-            for d in data {
-                // A socket that cannot say is not waited for.
-                unsent += d.unsent().unwrap_or(0);
-            }
-            if unsent == 0 {
-                return Ok(());
-            }
-            if self.progress.cancelled() {
-                return Err(MigrateError::Cancelled);
-            }
-            if self.check_timeout() == Some(TimeoutAction::Cancel) {
-                return Err(MigrateError::TimedOut(
-                    self.opts.timeout.unwrap_or_default(),
-                ));
-            }
-            let now = Instant::now();
-            if unsent < last.0 {
-                last = (unsent, now);
-            } else if now.duration_since(last.1) > IO_TIMEOUT {
-                return Err(MigrateError::Stalled(IO_TIMEOUT));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Waits until the destination has applied everything sent so far:
-    /// data it received but not yet applied is acknowledged by TCP already,
-    /// so only it can say. (A destination short of CPU, e.g. decompressing
-    /// on cores a compressing source also uses, held up to 32 MiB of
-    /// received chunks; applying them inside the pause made 1 Gbit
-    /// downtimes of 45-160 ms.)
-    fn sync(&self, data: &mut [Stream]) -> Result<(), MigrateError> {
-        for d in data.iter_mut() {
-            wire::write_frame(d, Kind::Sync, &[])?;
-        }
-        let mut buf = Vec::new();
-        for d in data.iter_mut() {
-            match wire::read_frame(d, &mut buf)? {
-                Kind::Sync => {}
-                got => {
-                    return Err(WireError::Unexpected {
-                        expected: "sync",
-                        got,
-                    }
-                    .into())
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Wire bytes/s: the measured link, capped.
-    fn bandwidth(&self) -> f64 {
-        let link = *self.link.lock().unwrap_or_else(|p| p.into_inner());
-        let link = if link > 0.0 { link } else { 100e6 };
-        match self.opts.bandwidth {
-            Some(b) => link.min(b as f64),
-            None => link,
-        }
-    }
-
     /// Sends one round over every channel; the calling thread watches
     /// progress, the timeout, cancel, and (auto) the codec meanwhile.
     /// `paused`: the last round, inside the downtime: the watcher returns
@@ -756,7 +536,7 @@ impl Engine<'_> {
     fn send_round(
         &self,
         data: &mut [Stream],
-        windows: &[(u64, [u64; 4])],
+        windows: &[Window],
         first: bool,
         auto: bool,
         paused: bool,
@@ -807,23 +587,22 @@ impl Engine<'_> {
                 let dt = now.duration_since(last.0);
                 if dt >= Duration::from_millis(100) {
                     let rate = (wire - last.1) as f64 / dt.as_secs_f64();
-                    let codec =
-                        Codec::from_u8(self.codec.load(Ordering::Relaxed)).unwrap_or(Codec::None);
                     if wire > last.1 {
-                        self.observe_link(rate, codec, (raw - last.2) as f64 / dt.as_secs_f64());
+                        self.tuner.observe_link(rate, self.tuner.codec());
                     }
                     if auto {
                         let raw_rate = (raw - last.2) as f64 / dt.as_secs_f64();
                         // Half the CPUs: the rest send, and run the guest.
                         let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
-                        self.rechoose((n as usize).min(cpus / 2).max(1), raw_rate, raw);
+                        self.tuner
+                            .rechoose((n as usize).min(cpus / 2).max(1), raw_rate, raw);
                     }
                     last = (now, wire, raw);
                     self.progress.update(|s| {
                         s.bytes_sent = wire;
                         s.pages_sent = self.counters.pages.load(Ordering::Relaxed);
                         s.zero_pages = self.counters.zero.load(Ordering::Relaxed);
-                        s.bandwidth = self.bandwidth();
+                        s.bandwidth = self.tuner.bandwidth();
                         s.elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3;
                     });
                 }
@@ -865,12 +644,8 @@ impl Engine<'_> {
         let raw = self.counters.raw.load(Ordering::Relaxed) - raw0;
         // Short rounds are dominated by latency; only long ones measure.
         if elapsed > Duration::from_millis(30) && wire > 0 {
-            let codec = Codec::from_u8(self.codec.load(Ordering::Relaxed)).unwrap_or(Codec::None);
-            self.observe_link(
-                wire as f64 / elapsed.as_secs_f64(),
-                codec,
-                raw as f64 / elapsed.as_secs_f64(),
-            );
+            self.tuner
+                .observe_link(wire as f64 / elapsed.as_secs_f64(), self.tuner.codec());
         }
         self.progress.update(|s| {
             s.bytes_sent = self.counters.wire.load(Ordering::Relaxed);
@@ -884,77 +659,13 @@ impl Engine<'_> {
         })
     }
 
-    /// Folds a throughput observation into the link estimate. Sending raw,
-    /// the wire rate is the link; compressing, it is only a lower bound
-    /// (the CPU may be what limits).
-    fn observe_link(&self, wire_rate: f64, codec: Codec, _raw_rate: f64) {
-        let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
-        if codec == Codec::None || *link == 0.0 {
-            *link = if *link == 0.0 {
-                wire_rate
-            } else {
-                0.5 * *link + 0.5 * wire_rate
-            };
-        } else if wire_rate > *link {
-            *link = wire_rate;
-        }
-    }
-
-    fn set_codec(&self, c: Codec) {
-        if self.codec.swap(c as u8, Ordering::Relaxed) != c as u8 {
-            self.update_codec_name();
-        }
-    }
-
-    /// One step of automatic compression, every 100 ms of sending.
-    /// `raw_rate`: memory bytes/s over the last interval; `raw`: total.
-    fn rechoose(&self, threads: usize, raw_rate: f64, raw: u64) {
-        let now = Instant::now();
-        let mut a = self.auto.lock().unwrap_or_else(|p| p.into_inner());
-        if a.quiet_until.is_none() {
-            // The first 100 ms understate a fast link (slow start, the
-            // destination faulting its memory in): let the estimate
-            // settle before it decides a trial.
-            a.quiet_until = Some(now + FIRST_TRIAL_AFTER);
-        }
-        if a.quiet_until.is_some_and(|t| now < t) {
-            return;
-        }
-        let cur = Codec::from_u8(self.codec.load(Ordering::Relaxed)).unwrap_or(Codec::None);
-        match a.trial {
-            None => {
-                let c = compress::choose(self.bandwidth(), threads, &self.speeds);
-                if c != cur && raw_rate > 0.0 {
-                    a.trial = Some((cur, raw_rate, now, raw));
-                    self.set_codec(c);
-                }
-            }
-            Some((prev, prev_rate, since, raw0)) => {
-                let dt = now.duration_since(since);
-                if dt < Duration::from_millis(300) {
-                    return;
-                }
-                let rate = (raw - raw0) as f64 / dt.as_secs_f64();
-                // A trial that lost is not repeated soon: each costs time.
-                let quiet = if rate < prev_rate * 1.15 {
-                    self.set_codec(prev);
-                    Duration::from_secs(15)
-                } else {
-                    Duration::from_secs(3)
-                };
-                a.trial = None;
-                a.quiet_until = Some(now + quiet);
-            }
-        }
-    }
-
     /// Sends the windows that belong to channel `index` of `n`: a window's
     /// channel depends only on its address, so a page resent in a later
     /// round travels the same connection and arrives after its old copy.
     fn send_channel(
         &self,
         stream: &mut Stream,
-        windows: &[(u64, [u64; 4])],
+        windows: &[Window],
         index: u64,
         n: u64,
         first: bool,
@@ -968,7 +679,7 @@ impl Engine<'_> {
             if self.progress.cancelled() {
                 return Err(MigrateError::Cancelled);
             }
-            let codec = Codec::from_u8(self.codec.load(Ordering::Relaxed)).unwrap_or(Codec::None);
+            let codec = self.tuner.codec();
             let Some(st) = builder.build(&self.mem, base, bits, first, codec) else {
                 continue;
             };
@@ -983,96 +694,11 @@ impl Engine<'_> {
         }
         Ok(())
     }
-
-    /// Pauses, sends the last dirty pages and the state, waits for the
-    /// destination to run the VM.
-    fn switchover(
-        &self,
-        ctl: &mut Stream,
-        data: &mut [Stream],
-        pending: Vec<(u64, [u64; 4])>,
-        was_paused: bool,
-    ) -> Result<(), MigrateError> {
-        self.progress.update(|s| s.phase = Phase::Switchover);
-        // Write back what the guest wrote so far while it still runs: the
-        // flush in the hand-over then covers only the last milliseconds.
-        self.vm.disks().flush_all()?;
-        let paused_at = Instant::now();
-        if !was_paused {
-            self.vm.pause()?;
-        }
-        // Before the last dirty log: a held queue writes no guest memory.
-        self.vm.disks().release()?;
-        let log = self.vm.read_dirty_log()?;
-        let windows = merge_windows(pending, dirty_windows(&log));
-        let auto = matches!(self.opts.compression, Compression::Auto);
-        self.send_round(data, &windows, false, auto, true)?;
-        for d in data.iter_mut() {
-            wire::write_frame(d, Kind::ChannelDone, &[])?;
-        }
-        let state = self.vm.save_state()?;
-        let rounds = self.progress.snapshot().rounds + 1;
-        wire::write_msg(
-            ctl,
-            Kind::Switchover,
-            &wire::Switchover {
-                vm_state: prost::Message::encode_to_vec(&state),
-                paused: was_paused,
-                rounds,
-            },
-        )?;
-        self.progress.update(|s| {
-            s.rounds = rounds;
-            s.remaining_bytes = 0;
-        });
-        finish(ctl.try_clone()?, paused_at, self.progress)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dirty_windows_group_pages_by_mebibyte() {
-        let mut words = vec![0u64; 12];
-        words[0] = 1;
-        words[5] = 1 << 3;
-        words[11] = u64::MAX;
-        let log = DirtyLog {
-            regions: vec![(0, words), (1 << 32, vec![0, 0, 0, 2])],
-        };
-        let w = dirty_windows(&log);
-        assert_eq!(
-            w,
-            vec![
-                (0, [1, 0, 0, 0]),
-                (WINDOW_BYTES, [0, 1 << 3, 0, 0]),
-                (2 * WINDOW_BYTES, [0, 0, 0, u64::MAX]),
-                (1 << 32, [0, 0, 0, 2]),
-            ]
-        );
-        assert_eq!(count_pages(&w), 1 + 1 + 64 + 1);
-        let m = merge_windows(vec![(0, [1, 0, 0, 0]), (WINDOW_BYTES, [0, 2, 0, 0])], w);
-        assert_eq!(m[0], (0, [1, 0, 0, 0]));
-        assert_eq!(m[1], (WINDOW_BYTES, [0, 2 | 1 << 3, 0, 0]));
-        assert_eq!(m.len(), 4);
-    }
-
-    #[test]
-    fn the_limiter_holds_the_rate() {
-        let l = Limiter {
-            rate: 10e6,
-            next: Mutex::new(Instant::now()),
-        };
-        let t = Instant::now();
-        for _ in 0..20 {
-            l.take(100_000);
-        }
-        // 2 MB at 10 MB/s: about 200 ms, less the 20 ms burst.
-        let e = t.elapsed();
-        assert!(e >= Duration::from_millis(170), "{e:?}");
-    }
 
     #[test]
     fn timeout_actions_parse() {

@@ -30,6 +30,7 @@
 pub mod checkpoint;
 pub mod export;
 pub mod file;
+pub mod fuzzing;
 pub mod proto;
 pub mod saved;
 mod staging;
