@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tern_api::{Checkpoint, Vm, VmState};
 
-use crate::daemon::{check_name, Daemon, OpError};
+use crate::daemon::{Daemon, OpError};
 use crate::registry::{RegistryError, Transition};
+use crate::validation::check_name;
 use crate::worker;
 
 /// The worker of a VM that runs or is paused; checkpoints need one.

@@ -16,6 +16,7 @@ use tern_api::{CreateVm, HostInfo, Vm, VmState};
 use tokio::sync::{watch, OwnedMutexGuard};
 
 use crate::registry::{NewVm, Registry, RegistryError, Transition, VmRow};
+use crate::validation::{check_guest, check_memory, check_name, check_vcpus};
 use crate::worker::{self, ConsoleHub, Launch, Worker, WorkerError};
 
 /// States in which a VM has a worker process.
@@ -184,50 +185,6 @@ fn mkdir(path: &Path) -> Result<(), StartError> {
     })
 }
 
-/// Checks a VM or disk name.
-pub fn check_name(kind: &str, name: &str) -> Result<(), OpError> {
-    let ok = (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && !name.starts_with(['.', '-']);
-    if ok {
-        Ok(())
-    } else {
-        Err(OpError::BadRequest(format!(
-            "invalid {kind} name '{name}': use 1-63 characters of A-Z a-z 0-9 . _ -, \
-             not starting with . or -"
-        )))
-    }
-}
-
-/// Checks a guest spec (`probe:WORKLOAD`).
-pub fn check_guest(guest: &str) -> Result<(), OpError> {
-    let workload = guest.strip_prefix("probe:").ok_or_else(|| {
-        OpError::BadRequest(format!(
-            "invalid guest '{guest}': expected probe:WORKLOAD (e.g. probe:hello)"
-        ))
-    })?;
-    tern_probe_abi::workload::parse(workload)
-        .map(|_| ())
-        .map_err(|e| OpError::BadRequest(format!("invalid guest '{guest}': {e}")))
-}
-
-/// Largest guest memory accepted.
-const MAX_MEMORY: u64 = 1 << 40;
-/// Smallest guest memory accepted (the probe's layout needs this much).
-const MIN_MEMORY: u64 = 16 << 20;
-
-/// Checks guest memory.
-pub fn check_memory(memory: u64) -> Result<(), OpError> {
-    if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory) || !memory.is_multiple_of(2 << 20) {
-        return Err(OpError::BadRequest(format!(
-            "invalid memory size {memory} bytes: must be a multiple of 2 MiB from 16 MiB to 1 TiB"
-        )));
-    }
-    Ok(())
-}
-
 impl Daemon {
     /// Opens the registry under `cfg.state_dir`.
     pub fn open(cfg: Config) -> Result<Arc<Daemon>, StartError> {
@@ -311,11 +268,7 @@ impl Daemon {
     pub fn create(&self, spec: &CreateVm) -> Result<Vm, OpError> {
         check_name("VM", &spec.name)?;
         let vcpus = spec.vcpus.unwrap_or(1);
-        if !(1..=64).contains(&vcpus) {
-            return Err(OpError::BadRequest(format!(
-                "invalid vcpus {vcpus}: must be from 1 to 64"
-            )));
-        }
+        check_vcpus(vcpus)?;
         let memory = spec.memory.map(|m| m.0).unwrap_or(512 << 20);
         check_memory(memory)?;
         check_guest(&spec.guest)?;

@@ -13,6 +13,7 @@ pub mod disks;
 pub mod migration;
 pub mod registry;
 pub mod server;
+pub mod validation;
 pub mod worker;
 
 pub use daemon::{Config, Daemon};

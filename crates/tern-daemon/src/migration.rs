@@ -18,8 +18,9 @@ use tern_api::{
     MigrationState, StartMigration, VmState,
 };
 
-use crate::daemon::{chain, check_guest, check_memory, check_name, Daemon, OpError};
+use crate::daemon::{chain, Daemon, OpError};
 use crate::registry::{new_id, now_ms, RegistryError, Transition, VmRow};
+use crate::validation::{check_guest, check_memory, check_name, check_size, check_vcpus};
 use crate::worker::{self, Worker};
 
 /// A migration this daemon takes part in.
@@ -438,9 +439,7 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
     check_name("VM", &req.name)?;
     check_memory(req.memory)?;
     check_guest(&req.guest)?;
-    if !(1..=64).contains(&req.vcpus) {
-        return Err(OpError::BadRequest(format!("invalid vcpus {}", req.vcpus)));
-    }
+    check_vcpus(req.vcpus)?;
     if req.vm_id.len() != 16 || !req.vm_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(OpError::BadRequest(format!(
             "invalid VM id '{}'",
@@ -612,7 +611,7 @@ fn incoming_disks(d: &Daemon, disks: &[IncomingDisk]) -> Result<Vec<Disk>, OpErr
         .iter()
         .map(|k| {
             check_name("disk", &k.name)?;
-            crate::disks::check_size(k.size)?;
+            check_size(k.size)?;
             let path = crate::disks::resolve_path(
                 &d.cfg.disk_dirs,
                 &k.name,
