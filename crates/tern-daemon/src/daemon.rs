@@ -162,7 +162,7 @@ pub enum StartError {
         path: PathBuf,
         /// Why.
         #[source]
-        source: RegistryError,
+        source: crate::registry::OpenError,
     },
 }
 
@@ -321,6 +321,9 @@ impl Daemon {
             }
             if let Some(v) = d.qos.min_iops {
                 spec.push_str(&format!(",min-iops={v}"));
+            }
+            if let Some(v) = d.qos.max_bw {
+                spec.push_str(&format!(",max-bw={v}"));
             }
             args.push("--disk".to_string());
             args.push(spec);

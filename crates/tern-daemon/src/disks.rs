@@ -215,6 +215,10 @@ async fn resize_file(d: &Daemon, disk: &Disk, size: u64) -> Result<Disk, OpError
     Ok(d.reg.disk(&disk.id)?.0)
 }
 
+/// The largest bandwidth limit (what the registry stores: a signed 64-bit
+/// integer).
+const MAX_BW: u64 = i64::MAX as u64;
+
 /// `PUT /v1/disks/{disk}/qos`: recorded in the registry, applied to the
 /// running worker at once and given to the next one at start.
 pub async fn set_qos(d: &Daemon, key: &str, qos: &DiskQos) -> Result<Disk, OpError> {
@@ -230,6 +234,19 @@ pub async fn set_qos(d: &Daemon, key: &str, qos: &DiskQos) -> Result<Disk, OpErr
             "invalid QoS: max_iops 0 would stop all I/O (leave it out for no limit)".into(),
         ));
     }
+    match qos.max_bw {
+        Some(0) => {
+            return Err(OpError::BadRequest(
+                "invalid QoS: max_bw 0 would stop all I/O (leave it out for no limit)".into(),
+            ))
+        }
+        Some(bw) if bw > MAX_BW => {
+            return Err(OpError::BadRequest(format!(
+                "invalid QoS: max_bw {bw} is above {MAX_BW} bytes/s (leave it out for no limit)"
+            )))
+        }
+        _ => {}
+    }
     let (disk, vm_id) = d.reg.disk(key)?;
     if let Some(vm_id) = &vm_id {
         let _g = d.lock_vm(vm_id).await;
@@ -240,6 +257,7 @@ pub async fn set_qos(d: &Daemon, key: &str, qos: &DiskQos) -> Result<Disk, OpErr
             "disk": idx,
             "max_iops": qos.max_iops.unwrap_or(0),
             "min_iops": qos.min_iops.unwrap_or(0),
+            "max_bw": qos.max_bw.unwrap_or(0),
         });
         d.control_if_running(vm_id, req).await?;
         d.reg.set_disk_qos(&disk.id, qos)?;

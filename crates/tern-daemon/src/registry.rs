@@ -47,6 +47,33 @@ pub enum RegistryError {
     DiskBusy(String),
 }
 
+/// Errors opening the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The database could not be opened or upgraded.
+    #[error("registry database error")]
+    Db(#[from] rusqlite::Error),
+    /// The database was written by a newer daemon.
+    #[error("the registry has schema version {found}; this daemon knows up to {known}")]
+    TooNew {
+        /// The database's version.
+        found: i64,
+        /// The newest this daemon knows.
+        known: i64,
+    },
+}
+
+/// A disk row names a format this daemon does not know (a newer daemon
+/// wrote it); it is never guessed.
+#[derive(Debug, thiserror::Error)]
+#[error("disk '{disk}' has the unknown format '{format}' in the registry")]
+pub struct UnknownFormat {
+    /// The disk's name.
+    pub disk: String,
+    /// What the row says.
+    pub format: String,
+}
+
 /// A VM row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmRow {
@@ -182,8 +209,40 @@ CREATE TABLE IF NOT EXISTS saved_states (
     dir TEXT NOT NULL,
     created_ms INTEGER NOT NULL
 );
-PRAGMA user_version = 1;
 ";
+
+/// The schema version this daemon writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 2;
+
+/// Changes from each version to the next: `(to, sql)`, in order. A fresh
+/// database gets [`SCHEMA`] (version 1) and then every step, so that new and
+/// upgraded databases have the same tables.
+const MIGRATIONS: &[(i64, &str)] = &[
+    // 2: the bandwidth limit of a disk's QoS.
+    (2, "ALTER TABLE disks ADD COLUMN max_bw INTEGER;"),
+];
+
+/// Brings the database at `conn` to [`SCHEMA_VERSION`], each step in a
+/// transaction with its version number.
+fn migrate(conn: &mut Connection) -> Result<(), OpenError> {
+    conn.execute_batch(SCHEMA)?;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(OpenError::TooNew {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    // 0 is a database just created by `SCHEMA`.
+    let from = found.max(1);
+    for &(to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > from) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", to)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
 
 /// Inserts `row` into `vms` (a taken name is an error of its own).
 fn insert_vm_row(tx: &rusqlite::Transaction<'_>, row: &VmRow) -> Result<(), RegistryError> {
@@ -236,29 +295,49 @@ fn vm_row(r: &Row<'_>) -> rusqlite::Result<VmRow> {
 }
 
 const DISK_COLS: &str =
-    "d.id, d.name, d.path, d.format, d.size, v.name, d.max_iops, d.min_iops, d.vm_id";
+    "d.id, d.name, d.path, d.format, d.size, v.name, d.max_iops, d.min_iops, d.vm_id, d.max_bw";
+
+/// The format stored in a disk row: never guessed, since a worker given the
+/// wrong one destroys the image.
+fn parse_format(disk: &str, format: &str) -> Result<DiskFormat, UnknownFormat> {
+    match format {
+        "vhdx" => Ok(DiskFormat::Vhdx),
+        "raw" => Ok(DiskFormat::Raw),
+        _ => Err(UnknownFormat {
+            disk: disk.into(),
+            format: format.into(),
+        }),
+    }
+}
 
 fn disk_row(r: &Row<'_>) -> rusqlite::Result<(Disk, Option<String>)> {
+    let name: String = r.get(1)?;
     let format: String = r.get(3)?;
+    let format = parse_format(&name, &format).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+    })?;
     Ok((
         Disk {
             id: r.get(0)?,
-            name: r.get(1)?,
+            name,
             path: r.get(2)?,
-            format: if format == "raw" {
-                DiskFormat::Raw
-            } else {
-                DiskFormat::Vhdx
-            },
+            format,
             size: r.get::<_, i64>(4)? as u64,
             vm: r.get(5)?,
             qos: DiskQos {
                 max_iops: r.get(6)?,
                 min_iops: r.get(7)?,
+                max_bw: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
             },
         },
         r.get(8)?,
     ))
+}
+
+/// `max_bw` as SQLite stores it (a signed 64-bit integer; the API caps the
+/// limit below `i64::MAX`).
+fn bw(qos: &DiskQos) -> Option<i64> {
+    qos.max_bw.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -302,15 +381,15 @@ pub struct Transition<'a> {
 
 impl Registry {
     /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<Registry, RegistryError> {
-        let conn = Connection::open(path)?;
+    pub fn open(path: &Path) -> Result<Registry, OpenError> {
+        let mut conn = Connection::open(path)?;
         // WAL lets readers (a second daemon process inspecting, tests) in
         // while the daemon writes; NORMAL sync is durable enough with WAL.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        migrate(&mut conn)?;
         Ok(Registry {
             conn: Mutex::new(conn),
         })
@@ -415,14 +494,14 @@ impl Registry {
                 }
                 Some((id, None)) => {
                     tx.execute(
-                        "UPDATE disks SET vm_id = ?2, position = ?3, size = ?4, max_iops = ?5, min_iops = ?6 WHERE id = ?1",
-                        params![id, row.id, pos as i64, d.size as i64, d.qos.max_iops, d.qos.min_iops],
+                        "UPDATE disks SET vm_id = ?2, position = ?3, size = ?4, max_iops = ?5, min_iops = ?6, max_bw = ?7 WHERE id = ?1",
+                        params![id, row.id, pos as i64, d.size as i64, d.qos.max_iops, d.qos.min_iops, bw(&d.qos)],
                     )?;
                 }
                 None => {
                     let r = tx.execute(
-                        "INSERT INTO disks (id, name, path, format, size, vm_id, position, max_iops, min_iops)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        "INSERT INTO disks (id, name, path, format, size, vm_id, position, max_iops, min_iops, max_bw)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                         params![
                             d.id,
                             d.name,
@@ -432,7 +511,8 @@ impl Registry {
                             row.id,
                             pos as i64,
                             d.qos.max_iops,
-                            d.qos.min_iops
+                            d.qos.min_iops,
+                            bw(&d.qos)
                         ],
                     );
                     match r {
@@ -825,8 +905,8 @@ impl Registry {
     pub fn set_disk_qos(&self, id: &str, qos: &DiskQos) -> Result<(), RegistryError> {
         let conn = self.lock();
         conn.execute(
-            "UPDATE disks SET max_iops = ?2, min_iops = ?3 WHERE id = ?1",
-            params![id, qos.max_iops, qos.min_iops],
+            "UPDATE disks SET max_iops = ?2, min_iops = ?3, max_bw = ?4 WHERE id = ?1",
+            params![id, qos.max_iops, qos.min_iops, bw(qos)],
         )?;
         Ok(())
     }
@@ -1082,5 +1162,122 @@ mod tests {
             "deleting a VM frees its disks"
         );
         r.delete_disk(&disk.id).unwrap();
+    }
+
+    /// The disks table and version a daemon before schema version 2 made.
+    const SCHEMA_V1_DISKS: &str = "
+        CREATE TABLE disks (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            path TEXT NOT NULL UNIQUE,
+            format TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            vm_id TEXT,
+            position INTEGER,
+            max_iops INTEGER,
+            min_iops INTEGER
+        );
+        INSERT INTO disks (id, name, path, format, size, max_iops)
+            VALUES ('0123456789abcdef', 'old', '/x/old.img', 'vhdx', 1048576, 300);
+        PRAGMA user_version = 1;
+    ";
+
+    #[test]
+    fn a_version_1_database_is_upgraded_and_keeps_its_disks() {
+        let d = tempfile::tempdir().unwrap();
+        let db = d.path().join("t.db");
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch(SCHEMA_V1_DISKS)
+            .unwrap();
+        let r = Registry::open(&db).unwrap();
+        let (old, _) = r.disk("old").unwrap();
+        assert_eq!(old.format, DiskFormat::Vhdx);
+        assert_eq!(
+            old.qos,
+            DiskQos {
+                max_iops: Some(300),
+                min_iops: None,
+                max_bw: None
+            }
+        );
+        let qos = DiskQos {
+            max_bw: Some(5 << 20),
+            ..old.qos
+        };
+        r.set_disk_qos(&old.id, &qos).unwrap();
+        drop(r);
+        // Opened again: nothing to migrate, the limit is still there.
+        let r = Registry::open(&db).unwrap();
+        assert_eq!(r.disk("old").unwrap().0.qos, qos);
+        let v: i64 = r
+            .lock()
+            .query_row("PRAGMA user_version", [], |x| x.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let db = d.path().join("t.db");
+        Connection::open(&db)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let e = Registry::open(&db).err().expect("opened a newer database");
+        assert!(matches!(e, OpenError::TooNew { found, .. } if found == SCHEMA_VERSION + 1));
+    }
+
+    #[test]
+    fn every_qos_limit_round_trips_and_an_unknown_format_is_an_error() {
+        let (_d, r) = reg();
+        let mut disk = Disk {
+            id: new_id(),
+            name: "d".into(),
+            path: "/x/d.img".into(),
+            format: DiskFormat::Vhdx,
+            size: 1 << 20,
+            vm: None,
+            qos: DiskQos::default(),
+        };
+        r.create_disk(&disk).unwrap();
+        disk.qos = DiskQos {
+            max_iops: Some(10),
+            min_iops: Some(5),
+            max_bw: Some(u64::MAX >> 1),
+        };
+        r.set_disk_qos(&disk.id, &disk.qos).unwrap();
+        assert_eq!(r.disk("d").unwrap().0, disk);
+        // A VM arriving by migration brings its disks' limits.
+        let mut moved = disk.clone();
+        moved.id = new_id();
+        moved.name = "m".into();
+        moved.path = "/x/m.raw".into();
+        moved.format = DiskFormat::Raw;
+        let now = now_ms();
+        let row = VmRow {
+            id: new_id(),
+            name: "in".into(),
+            vcpus: 1,
+            memory: 64 << 20,
+            guest: "probe:hello".into(),
+            state: VmState::Migrating,
+            reason: None,
+            pid: None,
+            pid_start: None,
+            created_ms: now,
+            updated_ms: now,
+        };
+        r.insert_migrating_vm(&row, std::slice::from_ref(&moved), "in", "in")
+            .unwrap();
+        let got = &r.vm_disks(&row.id).unwrap()[0];
+        assert_eq!((got.format, got.qos), (DiskFormat::Raw, moved.qos));
+        r.lock()
+            .execute("UPDATE disks SET format = 'qcow2' WHERE name = 'd'", [])
+            .unwrap();
+        let e = r.disk("d").unwrap_err();
+        let text = crate::daemon::chain(&e);
+        assert!(text.contains("unknown format 'qcow2'"), "{text}");
     }
 }
