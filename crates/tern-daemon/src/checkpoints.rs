@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tern_api::{Checkpoint, Vm, VmState};
 
-use crate::daemon::{Daemon, OpError};
+use crate::daemon::Daemon;
+use crate::error::OpError;
 use crate::registry::{RegistryError, Transition};
 use crate::validation::check_name;
 use crate::worker;
@@ -45,7 +46,7 @@ fn check_enabled(d: &Daemon) -> Result<(), OpError> {
     if d.caps.checkpoints {
         Ok(())
     } else {
-        Err(Daemon::not_implemented(
+        Err(OpError::not_implemented(
             "checkpoints",
             "tern run --checkpoint-dir",
         ))
@@ -122,7 +123,7 @@ pub async fn apply(d: &Daemon, key: &str, cp: &str) -> Result<Vm, OpError> {
         Some("stopped") => {
             // A checkpoint without memory: the worker ends.
             w.stop_requested.store(true, Ordering::SeqCst);
-            let _ = Daemon::wait_gone(&w, Duration::from_secs(20)).await;
+            let _ = w.wait_gone(Duration::from_secs(20)).await;
             return d.get(&row.id);
         }
         _ => VmState::Running,

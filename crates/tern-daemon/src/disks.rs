@@ -5,7 +5,8 @@ use std::path::{Component, Path, PathBuf};
 
 use tern_api::{CreateDisk, Disk, DiskFormat, DiskQos, Vm};
 
-use crate::daemon::{Daemon, OpError, IDLE_STATES};
+use crate::daemon::{Daemon, IDLE_STATES};
+use crate::error::{chain, OpError};
 use crate::registry::{new_id, RegistryError};
 use crate::validation::{check_name, check_size};
 
@@ -81,7 +82,7 @@ pub async fn create(d: &Daemon, req: &CreateDisk) -> Result<Disk, OpError> {
         match format {
             DiskFormat::Vhdx => vhdx::create(&p, &vhdx::CreateOptions::dynamic(size))
                 .map(drop)
-                .map_err(|e| crate::daemon::chain(&e)),
+                .map_err(|e| chain(&e)),
             DiskFormat::Raw => std::fs::File::create_new(&p)
                 .and_then(|f| f.set_len(size))
                 .map_err(|e| e.to_string()),
@@ -190,11 +191,7 @@ async fn resize_file(d: &Daemon, disk: &Disk, size: u64) -> Result<Disk, OpError
             DiskFormat::Vhdx => vhdx::Disk::open(&path, true)
                 .and_then(|mut v| v.resize(size, vhdx::Shrink::Refuse))
                 .map_err(|e| {
-                    OpError::BadRequest(format!(
-                        "cannot resize {}: {}",
-                        path.display(),
-                        crate::daemon::chain(&e)
-                    ))
+                    OpError::BadRequest(format!("cannot resize {}: {}", path.display(), chain(&e)))
                 }),
             DiskFormat::Raw if size < old => Err(OpError::BadRequest(
                 "shrinking a raw disk is refused: data beyond the new end would be lost".into(),

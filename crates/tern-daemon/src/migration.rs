@@ -5,8 +5,8 @@
 //! runs it; on failure the source VM runs on and the destination forgets
 //! the VM it never got.
 //!
-//! Migration records live in memory (the events in the registry keep the
-//! history).
+//! Migration records live in memory ([`MigrationRecord`]; the events in
+//! the registry keep the history).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,21 +18,11 @@ use tern_api::{
     MigrationState, StartMigration, VmState,
 };
 
-use crate::daemon::{chain, Daemon, OpError};
+use crate::daemon::{Daemon, MigrationRecord};
+use crate::error::{chain, OpError};
 use crate::registry::{new_id, now_ms, RegistryError, Transition, VmRow};
 use crate::validation::{check_guest, check_memory, check_name, check_size, check_vcpus};
 use crate::worker::{self, Worker};
-
-/// A migration this daemon takes part in.
-#[derive(Clone)]
-pub struct Record {
-    /// What the API shows.
-    pub info: Migration,
-    /// The VM's id.
-    pub vm_id: String,
-    /// Outgoing: the destination daemon and its migration id.
-    pub peer: Option<(Client, String)>,
-}
 
 fn set(d: &Daemon, id: &str, f: impl FnOnce(&mut Migration)) {
     if let Some(r) = d
@@ -45,7 +35,7 @@ fn set(d: &Daemon, id: &str, f: impl FnOnce(&mut Migration)) {
     }
 }
 
-fn get(d: &Daemon, id: &str) -> Option<Record> {
+fn get(d: &Daemon, id: &str) -> Option<MigrationRecord> {
     d.migrations
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -101,7 +91,7 @@ fn start_record(
         .unwrap_or_else(|p| p.into_inner())
         .insert(
             info.id.clone(),
-            Record {
+            MigrationRecord {
                 info: info.clone(),
                 vm_id: vm.id.clone(),
                 peer,
@@ -145,7 +135,7 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
         .map_err(|e| OpError::BadRequest(e.to_string()))?;
     let id = d.reg.vm(key)?.id;
     if !d.caps.migration {
-        return Err(Daemon::not_implemented(
+        return Err(OpError::not_implemented(
             "live migration",
             "tern run --incoming",
         ));
@@ -377,7 +367,7 @@ async fn follow(
             );
             // The disks went with the VM: the destination's registry has them.
             let _ = d.reg.forget_disks(disk_ids);
-            let _ = Daemon::wait_gone(w, Duration::from_secs(10)).await;
+            let _ = w.wait_gone(Duration::from_secs(10)).await;
             let _ = std::fs::remove_file(d.cfg.worker_log(&row.id));
             set(d, mig_id, |m| {
                 m.state = MigrationState::Completed;
@@ -431,7 +421,7 @@ async fn follow(
 /// starts a worker waiting for it.
 pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<IncomingReady, OpError> {
     if !d.caps.migration {
-        return Err(Daemon::not_implemented(
+        return Err(OpError::not_implemented(
             "live migration",
             "tern run --incoming",
         ));
@@ -679,7 +669,7 @@ pub async fn cancel(d: &Daemon, id: &str) -> Result<Migration, OpError> {
         ("incoming", Some(w)) if w.incoming.load(Ordering::SeqCst) => {
             w.kill_requested.store(true, Ordering::SeqCst);
             let _ = w.kill();
-            Daemon::wait_gone(&w, Duration::from_secs(10)).await;
+            w.wait_gone(Duration::from_secs(10)).await;
             set(d, id, |m| {
                 m.state = MigrationState::Cancelled;
                 m.error = Some("cancelled by the source".into());

@@ -1277,7 +1277,7 @@ mod tests {
             .execute("UPDATE disks SET format = 'qcow2' WHERE name = 'd'", [])
             .unwrap();
         let e = r.disk("d").unwrap_err();
-        let text = crate::daemon::chain(&e);
+        let text = crate::error::chain(&e);
         assert!(text.contains("unknown format 'qcow2'"), "{text}");
     }
 }

@@ -1,7 +1,7 @@
 //! Checks of names, sizes and guest settings that requests carry: each
 //! returns [`OpError::BadRequest`] naming what is wrong.
 
-use crate::daemon::OpError;
+use crate::error::OpError;
 
 /// Checks a VM or disk name.
 pub fn check_name(kind: &str, name: &str) -> Result<(), OpError> {

@@ -407,6 +407,17 @@ impl Worker {
             .map_err(std::io::Error::from)
     }
 
+    /// Waits until the worker is gone (its end recorded), up to `t`; true
+    /// if it is.
+    pub async fn wait_gone(&self, t: Duration) -> bool {
+        let mut gone = self.gone.clone();
+        let done = matches!(
+            tokio::time::timeout(t, gone.wait_for(|g| *g)).await,
+            Ok(Ok(_))
+        );
+        done
+    }
+
     /// Whether a stop or kill was requested.
     pub fn ending_requested(&self) -> bool {
         self.stop_requested.load(Ordering::SeqCst) || self.kill_requested.load(Ordering::SeqCst)
