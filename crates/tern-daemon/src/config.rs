@@ -61,6 +61,16 @@ impl Config {
         self.run_dir().join(format!("{id}.serial"))
     }
 
+    /// The launch spec of VM `id`'s worker.
+    pub(crate) fn launch_path(&self, id: &str) -> PathBuf {
+        self.run_dir().join(format!("{id}.launch.json"))
+    }
+
+    /// VM `id`'s checkpoints (its worker keeps them there).
+    pub(crate) fn checkpoint_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("checkpoints").join(id)
+    }
+
     /// The worker's stdout and stderr.
     pub fn worker_log(&self, id: &str) -> PathBuf {
         self.log_dir().join(format!("{id}.log"))

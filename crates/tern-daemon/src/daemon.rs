@@ -22,7 +22,8 @@ use tokio::sync::OwnedMutexGuard;
 use crate::config::Config;
 use crate::error::{OpError, StartError};
 use crate::registry::{Registry, RegistryError, Transition, VmRow};
-use crate::worker::{self, Worker};
+use crate::worker::{Capabilities, Worker};
+use tern_worker_proto::{Call, Capability};
 
 /// States in which a VM has a worker process.
 pub const WORKER_STATES: &[VmState] = &[
@@ -58,7 +59,7 @@ pub struct Daemon {
     pub reg: Registry,
     workers: Mutex<HashMap<String, Arc<Worker>>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    pub(crate) caps: worker::Capabilities,
+    pub(crate) caps: Capabilities,
     pub(crate) migrations: Mutex<HashMap<String, MigrationRecord>>,
 }
 
@@ -81,7 +82,19 @@ impl Daemon {
         let db = cfg.db_path();
         let reg =
             Registry::open(&db).map_err(|source| StartError::Registry { path: db, source })?;
-        let caps = worker::Capabilities::probe(&cfg.worker_exe);
+        // Asked once: a worker binary replaced while the daemon runs is seen
+        // by each worker's own hello (see `wait_ready`).
+        let caps = Capabilities::ask(&cfg.worker_exe);
+        match caps.hello() {
+            Ok(h) => tracing::info!(
+                "worker {} (tern {}, protocol {}): {:?}",
+                cfg.worker_exe.display(),
+                h.product,
+                h.protocol,
+                h.capabilities
+            ),
+            Err(e) => tracing::warn!("{}: no VM can start", crate::error::chain(e)),
+        }
         Ok(Arc::new(Daemon {
             cfg,
             reg,
@@ -151,28 +164,30 @@ impl Daemon {
     /// What this daemon's workers can do.
     pub fn features(&self) -> tern_api::Features {
         tern_api::Features {
-            save_restore: self.caps.save_restore,
-            migration: self.caps.migration,
-            disks: self.caps.disks,
-            checkpoints: self.caps.checkpoints,
+            save_restore: self.caps.has(Capability::SaveRestore),
+            migration: self.caps.has(Capability::Migration),
+            disks: self.caps.has(Capability::Disks),
+            checkpoints: self.caps.has(Capability::Checkpoints),
         }
     }
 
-    /// Sends a control request to VM `id`'s worker, if one runs; `None`
-    /// when the VM has no worker.
-    pub async fn control_if_running(
+    /// Sends `req` to VM `id`'s worker, if one runs; `None` when the VM has
+    /// no worker.
+    pub async fn call_if_running<R: Call + Clone>(
         &self,
         id: &str,
-        req: serde_json::Value,
-    ) -> Result<Option<serde_json::Value>, OpError> {
+        req: R,
+    ) -> Result<Option<R::Reply>, OpError> {
         let Some(w) = self.worker(id) else {
             return Ok(None);
         };
-        let what = format!("worker request {}", req["cmd"]);
-        worker::control(&w.control, &req, Duration::from_secs(30))
+        w.call(req, Duration::from_secs(30))
             .await
             .map(Some)
-            .map_err(|source| OpError::Worker { what, source })
+            .map_err(|source| OpError::Worker {
+                what: format!("the worker of VM {id} failed a request"),
+                source,
+            })
     }
 
     /// Holds VM `id`'s operation lock (no start or stop meanwhile).

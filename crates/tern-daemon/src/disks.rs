@@ -9,6 +9,7 @@ use crate::daemon::{Daemon, IDLE_STATES};
 use crate::error::{chain, OpError};
 use crate::registry::{new_id, RegistryError};
 use crate::validation::{check_name, check_size};
+use tern_worker_proto::requests::{DiskQos as DiskQosRequest, DiskResize};
 
 /// Resolves where a disk file goes and checks it lies inside one of the
 /// allowed directories (after resolving symbolic links of its directory).
@@ -159,21 +160,24 @@ pub async fn resize(d: &Daemon, key: &str, size: u64) -> Result<Disk, OpError> {
         // No start or stop while the size changes.
         let _g = d.lock_vm(vm_id).await;
         let idx = disk_index(d, vm_id, &disk.id)?;
-        let req = serde_json::json!({"cmd": "disk-resize", "disk": idx, "size": size});
-        match d.control_if_running(vm_id, req).await {
+        let req = DiskResize { disk: idx, size };
+        match d.call_if_running(vm_id, req).await {
             Ok(Some(_)) => {
                 d.reg.set_disk_size(&disk.id, size)?;
                 return Ok(d.reg.disk(&disk.id)?.0);
             }
             Ok(None) => {}
-            Err(OpError::Worker {
-                source: crate::worker::WorkerError::Refused(why),
-                ..
-            }) => {
+            // The worker refused the size (its message says why); a worker
+            // that failed on the way is an error of its own.
+            Err(OpError::Worker { source, .. }) if source.refusal().is_some() => {
+                let why = source
+                    .refusal()
+                    .map(|r| r.message.clone())
+                    .unwrap_or_default();
                 return Err(OpError::BadRequest(format!(
                     "cannot resize disk {} of the running VM: {why}",
                     disk.name
-                )))
+                )));
             }
             Err(e) => return Err(e),
         }
@@ -248,15 +252,14 @@ pub async fn set_qos(d: &Daemon, key: &str, qos: &DiskQos) -> Result<Disk, OpErr
     if let Some(vm_id) = &vm_id {
         let _g = d.lock_vm(vm_id).await;
         let idx = disk_index(d, vm_id, &disk.id)?;
-        // 0 removes a limit in the worker's protocol.
-        let req = serde_json::json!({
-            "cmd": "disk-qos",
-            "disk": idx,
-            "max_iops": qos.max_iops.unwrap_or(0),
-            "min_iops": qos.min_iops.unwrap_or(0),
-            "max_bw": qos.max_bw.unwrap_or(0),
-        });
-        d.control_if_running(vm_id, req).await?;
+        // Every limit is sent: 0 removes one in the worker's protocol.
+        let req = DiskQosRequest {
+            disk: idx,
+            max_iops: Some(qos.max_iops.map_or(0, u64::from)),
+            min_iops: Some(qos.min_iops.map_or(0, u64::from)),
+            max_bw: Some(qos.max_bw.unwrap_or(0)),
+        };
+        d.call_if_running(vm_id, req).await?;
         d.reg.set_disk_qos(&disk.id, qos)?;
     } else {
         d.reg.set_disk_qos(&disk.id, qos)?;

@@ -6,14 +6,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tern_api::{CreateVm, Vm, VmState};
+use tern_worker_proto::requests::{Pause, Resume, Save, Shutdown};
+use tern_worker_proto::Capability;
 
 use crate::daemon::{Daemon, IDLE_STATES};
 use crate::error::{chain, OpError};
 use crate::registry::{NewVm, RegistryError, Transition};
+use crate::supervise::Boot;
 use crate::validation::{check_guest, check_memory, check_name, check_vcpus};
-use crate::worker::{self, ConsoleHub};
+use crate::worker::ConsoleHub;
 
 impl Daemon {
     /// `POST /v1/vms`.
@@ -64,14 +66,14 @@ impl Daemon {
                 action: "start it",
             },
         )?;
-        let args = match self.boot_args(&row) {
-            Ok(a) => a,
+        let spec = match self.launch_spec(&row, Boot::Fresh) {
+            Ok(s) => s,
             Err(e) => {
-                self.fail(&id, &e.to_string())?;
+                self.fail(&id, &chain(&e))?;
                 return Err(e);
             }
         };
-        self.run_worker(&row, args, VmState::Starting, "started")
+        self.run_worker(&row, spec, VmState::Starting, "started")
             .await
     }
 
@@ -98,12 +100,7 @@ impl Daemon {
         w.stop_requested.store(true, Ordering::SeqCst);
         // If the worker is already ending the request fails; the wait below
         // sees it go.
-        let _ = worker::control(
-            &w.control,
-            &json!({"cmd": "shutdown"}),
-            Duration::from_secs(5),
-        )
-        .await;
+        let _ = w.call(Shutdown {}, Duration::from_secs(5)).await;
         if !w.wait_gone(self.cfg.stop_timeout).await {
             tracing::warn!("VM {}: no exit after a stop request; killing it", row.name);
             w.kill_requested.store(true, Ordering::SeqCst);
@@ -166,12 +163,16 @@ impl Daemon {
         let Some(w) = self.worker(&id) else {
             return self.orphan(&row);
         };
-        worker::control(&w.control, &json!({ "cmd": cmd }), Duration::from_secs(10))
-            .await
-            .map_err(|source| OpError::Worker {
-                what: format!("cannot {cmd} VM {}", row.name),
-                source,
-            })?;
+        let t = Duration::from_secs(10);
+        let done = if pause {
+            w.call(Pause {}, t).await
+        } else {
+            w.call(Resume {}, t).await
+        };
+        done.map_err(|source| OpError::Worker {
+            what: format!("cannot {cmd} VM {}", row.name),
+            source,
+        })?;
         let row = self
             .reg
             .transition(
@@ -199,7 +200,7 @@ impl Daemon {
         if let Some(dir) = saved {
             let _ = std::fs::remove_dir_all(dir);
         }
-        let _ = std::fs::remove_dir_all(self.cfg.state_dir.join("checkpoints").join(&id));
+        let _ = std::fs::remove_dir_all(self.cfg.checkpoint_dir(&id));
         for p in [self.cfg.worker_log(&id), self.cfg.serial_log(&id)] {
             let _ = std::fs::remove_file(p);
         }
@@ -226,8 +227,8 @@ impl Daemon {
     /// memory into a new directory and exits; the VM is `saved`.
     pub async fn save(&self, key: &str) -> Result<Vm, OpError> {
         let id = self.reg.vm(key)?.id;
-        if !self.caps.save_restore {
-            return Err(OpError::not_implemented("save", "tern run --restore"));
+        if !self.caps.has(Capability::SaveRestore) {
+            return Err(OpError::not_implemented("save", "capability save-restore"));
         }
         let _g = self.op_lock(&id).await;
         let before = self.reg.vm(&id)?;
@@ -259,8 +260,8 @@ impl Daemon {
         }
         let old = self.reg.saved_dir(&id)?;
         w.save_requested.store(true, Ordering::SeqCst);
-        let req = json!({"cmd": "save", "dir": dir});
-        match worker::control(&w.control, &req, Duration::from_secs(600)).await {
+        let req = Save { dir: dir.clone() };
+        match w.call(req, Duration::from_secs(600)).await {
             Ok(_) => {
                 self.reg
                     .set_saved_dir(&id, Some(&dir.display().to_string()))?;
@@ -304,8 +305,11 @@ impl Daemon {
     /// state.
     pub async fn restore(self: &Arc<Self>, key: &str) -> Result<Vm, OpError> {
         let id = self.reg.vm(key)?.id;
-        if !self.caps.save_restore {
-            return Err(OpError::not_implemented("restore", "tern run --restore"));
+        if !self.caps.has(Capability::SaveRestore) {
+            return Err(OpError::not_implemented(
+                "restore",
+                "capability save-restore",
+            ));
         }
         let _g = self.op_lock(&id).await;
         let row = self.reg.transition(
@@ -325,11 +329,14 @@ impl Daemon {
             self.fail(&id, &msg)?;
             return Err(OpError::Failed(format!("VM {}: {msg}", row.name)));
         };
-        let mut args = vec!["--restore".to_string(), dir];
-        if self.caps.checkpoints {
-            args.extend(self.checkpoint_args(&id));
-        }
-        self.run_worker(&row, args, VmState::Restoring, "restored")
+        let spec = match self.launch_spec(&row, Boot::Restore(dir.into())) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail(&id, &chain(&e))?;
+                return Err(e);
+            }
+        };
+        self.run_worker(&row, spec, VmState::Restoring, "restored")
             .await
     }
 }

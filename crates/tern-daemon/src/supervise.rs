@@ -4,123 +4,182 @@
 //!
 //! Builds on the core ([`crate::daemon`]); the operations call into it.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use tern_api::{Vm, VmState};
+use tern_api::{DiskFormat, Vm, VmState};
+use tern_worker_proto::launch::{GuestSpec, RestoreSpec, SerialSpec};
+use tern_worker_proto::requests::Status;
+use tern_worker_proto::{AsyncClient, Capability, ClientError, DiskSpec, LaunchSpec, QosLimits};
 use tokio::sync::watch;
 
 use crate::daemon::{Daemon, WORKER_STATES};
 use crate::error::{chain, OpError};
 use crate::registry::{Transition, VmRow};
-use crate::worker::{self, ConsoleHub, Launch, Worker};
+use crate::worker::{self, ConsoleHub, Launch, Worker, WorkerError};
+
+/// How a worker brings its VM up.
+pub(crate) enum Boot {
+    /// Boots the VM afresh.
+    Fresh,
+    /// Continues the VM saved in this directory.
+    Restore(PathBuf),
+    /// Waits for the VM to arrive by live migration here.
+    Incoming(tern_worker_proto::Endpoint),
+}
+
+/// The worker's disk description of a registry disk: its own path, the
+/// format the registry recorded (never guessed from the file name) and
+/// every QoS limit (0: none).
+pub(crate) fn disk_spec(d: &tern_api::Disk) -> DiskSpec {
+    DiskSpec {
+        path: PathBuf::from(&d.path),
+        format: Some(match d.format {
+            DiskFormat::Raw => tern_worker_proto::DiskFormat::Raw,
+            DiskFormat::Vhdx => tern_worker_proto::DiskFormat::Vhdx,
+        }),
+        read_only: false,
+        qos: QosLimits {
+            max_iops: d.qos.max_iops.map_or(0, u64::from),
+            min_iops: d.qos.min_iops.map_or(0, u64::from),
+            max_bw: d.qos.max_bw.unwrap_or(0),
+        },
+        poll: false,
+    }
+}
 
 impl Daemon {
-    /// Arguments that boot `row` afresh: its settings and its disks in
-    /// attach order (the worker's disk index is this position).
-    pub(crate) fn boot_args(&self, row: &VmRow) -> Result<Vec<String>, OpError> {
-        let mut args = vec![
-            "--vcpus".to_string(),
-            row.vcpus.to_string(),
-            "--memory".to_string(),
-            row.memory.to_string(),
-            "--guest".to_string(),
-            row.guest.clone(),
-        ];
-        if self.caps.checkpoints {
-            args.extend(self.checkpoint_args(&row.id));
+    /// The launch spec of VM `row`: its settings, and its disks in attach
+    /// order (the worker's disk index is this position).
+    pub(crate) fn launch_spec(&self, row: &VmRow, boot: Boot) -> Result<LaunchSpec, OpError> {
+        if let Err(e) = self.caps.hello() {
+            return Err(OpError::Worker {
+                what: format!("cannot start VM {}", row.name),
+                source: WorkerError::Unusable(e.clone()),
+            });
         }
-        if self.caps.memfd {
-            // Guest memory in a memfd: a same-host migration hands it over
-            // instead of copying it.
-            args.push("--memfd".to_string());
+        let mut spec = match boot {
+            Boot::Restore(dir) => LaunchSpec::restoring(RestoreSpec {
+                dir,
+                mode: Default::default(),
+            }),
+            Boot::Fresh | Boot::Incoming(_) => {
+                let workload = row.guest.strip_prefix("probe:").ok_or_else(|| {
+                    OpError::Failed(format!(
+                        "VM {}: guest '{}' is not probe:WORKLOAD",
+                        row.name, row.guest
+                    ))
+                })?;
+                let guest = GuestSpec::Probe {
+                    workload: workload.into(),
+                    image: self.cfg.probe_image.clone(),
+                };
+                let mut spec = LaunchSpec::new(row.vcpus, row.memory, guest);
+                spec.disks = self.reg.vm_disks(&row.id)?.iter().map(disk_spec).collect();
+                // Guest memory in a memfd: a same-host migration hands it
+                // over instead of copying it.
+                spec.memfd = self.caps.has(Capability::Memfd);
+                if let Boot::Incoming(ep) = boot {
+                    spec.incoming = Some(ep);
+                }
+                spec
+            }
+        };
+        let lacks = |what: &str, cap: &str| {
+            OpError::not_implemented(&format!("VM {}: {what}", row.name), cap)
+        };
+        if !spec.disks.is_empty() && !self.caps.has(Capability::Disks) {
+            return Err(lacks("disks", "capability disks"));
         }
-        for d in self.reg.vm_disks(&row.id)? {
-            let mut spec = format!("path={}", d.path);
-            if let Some(v) = d.qos.max_iops {
-                spec.push_str(&format!(",max-iops={v}"));
-            }
-            if let Some(v) = d.qos.min_iops {
-                spec.push_str(&format!(",min-iops={v}"));
-            }
-            if let Some(v) = d.qos.max_bw {
-                spec.push_str(&format!(",max-bw={v}"));
-            }
-            args.push("--disk".to_string());
-            args.push(spec);
+        let vhdx = Some(tern_worker_proto::DiskFormat::Vhdx);
+        if spec.disks.iter().any(|d| d.format == vhdx) && !self.caps.has(Capability::Vhdx) {
+            return Err(lacks("VHDX disks", "capability vhdx"));
         }
-        Ok(args)
+        if self.caps.has(Capability::Checkpoints) {
+            spec.checkpoint_dir = Some(self.cfg.checkpoint_dir(&row.id));
+        }
+        spec.serial = SerialSpec::File {
+            path: self.cfg.serial_path(&row.id),
+        };
+        spec.control = Some(self.cfg.control_path(&row.id));
+        Ok(spec)
     }
 
-    /// `--checkpoint-dir` for VM `id` (its worker keeps the checkpoints).
-    pub(crate) fn checkpoint_args(&self, id: &str) -> Vec<String> {
-        let dir = self.cfg.state_dir.join("checkpoints").join(id);
-        vec!["--checkpoint-dir".into(), dir.display().to_string()]
-    }
-
-    pub(crate) fn launch(&self, row: &VmRow, vm_args: Vec<String>) -> Launch {
+    /// What starts VM `row`'s worker on `spec`.
+    pub(crate) fn launch(&self, row: &VmRow, spec: LaunchSpec) -> Launch {
         Launch {
             exe: self.cfg.worker_exe.clone(),
-            probe_image: self.cfg.probe_image.clone(),
-            vm_args,
-            control: self.cfg.control_path(&row.id),
-            serial: self.cfg.serial_path(&row.id),
+            spec,
+            spec_path: self.cfg.launch_path(&row.id),
             log: self.cfg.worker_log(&row.id),
         }
     }
 
-    /// Spawns a worker for `row` (in state `via`), supervises it, and waits
-    /// until it answers; then the VM is running and `event` recorded.
-    pub(crate) async fn run_worker(
+    /// Spawns the worker of `launch` for `row`, records its pid, tracks it
+    /// and supervises it until it ends. `incoming_disks`: the VM arrives by
+    /// migration and these disks were registered for it. On an error nothing
+    /// runs and the VM's state is the caller's to settle.
+    pub(crate) fn spawn_tracked(
         self: &Arc<Self>,
         row: &VmRow,
-        vm_args: Vec<String>,
-        via: VmState,
-        event: &str,
-    ) -> Result<Vm, OpError> {
-        let id = row.id.clone();
-        let launch = self.launch(row, vm_args);
-        let serial = match worker::open_serial_fifo(&launch.serial, true) {
-            Ok(s) => s,
-            Err(source) => {
-                let e = OpError::Io {
-                    what: format!("cannot create the serial FIFO {}", launch.serial.display()),
-                    source,
-                };
-                self.fail(&id, &chain(&e))?;
-                return Err(e);
-            }
-        };
-        let child = match worker::spawn(&launch) {
-            Ok(c) => c,
-            Err(e) => {
-                let msg = chain(&e);
-                self.fail(&id, &msg)?;
-                return Err(OpError::Worker {
-                    what: format!("cannot start VM {}", row.name),
-                    source: e,
-                });
-            }
-        };
+        launch: &Launch,
+        incoming_disks: Option<Vec<String>>,
+    ) -> Result<Arc<Worker>, OpError> {
+        let serial_path = self.cfg.serial_path(&row.id);
+        let serial =
+            worker::open_serial_fifo(&serial_path, true).map_err(|source| OpError::Io {
+                what: format!("cannot create the serial FIFO {}", serial_path.display()),
+                source,
+            })?;
+        let mut child = worker::spawn(launch).map_err(|source| OpError::Worker {
+            what: format!("cannot start VM {}", row.name),
+            source,
+        })?;
         let pid = child.id().unwrap_or(0);
         // A worker that already exited is a zombie until waited for: its
         // start time reads as none, and the supervisor reports it.
         let pid_start = worker::process_start(pid).unwrap_or(0);
-        self.reg.set_worker(&id, pid, pid_start)?;
+        if let Err(e) = self.reg.set_worker(&row.id, pid, pid_start) {
+            let _ = child.start_kill();
+            return Err(e.into());
+        }
         let w = self.track(row, pid, pid_start, serial);
-        let gone = w.gone.clone();
+        if let Some(disks) = incoming_disks {
+            *w.incoming_disks.lock().unwrap_or_else(|p| p.into_inner()) = disks;
+            w.incoming.store(true, Ordering::SeqCst);
+        }
         let this = self.clone();
-        let wid = id.clone();
+        let (id, w2) = (row.id.clone(), w.clone());
         tokio::spawn(async move {
-            let mut child = child;
             let status = child.wait().await.ok();
-            this.worker_ended(&wid, &w, status).await;
+            this.worker_ended(&id, &w2, status).await;
         });
-        self.wait_ready(&id, &launch.control, gone).await?;
+        Ok(w)
+    }
+
+    /// Spawns a worker for `row` (in state `via`) on `spec`, supervises it,
+    /// and waits until it answers; then the VM is running and `event`
+    /// recorded.
+    pub(crate) async fn run_worker(
+        self: &Arc<Self>,
+        row: &VmRow,
+        spec: LaunchSpec,
+        via: VmState,
+        event: &str,
+    ) -> Result<Vm, OpError> {
+        let id = row.id.clone();
+        let launch = self.launch(row, spec);
+        let w = match self.spawn_tracked(row, &launch, None) {
+            Ok(w) => w,
+            Err(e) => {
+                self.fail(&id, &chain(&e))?;
+                return Err(e);
+            }
+        };
+        self.wait_ready(&id, &w).await?;
         let row = self
             .reg
             .transition(
@@ -131,7 +190,7 @@ impl Daemon {
                     reason: None,
                     pid: None,
                     event,
-                    message: format!("running (worker pid {pid})"),
+                    message: format!("running (worker pid {})", w.pid),
                     action: "mark it running",
                 },
             )
@@ -148,16 +207,13 @@ impl Daemon {
         pid_start: u64,
         serial: tokio::net::unix::pipe::Receiver,
     ) -> Arc<Worker> {
-        let console = ConsoleHub::start(
-            serial,
-            self.cfg.serial_log(&row.id),
-            self.cfg.control_path(&row.id),
-        );
+        let control = AsyncClient::new(self.cfg.control_path(&row.id));
+        let console = ConsoleHub::start(serial, self.cfg.serial_log(&row.id), control.clone());
         let (gone_tx, gone) = watch::channel(false);
         let w = Arc::new(Worker {
             pid,
             pid_start,
-            control: self.cfg.control_path(&row.id),
+            control,
             console,
             stop_requested: false.into(),
             kill_requested: false.into(),
@@ -174,12 +230,8 @@ impl Daemon {
 
     /// Polls the control socket until the worker answers, or fails if the
     /// worker ends first.
-    pub(crate) async fn wait_ready(
-        &self,
-        id: &str,
-        control: &Path,
-        mut gone: watch::Receiver<bool>,
-    ) -> Result<(), OpError> {
+    pub(crate) async fn wait_ready(&self, id: &str, w: &Worker) -> Result<(), OpError> {
+        let mut gone = w.gone.clone();
         let start = Instant::now();
         loop {
             if *gone.borrow() {
@@ -190,21 +242,24 @@ impl Daemon {
                     row.reason.unwrap_or_else(|| "the worker ended".into())
                 )));
             }
-            if worker::control(control, &json!({"cmd": "status"}), Duration::from_secs(2))
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            if start.elapsed() > self.cfg.start_timeout {
-                if let Some(w) = self.worker(id) {
-                    w.kill_requested.store(true, Ordering::SeqCst);
-                    let _ = w.kill();
-                }
-                let msg = format!(
+            let failed = match worker::hello(&w.control, Duration::from_secs(2)).await {
+                Ok(_) => return Ok(()),
+                // It answers, but in a protocol this daemon does not know.
+                Err(
+                    e @ WorkerError::Call {
+                        source: ClientError::Version(_),
+                        ..
+                    },
+                ) => Some(chain(&e)),
+                Err(_) if start.elapsed() > self.cfg.start_timeout => Some(format!(
                     "the worker did not answer on its control socket within {:?}",
                     self.cfg.start_timeout
-                );
+                )),
+                Err(_) => None,
+            };
+            if let Some(msg) = failed {
+                w.kill_requested.store(true, Ordering::SeqCst);
+                let _ = w.kill();
                 let _ = self.fail(id, &msg);
                 return Err(OpError::Failed(msg));
             }
@@ -220,6 +275,7 @@ impl Daemon {
         w.console.close();
         let _ = std::fs::remove_file(self.cfg.control_path(id));
         let _ = std::fs::remove_file(self.cfg.serial_path(id));
+        let _ = std::fs::remove_file(self.cfg.launch_path(id));
         if w.migrated_away.load(Ordering::SeqCst) {
             w.gone_tx.send_replace(true);
             return;
@@ -336,11 +392,25 @@ impl Daemon {
                 let _ = self.fail(&row.id, "no worker recorded when the daemon restarted");
                 continue;
             };
-            let control = self.cfg.control_path(&row.id);
+            let control = AsyncClient::new(self.cfg.control_path(&row.id));
             let status = if worker::process_start(pid) == Some(start) {
-                worker::control(&control, &json!({"cmd": "status"}), Duration::from_secs(5))
-                    .await
-                    .ok()
+                let t = Duration::from_secs(5);
+                if let Err(
+                    e @ WorkerError::Call {
+                        source: ClientError::Version(_),
+                        ..
+                    },
+                ) = worker::hello(&control, t).await
+                {
+                    let msg = format!(
+                        "worker pid {pid}, found again after a daemon restart, cannot be \
+                         driven (it still runs; stop it by hand): {}",
+                        chain(&e)
+                    );
+                    let _ = self.fail(&row.id, &msg);
+                    continue;
+                }
+                worker::call(&control, Status {}, t).await.ok()
             } else {
                 None
             };
@@ -353,8 +423,8 @@ impl Daemon {
                 let _ = self.fail(&row.id, &msg);
                 continue;
             };
-            let state = match status["state"].as_str() {
-                Some("paused") => VmState::Paused,
+            let state = match status.state {
+                tern_worker_proto::VmState::Paused => VmState::Paused,
                 _ => VmState::Running,
             };
             let serial = match worker::open_serial_fifo(&self.cfg.serial_path(&row.id), false) {
@@ -391,5 +461,153 @@ impl Daemon {
             });
         }
         alive
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::registry::NewVm;
+    use tern_api::{Disk, DiskQos};
+    use tern_worker_proto::HelloReply;
+
+    /// A daemon whose worker binary is a script printing `hello`.
+    fn daemon(dir: &std::path::Path, hello: &HelloReply) -> Arc<Daemon> {
+        use std::os::unix::fs::PermissionsExt;
+        let exe = dir.join("fake-tern");
+        let json = serde_json::to_string(hello).unwrap();
+        std::fs::write(&exe, format!("#!/bin/sh\necho '{json}'\n")).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Daemon::open(Config::new(dir.join("state"), exe)).unwrap()
+    }
+
+    fn vm_with_disks(d: &Daemon, disks: &[Disk]) -> VmRow {
+        for k in disks {
+            d.reg.create_disk(k).unwrap();
+            d.reg.set_disk_qos(&k.id, &k.qos).unwrap();
+        }
+        d.reg
+            .create_vm(&NewVm {
+                name: "v".into(),
+                vcpus: 2,
+                memory: 64 << 20,
+                guest: "probe:blk-verify,disk=1".into(),
+                disks: disks.iter().map(|k| k.id.clone()).collect(),
+            })
+            .unwrap()
+    }
+
+    fn disk(name: &str, path: &str, format: DiskFormat, qos: DiskQos) -> Disk {
+        Disk {
+            id: crate::registry::new_id(),
+            name: name.into(),
+            path: path.into(),
+            format,
+            size: 1 << 20,
+            vm: None,
+            qos,
+        }
+    }
+
+    #[test]
+    fn launch_specs_carry_each_disk_as_data_with_its_registry_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let hello = HelloReply::new(
+            "test",
+            vec![Capability::LaunchSpec, Capability::Disks, Capability::Vhdx],
+        );
+        let d = daemon(dir.path(), &hello);
+        assert_eq!(d.caps.hello().unwrap(), &hello);
+        let qos = DiskQos {
+            max_iops: Some(500),
+            min_iops: Some(10),
+            max_bw: Some(3 << 20),
+        };
+        let disks = [
+            disk("x", "/d/x.img", DiskFormat::Vhdx, DiskQos::default()),
+            disk("ro", "/d/a.raw,readonly", DiskFormat::Raw, qos),
+            disk(
+                "inj",
+                "/d/b,path=/d/a.raw,poll",
+                DiskFormat::Vhdx,
+                DiskQos::default(),
+            ),
+            disk(
+                "sp",
+                "/d/with space=1.raw",
+                DiskFormat::Raw,
+                DiskQos::default(),
+            ),
+        ];
+        let row = vm_with_disks(&d, &disks);
+        let spec = d.launch_spec(&row, Boot::Fresh).unwrap();
+        assert_eq!((spec.vcpus, spec.memory), (2, 64 << 20));
+        assert_eq!(
+            spec.guest,
+            Some(GuestSpec::Probe {
+                workload: "blk-verify,disk=1".into(),
+                image: None
+            })
+        );
+        let got: Vec<_> = spec
+            .disks
+            .iter()
+            .map(|k| (k.path.display().to_string(), k.format, k.read_only))
+            .collect();
+        use tern_worker_proto::DiskFormat as F;
+        assert_eq!(
+            got,
+            [
+                ("/d/x.img".to_string(), Some(F::Vhdx), false),
+                ("/d/a.raw,readonly".to_string(), Some(F::Raw), false),
+                ("/d/b,path=/d/a.raw,poll".to_string(), Some(F::Vhdx), false),
+                ("/d/with space=1.raw".to_string(), Some(F::Raw), false),
+            ]
+        );
+        assert_eq!(
+            spec.disks[1].qos,
+            QosLimits {
+                max_iops: 500,
+                min_iops: 10,
+                max_bw: 3 << 20
+            }
+        );
+        // What the worker reads back is the same document.
+        assert_eq!(LaunchSpec::parse(&spec.to_json()).unwrap(), spec);
+        // Without checkpoints and memfd in the hello, neither is asked for.
+        assert_eq!((spec.checkpoint_dir.clone(), spec.memfd), (None, false));
+    }
+
+    #[test]
+    fn a_worker_binary_of_an_unknown_protocol_starts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let hello = HelloReply {
+            protocol: tern_worker_proto::PROTOCOL_VERSION + 7,
+            ..HelloReply::new("future", vec![Capability::LaunchSpec])
+        };
+        let d = daemon(dir.path(), &hello);
+        let row = vm_with_disks(&d, &[]);
+        let e = d.launch_spec(&row, Boot::Fresh).unwrap_err();
+        let text = chain(&e);
+        let want = format!(
+            "protocol version {}",
+            tern_worker_proto::PROTOCOL_VERSION + 7
+        );
+        assert!(text.contains(&want), "{text}");
+        assert!(!d.features().save_restore);
+    }
+
+    #[test]
+    fn a_vhdx_disk_needs_a_worker_that_reads_vhdx() {
+        let dir = tempfile::tempdir().unwrap();
+        let hello = HelloReply::new("test", vec![Capability::LaunchSpec, Capability::Disks]);
+        let d = daemon(dir.path(), &hello);
+        let row = vm_with_disks(
+            &d,
+            &[disk("x", "/d/x.img", DiskFormat::Vhdx, DiskQos::default())],
+        );
+        let e = d.launch_spec(&row, Boot::Fresh).unwrap_err();
+        assert!(matches!(e, OpError::NotImplemented(_)), "{e}");
     }
 }
