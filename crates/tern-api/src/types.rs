@@ -271,6 +271,11 @@ pub struct DiskQos {
     /// Minimum; an event is raised when the disk cannot get it.
     #[serde(default)]
     pub min_iops: Option<u32>,
+    /// Upper limit on throughput in bytes per second, reads and writes
+    /// together (none: unlimited).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub max_bw: Option<u64>,
 }
 
 /// A virtual disk in the registry.

@@ -20,7 +20,8 @@ use tern_api::{
     ResizeDisk, StartMigration, VmList,
 };
 
-use crate::daemon::{chain, Daemon, OpError};
+use crate::daemon::Daemon;
+use crate::error::{chain, OpError};
 use crate::registry::RegistryError;
 
 type AppState = Arc<Daemon>;

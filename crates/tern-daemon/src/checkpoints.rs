@@ -5,11 +5,14 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use tern_api::{Checkpoint, Vm, VmState};
+use tern_worker_proto::requests::{CheckpointCreate, CheckpointDelete, CheckpointRevert};
+use tern_worker_proto::{Call, Capability};
 
-use crate::daemon::{check_name, Daemon, OpError};
+use crate::daemon::Daemon;
+use crate::error::OpError;
 use crate::registry::{RegistryError, Transition};
+use crate::validation::check_name;
 use crate::worker;
 
 /// The worker of a VM that runs or is paused; checkpoints need one.
@@ -30,9 +33,9 @@ fn worker_of(
     }
 }
 
-async fn ask(d: &Daemon, w: &worker::Worker, req: Value, what: &str) -> Result<Value, OpError> {
-    let _ = d;
-    worker::control(&w.control, &req, Duration::from_secs(600))
+/// Sends `req` to `w`, which may take long (memory is written or merged).
+async fn ask<R: Call + Clone>(w: &worker::Worker, req: R, what: &str) -> Result<R::Reply, OpError> {
+    w.call(req, Duration::from_secs(600))
         .await
         .map_err(|source| OpError::Worker {
             what: what.into(),
@@ -41,12 +44,12 @@ async fn ask(d: &Daemon, w: &worker::Worker, req: Value, what: &str) -> Result<V
 }
 
 fn check_enabled(d: &Daemon) -> Result<(), OpError> {
-    if d.caps.checkpoints {
+    if d.caps.has(Capability::Checkpoints) {
         Ok(())
     } else {
-        Err(Daemon::not_implemented(
+        Err(OpError::not_implemented(
             "checkpoints",
-            "tern run --checkpoint-dir",
+            "capability checkpoints",
         ))
     }
 }
@@ -65,16 +68,12 @@ pub async fn create(d: &Daemon, key: &str, name: &str) -> Result<Checkpoint, OpE
         .into());
     }
     let w = worker_of(d, &row.id, "take a checkpoint")?;
-    let v = ask(
-        d,
-        &w,
-        json!({"cmd": "checkpoint-create", "name": name, "memory": true}),
-        &format!("cannot take checkpoint {name} of VM {}", row.name),
-    )
-    .await?;
-    let n = v["checkpoint"]["id"]
-        .as_u64()
-        .ok_or_else(|| OpError::Failed(format!("the worker gave no checkpoint id: {v}")))?;
+    let req = CheckpointCreate {
+        name: name.into(),
+        memory: true,
+    };
+    let what = format!("cannot take checkpoint {name} of VM {}", row.name);
+    let n = ask(&w, req, &what).await?.checkpoint.id;
     d.reg.add_checkpoint(&row.id, &row.name, n, name)?;
     d.reg
         .checkpoints(&row.id, &row.name)?
@@ -109,19 +108,14 @@ async fn existing(d: &Daemon, key: &str, cp: &str, what: &str) -> Result<Existin
 /// `POST /v1/vms/{vm}/checkpoints/{checkpoint}/apply`.
 pub async fn apply(d: &Daemon, key: &str, cp: &str) -> Result<Vm, OpError> {
     let Existing { row, n, w, _op } = existing(d, key, cp, "revert to a checkpoint").await?;
-    let v = ask(
-        d,
-        &w,
-        json!({"cmd": "checkpoint-revert", "id": n}),
-        &format!("cannot revert VM {} to checkpoint {cp}", row.name),
-    )
-    .await?;
-    let to = match v["state"].as_str() {
-        Some("paused") => VmState::Paused,
-        Some("stopped") => {
+    let what = format!("cannot revert VM {} to checkpoint {cp}", row.name);
+    let reply = ask(&w, CheckpointRevert { id: n }, &what).await?;
+    let to = match reply.state {
+        tern_worker_proto::VmState::Paused => VmState::Paused,
+        tern_worker_proto::VmState::Stopped | tern_worker_proto::VmState::Stopping => {
             // A checkpoint without memory: the worker ends.
             w.stop_requested.store(true, Ordering::SeqCst);
-            let _ = Daemon::wait_gone(&w, Duration::from_secs(20)).await;
+            let _ = w.wait_gone(Duration::from_secs(20)).await;
             return d.get(&row.id);
         }
         _ => VmState::Running,
@@ -145,13 +139,8 @@ pub async fn apply(d: &Daemon, key: &str, cp: &str) -> Result<Vm, OpError> {
 /// checkpoint's disk changes.
 pub async fn delete(d: &Daemon, key: &str, cp: &str) -> Result<(), OpError> {
     let Existing { row, n, w, _op } = existing(d, key, cp, "delete a checkpoint").await?;
-    ask(
-        d,
-        &w,
-        json!({"cmd": "checkpoint-delete", "id": n}),
-        &format!("cannot delete checkpoint {cp} of VM {}", row.name),
-    )
-    .await?;
+    let what = format!("cannot delete checkpoint {cp} of VM {}", row.name);
+    ask(&w, CheckpointDelete { id: n }, &what).await?;
     d.reg.delete_checkpoint(&row.id, &row.name, n)?;
     Ok(())
 }

@@ -5,21 +5,11 @@ use std::path::{Component, Path, PathBuf};
 
 use tern_api::{CreateDisk, Disk, DiskFormat, DiskQos, Vm};
 
-use crate::daemon::{check_name, Daemon, OpError, IDLE_STATES};
+use crate::daemon::{Daemon, IDLE_STATES};
+use crate::error::{chain, OpError};
 use crate::registry::{new_id, RegistryError};
-
-/// Largest disk (the VHDX limit).
-const MAX_DISK: u64 = 64 << 40;
-
-/// Checks a disk size.
-pub fn check_size(size: u64) -> Result<(), OpError> {
-    if !((1 << 20)..=MAX_DISK).contains(&size) || !size.is_multiple_of(1 << 20) {
-        return Err(OpError::BadRequest(format!(
-            "invalid disk size {size} bytes: must be a multiple of 1 MiB from 1 MiB to 64 TiB"
-        )));
-    }
-    Ok(())
-}
+use crate::validation::{check_name, check_size};
+use tern_worker_proto::requests::{DiskQos as DiskQosRequest, DiskResize};
 
 /// Resolves where a disk file goes and checks it lies inside one of the
 /// allowed directories (after resolving symbolic links of its directory).
@@ -93,7 +83,7 @@ pub async fn create(d: &Daemon, req: &CreateDisk) -> Result<Disk, OpError> {
         match format {
             DiskFormat::Vhdx => vhdx::create(&p, &vhdx::CreateOptions::dynamic(size))
                 .map(drop)
-                .map_err(|e| crate::daemon::chain(&e)),
+                .map_err(|e| chain(&e)),
             DiskFormat::Raw => std::fs::File::create_new(&p)
                 .and_then(|f| f.set_len(size))
                 .map_err(|e| e.to_string()),
@@ -170,21 +160,24 @@ pub async fn resize(d: &Daemon, key: &str, size: u64) -> Result<Disk, OpError> {
         // No start or stop while the size changes.
         let _g = d.lock_vm(vm_id).await;
         let idx = disk_index(d, vm_id, &disk.id)?;
-        let req = serde_json::json!({"cmd": "disk-resize", "disk": idx, "size": size});
-        match d.control_if_running(vm_id, req).await {
+        let req = DiskResize { disk: idx, size };
+        match d.call_if_running(vm_id, req).await {
             Ok(Some(_)) => {
                 d.reg.set_disk_size(&disk.id, size)?;
                 return Ok(d.reg.disk(&disk.id)?.0);
             }
             Ok(None) => {}
-            Err(OpError::Worker {
-                source: crate::worker::WorkerError::Refused(why),
-                ..
-            }) => {
+            // The worker refused the size (its message says why); a worker
+            // that failed on the way is an error of its own.
+            Err(OpError::Worker { source, .. }) if source.refusal().is_some() => {
+                let why = source
+                    .refusal()
+                    .map(|r| r.message.clone())
+                    .unwrap_or_default();
                 return Err(OpError::BadRequest(format!(
                     "cannot resize disk {} of the running VM: {why}",
                     disk.name
-                )))
+                )));
             }
             Err(e) => return Err(e),
         }
@@ -202,11 +195,7 @@ async fn resize_file(d: &Daemon, disk: &Disk, size: u64) -> Result<Disk, OpError
             DiskFormat::Vhdx => vhdx::Disk::open(&path, true)
                 .and_then(|mut v| v.resize(size, vhdx::Shrink::Refuse))
                 .map_err(|e| {
-                    OpError::BadRequest(format!(
-                        "cannot resize {}: {}",
-                        path.display(),
-                        crate::daemon::chain(&e)
-                    ))
+                    OpError::BadRequest(format!("cannot resize {}: {}", path.display(), chain(&e)))
                 }),
             DiskFormat::Raw if size < old => Err(OpError::BadRequest(
                 "shrinking a raw disk is refused: data beyond the new end would be lost".into(),
@@ -227,6 +216,10 @@ async fn resize_file(d: &Daemon, disk: &Disk, size: u64) -> Result<Disk, OpError
     Ok(d.reg.disk(&disk.id)?.0)
 }
 
+/// The largest bandwidth limit (what the registry stores: a signed 64-bit
+/// integer).
+const MAX_BW: u64 = i64::MAX as u64;
+
 /// `PUT /v1/disks/{disk}/qos`: recorded in the registry, applied to the
 /// running worker at once and given to the next one at start.
 pub async fn set_qos(d: &Daemon, key: &str, qos: &DiskQos) -> Result<Disk, OpError> {
@@ -242,18 +235,31 @@ pub async fn set_qos(d: &Daemon, key: &str, qos: &DiskQos) -> Result<Disk, OpErr
             "invalid QoS: max_iops 0 would stop all I/O (leave it out for no limit)".into(),
         ));
     }
+    match qos.max_bw {
+        Some(0) => {
+            return Err(OpError::BadRequest(
+                "invalid QoS: max_bw 0 would stop all I/O (leave it out for no limit)".into(),
+            ))
+        }
+        Some(bw) if bw > MAX_BW => {
+            return Err(OpError::BadRequest(format!(
+                "invalid QoS: max_bw {bw} is above {MAX_BW} bytes/s (leave it out for no limit)"
+            )))
+        }
+        _ => {}
+    }
     let (disk, vm_id) = d.reg.disk(key)?;
     if let Some(vm_id) = &vm_id {
         let _g = d.lock_vm(vm_id).await;
         let idx = disk_index(d, vm_id, &disk.id)?;
-        // 0 removes a limit in the worker's protocol.
-        let req = serde_json::json!({
-            "cmd": "disk-qos",
-            "disk": idx,
-            "max_iops": qos.max_iops.unwrap_or(0),
-            "min_iops": qos.min_iops.unwrap_or(0),
-        });
-        d.control_if_running(vm_id, req).await?;
+        // Every limit is sent: 0 removes one in the worker's protocol.
+        let req = DiskQosRequest {
+            disk: idx,
+            max_iops: Some(qos.max_iops.map_or(0, u64::from)),
+            min_iops: Some(qos.min_iops.map_or(0, u64::from)),
+            max_bw: Some(qos.max_bw.unwrap_or(0)),
+        };
+        d.call_if_running(vm_id, req).await?;
         d.reg.set_disk_qos(&disk.id, qos)?;
     } else {
         d.reg.set_disk_qos(&disk.id, qos)?;
@@ -293,13 +299,5 @@ mod tests {
             resolve_path(&dirs, "x", DiskFormat::Raw, None).unwrap(),
             allowed.join("x.raw")
         );
-    }
-
-    #[test]
-    fn sizes_are_checked() {
-        assert!(check_size(1 << 20).is_ok());
-        assert!(check_size(0).is_err());
-        assert!(check_size((1 << 20) + 512).is_err());
-        assert!(check_size(65 << 40).is_err());
     }
 }

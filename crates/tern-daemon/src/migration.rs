@@ -5,33 +5,28 @@
 //! runs it; on failure the source VM runs on and the destination forgets
 //! the VM it never got.
 //!
-//! Migration records live in memory (the events in the registry keep the
-//! history).
+//! Migration records live in memory ([`MigrationRecord`]; the events in
+//! the registry keep the history).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 use tern_api::{
     Client, Disk, Endpoint, IncomingDisk, IncomingMigration, IncomingReady, Migration,
     MigrationState, StartMigration, VmState,
 };
 
-use crate::daemon::{chain, check_guest, check_memory, check_name, Daemon, OpError};
+use crate::daemon::{Daemon, MigrationRecord};
+use crate::error::{chain, OpError};
 use crate::registry::{new_id, now_ms, RegistryError, Transition, VmRow};
-use crate::worker::{self, Worker};
-
-/// A migration this daemon takes part in.
-#[derive(Clone)]
-pub struct Record {
-    /// What the API shows.
-    pub info: Migration,
-    /// The VM's id.
-    pub vm_id: String,
-    /// Outgoing: the destination daemon and its migration id.
-    pub peer: Option<(Client, String)>,
-}
+use crate::supervise::Boot;
+use crate::validation::{check_guest, check_memory, check_name, check_size, check_vcpus};
+use crate::worker::{self, Worker, WorkerError};
+use tern_worker_proto::migration::{
+    Migrate, MigrateCancel, MigrateStatus, MigrationOutcome, MigrationPhase, MigrationStatus,
+};
+use tern_worker_proto::{Capability, ClientError};
 
 fn set(d: &Daemon, id: &str, f: impl FnOnce(&mut Migration)) {
     if let Some(r) = d
@@ -44,7 +39,7 @@ fn set(d: &Daemon, id: &str, f: impl FnOnce(&mut Migration)) {
     }
 }
 
-fn get(d: &Daemon, id: &str) -> Option<Record> {
+fn get(d: &Daemon, id: &str) -> Option<MigrationRecord> {
     d.migrations
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -100,7 +95,7 @@ fn start_record(
         .unwrap_or_else(|p| p.into_inner())
         .insert(
             info.id.clone(),
-            Record {
+            MigrationRecord {
                 info: info.clone(),
                 vm_id: vm.id.clone(),
                 peer,
@@ -110,11 +105,10 @@ fn start_record(
 }
 
 /// Puts a migrating VM back to running (the worker runs it on), or to
-/// paused when the source worker committed and never heard back: the
-/// destination may run it, so the worker holds it paused and the operator
-/// decides.
-fn back_to_running(d: &Daemon, vm_id: &str, event: &str, why: &str) {
-    let held = why.contains("never confirmed");
+/// paused when the worker holds it paused (`held`: it committed and never
+/// heard back, so the destination may run it and the operator decides; or
+/// it could not take its disks back).
+fn back_to_running(d: &Daemon, vm_id: &str, event: &str, why: &str, held: bool) {
     let r = d.reg.transition(
         vm_id,
         Transition {
@@ -143,10 +137,10 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
     let dest = Endpoint::parse(&req.to, req.token.clone())
         .map_err(|e| OpError::BadRequest(e.to_string()))?;
     let id = d.reg.vm(key)?.id;
-    if !d.caps.migration {
-        return Err(Daemon::not_implemented(
+    if !d.caps.has(Capability::Migration) {
+        return Err(OpError::not_implemented(
             "live migration",
-            "tern run --incoming",
+            "capability migration",
         ));
     }
     let vm_row = d.reg.vm(&id)?;
@@ -205,16 +199,23 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
         Ok(r) => r,
         Err(e) => {
             let why = format!("destination {dest} refused the VM: {}", chain(&e));
-            back_to_running(d, &id, "migration-failed", &why);
+            back_to_running(d, &id, "migration-failed", &why, false);
             return Err(OpError::Peer(why));
         }
     };
-    let to = worker_endpoint(&ready.endpoint, &dest);
-    let req = json!({"cmd": "migrate", "to": to});
-    if let Err(e) = worker::control(&w.control, &req, Duration::from_secs(30)).await {
+    let to = match worker_endpoint(&ready.endpoint, &dest) {
+        Ok(to) => to,
+        Err(e) => {
+            let why = format!("destination {dest} answered an unusable endpoint: {e}");
+            let _ = peer.cancel_migration(&ready.migration.id).await;
+            back_to_running(d, &id, "migration-failed", &why, false);
+            return Err(OpError::Peer(why));
+        }
+    };
+    if let Err(e) = w.call(Migrate::to(to), Duration::from_secs(30)).await {
         let why = format!("the worker did not start the migration: {}", chain(&e));
         let _ = peer.cancel_migration(&ready.migration.id).await;
-        back_to_running(d, &id, "migration-failed", &why);
+        back_to_running(d, &id, "migration-failed", &why, false);
         return Err(OpError::Worker {
             what: format!("cannot migrate VM {}", row.name),
             source: e,
@@ -247,22 +248,50 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
 }
 
 /// Copies the worker's progress into the record.
-fn update(d: &Daemon, mig_id: &str, v: &Value) {
+fn update(d: &Daemon, mig_id: &str, v: &MigrationStatus) {
     set(d, mig_id, |m| {
-        m.transferred_bytes = v["bytes_sent"].as_u64().unwrap_or(m.transferred_bytes);
-        m.total_bytes = v["memory_bytes"].as_u64().unwrap_or(m.total_bytes);
-        m.rounds = v["rounds"].as_u64().map_or(m.rounds, |r| r as u32);
-        m.downtime_ms = v["downtime_ms"].as_f64().or(m.downtime_ms);
-        if let Some(e) = v["error"].as_str() {
-            m.error = Some(e.into());
+        m.transferred_bytes = v.bytes_sent;
+        if v.memory_bytes != 0 {
+            m.total_bytes = v.memory_bytes;
         }
-        if v["phase"]
-            .as_str()
-            .is_some_and(|p| ["completed", "failed", "cancelled"].contains(&p))
-        {
-            m.total_ms = v["elapsed_ms"].as_f64();
+        m.rounds = v.rounds;
+        m.downtime_ms = v.downtime_ms.or(m.downtime_ms);
+        if let Some(e) = &v.error {
+            m.error = Some(e.clone());
+        }
+        if v.phase.is_final() {
+            m.total_ms = Some(v.elapsed_ms);
         }
     });
+}
+
+/// How an outgoing migration that did not complete ended.
+struct Ended {
+    /// Cancelled (by the user or the timeout) rather than failed.
+    cancelled: bool,
+    /// The worker's outcome, when it told one.
+    outcome: Option<MigrationOutcome>,
+    /// The worker holds the VM paused.
+    paused_here: bool,
+    /// Why, for people.
+    why: String,
+}
+
+impl Ended {
+    /// The end the worker reported in `s` (a final phase other than
+    /// completed).
+    fn reported(s: &MigrationStatus) -> Ended {
+        Ended {
+            cancelled: s.phase == MigrationPhase::Cancelled
+                || s.outcome == Some(MigrationOutcome::Cancelled),
+            outcome: s.outcome,
+            paused_here: s.paused_here,
+            why: s.error.clone().unwrap_or_else(|| match s.phase {
+                MigrationPhase::Cancelled => "cancelled".into(),
+                _ => "failed".into(),
+            }),
+        }
+    }
 }
 
 /// Follows an outgoing migration to its end and settles the registry.
@@ -279,27 +308,18 @@ async fn follow(
     let mut errors = 0;
     let outcome = loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        match worker::control(
-            &w.control,
-            &json!({"cmd": "migrate-status"}),
-            Duration::from_secs(10),
-        )
-        .await
-        {
+        match w.call(MigrateStatus {}, Duration::from_secs(10)).await {
             Ok(v) => {
                 errors = 0;
                 update(d, mig_id, &v);
-                match v["phase"].as_str() {
-                    Some("completed") => {
+                match v.phase {
+                    MigrationPhase::Completed => {
                         // Set before the worker exits: its end is expected.
                         w.migrated_away.store(true, Ordering::SeqCst);
                         break Ok(());
                     }
-                    Some(p @ ("failed" | "cancelled")) => {
-                        break Err((
-                            p == "cancelled",
-                            v["error"].as_str().unwrap_or(p).to_string(),
-                        ))
+                    MigrationPhase::Failed | MigrationPhase::Cancelled => {
+                        break Err(Ended::reported(&v))
                     }
                     _ => {}
                 }
@@ -314,10 +334,12 @@ async fn follow(
                             break Ok(());
                         }
                         _ => {
-                            break Err((
-                                false,
-                                format!("the source worker stopped answering: {}", chain(&e)),
-                            ))
+                            break Err(Ended {
+                                cancelled: false,
+                                outcome: None,
+                                paused_here: false,
+                                why: format!("the source worker stopped answering: {}", chain(&e)),
+                            })
                         }
                     }
                 }
@@ -329,19 +351,21 @@ async fn follow(
         // The source worker committed and never heard back: the
         // destination knows. If it runs the VM, the migration is done and
         // the paused source copy ends; otherwise that copy stays paused.
-        Err((_, why)) if why.contains("never confirmed") => match peer.get_vm(&row.id).await {
-            Ok(vm) if vm.state == VmState::Running => {
-                w.migrated_away.store(true, Ordering::SeqCst);
-                let _ = worker::control(
-                    &w.control,
-                    &json!({"cmd": "shutdown"}),
-                    Duration::from_secs(10),
-                )
-                .await;
-                Ok(())
+        Err(end) if end.outcome == Some(MigrationOutcome::Unconfirmed) => {
+            match peer.get_vm(&row.id).await {
+                Ok(vm) if vm.state == VmState::Running => {
+                    w.migrated_away.store(true, Ordering::SeqCst);
+                    let _ = w
+                        .call(
+                            tern_worker_proto::requests::Shutdown {},
+                            Duration::from_secs(10),
+                        )
+                        .await;
+                    Ok(())
+                }
+                _ => Err(end),
             }
-            _ => Err((false, why)),
-        },
+        }
         o => o,
     };
     match outcome {
@@ -376,7 +400,7 @@ async fn follow(
             );
             // The disks went with the VM: the destination's registry has them.
             let _ = d.reg.forget_disks(disk_ids);
-            let _ = Daemon::wait_gone(w, Duration::from_secs(10)).await;
+            let _ = w.wait_gone(Duration::from_secs(10)).await;
             let _ = std::fs::remove_file(d.cfg.worker_log(&row.id));
             set(d, mig_id, |m| {
                 m.state = MigrationState::Completed;
@@ -388,7 +412,12 @@ async fn follow(
                 }
             });
         }
-        Err((cancelled, why)) => {
+        Err(Ended {
+            cancelled,
+            paused_here,
+            why,
+            ..
+        }) => {
             let _ = peer.cancel_migration(peer_mig).await;
             if *w.gone.borrow() {
                 // The supervisor recorded the worker's end already.
@@ -404,12 +433,13 @@ async fn follow(
                     &format!(
                         "live migration to {} ended: {why}{}",
                         peer.endpoint(),
-                        if why.contains("stays paused") {
-                            ""
+                        if paused_here {
+                            "; the VM is paused here"
                         } else {
                             "; the VM runs here"
                         }
                     ),
+                    paused_here,
                 );
             }
             set(d, mig_id, |m| {
@@ -429,18 +459,16 @@ async fn follow(
 /// `POST /v1/migrations/incoming`: registers the VM as `migrating` and
 /// starts a worker waiting for it.
 pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<IncomingReady, OpError> {
-    if !d.caps.migration {
-        return Err(Daemon::not_implemented(
+    if !d.caps.has(Capability::Migration) {
+        return Err(OpError::not_implemented(
             "live migration",
-            "tern run --incoming",
+            "capability migration",
         ));
     }
     check_name("VM", &req.name)?;
     check_memory(req.memory)?;
     check_guest(&req.guest)?;
-    if !(1..=64).contains(&req.vcpus) {
-        return Err(OpError::BadRequest(format!("invalid vcpus {}", req.vcpus)));
-    }
+    check_vcpus(req.vcpus)?;
     if req.vm_id.len() != 16 || !req.vm_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(OpError::BadRequest(format!(
             "invalid VM id '{}'",
@@ -470,41 +498,35 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
     )?;
     let path = d.cfg.run_dir().join(format!("{}.mig", row.id));
     let _ = std::fs::remove_file(&path);
-    let mut args = d.boot_args(&row)?;
-    args.push("--incoming".into());
-    args.push(if req.stream {
+    let listen = if req.stream {
         // Port 0: the worker picks one and says which in its log.
-        format!("tcp:{}", std::net::SocketAddr::new(d.cfg.migration_ip, 0))
+        let ip = d.cfg.migration_ip;
+        tern_worker_proto::Endpoint::Tcp {
+            host: match ip {
+                std::net::IpAddr::V4(_) => ip.to_string(),
+                std::net::IpAddr::V6(_) => format!("[{ip}]"),
+            },
+            port: 0,
+        }
     } else {
-        format!("unix:{}", path.display())
-    });
-    let launch = d.launch(&row, args);
-    let forget = |why: String| {
+        tern_worker_proto::Endpoint::Unix(path.clone())
+    };
+    let forget = |e: OpError| {
+        let why = chain(&e);
         let _ = d
             .reg
             .remove_vm(&row.id, &[VmState::Migrating], "migration-in-failed", &why);
         let _ = d.reg.forget_disks(&created);
-        OpError::Failed(why)
+        e
     };
-    let serial = worker::open_serial_fifo(&launch.serial, true)
-        .map_err(|e| forget(format!("cannot create the serial FIFO: {e}")))?;
-    let mut child = worker::spawn(&launch)
-        .map_err(|e| forget(format!("cannot start a worker: {}", chain(&e))))?;
-    let pid = child.id().unwrap_or(0);
-    let pid_start = worker::process_start(pid).unwrap_or(0);
-    d.reg.set_worker(&row.id, pid, pid_start)?;
-    let w = d.track(&row, pid, pid_start, serial);
-    *w.incoming_disks.lock().unwrap_or_else(|p| p.into_inner()) = created;
-    w.incoming.store(true, Ordering::SeqCst);
-    {
-        let d = d.clone();
-        let w = w.clone();
-        let id = row.id.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await.ok();
-            d.worker_ended(&id, &w, status).await;
-        });
-    }
+    let spec = d
+        .launch_spec(&row, Boot::Incoming(listen))
+        .map_err(forget)?;
+    let launch = d.launch(&row, spec);
+    let w = d
+        .spawn_tracked(&row, &launch, Some(created.clone()))
+        .map_err(forget)?;
+    let pid = w.pid;
     // The source may connect once the worker listens.
     let t = Instant::now();
     let log_path = d.cfg.worker_log(&row.id);
@@ -538,7 +560,6 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
     let mig_id = info.id.clone();
     // The VM is ours once its worker answers on the control socket.
     let d2 = d.clone();
-    let control = launch.control.clone();
     tokio::spawn(async move {
         let t = Instant::now();
         loop {
@@ -551,11 +572,25 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
                 });
                 return;
             }
-            if worker::control(&control, &json!({"cmd": "status"}), Duration::from_secs(2))
-                .await
-                .is_ok()
-            {
-                break;
+            match worker::hello(&w.control, Duration::from_secs(2)).await {
+                Ok(_) => break,
+                // The VM arrived in a worker this daemon cannot drive.
+                Err(
+                    e @ WorkerError::Call {
+                        source: ClientError::Version(_),
+                        ..
+                    },
+                ) => {
+                    let why = chain(&e);
+                    w.kill_requested.store(true, Ordering::SeqCst);
+                    let _ = w.kill();
+                    set(&d2, &mig_id, |m| {
+                        m.state = MigrationState::Failed;
+                        m.error = Some(why);
+                    });
+                    return;
+                }
+                Err(_) => {}
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -592,16 +627,25 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
 /// Where the source worker connects: the destination's endpoint, with an
 /// unspecified IP replaced by the host the destination daemon was reached
 /// at.
-fn worker_endpoint(endpoint: &str, dest: &Endpoint) -> String {
-    let (Some(rest), Endpoint::Tcp { addr, .. }) = (endpoint.strip_prefix("tcp:"), dest) else {
-        return endpoint.to_string();
+fn worker_endpoint(
+    endpoint: &str,
+    dest: &Endpoint,
+) -> Result<tern_worker_proto::Endpoint, tern_worker_proto::EndpointError> {
+    let ep: tern_worker_proto::Endpoint = endpoint.parse()?;
+    let (tern_worker_proto::Endpoint::Tcp { host, port }, Endpoint::Tcp { addr, .. }) = (&ep, dest)
+    else {
+        return Ok(ep);
     };
-    match rest.parse::<std::net::SocketAddr>() {
-        Ok(a) if a.ip().is_unspecified() => {
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(a) if a.is_unspecified() => {
             let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
-            format!("tcp:{host}:{}", a.port())
+            Ok(tern_worker_proto::Endpoint::Tcp {
+                host: host.into(),
+                port: *port,
+            })
         }
-        _ => endpoint.to_string(),
+        _ => Ok(ep),
     }
 }
 
@@ -612,7 +656,7 @@ fn incoming_disks(d: &Daemon, disks: &[IncomingDisk]) -> Result<Vec<Disk>, OpErr
         .iter()
         .map(|k| {
             check_name("disk", &k.name)?;
-            crate::disks::check_size(k.size)?;
+            check_size(k.size)?;
             let path = crate::disks::resolve_path(
                 &d.cfg.disk_dirs,
                 &k.name,
@@ -656,16 +700,12 @@ pub async fn cancel(d: &Daemon, id: &str) -> Result<Migration, OpError> {
     let w = d.worker(&r.vm_id);
     match (r.info.direction.as_str(), w) {
         ("outgoing", Some(w)) => {
-            worker::control(
-                &w.control,
-                &json!({"cmd": "migrate-cancel"}),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|source| OpError::Worker {
-                what: format!("cannot cancel migration {id}"),
-                source,
-            })?;
+            w.call(MigrateCancel {}, Duration::from_secs(10))
+                .await
+                .map_err(|source| OpError::Worker {
+                    what: format!("cannot cancel migration {id}"),
+                    source,
+                })?;
             // The follower sees the cancelled phase and settles the rest.
             let t = Instant::now();
             while t.elapsed() < Duration::from_secs(10) {
@@ -680,7 +720,7 @@ pub async fn cancel(d: &Daemon, id: &str) -> Result<Migration, OpError> {
         ("incoming", Some(w)) if w.incoming.load(Ordering::SeqCst) => {
             w.kill_requested.store(true, Ordering::SeqCst);
             let _ = w.kill();
-            Daemon::wait_gone(&w, Duration::from_secs(10)).await;
+            w.wait_gone(Duration::from_secs(10)).await;
             set(d, id, |m| {
                 m.state = MigrationState::Cancelled;
                 m.error = Some("cancelled by the source".into());
@@ -689,4 +729,44 @@ pub async fn cancel(d: &Daemon, id: &str) -> Result<Migration, OpError> {
         _ => {}
     }
     show(d, id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unspecified_destination_ip_becomes_the_host_the_daemon_was_reached_at() {
+        let dest = Endpoint::Tcp {
+            addr: "10.1.2.3:7070".into(),
+            token: None,
+        };
+        let ep = |s: &str| worker_endpoint(s, &dest).map(|e| e.to_string());
+        assert_eq!(ep("tcp:0.0.0.0:4000").unwrap(), "tcp:10.1.2.3:4000");
+        assert_eq!(ep("tcp:[::]:4000").unwrap(), "tcp:10.1.2.3:4000");
+        assert_eq!(ep("tcp:192.168.0.9:4000").unwrap(), "tcp:192.168.0.9:4000");
+        assert_eq!(ep("unix:/run/a b,c.mig").unwrap(), "unix:/run/a b,c.mig");
+        assert!(ep("udp:1.2.3.4:5").is_err());
+    }
+
+    #[test]
+    fn a_reported_end_keeps_the_workers_outcome_and_pause() {
+        let s = MigrationStatus {
+            phase: MigrationPhase::Failed,
+            outcome: Some(MigrationOutcome::Unconfirmed),
+            paused_here: true,
+            error: Some("anything at all".into()),
+            ..Default::default()
+        };
+        let e = Ended::reported(&s);
+        assert_eq!(e.outcome, Some(MigrationOutcome::Unconfirmed));
+        assert!(e.paused_here && !e.cancelled);
+        let s = MigrationStatus {
+            phase: MigrationPhase::Cancelled,
+            ..Default::default()
+        };
+        let e = Ended::reported(&s);
+        assert!(e.cancelled && !e.paused_here);
+        assert_eq!(e.why, "cancelled");
+    }
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::daemon::{chain, Config, Daemon};
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::error::chain;
 
 /// Errors setting up the listeners.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +41,7 @@ pub enum ServeError {
     NoToken,
     /// The daemon could not start.
     #[error(transparent)]
-    Start(#[from] crate::daemon::StartError),
+    Start(#[from] crate::error::StartError),
 }
 
 /// Binds the UNIX socket (replacing a stale one, refusing a live one),

@@ -1,5 +1,7 @@
-//! VM workers seen from the daemon: spawning `tern run`, its control socket,
-//! its console, and waiting for it to end.
+//! VM workers seen from the daemon: what a worker binary can do (its
+//! `hello`), spawning `tern run --launch` with a typed [`LaunchSpec`], its
+//! control socket (the typed [`AsyncClient`]), its console, and waiting for
+//! it to end.
 
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt;
@@ -9,12 +11,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use tern_worker_proto::requests::{ConsoleInput, MAX_CONSOLE_INPUT};
+use tern_worker_proto::wire::{decode_reply, ReplyError};
+use tern_worker_proto::{
+    AsyncClient, Call, Capability, ClientError, HelloReply, LaunchSpec, Request, VersionError,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, watch};
 
-/// Errors talking to a worker.
+/// Errors driving a worker.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// The worker binary could not be started.
@@ -35,21 +40,170 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
-    /// The control socket could not be used.
-    #[error("worker control socket {path}")]
-    Control {
-        /// The socket.
+    /// The launch spec could not be written.
+    #[error("cannot write the launch spec {path}")]
+    Launch {
+        /// The file.
         path: PathBuf,
         /// Why.
         #[source]
         source: std::io::Error,
     },
-    /// The worker answered with an error.
-    #[error("the worker refused: {0}")]
-    Refused(String),
-    /// The worker did not answer in time.
-    #[error("the worker did not answer within {0:?}")]
-    Timeout(Duration),
+    /// A control request got no typed reply, or a refusal.
+    #[error("worker request {request}")]
+    Call {
+        /// The request's wire name.
+        request: &'static str,
+        /// What happened.
+        #[source]
+        source: ClientError,
+    },
+    /// The worker binary cannot run VMs for this daemon.
+    #[error(transparent)]
+    Unusable(#[from] HelloError),
+}
+
+impl WorkerError {
+    /// The worker's refusal, when the request got one (not a transport
+    /// failure).
+    pub fn refusal(&self) -> Option<&tern_worker_proto::WorkerError> {
+        match self {
+            WorkerError::Call { source, .. } => source.worker_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Why a worker binary's `hello` gave no usable answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HelloError {
+    /// `tern worker hello` could not be run.
+    #[error("cannot run {exe} worker hello: {why}")]
+    Run {
+        /// The binary.
+        exe: PathBuf,
+        /// Why (the error or its standard error).
+        why: String,
+    },
+    /// It printed something that is not a hello reply.
+    #[error("{exe} worker hello printed no hello reply: {why}")]
+    Reply {
+        /// The binary.
+        exe: PathBuf,
+        /// What was wrong with it.
+        why: String,
+    },
+    /// It speaks a protocol version this daemon does not know.
+    #[error("{exe} cannot run VMs for this daemon")]
+    Version {
+        /// The binary.
+        exe: PathBuf,
+        /// The versions.
+        #[source]
+        source: VersionError,
+    },
+    /// It lacks something every VM the daemon runs needs.
+    #[error("{exe} cannot run VMs for this daemon: it lacks '{missing}' (too old a tern)")]
+    Lacks {
+        /// The binary.
+        exe: PathBuf,
+        /// The capability's wire name.
+        missing: &'static str,
+    },
+}
+
+/// What a worker binary can do, from its `hello`, or why it cannot be used.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    hello: Result<HelloReply, HelloError>,
+}
+
+impl Capabilities {
+    /// Asks `exe worker hello` (the same reply a running worker gives on its
+    /// control socket). A binary that is missing, fails, or speaks an unknown
+    /// protocol version can do nothing; the daemon still serves its registry.
+    pub fn ask(exe: &Path) -> Capabilities {
+        Capabilities {
+            hello: hello_of(exe),
+        }
+    }
+
+    /// Capabilities from a reply already in hand (tests).
+    pub fn from_hello(exe: &Path, reply: HelloReply) -> Capabilities {
+        Capabilities {
+            hello: check_hello(exe, reply),
+        }
+    }
+
+    /// The worker's hello, or why the binary cannot run VMs.
+    pub fn hello(&self) -> Result<&HelloReply, &HelloError> {
+        self.hello.as_ref()
+    }
+
+    /// Whether the worker has `cap` (never, if it cannot be used).
+    pub fn has(&self, cap: Capability) -> bool {
+        self.hello.as_ref().is_ok_and(|h| h.has(cap))
+    }
+}
+
+fn hello_of(exe: &Path) -> Result<HelloReply, HelloError> {
+    let out = std::process::Command::new(exe)
+        .args(["worker", "hello"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| HelloError::Run {
+            exe: exe.into(),
+            why: e.to_string(),
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(HelloError::Run {
+            exe: exe.into(),
+            why: format!(
+                "{}: {}",
+                describe_exit(&out.status),
+                err.trim().lines().last().unwrap_or("no message")
+            ),
+        });
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    check_hello(
+        exe,
+        parse_hello(&text).map_err(|why| HelloError::Reply {
+            exe: exe.into(),
+            why,
+        })?,
+    )
+}
+
+/// A hello as `tern worker hello` prints it: the reply itself, or the
+/// control socket's `{"ok":true,...}` line.
+fn parse_hello(text: &str) -> Result<HelloReply, String> {
+    match serde_json::from_str::<HelloReply>(text) {
+        Ok(h) => Ok(h),
+        Err(plain) => match decode_reply::<HelloReply>(text) {
+            Ok(Ok(h)) => Ok(h),
+            Ok(Err(refused)) => Err(refused.message),
+            Err(ReplyError::NoOk { .. }) => Err(plain.to_string()),
+            Err(e) => Err(crate::error::chain(&e)),
+        },
+    }
+}
+
+fn check_hello(exe: &Path, reply: HelloReply) -> Result<HelloReply, HelloError> {
+    reply.check().map_err(|source| HelloError::Version {
+        exe: exe.into(),
+        source,
+    })?;
+    // Without launch specs the daemon would have to format `--disk`
+    // strings again.
+    if !reply.has(Capability::LaunchSpec) {
+        return Err(HelloError::Lacks {
+            exe: exe.into(),
+            missing: "launch-spec",
+        });
+    }
+    Ok(reply)
 }
 
 /// What a worker is started with.
@@ -57,57 +211,17 @@ pub enum WorkerError {
 pub struct Launch {
     /// The `tern` binary.
     pub exe: PathBuf,
-    /// Probe image, if not the default beside `exe`.
-    pub probe_image: Option<PathBuf>,
-    /// What to run: `--vcpus N --memory B --guest G [--disk ...]` or
-    /// `--restore DIR` or `--incoming EP ...`.
-    pub vm_args: Vec<String>,
-    /// Control socket path.
-    pub control: PathBuf,
-    /// Serial output FIFO (see [`open_serial_fifo`]).
-    pub serial: PathBuf,
+    /// The VM: written to `spec_path`, read by `tern run --launch`.
+    pub spec: LaunchSpec,
+    /// Where the spec is written.
+    pub spec_path: PathBuf,
     /// The worker's stdout and stderr go here (appended).
     pub log: PathBuf,
 }
 
-/// What this worker binary can do, from `tern run --help`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Capabilities {
-    /// `--restore DIR` and the `save` request.
-    pub save_restore: bool,
-    /// `--incoming EP` and the `migrate` request.
-    pub migration: bool,
-    /// `--checkpoint-dir DIR` and the `checkpoint-*` requests.
-    pub checkpoints: bool,
-    /// `--disk SPEC`.
-    pub disks: bool,
-    /// `--memfd`.
-    pub memfd: bool,
-}
-
-impl Capabilities {
-    /// Asks `exe run --help`.
-    pub fn probe(exe: &Path) -> Capabilities {
-        let help = std::process::Command::new(exe)
-            .args(["run", "--help"])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        Capabilities {
-            save_restore: help.contains("--restore"),
-            migration: help.contains("--incoming"),
-            checkpoints: help.contains("--checkpoint-dir"),
-            disks: help.contains("--disk"),
-            memfd: help.contains("--memfd"),
-        }
-    }
-}
-
-/// Starts a worker. It runs in its own process group, so that a signal to
-/// the daemon's group (Ctrl-C) does not reach it and it outlives a daemon
-/// restart.
+/// Starts a worker on `l.spec`. It runs in its own process group, so that a
+/// signal to the daemon's group (Ctrl-C) does not reach it and it outlives a
+/// daemon restart.
 pub fn spawn(l: &Launch) -> Result<tokio::process::Child, WorkerError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -121,63 +235,50 @@ pub fn spawn(l: &Launch) -> Result<tokio::process::Child, WorkerError> {
         path: l.log.clone(),
         source,
     })?;
+    std::fs::write(&l.spec_path, l.spec.to_json()).map_err(|source| WorkerError::Launch {
+        path: l.spec_path.clone(),
+        source,
+    })?;
     let mut cmd = tokio::process::Command::new(&l.exe);
     cmd.arg("run")
-        .args(&l.vm_args)
-        .arg("--serial")
-        .arg(format!("file:{}", l.serial.display()))
-        .arg("--control")
-        .arg(&l.control)
+        .arg("--launch")
+        .arg(&l.spec_path)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
         .process_group(0)
         .kill_on_drop(false);
-    if let Some(p) = &l.probe_image {
-        cmd.env("TERN_PROBE_IMAGE", p);
-    }
     cmd.spawn().map_err(|source| WorkerError::Spawn {
         exe: l.exe.clone(),
         source,
     })
 }
 
-/// Sends one control request and returns the reply (`ok` must be true).
-pub async fn control(path: &Path, req: &Value, timeout: Duration) -> Result<Value, WorkerError> {
-    let err = |source| WorkerError::Control {
-        path: path.into(),
-        source,
+/// Sends `req` to the worker serving `client`, waiting at most `timeout`.
+pub async fn call<R: Call + Clone>(
+    client: &AsyncClient,
+    req: R,
+    timeout: Duration,
+) -> Result<R::Reply, WorkerError> {
+    let request = {
+        let r: Request = req.clone().into();
+        r.name()
     };
-    let fut = async {
-        let mut s = UnixStream::connect(path).await.map_err(err)?;
-        let mut line = req.to_string();
-        line.push('\n');
-        s.write_all(line.as_bytes()).await.map_err(err)?;
-        let mut reply = String::new();
-        BufReader::new(s).read_line(&mut reply).await.map_err(err)?;
-        if reply.is_empty() {
-            return Err(err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed without a reply",
-            )));
-        }
-        let v: Value = serde_json::from_str(&reply).map_err(|e| {
-            err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("bad reply: {e}"),
-            ))
-        })?;
-        if v["ok"] == Value::Bool(true) {
-            Ok(v)
-        } else {
-            Err(WorkerError::Refused(
-                v["error"].as_str().unwrap_or("no reason given").to_string(),
-            ))
-        }
-    };
-    tokio::time::timeout(timeout, fut)
+    client
+        .call_timeout(req, timeout)
         .await
-        .map_err(|_| WorkerError::Timeout(timeout))?
+        .map_err(|source| WorkerError::Call { request, source })
+}
+
+/// The worker's `hello` on its control socket; a protocol version this
+/// daemon does not know is an error.
+pub async fn hello(client: &AsyncClient, timeout: Duration) -> Result<HelloReply, WorkerError> {
+    let reply = call(client, tern_worker_proto::hello::Hello {}, timeout).await?;
+    reply.check().map_err(|e| WorkerError::Call {
+        request: "hello",
+        source: ClientError::Version(e),
+    })?;
+    Ok(reply)
 }
 
 /// The start time of process `pid` (clock ticks since boot), if it exists.
@@ -260,7 +361,7 @@ pub fn open_serial_fifo(
 /// and a log file) and fans it out to console clients.
 pub struct ConsoleHub {
     /// The worker's control socket (console input goes there).
-    control: PathBuf,
+    control: AsyncClient,
     scrollback: Mutex<VecDeque<u8>>,
     tx: broadcast::Sender<Vec<u8>>,
     closed: watch::Sender<bool>,
@@ -272,7 +373,7 @@ impl ConsoleHub {
     pub fn start(
         mut serial: tokio::net::unix::pipe::Receiver,
         log: PathBuf,
-        control: PathBuf,
+        control: AsyncClient,
     ) -> Arc<ConsoleHub> {
         let (tx, _) = broadcast::channel(256);
         // A hub made again after a daemon restart starts from what the log
@@ -353,13 +454,11 @@ impl ConsoleHub {
     /// Types `bytes` on the guest's serial port (the worker waits up to a
     /// second for the guest to take them).
     pub async fn input(&self, bytes: &[u8]) -> Result<(), WorkerError> {
-        for part in bytes.chunks(4096) {
-            control(
-                &self.control,
-                &serde_json::json!({"cmd": "console-input", "bytes": part}),
-                Duration::from_secs(5),
-            )
-            .await?;
+        for part in bytes.chunks(MAX_CONSOLE_INPUT) {
+            let req = ConsoleInput {
+                bytes: part.to_vec(),
+            };
+            call(&self.control, req, Duration::from_secs(5)).await?;
         }
         Ok(())
     }
@@ -371,8 +470,8 @@ pub struct Worker {
     pub pid: u32,
     /// Process start time (see [`process_start`]).
     pub pid_start: u64,
-    /// Control socket.
-    pub control: PathBuf,
+    /// Its control socket.
+    pub control: AsyncClient,
     /// Console.
     pub console: Arc<ConsoleHub>,
     /// Set when the daemon asked it to stop (a clean exit is expected).
@@ -405,6 +504,26 @@ impl Worker {
             .ok_or_else(|| std::io::Error::other("pid 0"))?;
         rustix::process::kill_process(pid, rustix::process::Signal::KILL)
             .map_err(std::io::Error::from)
+    }
+
+    /// Sends `req`, waiting at most `timeout`.
+    pub async fn call<R: Call + Clone>(
+        &self,
+        req: R,
+        timeout: Duration,
+    ) -> Result<R::Reply, WorkerError> {
+        call(&self.control, req, timeout).await
+    }
+
+    /// Waits until the worker is gone (its end recorded), up to `t`; true
+    /// if it is.
+    pub async fn wait_gone(&self, t: Duration) -> bool {
+        let mut gone = self.gone.clone();
+        let done = matches!(
+            tokio::time::timeout(t, gone.wait_for(|g| *g)).await,
+            Ok(Ok(_))
+        );
+        done
     }
 
     /// Whether a stop or kill was requested.
@@ -441,6 +560,54 @@ mod tests {
         std::fs::write(&p, "a\ntern: error: boom\n[probe] hello\n\n").unwrap();
         assert_eq!(last_log_line(&p).as_deref(), Some("tern: error: boom"));
         assert_eq!(last_log_line(&d.path().join("none")), None);
+    }
+
+    #[test]
+    fn hellos_are_read_plain_or_as_replies_and_checked() {
+        let exe = Path::new("/x/tern");
+        let h = HelloReply::new("9.9", vec![Capability::LaunchSpec, Capability::Vhdx]);
+        let plain = serde_json::to_string(&h).unwrap();
+        assert_eq!(parse_hello(&plain).unwrap(), h);
+        let line = tern_worker_proto::wire::encode_reply(&Ok::<_, tern_worker_proto::WorkerError>(
+            h.clone(),
+        ));
+        assert_eq!(parse_hello(&line).unwrap(), h);
+        assert!(parse_hello("Usage: tern run").is_err());
+        let caps = Capabilities::from_hello(exe, h.clone());
+        assert!(caps.has(Capability::Vhdx) && !caps.has(Capability::Migration));
+        // A newer protocol is refused, with both versions in the message.
+        let newer = HelloReply {
+            protocol: tern_worker_proto::PROTOCOL_VERSION + 1,
+            ..h.clone()
+        };
+        let caps = Capabilities::from_hello(exe, newer);
+        let e = caps.hello().unwrap_err();
+        assert!(matches!(e, HelloError::Version { .. }), "{e}");
+        let text = crate::error::chain(e);
+        assert!(
+            text.contains(&format!(
+                "protocol version {}",
+                tern_worker_proto::PROTOCOL_VERSION + 1
+            )),
+            "{text}"
+        );
+        assert!(!caps.has(Capability::Vhdx));
+        // A worker without launch specs cannot be driven.
+        let old = HelloReply::new("0.1", vec![Capability::Disks]);
+        let e = Capabilities::from_hello(exe, old)
+            .hello()
+            .unwrap_err()
+            .clone();
+        assert!(
+            matches!(
+                e,
+                HelloError::Lacks {
+                    missing: "launch-spec",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -406,6 +406,7 @@ async fn disks_are_created_resized_and_deleted_in_allowed_directories() {
             &tern_api::DiskQos {
                 max_iops: Some(500),
                 min_iops: Some(100),
+                max_bw: None,
             },
         )
         .await
@@ -418,6 +419,7 @@ async fn disks_are_created_resized_and_deleted_in_allowed_directories() {
             &tern_api::DiskQos {
                 max_iops: Some(5),
                 min_iops: Some(100),
+                max_bw: None,
             },
         )
         .await

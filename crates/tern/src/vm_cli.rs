@@ -916,7 +916,7 @@ async fn volume(cmd: VolumeCmd) -> CmdResult {
             max_iops,
             min_iops,
         } => show(
-            &c.set_disk_qos(&name, &DiskQos { max_iops, min_iops })
+            &c.set_disk_qos(&name, &DiskQos { max_iops, min_iops, max_bw: None })
                 .await?,
         ),
     }

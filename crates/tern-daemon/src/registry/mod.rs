@@ -10,7 +10,14 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use tern_api::{rfc3339, Disk, DiskFormat, DiskQos, Event, VmState};
+
+mod disks;
+mod schema;
+use disks::bw;
+pub use disks::UnknownFormat;
+use schema::migrate;
+pub use schema::OpenError;
+use tern_api::{rfc3339, Disk, Event, VmState};
 
 /// Errors of the registry.
 #[derive(Debug, thiserror::Error)]
@@ -137,54 +144,6 @@ pub fn new_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS vms (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    vcpus INTEGER NOT NULL,
-    memory INTEGER NOT NULL,
-    guest TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    pid INTEGER,
-    pid_start INTEGER,
-    created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS disks (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    path TEXT NOT NULL UNIQUE,
-    format TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    vm_id TEXT REFERENCES vms(id) ON DELETE SET NULL,
-    position INTEGER,
-    max_iops INTEGER,
-    min_iops INTEGER
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    id TEXT PRIMARY KEY,
-    vm_id TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
-    name TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    UNIQUE (vm_id, name)
-);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    time_ms INTEGER NOT NULL,
-    vm_id TEXT,
-    vm_name TEXT,
-    kind TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS saved_states (
-    vm_id TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
-    dir TEXT NOT NULL,
-    created_ms INTEGER NOT NULL
-);
-PRAGMA user_version = 1;
-";
-
 /// Inserts `row` into `vms` (a taken name is an error of its own).
 fn insert_vm_row(tx: &rusqlite::Transaction<'_>, row: &VmRow) -> Result<(), RegistryError> {
     let r = tx.execute(
@@ -235,32 +194,6 @@ fn vm_row(r: &Row<'_>) -> rusqlite::Result<VmRow> {
     })
 }
 
-const DISK_COLS: &str =
-    "d.id, d.name, d.path, d.format, d.size, v.name, d.max_iops, d.min_iops, d.vm_id";
-
-fn disk_row(r: &Row<'_>) -> rusqlite::Result<(Disk, Option<String>)> {
-    let format: String = r.get(3)?;
-    Ok((
-        Disk {
-            id: r.get(0)?,
-            name: r.get(1)?,
-            path: r.get(2)?,
-            format: if format == "raw" {
-                DiskFormat::Raw
-            } else {
-                DiskFormat::Vhdx
-            },
-            size: r.get::<_, i64>(4)? as u64,
-            vm: r.get(5)?,
-            qos: DiskQos {
-                max_iops: r.get(6)?,
-                min_iops: r.get(7)?,
-            },
-        },
-        r.get(8)?,
-    ))
-}
-
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
@@ -302,15 +235,15 @@ pub struct Transition<'a> {
 
 impl Registry {
     /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<Registry, RegistryError> {
-        let conn = Connection::open(path)?;
+    pub fn open(path: &Path) -> Result<Registry, OpenError> {
+        let mut conn = Connection::open(path)?;
         // WAL lets readers (a second daemon process inspecting, tests) in
         // while the daemon writes; NORMAL sync is durable enough with WAL.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        migrate(&mut conn)?;
         Ok(Registry {
             conn: Mutex::new(conn),
         })
@@ -415,14 +348,14 @@ impl Registry {
                 }
                 Some((id, None)) => {
                     tx.execute(
-                        "UPDATE disks SET vm_id = ?2, position = ?3, size = ?4, max_iops = ?5, min_iops = ?6 WHERE id = ?1",
-                        params![id, row.id, pos as i64, d.size as i64, d.qos.max_iops, d.qos.min_iops],
+                        "UPDATE disks SET vm_id = ?2, position = ?3, size = ?4, max_iops = ?5, min_iops = ?6, max_bw = ?7 WHERE id = ?1",
+                        params![id, row.id, pos as i64, d.size as i64, d.qos.max_iops, d.qos.min_iops, bw(&d.qos)],
                     )?;
                 }
                 None => {
                     let r = tx.execute(
-                        "INSERT INTO disks (id, name, path, format, size, vm_id, position, max_iops, min_iops)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        "INSERT INTO disks (id, name, path, format, size, vm_id, position, max_iops, min_iops, max_bw)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                         params![
                             d.id,
                             d.name,
@@ -432,7 +365,8 @@ impl Registry {
                             row.id,
                             pos as i64,
                             d.qos.max_iops,
-                            d.qos.min_iops
+                            d.qos.min_iops,
+                            bw(&d.qos)
                         ],
                     );
                     match r {
@@ -453,18 +387,6 @@ impl Registry {
         Ok(created)
     }
 
-    /// Drops the registry rows of free disks `ids` (their files stay): the
-    /// disks went with a VM to another host, or never came.
-    pub fn forget_disks(&self, ids: &[String]) -> Result<(), RegistryError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        for id in ids {
-            tx.execute("DELETE FROM disks WHERE id = ?1 AND vm_id IS NULL", [id])?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Finds a VM by id or name.
     pub fn vm(&self, key: &str) -> Result<VmRow, RegistryError> {
         let conn = self.lock();
@@ -482,30 +404,6 @@ impl Registry {
         let conn = self.lock();
         let mut st = conn.prepare(&format!("SELECT {VM_COLS} FROM vms ORDER BY name"))?;
         let rows = st.query_map([], vm_row)?.collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-
-    /// Names of the disks attached to VM `id`, in order.
-    pub fn vm_disk_names(&self, id: &str) -> Result<Vec<String>, RegistryError> {
-        let conn = self.lock();
-        let mut st = conn.prepare("SELECT name FROM disks WHERE vm_id = ?1 ORDER BY position")?;
-        let rows = st
-            .query_map([id], |r| r.get(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-
-    /// Disks attached to VM `id`, in order.
-    pub fn vm_disks(&self, id: &str) -> Result<Vec<Disk>, RegistryError> {
-        let conn = self.lock();
-        let mut st = conn.prepare(&format!(
-            "SELECT {DISK_COLS} FROM disks d LEFT JOIN vms v ON v.id = d.vm_id
-             WHERE d.vm_id = ?1 ORDER BY d.position"
-        ))?;
-        let rows = st
-            .query_map([id], disk_row)?
-            .map(|r| r.map(|(d, _)| d))
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -671,185 +569,6 @@ impl Registry {
         Ok(rows)
     }
 
-    /// Registers a disk.
-    pub fn create_disk(&self, disk: &Disk) -> Result<(), RegistryError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let r = tx.execute(
-            "INSERT INTO disks (id, name, path, format, size) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                disk.id,
-                disk.name,
-                disk.path,
-                disk.format.as_str(),
-                disk.size as i64
-            ],
-        );
-        match r {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(RegistryError::NameTaken {
-                    kind: "disk",
-                    name: format!("{} (or its path {})", disk.name, disk.path),
-                })
-            }
-            r => r?,
-        };
-        insert_event(
-            &tx,
-            None,
-            None,
-            "disk-created",
-            &format!(
-                "disk {} created: {} bytes at {}",
-                disk.name, disk.size, disk.path
-            ),
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Finds a disk by id or name; also returns the id of its VM.
-    pub fn disk(&self, key: &str) -> Result<(Disk, Option<String>), RegistryError> {
-        let conn = self.lock();
-        conn.query_row(
-            &format!(
-                "SELECT {DISK_COLS} FROM disks d LEFT JOIN vms v ON v.id = d.vm_id
-                 WHERE d.id = ?1 OR d.name = ?1 ORDER BY d.id = ?1 DESC LIMIT 1"
-            ),
-            [key],
-            disk_row,
-        )
-        .optional()?
-        .ok_or_else(|| RegistryError::NoDisk(key.into()))
-    }
-
-    /// Every disk, by name.
-    pub fn disks(&self) -> Result<Vec<Disk>, RegistryError> {
-        let conn = self.lock();
-        let mut st = conn.prepare(&format!(
-            "SELECT {DISK_COLS} FROM disks d LEFT JOIN vms v ON v.id = d.vm_id ORDER BY d.name"
-        ))?;
-        let rows = st
-            .query_map([], disk_row)?
-            .map(|r| r.map(|(d, _)| d))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-
-    /// Attaches disk `disk_id` to VM `vm_id` if the disk is free and the VM
-    /// is in one of `from`.
-    pub fn attach_disk(
-        &self,
-        vm_id: &str,
-        disk_id: &str,
-        from: &[VmState],
-    ) -> Result<(), RegistryError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let vm = vm_for_disk_change(&tx, vm_id, from)?;
-        let pos: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(position) + 1, 0) FROM disks WHERE vm_id = ?1",
-            [vm_id],
-            |r| r.get(0),
-        )?;
-        let n = tx.execute(
-            "UPDATE disks SET vm_id = ?1, position = ?2 WHERE id = ?3 AND vm_id IS NULL",
-            params![vm_id, pos, disk_id],
-        )?;
-        if n != 1 {
-            return Err(RegistryError::DiskBusy(format!(
-                "disk {disk_id} is already attached to a VM"
-            )));
-        }
-        insert_event(
-            &tx,
-            Some(vm_id),
-            Some(&vm.name),
-            "disk-attached",
-            &format!("disk {disk_id} attached"),
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Detaches disk `disk_id` from VM `vm_id` if the VM is in one of
-    /// `from`.
-    pub fn detach_disk(
-        &self,
-        vm_id: &str,
-        disk_id: &str,
-        from: &[VmState],
-    ) -> Result<(), RegistryError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let vm = vm_for_disk_change(&tx, vm_id, from)?;
-        let n = tx.execute(
-            "UPDATE disks SET vm_id = NULL, position = NULL WHERE id = ?1 AND vm_id = ?2",
-            params![disk_id, vm_id],
-        )?;
-        if n != 1 {
-            return Err(RegistryError::NoDisk(format!(
-                "{disk_id} attached to VM {}",
-                vm.name
-            )));
-        }
-        insert_event(
-            &tx,
-            Some(vm_id),
-            Some(&vm.name),
-            "disk-detached",
-            &format!("disk {disk_id} detached"),
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Sets a disk's size.
-    pub fn set_disk_size(&self, id: &str, size: u64) -> Result<(), RegistryError> {
-        let conn = self.lock();
-        conn.execute(
-            "UPDATE disks SET size = ?2 WHERE id = ?1",
-            params![id, size as i64],
-        )?;
-        insert_event(
-            &conn,
-            None,
-            None,
-            "disk-resized",
-            &format!("disk {id} resized to {size} bytes"),
-        )?;
-        Ok(())
-    }
-
-    /// Sets a disk's QoS.
-    pub fn set_disk_qos(&self, id: &str, qos: &DiskQos) -> Result<(), RegistryError> {
-        let conn = self.lock();
-        conn.execute(
-            "UPDATE disks SET max_iops = ?2, min_iops = ?3 WHERE id = ?1",
-            params![id, qos.max_iops, qos.min_iops],
-        )?;
-        Ok(())
-    }
-
-    /// Removes a disk if no VM uses it.
-    pub fn delete_disk(&self, id: &str) -> Result<(), RegistryError> {
-        let conn = self.lock();
-        let n = conn.execute("DELETE FROM disks WHERE id = ?1 AND vm_id IS NULL", [id])?;
-        if n != 1 {
-            return Err(RegistryError::DiskBusy(format!(
-                "disk {id} is attached to a VM: detach it first"
-            )));
-        }
-        insert_event(
-            &conn,
-            None,
-            None,
-            "disk-deleted",
-            &format!("disk {id} deleted"),
-        )?;
-        Ok(())
-    }
-
     /// The worker's number of VM `vm_id`'s checkpoint `key` (name or
     /// number).
     pub fn checkpoint(&self, vm_id: &str, key: &str) -> Result<Option<u64>, RegistryError> {
@@ -949,138 +668,5 @@ impl Registry {
     }
 }
 
-/// Loads VM `vm_id` inside `tx` and checks it is in one of `from`, the
-/// states in which its disks may change.
-fn vm_for_disk_change(
-    tx: &rusqlite::Transaction<'_>,
-    vm_id: &str,
-    from: &[VmState],
-) -> Result<VmRow, RegistryError> {
-    let vm = tx
-        .query_row(
-            &format!("SELECT {VM_COLS} FROM vms WHERE id = ?1"),
-            [vm_id],
-            vm_row,
-        )
-        .optional()?
-        .ok_or_else(|| RegistryError::NoVm(vm_id.into()))?;
-    if !from.contains(&vm.state) {
-        return Err(RegistryError::WrongState {
-            name: vm.name,
-            state: vm.state,
-            action: "change its disks while it runs".into(),
-        });
-    }
-    Ok(vm)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reg() -> (tempfile::TempDir, Registry) {
-        let d = tempfile::tempdir().unwrap();
-        let r = Registry::open(&d.path().join("t.db")).unwrap();
-        (d, r)
-    }
-
-    fn new_vm(name: &str) -> NewVm {
-        NewVm {
-            name: name.into(),
-            vcpus: 1,
-            memory: 64 << 20,
-            guest: "probe:hello".into(),
-            disks: vec![],
-        }
-    }
-
-    #[test]
-    fn names_are_unique_and_lookups_take_names_or_ids() {
-        let (_d, r) = reg();
-        let a = r.create_vm(&new_vm("a")).unwrap();
-        assert!(matches!(
-            r.create_vm(&new_vm("a")),
-            Err(RegistryError::NameTaken { .. })
-        ));
-        assert_eq!(r.vm("a").unwrap(), a);
-        assert_eq!(r.vm(&a.id).unwrap(), a);
-        assert!(matches!(r.vm("b"), Err(RegistryError::NoVm(_))));
-        assert_eq!(r.vms().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn transitions_compare_and_set_and_log_events() {
-        let (_d, r) = reg();
-        let a = r.create_vm(&new_vm("a")).unwrap();
-        let t = |from: &'static [VmState], to| Transition {
-            from,
-            to,
-            reason: None,
-            pid: Some((42, 7)),
-            event: "x",
-            message: "m".into(),
-            action: "start it",
-        };
-        let row = r
-            .transition(&a.id, t(&[VmState::Stopped], VmState::Running))
-            .unwrap();
-        assert_eq!(
-            (row.state, row.pid, row.pid_start),
-            (VmState::Running, Some(42), Some(7))
-        );
-        let e = r
-            .transition(&a.id, t(&[VmState::Stopped], VmState::Running))
-            .unwrap_err();
-        assert_eq!(e.to_string(), "VM 'a' is running: cannot start it");
-        assert!(r.delete_vm(&a.id, &[VmState::Stopped], "x").is_err());
-        let row = r
-            .transition(
-                &a.id,
-                Transition {
-                    pid: None,
-                    ..t(&[VmState::Running], VmState::Stopped)
-                },
-            )
-            .unwrap();
-        assert_eq!(row.pid, None, "a VM without a worker has no pid");
-        r.delete_vm(&a.id, &[VmState::Stopped], "bye").unwrap();
-        let kinds: Vec<_> = r
-            .events(0, None, 100)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
-        assert_eq!(kinds, ["created", "x", "x", "deleted"]);
-    }
-
-    #[test]
-    fn disks_attach_to_one_vm_at_a_time() {
-        let (_d, r) = reg();
-        let disk = Disk {
-            id: new_id(),
-            name: "d".into(),
-            path: "/x/d.vhdx".into(),
-            format: DiskFormat::Vhdx,
-            size: 1 << 20,
-            vm: None,
-            qos: DiskQos::default(),
-        };
-        r.create_disk(&disk).unwrap();
-        let a = r.create_vm(&new_vm("a")).unwrap();
-        let b = r.create_vm(&new_vm("b")).unwrap();
-        r.attach_disk(&a.id, &disk.id, &[VmState::Stopped]).unwrap();
-        assert!(matches!(
-            r.attach_disk(&b.id, &disk.id, &[VmState::Stopped]),
-            Err(RegistryError::DiskBusy(_))
-        ));
-        assert_eq!(r.vm_disk_names(&a.id).unwrap(), ["d"]);
-        assert!(r.delete_disk(&disk.id).is_err());
-        r.delete_vm(&a.id, &[VmState::Stopped], "x").unwrap();
-        assert_eq!(
-            r.disk("d").unwrap().1,
-            None,
-            "deleting a VM frees its disks"
-        );
-        r.delete_disk(&disk.id).unwrap();
-    }
-}
+mod tests;

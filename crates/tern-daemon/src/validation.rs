@@ -1,0 +1,84 @@
+//! Checks of names, sizes and guest settings that requests carry: each
+//! returns [`OpError::BadRequest`] naming what is wrong.
+
+use crate::error::OpError;
+
+/// Checks a VM or disk name.
+pub fn check_name(kind: &str, name: &str) -> Result<(), OpError> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !name.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(OpError::BadRequest(format!(
+            "invalid {kind} name '{name}': use 1-63 characters of A-Z a-z 0-9 . _ -, \
+             not starting with . or -"
+        )))
+    }
+}
+
+/// Checks a guest spec (`probe:WORKLOAD`).
+pub fn check_guest(guest: &str) -> Result<(), OpError> {
+    let workload = guest.strip_prefix("probe:").ok_or_else(|| {
+        OpError::BadRequest(format!(
+            "invalid guest '{guest}': expected probe:WORKLOAD (e.g. probe:hello)"
+        ))
+    })?;
+    tern_probe_abi::workload::parse(workload)
+        .map(|_| ())
+        .map_err(|e| OpError::BadRequest(format!("invalid guest '{guest}': {e}")))
+}
+
+/// Largest guest memory accepted.
+const MAX_MEMORY: u64 = 1 << 40;
+/// Smallest guest memory accepted (the probe's layout needs this much).
+const MIN_MEMORY: u64 = 16 << 20;
+
+/// Checks guest memory.
+pub fn check_memory(memory: u64) -> Result<(), OpError> {
+    if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory) || !memory.is_multiple_of(2 << 20) {
+        return Err(OpError::BadRequest(format!(
+            "invalid memory size {memory} bytes: must be a multiple of 2 MiB from 16 MiB to 1 TiB"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a vCPU count.
+pub fn check_vcpus(vcpus: u32) -> Result<(), OpError> {
+    if !(1..=64).contains(&vcpus) {
+        return Err(OpError::BadRequest(format!(
+            "invalid vcpus {vcpus}: must be from 1 to 64"
+        )));
+    }
+    Ok(())
+}
+
+/// Largest disk (the VHDX limit).
+const MAX_DISK: u64 = 64 << 40;
+
+/// Checks a disk size.
+pub fn check_size(size: u64) -> Result<(), OpError> {
+    if !((1 << 20)..=MAX_DISK).contains(&size) || !size.is_multiple_of(1 << 20) {
+        return Err(OpError::BadRequest(format!(
+            "invalid disk size {size} bytes: must be a multiple of 1 MiB from 1 MiB to 64 TiB"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_checked() {
+        assert!(check_size(1 << 20).is_ok());
+        assert!(check_size(0).is_err());
+        assert!(check_size((1 << 20) + 512).is_err());
+        assert!(check_size(65 << 40).is_err());
+    }
+}
