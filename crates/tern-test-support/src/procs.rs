@@ -11,10 +11,10 @@
 //! an inner one left behind.
 
 use std::ffi::OsStr;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -203,6 +203,9 @@ pub struct Spawned {
     tag: Arc<Tag>,
     /// Whether dropping it kills its group and tag (see [`Spawned::release`]).
     armed: bool,
+    /// Whether the child was reaped: its pid (and so its group id) may then
+    /// belong to another process, and only the tag is used.
+    reaped: bool,
 }
 
 impl Spawned {
@@ -213,6 +216,7 @@ impl Spawned {
             child,
             tag: tag.clone(),
             armed: true,
+            reaped: false,
         })
     }
 
@@ -233,7 +237,35 @@ impl Spawned {
 
     /// Its exit status, if it has exited (and is then reaped).
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        let st = self.child.try_wait().ok().flatten();
+        self.reaped |= st.is_some();
+        st
+    }
+
+    /// Reads its piped stdout and stderr to their ends and waits for it
+    /// (as [`Command::output`] does).
+    pub fn wait_output(&mut self) -> io::Result<Output> {
+        let out = self.child.stdout.take();
+        let err = self.child.stderr.take();
+        let errs = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut e) = err {
+                let _ = e.read_to_end(&mut v);
+            }
+            v
+        });
+        let mut stdout = Vec::new();
+        if let Some(mut o) = out {
+            o.read_to_end(&mut stdout)?;
+        }
+        let stderr = errs.join().unwrap_or_default();
+        let status = self.child.wait()?;
+        self.reaped = true;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
     }
 
     /// Waits up to `timeout` for the child to exit.
@@ -255,6 +287,7 @@ impl Spawned {
     pub fn kill_child(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.reaped = true;
     }
 
     /// Kills and reaps the child alone and lets go of it: its group and
@@ -270,10 +303,12 @@ impl Drop for Spawned {
         if !self.armed {
             return;
         }
-        if let Some(g) = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw) {
-            let _ = kill_process_group(g, Signal::KILL);
+        if !self.reaped {
+            if let Some(g) = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw) {
+                let _ = kill_process_group(g, Signal::KILL);
+            }
+            let _ = self.child.kill();
         }
-        let _ = self.child.kill();
         let left = self.tag.kill_all();
         for p in left {
             eprintln!("tern-test-support: {p} survived SIGKILL");

@@ -37,6 +37,8 @@ pub struct Worker {
     sock: Option<PathBuf>,
     lines: Arc<(Mutex<Lines>, Condvar)>,
     status: Mutex<Option<ExitStatus>>,
+    /// A directory that must outlive the process (its control socket).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Worker {
@@ -56,6 +58,16 @@ impl Worker {
     /// accepts (panics, with the worker's stderr, if it exits first).
     pub fn start(name: &str, cmd: Command, sock: &Path) -> Worker {
         let w = Worker::with_control(name, cmd, sock);
+        w.wait_socket(Duration::from_secs(20));
+        w
+    }
+
+    /// Like [`Worker::start`], with the control socket in a temporary
+    /// directory the worker owns.
+    pub fn start_temp(name: &str, cmd: Command) -> Worker {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut w = Worker::with_control(name, cmd, &dir.path().join("ctl.sock"));
+        w._dir = Some(dir);
         w.wait_socket(Duration::from_secs(20));
         w
     }
@@ -80,7 +92,15 @@ impl Worker {
         let err = proc.child().stderr.take().expect("stderr is piped");
         let (l, n) = (lines.clone(), name.to_string());
         std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
+            // Bytes, not `lines()`: a line that is not UTF-8 must neither end
+            // the reading (the worker would block on a full pipe) nor be lost.
+            let mut r = BufReader::new(err);
+            let mut buf = Vec::new();
+            while matches!(r.read_until(b'\n', &mut buf), Ok(1..)) {
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string();
+                buf.clear();
                 eprintln!("[{n}] {line}");
                 l.0.lock().unwrap().lines.push(line);
                 l.1.notify_all();
@@ -94,6 +114,7 @@ impl Worker {
             sock: sock.map(Path::to_path_buf),
             lines,
             status: Mutex::new(None),
+            _dir: None,
         }
     }
 
