@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tern_test_support::procs::{self, Spawned};
+use tern_test_support::procs::{self, Spawned, Tag};
 use tern_test_support::{poll, Ternd as Daemon};
 
 fn alive(pid: u64) -> bool {
@@ -46,7 +46,8 @@ fn console_dialog(d: &Daemon, vm: &str, steps: &[(&[u8], &str)]) -> String {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut console = Spawned::spawn(&mut cmd, d.tag()).unwrap();
+    // A tag of its own: its end must not end the daemon's processes.
+    let mut console = Spawned::spawn(&mut cmd, &Tag::new()).unwrap();
     let child = console.child();
     let mut stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
