@@ -1,0 +1,378 @@
+//! The launch spec: the whole configuration of the VM a worker runs, as one
+//! versioned JSON document (`tern run --launch FILE|-`). A daemon writes
+//! one instead of formatting command-line options, so no value (a path
+//! holding `,` or `=`) is ever re-parsed.
+//!
+//! Versioning: [`LAUNCH_SPEC_VERSION`] is the newest version; a worker
+//! reads every version from 1 up to it. A field added later has a default,
+//! so an older document still reads; a change an older document cannot
+//! express that way bumps the version and [`LaunchSpec::parse`] upgrades
+//! the older shape. A document newer than the worker is refused, as is a
+//! field the worker does not know (a typo must not be ignored).
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::endpoint::Endpoint;
+use crate::types::{DiskFormat, QosLimits};
+
+/// The newest launch spec version.
+pub const LAUNCH_SPEC_VERSION: u32 = 1;
+
+/// Guest memory when the spec does not say (as `tern run`).
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+
+/// One VM's configuration for a worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchSpec {
+    /// The document's version ([`LAUNCH_SPEC_VERSION`] when written by
+    /// this crate).
+    pub version: u32,
+    /// vCPUs (ignored with `restore`: the saved VM says).
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    /// Guest memory, bytes (ignored with `restore`).
+    #[serde(default = "default_memory")]
+    pub memory: u64,
+    /// What to boot; absent only with `restore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestSpec>,
+    /// Disks, in the guest's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskSpec>,
+    /// Where the serial console goes.
+    #[serde(default)]
+    pub serial: SerialSpec,
+    /// Control socket path (absent: `$XDG_RUNTIME_DIR` or `/tmp`,
+    /// `tern-worker-PID.sock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<PathBuf>,
+    /// Back guest memory with a memfd (a same-host migration hands it over).
+    #[serde(default)]
+    pub memfd: bool,
+    /// Allocate and map all guest memory before the VM runs.
+    #[serde(default)]
+    pub prealloc: bool,
+    /// Start with the vCPUs paused.
+    #[serde(default)]
+    pub paused: bool,
+    /// Where the VM's checkpoints live (created when missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue a saved VM (a saved directory or an export) instead of
+    /// booting; its configuration comes from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
+    /// Wait for a live migration here, then run the VM it brings (the rest
+    /// of the spec must describe the same VM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<Endpoint>,
+    /// Initial memory contents from an image file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_file: Option<MemoryFileSpec>,
+    /// KVM device node (absent: `/dev/kvm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvm: Option<PathBuf>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_memory() -> u64 {
+    DEFAULT_MEMORY
+}
+
+/// What a VM boots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum GuestSpec {
+    /// The built-in probe guest running `workload` (e.g. `hello`,
+    /// `dirty,mib=64,rate=100+verify`).
+    Probe {
+        /// The workload, as after `probe:` on the command line.
+        workload: String,
+        /// The probe image (absent: the worker's default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<PathBuf>,
+    },
+    /// A Linux kernel.
+    Linux {
+        /// bzImage or ELF vmlinux.
+        kernel: PathBuf,
+        /// Initial ramdisk.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        initrd: Option<PathBuf>,
+        /// Kernel command line (absent: the worker's default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cmdline: Option<String>,
+    },
+}
+
+/// One disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// The image; any path, no escaping.
+    pub path: PathBuf,
+    /// Its format. Absent: by file name (`.vhdx`/`.avhdx` is VHDX, anything
+    /// else raw); a daemon that knows the format always says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
+    /// Attach read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Storage QoS limits (0: none).
+    #[serde(default, skip_serializing_if = "QosLimits::is_unlimited")]
+    pub qos: QosLimits,
+    /// Serve the disk from its own polling thread (needs a spare core).
+    #[serde(default)]
+    pub poll: bool,
+}
+
+impl DiskSpec {
+    /// A read-write disk at `path`, format by name, no limits.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DiskSpec {
+            path: path.into(),
+            format: None,
+            read_only: false,
+            qos: QosLimits::default(),
+            poll: false,
+        }
+    }
+}
+
+/// Where the serial console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SerialSpec {
+    /// The worker's standard output (and input, from a terminal).
+    #[default]
+    Stdout,
+    /// Discarded.
+    Null,
+    /// Appended to a file (or written into a FIFO).
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A UNIX socket the worker listens on; every client gets the output
+    /// and may type.
+    Socket {
+        /// The socket.
+        path: PathBuf,
+    },
+}
+
+/// A saved VM to continue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSpec {
+    /// A directory written by `save`, or an export.
+    pub dir: PathBuf,
+    /// How memory comes in.
+    #[serde(default)]
+    pub mode: RestoreMode,
+}
+
+/// How a restore brings memory in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreMode {
+    /// Map the memory image copy-on-write; pages are read on first touch.
+    #[default]
+    Lazy,
+    /// Copy all of memory in before the VM runs.
+    Eager,
+}
+
+/// Initial memory contents from an image file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryFileSpec {
+    /// The image (regions back to back).
+    pub path: PathBuf,
+    /// Map it copy-on-write instead of copying it in.
+    #[serde(default)]
+    pub lazy: bool,
+}
+
+/// A launch spec that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchSpecError {
+    /// The document could not be read.
+    #[error("cannot read the launch spec {what}")]
+    Read {
+        /// The file, or "from standard input".
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not JSON, or a field of the wrong type or unknown.
+    #[error("bad launch spec")]
+    Json(#[source] serde_json::Error),
+    /// No `version` field.
+    #[error(
+        "the launch spec has no \"version\" (this worker reads versions 1..={LAUNCH_SPEC_VERSION})"
+    )]
+    NoVersion,
+    /// A version this worker does not read.
+    #[error("launch spec version {0} is not one this worker reads (1..={LAUNCH_SPEC_VERSION}): use a worker as new as the daemon")]
+    Version(u64),
+    /// Neither a guest nor a saved VM.
+    #[error("the launch spec has neither \"guest\" nor \"restore\"")]
+    NoGuest,
+    /// Two settings that exclude each other.
+    #[error("\"{0}\" and \"{1}\" exclude each other (a restored VM's configuration comes from its saved directory)")]
+    Conflict(&'static str, &'static str),
+    /// No vCPUs.
+    #[error("\"vcpus\" must be at least 1")]
+    NoVcpus,
+    /// No memory.
+    #[error("\"memory\" must be more than 0 bytes")]
+    NoMemory,
+    /// A disk without a path.
+    #[error("disk {0} has an empty \"path\"")]
+    EmptyDiskPath(usize),
+    /// Contradictory QoS limits.
+    #[error("disk {index}: min_iops {min} is above max_iops {max}")]
+    Qos {
+        /// Disk index.
+        index: usize,
+        /// min_iops.
+        min: u64,
+        /// max_iops.
+        max: u64,
+    },
+}
+
+impl LaunchSpec {
+    /// A spec of the newest version booting `guest` with `vcpus` and
+    /// `memory`; everything else at its default.
+    pub fn new(vcpus: u32, memory: u64, guest: GuestSpec) -> Self {
+        LaunchSpec {
+            vcpus,
+            memory,
+            guest: Some(guest),
+            ..Self::empty()
+        }
+    }
+
+    /// A spec of the newest version continuing the saved VM `restore`.
+    pub fn restoring(restore: RestoreSpec) -> Self {
+        LaunchSpec {
+            restore: Some(restore),
+            ..Self::empty()
+        }
+    }
+
+    /// Every field at its default; neither guest nor restore.
+    fn empty() -> Self {
+        LaunchSpec {
+            version: LAUNCH_SPEC_VERSION,
+            vcpus: 1,
+            memory: DEFAULT_MEMORY,
+            guest: None,
+            disks: Vec::new(),
+            serial: SerialSpec::default(),
+            control: None,
+            memfd: false,
+            prealloc: false,
+            paused: false,
+            checkpoint_dir: None,
+            restore: None,
+            incoming: None,
+            memory_file: None,
+            kvm: None,
+        }
+    }
+
+    /// Reads a document of any supported version, upgrades it to the
+    /// newest shape and checks it.
+    pub fn parse(text: &str) -> Result<LaunchSpec, LaunchSpecError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(LaunchSpecError::Json)?;
+        let version = value
+            .get("version")
+            .ok_or(LaunchSpecError::NoVersion)?
+            .as_u64()
+            .ok_or(LaunchSpecError::NoVersion)?;
+        let mut spec: LaunchSpec = match version {
+            // Version 1 is the current shape. A version 2 would read a
+            // version 1 document here into `v1::LaunchSpec` and upgrade it.
+            1 => serde_json::from_value(value).map_err(LaunchSpecError::Json)?,
+            v => return Err(LaunchSpecError::Version(v)),
+        };
+        spec.version = LAUNCH_SPEC_VERSION;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Reads a document from `path`, or from standard input when `path` is
+    /// `-`.
+    pub fn read(path: &std::path::Path) -> Result<LaunchSpec, LaunchSpecError> {
+        let mut text = String::new();
+        if path.as_os_str() == "-" {
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|source| LaunchSpecError::Read {
+                    what: "from standard input".into(),
+                    source,
+                })?;
+        } else {
+            text = std::fs::read_to_string(path).map_err(|source| LaunchSpecError::Read {
+                what: path.display().to_string(),
+                source,
+            })?;
+        }
+        Self::parse(&text)
+    }
+
+    /// The document as JSON.
+    pub fn to_json(&self) -> String {
+        // Plain fields: serializing into a String cannot fail.
+        serde_json::to_string_pretty(self).expect("a launch spec serializes")
+    }
+
+    /// Checks what serde cannot: required combinations and limits.
+    pub fn validate(&self) -> Result<(), LaunchSpecError> {
+        if self.restore.is_some() {
+            let conflicts = [
+                (self.guest.is_some(), "guest"),
+                (!self.disks.is_empty(), "disks"),
+                (self.incoming.is_some(), "incoming"),
+                (self.memory_file.is_some(), "memory_file"),
+            ];
+            if let Some((_, what)) = conflicts.iter().find(|(set, _)| *set) {
+                return Err(LaunchSpecError::Conflict("restore", what));
+            }
+            return Ok(());
+        }
+        if self.guest.is_none() {
+            return Err(LaunchSpecError::NoGuest);
+        }
+        if self.vcpus == 0 {
+            return Err(LaunchSpecError::NoVcpus);
+        }
+        if self.memory == 0 {
+            return Err(LaunchSpecError::NoMemory);
+        }
+        for (index, d) in self.disks.iter().enumerate() {
+            if d.path.as_os_str().is_empty() {
+                return Err(LaunchSpecError::EmptyDiskPath(index));
+            }
+            if d.qos.max_iops != 0 && d.qos.min_iops > d.qos.max_iops {
+                return Err(LaunchSpecError::Qos {
+                    index,
+                    min: d.qos.min_iops,
+                    max: d.qos.max_iops,
+                });
+            }
+        }
+        Ok(())
+    }
+}
