@@ -17,6 +17,9 @@ pub mod procs;
 pub mod ternd;
 pub mod worker;
 
+/// The worker protocol the harness speaks, for tests to name requests.
+pub use tern_worker_proto as proto;
+
 pub use procs::{alive, Tag};
 pub use ternd::Ternd;
 pub use worker::{tern_run, Worker};

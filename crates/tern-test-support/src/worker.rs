@@ -9,12 +9,28 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
+use tern_worker_proto::requests::{ProbeStatus, ProbeStop, Status, StatusReply};
+use tern_worker_proto::{Call, Client, ClientError, WorkerError};
 
 use crate::procs::{Spawned, Tag};
 
 /// How long a request waits for the control socket to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request waits for its reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An error and its sources, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
 
 /// A `tern run` command line to add arguments to: `tern run`.
 pub fn tern_run() -> Command {
@@ -240,30 +256,56 @@ impl Worker {
         }
     }
 
-    fn connect(&self) -> UnixStream {
+    /// A client of its control socket (each call connects anew; a reply
+    /// may take at most [`REPLY_TIMEOUT`]).
+    pub fn client(&self) -> Client {
+        Client::new(self.sock()).with_timeout(REPLY_TIMEOUT)
+    }
+
+    /// Sends `req` and returns the outcome as it is. While the socket does
+    /// not accept yet (a migration destination serves it once the VM has
+    /// arrived) it retries for [`CONNECT_TIMEOUT`], unless the worker exits.
+    pub fn try_call<R: Call + Clone>(&self, req: R) -> Result<R::Reply, ClientError> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let client = self.client();
         loop {
-            match UnixStream::connect(self.sock()) {
-                Ok(s) => return s,
-                Err(e) => {
-                    if let Some(st) = self.exited() {
-                        panic!("{}: exited ({st}): {}", self.name, self.stderr());
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "{}: control socket: {e}",
-                        self.name
-                    );
+            match client.call(req.clone()) {
+                Err(ClientError::Connect { .. })
+                    if Instant::now() < deadline && self.exited().is_none() =>
+                {
                     std::thread::sleep(Duration::from_millis(20));
                 }
+                r => return r,
             }
         }
     }
 
-    /// Sends one line on the control socket as it is (for malformed
-    /// requests) and returns the reply.
+    /// Sends `req`, which must succeed; returns its typed reply.
+    pub fn call<R: Call + Clone + std::fmt::Debug>(&self, req: R) -> R::Reply {
+        self.try_call(req.clone()).unwrap_or_else(|e| {
+            panic!(
+                "{}: {req:?} failed: {}\n{}",
+                self.name,
+                chain(&e),
+                self.stderr()
+            )
+        })
+    }
+
+    /// Sends `req`, which the worker must refuse; returns the refusal.
+    pub fn refused<R: Call + Clone + std::fmt::Debug>(&self, req: R) -> WorkerError {
+        match self.try_call(req.clone()) {
+            Err(ClientError::Worker(e)) => e,
+            Ok(_) => panic!("{}: {req:?} was accepted", self.name),
+            Err(e) => panic!("{}: {req:?} got no answer: {}", self.name, chain(&e)),
+        }
+    }
+
+    /// Sends one line as it is and returns the reply line as JSON: for
+    /// input the protocol cannot express (a malformed or unknown request).
     pub fn raw_request(&self, line: &str) -> Value {
-        let mut s = self.connect();
+        let mut s = UnixStream::connect(self.sock())
+            .unwrap_or_else(|e| panic!("{}: control socket: {e}", self.name));
         writeln!(s, "{line}").unwrap();
         let mut reply = String::new();
         BufReader::new(s).read_line(&mut reply).unwrap();
@@ -271,27 +313,9 @@ impl Worker {
             .unwrap_or_else(|e| panic!("{}: bad reply {reply:?}: {e}", self.name))
     }
 
-    /// Sends one control request and returns the reply, whatever it says.
-    pub fn request(&self, req: &Value) -> Value {
-        self.raw_request(&req.to_string())
-    }
-
-    /// Sends one control request that must succeed (`ok` true).
-    pub fn ok(&self, req: &Value) -> Value {
-        let r = self.request(req);
-        assert_eq!(
-            r["ok"],
-            true,
-            "{}: {req} -> {r}\n{}",
-            self.name,
-            self.stderr()
-        );
-        r
-    }
-
-    /// The worker's status reply.
-    pub fn status(&self) -> Value {
-        self.ok(&json!({"cmd": "status"}))
+    /// The worker's status.
+    pub fn status(&self) -> StatusReply {
+        self.call(Status {})
     }
 
     /// Waits until `pred` holds on the status (or panics after `timeout`);
@@ -300,8 +324,8 @@ impl Worker {
         &self,
         timeout: Duration,
         what: &str,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Value {
+        pred: impl Fn(&StatusReply) -> bool,
+    ) -> StatusReply {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.status();
@@ -310,7 +334,7 @@ impl Worker {
             }
             assert!(
                 Instant::now() < deadline,
-                "{}: timed out waiting for {what}: {s}\n{}",
+                "{}: timed out waiting for {what}: {s:?}\n{}",
                 self.name,
                 self.stderr()
             );
@@ -318,14 +342,15 @@ impl Worker {
         }
     }
 
+    /// The probe guest's status page (all zero before it is readable).
+    pub fn probe(&self) -> ProbeStatus {
+        self.status().probe.unwrap_or_default()
+    }
+
     /// (generation, cursor) of the probe's dirty workload.
     pub fn progress(&self) -> (u64, u64) {
-        let v = self.status();
-        let p = &v["probe"];
-        (
-            p["generation"].as_u64().unwrap_or(0),
-            p["cursor"].as_u64().unwrap_or(0),
-        )
+        let p = self.probe();
+        (p.generation, p.cursor)
     }
 
     /// The dirty workload's generation (passes over its memory).
@@ -349,7 +374,7 @@ impl Worker {
 
     /// Ends the probe's current step (`probe-stop`).
     pub fn probe_stop(&self) {
-        self.ok(&json!({"cmd": "probe-stop"}));
+        self.call(ProbeStop {});
     }
 
     /// Stops the dirty step; the guest's `verify` step checks every page,

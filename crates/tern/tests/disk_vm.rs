@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 use tern_probe_abi::blk::sector_bytes;
+use tern_test_support::proto::requests::{
+    DiskQos, DiskResize, Events, ProbeStatus, QosEventKind, StatusReply,
+};
+use tern_test_support::proto::VmState;
 use tern_test_support::{tern_run, Worker};
 
 const MIB: u64 = 1 << 20;
@@ -190,7 +193,7 @@ fn qos_max_iops_holds_500_normalized_for_4k_and_64k() {
 
 /// Requests the device completed, from the worker's status.
 fn completed(w: &Worker) -> u64 {
-    w.status()["disks"][0]["requests"].as_u64().unwrap()
+    w.status().disks[0].requests
 }
 
 #[test]
@@ -206,13 +209,17 @@ fn qos_limit_raised_at_runtime_takes_effect_within_a_second() {
         &[spec(&img, ",max-iops=200")],
     );
     w.wait_status_until(Duration::from_secs(20), "requests flowing", |s| {
-        s["disks"][0]["requests"].as_u64().unwrap_or(0) > 50
+        s.disks.first().map_or(0, |d| d.requests) > 50
     });
     let (a, t0) = (completed(&w), Instant::now());
     std::thread::sleep(Duration::from_secs(1));
     let slow = (completed(&w) - a) as f64 / t0.elapsed().as_secs_f64();
-    let r = w.request(&json!({"cmd": "disk-qos", "disk": 0, "max_iops": 2000}));
-    assert_eq!(r["ok"], true, "{r}");
+    let r = w.call(DiskQos {
+        disk: 0,
+        max_iops: Some(2000),
+        ..DiskQos::default()
+    });
+    assert_eq!(r.qos.max_iops, 2000, "{r:?}");
     let raised = Instant::now();
     // The new rate within a second of the change: measured over 0.2..1 s.
     std::thread::sleep(Duration::from_millis(200));
@@ -250,18 +257,16 @@ fn unreachable_min_iops_raises_the_event() {
     );
     let deadline = Instant::now() + Duration::from_secs(25);
     let ev = loop {
-        let r = w.request(&json!({"cmd": "events"}));
-        assert_eq!(r["ok"], true, "{r}");
-        if let Some(e) = r["events"].as_array().and_then(|a| a.first()).cloned() {
+        if let Some(e) = w.call(Events {}).events.first().cloned() {
             break e;
         }
         assert!(Instant::now() < deadline, "no event: {}", w.stderr());
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(ev["event"], "min-iops-not-met", "{ev}");
-    assert_eq!(ev["disk"], 0);
-    assert_eq!(ev["min_iops"], 100_000_000);
-    assert!(ev["measured_iops"].as_u64().unwrap() > 0, "{ev}");
+    assert_eq!(ev.event, QosEventKind::MinIopsNotMet, "{ev:?}");
+    assert_eq!(ev.disk, 0);
+    assert_eq!(ev.min_iops, 100_000_000);
+    assert!(ev.measured_iops > 0, "{ev:?}");
     let (code, stderr) = w.finish(Duration::from_secs(60));
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("min-iops-not-met"), "{stderr}");
@@ -284,8 +289,13 @@ fn unmet_minimum_is_quiet_when_reachable() {
     assert!(!stderr.contains("min-iops-not-met"), "{stderr}");
 }
 
-fn probe(s: &Value) -> &Value {
-    &s["probe"]
+/// The probe's status page in `s` (all zero before it is readable).
+fn probe(s: &StatusReply) -> ProbeStatus {
+    s.probe.clone().unwrap_or_default()
+}
+
+fn resize(size: u64) -> DiskResize {
+    DiskResize { disk: 0, size }
 }
 
 #[test]
@@ -301,16 +311,16 @@ fn grow_while_the_guest_watches_capacity() {
     ] {
         let w = start("blk-capacity", &[spec(&img, "")]);
         w.wait_status_until(Duration::from_secs(20), "the guest reading 64 MiB", |s| {
-            probe(s)["blk_capacity"] == 64 * MIB
+            probe(s).blk_capacity == 64 * MIB
         });
-        let r = w.request(&json!({"cmd": "disk-resize", "disk": 0, "size": 96 * MIB}));
-        assert_eq!(r["ok"], true, "{r}");
+        let r = w.call(resize(96 * MIB));
+        assert_eq!(r.capacity, 96 * MIB, "{r:?}");
         let s = w.wait_status_until(Duration::from_secs(10), "the guest seeing 96 MiB", |s| {
-            probe(s)["blk_capacity"] == 96 * MIB
+            probe(s).blk_capacity == 96 * MIB
         });
-        assert!(probe(&s)["blk_capacity_changes"].as_u64().unwrap() >= 1);
-        assert_eq!(s["disks"][0]["capacity"], 96 * MIB);
-        assert_eq!(w.request(&json!({"cmd": "probe-stop"}))["ok"], true);
+        assert!(probe(&s).blk_capacity_changes >= 1);
+        assert_eq!(s.disks[0].capacity, 96 * MIB);
+        w.probe_stop();
         let (code, stderr) = w.finish(Duration::from_secs(30));
         assert_eq!(code, 0, "{}: {stderr}", img.display());
         assert!(stderr.contains("blk-capacity"), "{stderr}");
@@ -335,29 +345,25 @@ fn shrink_refused_while_data_is_there_accepted_after_trim() {
         w.wait_status_until(
             Duration::from_secs(60),
             "blk-verify done, capacity watched",
-            |s| probe(s)["step"] == 1 && probe(s)["blk_in_use_end"] == 48 * MIB,
+            |s| probe(s).step == 1 && probe(s).blk_in_use_end == 48 * MIB,
         );
-        let shrink = json!({"cmd": "disk-resize", "disk": 0, "size": 32 * MIB});
-        let r = w.request(&shrink);
-        assert_eq!(r["ok"], false, "{r}");
-        let e = r["error"].as_str().unwrap();
+        let e = w.refused(resize(32 * MIB)).message;
         assert!(e.contains("cannot shrink to 33554432 bytes"), "{e}");
-        assert_eq!(w.status()["disks"][0]["capacity"], 64 * MIB);
+        assert_eq!(w.status().disks[0].capacity, 64 * MIB);
         // The guest trims from 16 MiB and says so; the next step watches.
-        assert_eq!(w.request(&json!({"cmd": "probe-stop"}))["ok"], true);
+        w.probe_stop();
         w.wait_status_until(Duration::from_secs(60), "the trim done", |s| {
-            probe(s)["step"] == 3 && probe(s)["blk_in_use_end"] == 16 * MIB
+            probe(s).step == 3 && probe(s).blk_in_use_end == 16 * MIB
         });
-        let r = w.request(&shrink);
-        assert_eq!(r["ok"], true, "{}: {r}", img.display());
+        let r = w.call(resize(32 * MIB));
+        assert_eq!(r.capacity, 32 * MIB, "{}: {r:?}", img.display());
         w.wait_status_until(Duration::from_secs(10), "the guest seeing 32 MiB", |s| {
-            probe(s)["blk_capacity"] == 32 * MIB
+            probe(s).blk_capacity == 32 * MIB
         });
         // Below what the guest still uses: refused by the guest's own claim.
-        let r = w.request(&json!({"cmd": "disk-resize", "disk": 0, "size": 8 * MIB}));
-        assert_eq!(r["ok"], false, "{r}");
-        assert!(r["error"].as_str().unwrap().contains("still uses"), "{r}");
-        assert_eq!(w.request(&json!({"cmd": "probe-stop"}))["ok"], true);
+        let e = w.refused(resize(8 * MIB));
+        assert!(e.message.contains("still uses"), "{e:?}");
+        w.probe_stop();
         let (code, stderr) = w.finish(Duration::from_secs(30));
         assert_eq!(code, 0, "{}: {stderr}", img.display());
     }
@@ -395,12 +401,12 @@ fn missing_locked_and_corrupt_disks_are_refused_clearly() {
         assert!(stderr.contains("locked by another process"), "{stderr}");
     }
     // Two read-only users may share it once the writer is gone.
-    assert_eq!(holder.request(&json!({"cmd": "probe-stop"}))["ok"], true);
+    holder.probe_stop();
     assert_eq!(holder.finish(Duration::from_secs(30)).0, 0);
     let a = start("blk-capacity", &[spec(&img, ",readonly")]);
     let (code, stderr) = run_to_end("hello", &[spec(&img, ",readonly")], 30);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(a.request(&json!({"cmd": "probe-stop"}))["ok"], true);
+    a.probe_stop();
     assert_eq!(a.finish(Duration::from_secs(30)).0, 0);
 }
 
@@ -420,15 +426,15 @@ fn guest_addressing_past_the_end_gets_an_error_and_the_vm_runs_on() {
         &[spec(&img, "")],
     );
     w.wait_status_until(Duration::from_secs(20), "requests flowing", |s| {
-        s["disks"][0]["requests"].as_u64().unwrap_or(0) > 100
+        s.disks.first().map_or(0, |d| d.requests) > 100
     });
-    let r = w.request(&json!({"cmd": "disk-resize", "disk": 0, "size": 16 * MIB}));
-    assert_eq!(r["ok"], true, "{r}");
+    let r = w.call(resize(16 * MIB));
+    assert_eq!(r.capacity, 16 * MIB, "{r:?}");
     w.wait_status_until(Duration::from_secs(10), "failed requests", |s| {
-        s["disks"][0]["errors"].as_u64().unwrap_or(0) > 0
+        s.disks.first().map_or(0, |d| d.errors) > 0
     });
     // The VM runs on: the control socket answers and the guest finishes.
-    assert_eq!(w.status()["state"], "running");
+    assert_eq!(w.status().state, VmState::Running);
     let (code, stderr) = w.finish(Duration::from_secs(60));
     // The guest saw I/O errors (its step fails: status 1), the host names
     // the bad request once, and nothing crashed.

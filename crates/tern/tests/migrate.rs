@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tern_test_support::procs::{self, Spawned, Tag};
+use tern_test_support::proto::migration::{MigrateStatus, MigrationPhase, MigrationStatus};
+use tern_test_support::proto::VmState;
 use tern_test_support::{tern_run, Worker};
 
 const WORKLOAD: &str = "probe:dirty,mib=32,rate=64+verify";
@@ -229,24 +231,27 @@ fn migrate_bg(src: &Worker, to: &str, extra: &[&str]) -> Spawned {
 fn wait_sending(src: &Worker) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v = src.request(&json!({"cmd": "migrate-status"}));
-        if v["phase"] == "precopy" && v["bytes_sent"].as_u64().unwrap_or(0) > 1 << 20 {
+        let v = src.call(MigrateStatus {});
+        if v.phase == MigrationPhase::Precopy && v.bytes_sent > 1 << 20 {
             return;
         }
-        assert!(Instant::now() < deadline, "migration never got going: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "migration never got going: {v:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Waits for the source's migration to end; returns its status.
-fn wait_migration_end(src: &Worker, timeout: Duration) -> Value {
+fn wait_migration_end(src: &Worker, timeout: Duration) -> MigrationStatus {
     let deadline = Instant::now() + timeout;
     loop {
-        let v = src.request(&json!({"cmd": "migrate-status"}));
-        if ["completed", "failed", "cancelled"].contains(&v["phase"].as_str().unwrap_or("")) {
+        let v = src.call(MigrateStatus {});
+        if v.phase.is_final() {
             return v;
         }
-        assert!(Instant::now() < deadline, "migration did not end: {v}");
+        assert!(Instant::now() < deadline, "migration did not end: {v:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -263,8 +268,8 @@ fn output_of(mut child: Spawned) -> (Option<i32>, String, String) {
 /// The source still runs its guest: the dirty workload makes progress.
 fn assert_source_runs(src: &Worker) {
     assert_eq!(
-        src.request(&json!({"cmd": "status"}))["state"],
-        "running",
+        src.status().state,
+        VmState::Running,
         "source VM must run on"
     );
     let g = src.generation();
@@ -289,7 +294,7 @@ fn killing_the_destination_leaves_the_source_running_and_a_retry_succeeds() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("keeps running on the source"), "{stderr}");
     let v = wait_migration_end(&src, Duration::from_secs(30));
-    assert_eq!(v["phase"], "failed", "{v}");
+    assert_eq!(v.phase, MigrationPhase::Failed, "{v:?}");
     assert_source_runs(&src);
     // A retry to a new destination succeeds; nothing was lost.
     let (dst2, ep2) = destination(dir.path(), "dest2", "tcp:127.0.0.1:0", None);
@@ -327,7 +332,7 @@ fn cancel_leaves_the_source_running_and_the_destination_takes_a_retry() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("cancelled"), "{stderr}");
     let v = wait_migration_end(&src, Duration::from_secs(30));
-    assert_eq!(v["phase"], "cancelled", "{v}");
+    assert_eq!(v.phase, MigrationPhase::Cancelled, "{v:?}");
     assert_source_runs(&src);
     // The destination dropped the attempt and waits again: retry there.
     dst.wait_line("incoming migration failed", Duration::from_secs(20));
@@ -702,11 +707,7 @@ fn a_vm_migrates_during_disk_io_and_its_vhdx_is_handed_over() {
     let (dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", Some(disk_vm(&disk)));
     // Let the guest's writes get going: requests are in flight throughout.
     let t = Instant::now();
-    while src.request(&json!({"cmd": "status"}))["disks"][0]["requests"]
-        .as_u64()
-        .unwrap_or(0)
-        < 200
-    {
+    while src.status().disks.first().map_or(0, |d| d.requests) < 200 {
         assert!(t.elapsed() < Duration::from_secs(30), "{}", src.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -743,7 +744,7 @@ fn a_destination_that_cannot_open_the_disk_leaves_the_source_running_with_it() {
     hold.args(["--disk", &format!("path={}", other.display())]);
     let holder = spawn("holder", dir.path(), hold);
     // Its control socket answers once its disk is open (and locked).
-    assert_eq!(holder.request(&json!({"cmd": "status"}))["ok"], true);
+    holder.status();
     let (_dst, ep) = destination(
         dir.path(),
         "dest",

@@ -12,10 +12,22 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use serde_json::json;
 use tern_snapshot::file::{self, Header};
 use tern_snapshot::proto::Snapshot;
+use tern_test_support::proto::requests::{
+    CheckpointCreate, CheckpointDelete, CheckpointList, CheckpointRevert, Export, Pause, Resume,
+    Save,
+};
+use tern_test_support::proto::VmState;
 use tern_test_support::{procs, tern_run, Worker};
+
+/// `checkpoint-create NAME`, with or without memory.
+fn checkpoint(name: &str, memory: bool) -> CheckpointCreate {
+    CheckpointCreate {
+        name: name.into(),
+        memory,
+    }
+}
 
 /// How long a worker may take to end by itself.
 const EXIT: Duration = Duration::from_secs(120);
@@ -68,17 +80,14 @@ fn make_saved(cwd: &Path, saved: &Path, memory: &str, vcpus: &str) -> (u64, u64)
         &["--vcpus", vcpus, "--memory", memory, "--guest", WORKLOAD],
     );
     w.wait_generation(2);
-    let r = w.ok(&json!({"cmd": "save", "dir": saved}));
-    assert_eq!(r["state"], "saved");
+    let r = w.call(Save { dir: saved.into() });
+    assert_eq!(r.state, VmState::Saved);
     let (code, stderr) = w.finish(EXIT);
     assert_eq!(code, 0, "save must stop the worker: {stderr}");
     assert!(saved.join("state.bin").is_file() && saved.join("memory.bin").is_file());
     let st = file::read::<Snapshot>(&saved.join("state.bin")).unwrap();
     assert!(st.unknown.is_empty());
-    (
-        r["memory"].as_u64().unwrap(),
-        r["memory_written"].as_u64().unwrap(),
-    )
+    (r.memory, r.memory_written)
 }
 
 #[test]
@@ -249,10 +258,9 @@ fn damaged_newer_and_incomplete_saved_states_are_refused_and_left_as_they_are() 
         &["--memory", "64M", "--guest", "probe:dirty,mib=4+verify"],
     );
     w.wait_generation(1);
-    let r = w.request(&json!({"cmd": "save", "dir": saved}));
-    assert_eq!(r["ok"], false);
-    assert!(r["error"].as_str().unwrap().contains("not empty"), "{r}");
-    assert_eq!(w.ok(&json!({"cmd": "status"}))["state"], "running");
+    let e = w.refused(Save { dir: saved });
+    assert!(e.message.contains("not empty"), "{e:?}");
+    assert_eq!(w.status().state, VmState::Running);
     w.finish_and_verify();
 }
 
@@ -303,62 +311,48 @@ fn memory_checkpoints_form_a_tree_revert_exactly_and_delete_cleanly() {
         ],
     );
     w.wait_generation(2);
-    w.ok(&json!({"cmd": "pause"}));
+    w.call(Pause {});
     let at_one = w.progress();
-    let c1 = w.ok(&json!({"cmd": "checkpoint-create", "name": "one", "memory": true}));
-    assert_eq!(c1["checkpoint"]["id"], 1);
-    assert_eq!(c1["checkpoint"]["parent"], 0);
+    let c1 = w.call(checkpoint("one", true));
+    assert_eq!(c1.checkpoint.id, 1);
+    assert_eq!(c1.checkpoint.parent, 0);
     assert_eq!(w.progress(), at_one, "a paused VM stays paused");
-    w.ok(&json!({"cmd": "resume"}));
+    w.call(Resume {});
     w.wait_generation(at_one.0 + 2);
-    let c2 = w.ok(&json!({"cmd": "checkpoint-create", "name": "two", "memory": true}));
-    assert_eq!(c2["checkpoint"]["parent"], 1);
+    let c2 = w.call(checkpoint("two", true));
+    assert_eq!(c2.checkpoint.parent, 1);
     w.wait_generation(at_one.0 + 3);
 
     // Revert to one: memory and CPU state exactly as they were.
-    w.ok(&json!({"cmd": "pause"}));
-    let r = w.ok(&json!({"cmd": "checkpoint-revert", "id": 1}));
-    assert_eq!(r["state"], "paused");
+    w.call(Pause {});
+    let r = w.call(CheckpointRevert { id: 1 });
+    assert_eq!(r.state, VmState::Paused);
     assert_eq!(
         w.progress(),
         at_one,
         "revert did not restore the guest's progress"
     );
-    w.ok(&json!({"cmd": "resume"}));
+    w.call(Resume {});
     w.wait_generation(at_one.0 + 1);
     // A branch: three hangs from one, beside two.
-    let c3 = w.ok(&json!({"cmd": "checkpoint-create", "name": "three", "memory": false}));
-    assert_eq!(c3["checkpoint"]["parent"], 1);
-    let list = w.ok(&json!({"cmd": "checkpoint-list"}));
-    let parents: Vec<(u64, u64)> = list["checkpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["id"].as_u64().unwrap(), c["parent"].as_u64().unwrap()))
-        .collect();
+    let c3 = w.call(checkpoint("three", false));
+    assert_eq!(c3.checkpoint.parent, 1);
+    let list = w.call(CheckpointList {});
+    let parents: Vec<(u64, u64)> = list.checkpoints.iter().map(|c| (c.id, c.parent)).collect();
     assert_eq!(parents, [(1, 0), (2, 1), (3, 1)]);
-    assert_eq!(list["current"], 3);
+    assert_eq!(list.current, 3);
 
     // Deleting one re-parents its children; its files go.
-    w.ok(&json!({"cmd": "checkpoint-delete", "id": 1}));
+    w.call(CheckpointDelete { id: 1 });
     assert!(!store.join("1").exists());
-    let list = w.ok(&json!({"cmd": "checkpoint-list"}));
-    let parents: Vec<(u64, u64)> = list["checkpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["id"].as_u64().unwrap(), c["parent"].as_u64().unwrap()))
-        .collect();
+    let list = w.call(CheckpointList {});
+    let parents: Vec<(u64, u64)> = list.checkpoints.iter().map(|c| (c.id, c.parent)).collect();
     assert_eq!(parents, [(2, 0), (3, 0)]);
-    let e = w.request(&json!({"cmd": "checkpoint-revert", "id": 1}));
-    assert_eq!(e["ok"], false);
-    assert!(
-        e["error"].as_str().unwrap().contains("no checkpoint 1"),
-        "{e}"
-    );
+    let e = w.refused(CheckpointRevert { id: 1 });
+    assert!(e.message.contains("no checkpoint 1"), "{e:?}");
 
     // Revert to two (taken later on the other branch) and finish there.
-    w.ok(&json!({"cmd": "checkpoint-revert", "id": 2}));
+    w.call(CheckpointRevert { id: 2 });
     w.finish_and_verify();
 }
 
@@ -449,7 +443,7 @@ fn write_golden() {
         &["--memory", "20M", "--guest", GOLDEN_WORKLOAD],
     );
     w.wait_generation(2);
-    w.ok(&json!({"cmd": "save", "dir": saved}));
+    w.call(Save { dir: saved.clone() });
     assert_eq!(w.finish(EXIT).0, 0);
 
     // An export with a disk and a checkpoint.
@@ -473,10 +467,12 @@ fn write_golden() {
         ],
     );
     w.wait_generation(2);
-    w.ok(&json!({"cmd": "checkpoint-create", "name": "golden", "memory": true}));
+    w.call(checkpoint("golden", true));
     w.wait_generation(3);
     let export = work.path().join("export");
-    w.ok(&json!({"cmd": "export", "dir": export}));
+    w.call(Export {
+        dir: export.clone(),
+    });
     w.finish_and_verify();
 
     std::fs::create_dir_all(&out).unwrap();
@@ -563,11 +559,11 @@ fn golden_exports_of_every_format_import_restore_and_revert() {
                 dest.join("checkpoints").to_str().unwrap(),
             ],
         );
-        let list = w.ok(&json!({"cmd": "checkpoint-list"}));
-        assert_eq!(list["checkpoints"][0]["name"], "golden", "{list}");
+        let list = w.call(CheckpointList {});
+        assert_eq!(list.checkpoints[0].name, "golden", "{list:?}");
         let (g0, _) = w.progress();
         w.wait_generation(g0 + 1);
-        w.ok(&json!({"cmd": "checkpoint-revert", "id": 1}));
+        w.call(CheckpointRevert { id: 1 });
         let (g1, _) = w.progress();
         assert!(g1 < g0 + 1, "revert went back: {g1} vs {g0}");
         w.wait_generation(g1 + 1);
@@ -589,9 +585,7 @@ fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
 
 /// Step index of the probe's workload.
 fn step(w: &Worker) -> u64 {
-    w.ok(&json!({"cmd": "status"}))["probe"]["step"]
-        .as_u64()
-        .unwrap()
+    u64::from(w.probe().step)
 }
 
 fn wait_step(w: &Worker, want: u64) {
@@ -607,8 +601,7 @@ fn wait_step(w: &Worker, want: u64) {
 }
 
 fn disk_path(w: &Worker) -> PathBuf {
-    let v = w.ok(&json!({"cmd": "status"}));
-    PathBuf::from(v["disks"][0]["path"].as_str().unwrap())
+    w.status().disks[0].path.clone()
 }
 
 /// Whether the disk image at `path` (a chain is followed) holds the
@@ -663,21 +656,21 @@ fn disk_checkpoint_revert_brings_disk_and_memory_back_and_delete_merges() {
     );
     wait_step(&w, 1);
     w.wait_generation(1);
-    w.ok(&json!({"cmd": "pause"}));
+    w.call(Pause {});
     let at_checkpoint = w.progress();
-    w.ok(&json!({"cmd": "checkpoint-create", "name": "one-mib", "memory": true}));
+    w.call(checkpoint("one-mib", true));
     let first_child = disk_path(&w);
     assert!(first_child.starts_with(store.canonicalize().unwrap()));
-    w.ok(&json!({"cmd": "resume"}));
+    w.call(Resume {});
 
     // Write more: the second blk-verify covers 8 MiB.
-    w.ok(&json!({"cmd": "probe-stop"}));
+    w.probe_stop();
     wait_step(&w, 3);
-    w.ok(&json!({"cmd": "pause"}));
+    w.call(Pause {});
     assert_eq!(sector_state(&first_child, 4 << 20), "pattern");
 
     // Revert: memory, CPU and device state, and the disk as they were.
-    w.ok(&json!({"cmd": "checkpoint-revert", "id": 1}));
+    w.call(CheckpointRevert { id: 1 });
     assert_eq!(w.progress(), at_checkpoint);
     assert_eq!(step(&w), 1);
     let reverted = disk_path(&w);
@@ -685,14 +678,14 @@ fn disk_checkpoint_revert_brings_disk_and_memory_back_and_delete_merges() {
     assert!(!first_child.exists(), "the abandoned child is deleted");
     assert_eq!(sector_state(&reverted, 0), "pattern");
     assert_eq!(sector_state(&reverted, 4 << 20), "zero");
-    w.ok(&json!({"cmd": "resume"}));
+    w.call(Resume {});
 
     // The guest's driver goes on with the restored queues: write 8 MiB
     // again, then delete the checkpoint while it runs.
-    w.ok(&json!({"cmd": "probe-stop"}));
+    w.probe_stop();
     wait_step(&w, 3);
-    let r = w.ok(&json!({"cmd": "checkpoint-delete", "id": 1}));
-    assert_eq!(r["merged_disks"], 1, "{r}");
+    let r = w.call(CheckpointDelete { id: 1 });
+    assert_eq!(r.merged_disks, 1, "{r:?}");
     assert_eq!(
         disk_path(&w).canonicalize().unwrap(),
         base.canonicalize().unwrap()
@@ -739,13 +732,13 @@ fn saved_vm_with_a_disk_continues_its_io_on_another_host_and_a_missing_parent_is
     wait_step(&w, 1);
     w.wait_generation(1);
     let saved = root.path().join("saved");
-    w.ok(&json!({"cmd": "save", "dir": saved}));
+    w.call(Save { dir: saved.clone() });
     assert_eq!(w.finish(EXIT).0, 0);
 
     let host_b = tempfile::tempdir().unwrap();
     let w = start(host_b.path(), &["--restore", saved.to_str().unwrap()]);
     assert_eq!(step(&w), 1);
-    w.ok(&json!({"cmd": "probe-stop"}));
+    w.probe_stop();
     wait_step(&w, 3);
     w.finish_and_verify();
     assert_eq!(sector_state(&child, 4 << 20), "pattern");

@@ -8,6 +8,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use tern_test_support::procs::{self, Spawned, Tag};
+use tern_test_support::proto::requests::ProbeStop;
+use tern_test_support::proto::Client;
 use tern_test_support::{poll, Ternd as Daemon};
 
 fn alive(pid: u64) -> bool {
@@ -513,8 +515,10 @@ fn tern_vm_migrate_streams_a_vm_to_a_daemon_reached_over_tcp() {
     assert_eq!(b.state("far")["state"], "running");
     // The guest on B stops dirtying and checks every page it wrote.
     let ctl = tmp.path().join("b/state/run").join(format!("{id}.ctl"));
-    let mut s = std::os::unix::net::UnixStream::connect(&ctl).unwrap();
-    s.write_all(b"{\"cmd\":\"probe-stop\"}\n").unwrap();
+    Client::new(&ctl)
+        .with_timeout(Duration::from_secs(30))
+        .call(ProbeStop {})
+        .unwrap();
     poll(Duration::from_secs(60), "the guest on B to verify", || {
         (b.state("far")["state"] == "stopped").then_some(())
     });

@@ -4,7 +4,8 @@
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use serde_json::json;
+use tern_test_support::proto::requests::{Pause, ProbeStop, Resume, Shutdown};
+use tern_test_support::proto::VmState;
 use tern_test_support::{procs, tern_run, Worker};
 
 fn run(args: &[&str]) -> Output {
@@ -61,23 +62,24 @@ fn control_socket_pauses_resumes_and_stops_the_dirty_workload() {
         .args(["--serial", "null"]);
     let w = Worker::start("worker", cmd, &sock);
     w.wait_generation(2);
-    assert_eq!(w.request(&json!({"cmd": "pause"}))["state"], "paused");
+    assert_eq!(w.call(Pause {}).state, VmState::Paused);
     let frozen = w.progress();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(w.progress(), frozen, "progress while paused");
-    assert_eq!(w.request(&json!({"cmd": "resume"}))["state"], "running");
+    assert_eq!(w.call(Resume {}).state, VmState::Running);
     std::thread::sleep(Duration::from_millis(300));
     let after = w.progress();
     assert!(
         after > frozen,
         "no progress after resume: {frozen:?} {after:?}"
     );
-    // Bad requests get an error reply, and the worker keeps serving.
+    // Bad requests get an error reply, and the worker keeps serving (an
+    // unknown request is what the protocol's types cannot express).
     let bad = w.raw_request(r#"{"cmd":"explode"}"#);
     assert_eq!(bad["ok"], false);
     assert!(bad["error"].as_str().unwrap().contains("bad request"));
-    assert_eq!(w.request(&json!({"cmd": "resume"}))["ok"], false);
-    assert_eq!(w.request(&json!({"cmd": "probe-stop"}))["ok"], true);
+    w.refused(Resume {});
+    w.call(ProbeStop {});
     let (code, stderr) = w.finish(Duration::from_secs(60));
     assert_eq!(code, 0, "{stderr}");
     assert!(
@@ -97,7 +99,7 @@ fn shutdown_request_ends_the_worker_with_zero() {
     cmd.args(["--memory", "64M", "--guest", "probe:dirty,mib=4"])
         .args(["--serial", "null"]);
     let w = Worker::start("worker", cmd, &dir.path().join("ctl.sock"));
-    assert_eq!(w.request(&json!({"cmd": "shutdown"}))["ok"], true);
+    w.call(Shutdown {});
     assert_eq!(w.wait_exit(Duration::from_secs(60)), Some(0));
 }
 
