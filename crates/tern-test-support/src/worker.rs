@@ -59,8 +59,8 @@ pub struct Worker {
 
 impl Worker {
     /// Starts `cmd` (a [`tern_run`] command line) under a tag of its own.
-    /// Its stderr is collected (and echoed as `[name] ...`); stdin and
-    /// stdout are null unless the command set them.
+    /// Its stderr is collected (and echoed as `[name] ...`); its stdin and
+    /// stdout are null.
     pub fn spawn(name: &str, cmd: Command) -> Worker {
         Worker::spawn_under(name, cmd, None, &Tag::new())
     }
