@@ -19,12 +19,50 @@ export TERN_SKIP_LOG
 log=$(mktemp)
 trap 'rm -f "$TERN_SKIP_LOG" "$log"' EXIT
 
+# Every process the tests start inherits this tag; after them, a `tern` or
+# `ternd` process that still carries it was left behind (leak_check).
+TERN_TEST_RUN="$$-$(date +%s%N)"
+export TERN_TEST_RUN
+
+# Prints "PID COMMAND LINE" for each live tern/ternd process of this run.
+leaked() {
+  local d pid comm state env
+  for d in /proc/[0-9]*; do
+    pid=${d#/proc/}
+    comm=$(cat "$d/comm" 2>/dev/null) || continue
+    [[ $comm == tern || $comm == ternd ]] || continue
+    state=$(sed 's/.*) //' "$d/stat" 2>/dev/null | cut -c1) || continue
+    [[ $state == Z || -z $state ]] && continue
+    env=$(tr '\0' '\n' <"$d/environ" 2>/dev/null) || continue
+    grep -qxF "TERN_TEST_RUN=$TERN_TEST_RUN" <<<"$env" || continue
+    echo "$pid $(tr '\0' ' ' <"$d/cmdline" 2>/dev/null)"
+  done
+}
+
+# Fails the run, naming them, if processes it started outlived the tests;
+# then kills them.
+leaks=0
+leak_check() {
+  local found
+  found=$(leaked)
+  [[ -z $found ]] && return 0
+  leaks=$(wc -l <<<"$found")
+  echo
+  echo "== FAIL: ${leaks} tern/ternd process(es) the tests started are still alive:"
+  sed 's/^/   /' <<<"$found"
+  awk '{ print $1 }' <<<"$found" | xargs -r kill -KILL 2>/dev/null || true
+}
+
 echo "== cargo test"
 set +e
 # --no-fail-fast: one failing test binary must not hide the others' results.
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+leak_check
+if ((leaks)) && ((status == 0)); then
+  status=1
+fi
 
 # Fuzz targets, a few seconds each (scripts/fuzz.sh; fuzz/README.md): each
 # counts as one test, written to the log in cargo's result format so the

@@ -99,14 +99,11 @@ async fn a_worker_that_cannot_start_fails_with_its_error() {
     }
     let t = common::start(common::tern_exe()).await;
     // A probe image that does not exist: the worker exits 66 with a message.
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("d.sock");
-    let mut cfg = tern_daemon::Config::new(dir.path().join("state"), common::tern_exe());
-    cfg.probe_image = Some("/nonexistent/probe".into());
-    let (_daemon, _server) = tern_daemon::server::spawn_in_process(cfg, &socket)
-        .await
-        .unwrap();
-    let c = tern_api::Client::new(tern_api::Endpoint::Unix(socket));
+    let bad = common::start_with(common::tern_exe(), |cfg| {
+        cfg.probe_image = Some("/nonexistent/probe".into());
+    })
+    .await;
+    let c = &bad.client;
     c.create_vm(&spec("bad", "probe:hello")).await.unwrap();
     let e = c.vm_action("bad", "start").await.unwrap_err();
     assert_eq!(e.status(), Some(500), "{e}");

@@ -3,10 +3,26 @@
 //! A test that cannot run here (no `/dev/kvm`, a host tool missing) must not
 //! pass silently: [`skip`] prints a loud line and appends it to the file named
 //! by `TERN_SKIP_LOG`, which the test script counts and prints at the end.
+//!
+//! Processes a test starts go through [`worker::Worker`] (`tern run`),
+//! [`ternd::Ternd`] (the daemon and the CLI) or [`procs`]: each is killed
+//! with everything it started when its value is dropped, by a panic too.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub mod procs;
+pub mod ternd;
+pub mod worker;
+
+/// The worker protocol the harness speaks, for tests to name requests.
+pub use tern_worker_proto as proto;
+
+pub use procs::{alive, Tag};
+pub use ternd::Ternd;
+pub use worker::{tern_run, Worker};
 
 /// Records that `test` was skipped for `reason`. Call it, then `return`.
 pub fn skip(test: &str, reason: &str) {
@@ -52,6 +68,44 @@ pub fn target_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps")
         .to_path_buf()
+}
+
+/// A binary of the workspace built beside the tests; panics naming the
+/// build command when it is missing.
+fn built(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} missing: build it first (cargo build -p tern)",
+        p.display()
+    );
+    p
+}
+
+/// The `tern` binary (CLI and `tern run` worker).
+pub fn tern_exe() -> PathBuf {
+    built("tern")
+}
+
+/// The `ternd` daemon binary.
+pub fn ternd_exe() -> PathBuf {
+    built("ternd")
+}
+
+/// Polls `f` every 20 ms until it returns `Some`; panics naming `what`
+/// after `timeout`.
+pub fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Path of the probe guest image built beside the tests.

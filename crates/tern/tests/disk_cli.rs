@@ -8,11 +8,9 @@ use std::process::{Command, Output};
 const MIB: u64 = 1 << 20;
 
 fn tern(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("disk")
-        .args(args)
-        .output()
-        .expect("run tern")
+    let mut cmd = Command::new(tern_test_support::tern_exe());
+    cmd.arg("disk").args(args);
+    tern_test_support::procs::output(&mut cmd).expect("run tern")
 }
 
 fn json(args: &[&str]) -> Value {

@@ -6,178 +6,39 @@
 //! host tool it needs.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tern_probe_abi::blk::sector_bytes;
+use tern_test_support::proto::requests::{
+    DiskQos, DiskResize, Events, ProbeStatus, QosEventKind, StatusReply,
+};
+use tern_test_support::proto::VmState;
+use tern_test_support::{tern_run, Worker};
 
 const MIB: u64 = 1 << 20;
 
-fn tern() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tern"))
-}
-
-/// A worker in the background with its stderr collected.
-struct Worker {
-    child: Child,
-    sock: PathBuf,
-    stderr: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Worker {
-    fn start(workload: &str, disks: &[String]) -> Worker {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("ctl.sock");
-        let mut cmd = tern();
-        cmd.args(["run", "--memory", "64M", "--serial", "null"])
-            .arg("--guest")
-            .arg(format!("probe:{workload}"))
-            .arg("--control")
-            .arg(&sock);
-        for d in disks {
-            cmd.arg("--disk").arg(d);
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tern");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (mut pipe, buf) = (child.stderr.take().unwrap(), stderr.clone());
-        std::thread::spawn(move || {
-            let mut b = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut b) {
-                if n == 0 {
-                    break;
-                }
-                buf.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&b[..n]));
-            }
-        });
-        let w = Worker {
-            child,
-            sock,
-            stderr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&w.sock).is_err() {
-            if let Some(st) = w.child_exited() {
-                panic!("worker exited ({st}) before serving: {}", w.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no control socket: {}",
-                w.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        w
-    }
-
-    fn child_exited(&self) -> Option<String> {
-        // try_wait needs &mut; peek through /proc instead.
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        stat.split(' ')
-            .nth(2)
-            .filter(|s| *s == "Z")
-            .map(|_| "exited".into())
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn req(&self, req: &str) -> Value {
-        let mut s = UnixStream::connect(&self.sock).expect("connect control socket");
-        writeln!(s, "{req}").unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
-    }
-
-    fn status(&self) -> Value {
-        self.req(r#"{"cmd":"status"}"#)
-    }
-
-    /// Waits until `pred` holds on the status (or panics after `secs`).
-    fn wait_status(&self, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let s = self.status();
-            if pred(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {s}\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for the worker to end; its exit code and stderr.
-    fn wait(mut self, secs: u64) -> (i32, String) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                // Let the reader thread drain the pipe.
-                std::thread::sleep(Duration::from_millis(50));
-                return (st.code().unwrap_or(-1), self.stderr());
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("worker did not finish: {}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs a worker to its end.
-fn run_to_end(workload: &str, disks: &[String], secs: u64) -> (i32, String) {
-    let out = tern()
-        .args(["run", "--memory", "64M", "--serial", "null"])
+/// `tern run` of a 64 MiB VM running probe `workload` on `disks`.
+fn vm(workload: &str, disks: &[String]) -> Command {
+    let mut cmd = tern_run();
+    cmd.args(["--memory", "64M", "--serial", "null"])
         .arg("--guest")
-        .arg(format!("probe:{workload}"))
-        .args(disks.iter().flat_map(|d| ["--disk", d.as_str()]))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tern");
-    let pid = out.id();
-    let waiter = std::thread::spawn(move || out.wait_with_output());
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !waiter.is_finished() {
-        if Instant::now() > deadline {
-            // SAFETY: pid is our own child, still unreaped (the waiter holds it).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("worker ran past {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        .arg(format!("probe:{workload}"));
+    for d in disks {
+        cmd.arg("--disk").arg(d);
     }
-    let o = waiter.join().unwrap().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    cmd
+}
+
+/// A worker in the background with a control socket.
+fn start(workload: &str, disks: &[String]) -> Worker {
+    Worker::start_temp("worker", vm(workload, disks))
+}
+
+/// Runs a worker to its end: its exit code and stderr.
+fn run_to_end(workload: &str, disks: &[String], secs: u64) -> (i32, String) {
+    Worker::spawn("worker", vm(workload, disks)).finish(Duration::from_secs(secs))
 }
 
 /// `key=value` tokens of the probe's summary line (the one with a
@@ -332,7 +193,7 @@ fn qos_max_iops_holds_500_normalized_for_4k_and_64k() {
 
 /// Requests the device completed, from the worker's status.
 fn completed(w: &Worker) -> u64 {
-    w.status()["disks"][0]["requests"].as_u64().unwrap()
+    w.status().disks[0].requests
 }
 
 #[test]
@@ -343,18 +204,22 @@ fn qos_limit_raised_at_runtime_takes_effect_within_a_second() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = raw_disk(dir.path(), "d.img", 64 * MIB);
-    let w = Worker::start(
+    let w = start(
         "blk-iops,bs=4k,qd=1,secs=8,mix=randread",
         &[spec(&img, ",max-iops=200")],
     );
-    w.wait_status(20, "requests flowing", |s| {
-        s["disks"][0]["requests"].as_u64().unwrap_or(0) > 50
+    w.wait_status_until(Duration::from_secs(20), "requests flowing", |s| {
+        s.disks.first().map_or(0, |d| d.requests) > 50
     });
     let (a, t0) = (completed(&w), Instant::now());
     std::thread::sleep(Duration::from_secs(1));
     let slow = (completed(&w) - a) as f64 / t0.elapsed().as_secs_f64();
-    let r = w.req(r#"{"cmd":"disk-qos","disk":0,"max_iops":2000}"#);
-    assert_eq!(r["ok"], true, "{r}");
+    let r = w.call(DiskQos {
+        disk: 0,
+        max_iops: Some(2000),
+        ..DiskQos::default()
+    });
+    assert_eq!(r.qos.max_iops, 2000, "{r:?}");
     let raised = Instant::now();
     // The new rate within a second of the change: measured over 0.2..1 s.
     std::thread::sleep(Duration::from_millis(200));
@@ -372,7 +237,7 @@ fn qos_limit_raised_at_runtime_takes_effect_within_a_second() {
         fast > 1000.0,
         "rate after raising to 2000 was {fast} (before: {slow})"
     );
-    let (code, stderr) = w.wait(60);
+    let (code, stderr) = w.finish(Duration::from_secs(60));
     assert_eq!(code, 0, "{stderr}");
 }
 
@@ -386,25 +251,23 @@ fn unreachable_min_iops_raises_the_event() {
     let img = raw_disk(dir.path(), "d.img", 64 * MIB);
     // Three windows in a row must see demand; a long run leaves room for
     // a loaded host stalling the guest now and then.
-    let w = Worker::start(
+    let w = start(
         "blk-iops,bs=4k,qd=1,secs=15,mix=randread",
         &[spec(&img, ",min-iops=100000000")],
     );
     let deadline = Instant::now() + Duration::from_secs(25);
     let ev = loop {
-        let r = w.req(r#"{"cmd":"events"}"#);
-        assert_eq!(r["ok"], true, "{r}");
-        if let Some(e) = r["events"].as_array().and_then(|a| a.first()).cloned() {
+        if let Some(e) = w.call(Events {}).events.first().cloned() {
             break e;
         }
         assert!(Instant::now() < deadline, "no event: {}", w.stderr());
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(ev["event"], "min-iops-not-met", "{ev}");
-    assert_eq!(ev["disk"], 0);
-    assert_eq!(ev["min_iops"], 100_000_000);
-    assert!(ev["measured_iops"].as_u64().unwrap() > 0, "{ev}");
-    let (code, stderr) = w.wait(60);
+    assert_eq!(ev.event, QosEventKind::MinIopsNotMet, "{ev:?}");
+    assert_eq!(ev.disk, 0);
+    assert_eq!(ev.min_iops, 100_000_000);
+    assert!(ev.measured_iops > 0, "{ev:?}");
+    let (code, stderr) = w.finish(Duration::from_secs(60));
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("min-iops-not-met"), "{stderr}");
 }
@@ -417,17 +280,22 @@ fn unmet_minimum_is_quiet_when_reachable() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = raw_disk(dir.path(), "d.img", 64 * MIB);
-    let w = Worker::start(
+    let w = start(
         "blk-iops,bs=4k,qd=1,secs=6,mix=randread",
         &[spec(&img, ",min-iops=10")],
     );
-    let (code, stderr) = w.wait(60);
+    let (code, stderr) = w.finish(Duration::from_secs(60));
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("min-iops-not-met"), "{stderr}");
 }
 
-fn probe(s: &Value) -> &Value {
-    &s["probe"]
+/// The probe's status page in `s` (all zero before it is readable).
+fn probe(s: &StatusReply) -> ProbeStatus {
+    s.probe.clone().unwrap_or_default()
+}
+
+fn resize(size: u64) -> DiskResize {
+    DiskResize { disk: 0, size }
 }
 
 #[test]
@@ -441,22 +309,19 @@ fn grow_while_the_guest_watches_capacity() {
         raw_disk(dir.path(), "d.img", 64 * MIB),
         vhdx_disk(dir.path(), "d.vhdx", 64 * MIB),
     ] {
-        let w = Worker::start("blk-capacity", &[spec(&img, "")]);
-        w.wait_status(20, "the guest reading 64 MiB", |s| {
-            probe(s)["blk_capacity"] == 64 * MIB
+        let w = start("blk-capacity", &[spec(&img, "")]);
+        w.wait_status_until(Duration::from_secs(20), "the guest reading 64 MiB", |s| {
+            probe(s).blk_capacity == 64 * MIB
         });
-        let r = w.req(&format!(
-            r#"{{"cmd":"disk-resize","disk":0,"size":{}}}"#,
-            96 * MIB
-        ));
-        assert_eq!(r["ok"], true, "{r}");
-        let s = w.wait_status(10, "the guest seeing 96 MiB", |s| {
-            probe(s)["blk_capacity"] == 96 * MIB
+        let r = w.call(resize(96 * MIB));
+        assert_eq!(r.capacity, 96 * MIB, "{r:?}");
+        let s = w.wait_status_until(Duration::from_secs(10), "the guest seeing 96 MiB", |s| {
+            probe(s).blk_capacity == 96 * MIB
         });
-        assert!(probe(&s)["blk_capacity_changes"].as_u64().unwrap() >= 1);
-        assert_eq!(s["disks"][0]["capacity"], 96 * MIB);
-        assert_eq!(w.req(r#"{"cmd":"probe-stop"}"#)["ok"], true);
-        let (code, stderr) = w.wait(30);
+        assert!(probe(&s).blk_capacity_changes >= 1);
+        assert_eq!(s.disks[0].capacity, 96 * MIB);
+        w.probe_stop();
+        let (code, stderr) = w.finish(Duration::from_secs(30));
         assert_eq!(code, 0, "{}: {stderr}", img.display());
         assert!(stderr.contains("blk-capacity"), "{stderr}");
     }
@@ -473,38 +338,33 @@ fn shrink_refused_while_data_is_there_accepted_after_trim() {
         raw_disk(dir.path(), "d.img", 64 * MIB),
         vhdx_disk(dir.path(), "d.vhdx", 64 * MIB),
     ] {
-        let w = Worker::start(
+        let w = start(
             "blk-verify,mib=48+blk-capacity+blk-trim,from=16+blk-capacity",
             &[spec(&img, "")],
         );
-        w.wait_status(60, "blk-verify done, capacity watched", |s| {
-            probe(s)["step"] == 1 && probe(s)["blk_in_use_end"] == 48 * MIB
-        });
-        let shrink = format!(r#"{{"cmd":"disk-resize","disk":0,"size":{}}}"#, 32 * MIB);
-        let r = w.req(&shrink);
-        assert_eq!(r["ok"], false, "{r}");
-        let e = r["error"].as_str().unwrap();
+        w.wait_status_until(
+            Duration::from_secs(60),
+            "blk-verify done, capacity watched",
+            |s| probe(s).step == 1 && probe(s).blk_in_use_end == 48 * MIB,
+        );
+        let e = w.refused(resize(32 * MIB)).message;
         assert!(e.contains("cannot shrink to 33554432 bytes"), "{e}");
-        assert_eq!(w.status()["disks"][0]["capacity"], 64 * MIB);
+        assert_eq!(w.status().disks[0].capacity, 64 * MIB);
         // The guest trims from 16 MiB and says so; the next step watches.
-        assert_eq!(w.req(r#"{"cmd":"probe-stop"}"#)["ok"], true);
-        w.wait_status(60, "the trim done", |s| {
-            probe(s)["step"] == 3 && probe(s)["blk_in_use_end"] == 16 * MIB
+        w.probe_stop();
+        w.wait_status_until(Duration::from_secs(60), "the trim done", |s| {
+            probe(s).step == 3 && probe(s).blk_in_use_end == 16 * MIB
         });
-        let r = w.req(&shrink);
-        assert_eq!(r["ok"], true, "{}: {r}", img.display());
-        w.wait_status(10, "the guest seeing 32 MiB", |s| {
-            probe(s)["blk_capacity"] == 32 * MIB
+        let r = w.call(resize(32 * MIB));
+        assert_eq!(r.capacity, 32 * MIB, "{}: {r:?}", img.display());
+        w.wait_status_until(Duration::from_secs(10), "the guest seeing 32 MiB", |s| {
+            probe(s).blk_capacity == 32 * MIB
         });
         // Below what the guest still uses: refused by the guest's own claim.
-        let r = w.req(&format!(
-            r#"{{"cmd":"disk-resize","disk":0,"size":{}}}"#,
-            8 * MIB
-        ));
-        assert_eq!(r["ok"], false, "{r}");
-        assert!(r["error"].as_str().unwrap().contains("still uses"), "{r}");
-        assert_eq!(w.req(r#"{"cmd":"probe-stop"}"#)["ok"], true);
-        let (code, stderr) = w.wait(30);
+        let e = w.refused(resize(8 * MIB));
+        assert!(e.message.contains("still uses"), "{e:?}");
+        w.probe_stop();
+        let (code, stderr) = w.finish(Duration::from_secs(30));
         assert_eq!(code, 0, "{}: {stderr}", img.display());
     }
 }
@@ -534,20 +394,20 @@ fn missing_locked_and_corrupt_disks_are_refused_clearly() {
 
     // One worker holds the disk; a second is refused, read-only too.
     let img = raw_disk(dir.path(), "d.img", 16 * MIB);
-    let holder = Worker::start("blk-capacity", &[spec(&img, "")]);
+    let holder = start("blk-capacity", &[spec(&img, "")]);
     for extra in ["", ",readonly"] {
         let (code, stderr) = run_to_end("hello", &[spec(&img, extra)], 30);
         assert_eq!(code, 69, "{stderr}");
         assert!(stderr.contains("locked by another process"), "{stderr}");
     }
     // Two read-only users may share it once the writer is gone.
-    assert_eq!(holder.req(r#"{"cmd":"probe-stop"}"#)["ok"], true);
-    assert_eq!(holder.wait(30).0, 0);
-    let a = Worker::start("blk-capacity", &[spec(&img, ",readonly")]);
+    holder.probe_stop();
+    assert_eq!(holder.finish(Duration::from_secs(30)).0, 0);
+    let a = start("blk-capacity", &[spec(&img, ",readonly")]);
     let (code, stderr) = run_to_end("hello", &[spec(&img, ",readonly")], 30);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(a.req(r#"{"cmd":"probe-stop"}"#)["ok"], true);
-    assert_eq!(a.wait(30).0, 0);
+    a.probe_stop();
+    assert_eq!(a.finish(Duration::from_secs(30)).0, 0);
 }
 
 #[test]
@@ -561,24 +421,21 @@ fn guest_addressing_past_the_end_gets_an_error_and_the_vm_runs_on() {
     // Random reads over 64 MiB; the disk is cut to 16 MiB under them (its
     // tail holds no data, and blk-iops claims no range), so the guest
     // addresses sectors past the new end until its step ends.
-    let w = Worker::start(
+    let w = start(
         "blk-iops,bs=4k,qd=4,secs=4,mix=randread+hello",
         &[spec(&img, "")],
     );
-    w.wait_status(20, "requests flowing", |s| {
-        s["disks"][0]["requests"].as_u64().unwrap_or(0) > 100
+    w.wait_status_until(Duration::from_secs(20), "requests flowing", |s| {
+        s.disks.first().map_or(0, |d| d.requests) > 100
     });
-    let r = w.req(&format!(
-        r#"{{"cmd":"disk-resize","disk":0,"size":{}}}"#,
-        16 * MIB
-    ));
-    assert_eq!(r["ok"], true, "{r}");
-    w.wait_status(10, "failed requests", |s| {
-        s["disks"][0]["errors"].as_u64().unwrap_or(0) > 0
+    let r = w.call(resize(16 * MIB));
+    assert_eq!(r.capacity, 16 * MIB, "{r:?}");
+    w.wait_status_until(Duration::from_secs(10), "failed requests", |s| {
+        s.disks.first().map_or(0, |d| d.errors) > 0
     });
     // The VM runs on: the control socket answers and the guest finishes.
-    assert_eq!(w.status()["state"], "running");
-    let (code, stderr) = w.wait(60);
+    assert_eq!(w.status().state, VmState::Running);
+    let (code, stderr) = w.finish(Duration::from_secs(60));
     // The guest saw I/O errors (its step fails: status 1), the host names
     // the bad request once, and nothing crashed.
     assert_eq!(code, 1, "{stderr}");

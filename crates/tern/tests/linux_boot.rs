@@ -17,8 +17,10 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use tern_test_support::{tern_run, Worker};
 
 use tern_vmm::boot::linux::{e820_map, parse_cmdline_log, parse_e820_log, E820Entry};
 use tern_vmm::memory::ram_regions;
@@ -77,16 +79,6 @@ fn extract_vmlinux(test: &str, kernel: &Path, out: &Path) -> Option<()> {
     Some(())
 }
 
-/// A worker killed when dropped, so a failing assertion leaves no VM behind.
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// What the kernel printed before it had shown its command line and the
 /// whole e820 map (or the timeout passed, or the worker exited).
 struct Boot {
@@ -98,21 +90,13 @@ struct Boot {
 
 fn boot(dir: &Path, kernel: &Path, memory: &str, cmdline: &str) -> Boot {
     let serial = dir.join(format!("serial-{memory}.log"));
-    let stderr = dir.join(format!("stderr-{memory}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("run")
-        .arg("--kernel")
+    let mut cmd = tern_run();
+    cmd.arg("--kernel")
         .arg(kernel)
         .args(["--memory", memory, "--cmdline", cmdline])
-        .arg(format!("--serial=file:{}", serial.display()))
-        .arg("--control")
-        .arg(dir.join(format!("control-{memory}.sock")))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(&stderr).unwrap())
-        .spawn()
-        .expect("start tern run");
-    let mut worker = Worker(child);
+        .arg(format!("--serial=file:{}", serial.display()));
+    // Killed when dropped, so a failing assertion leaves no VM behind.
+    let worker = Worker::with_control("linux", cmd, &dir.join(format!("control-{memory}.sock")));
     let start = Instant::now();
     let mut exited = None;
     let mut text = String::new();
@@ -124,7 +108,7 @@ fn boot(dir: &Path, kernel: &Path, memory: &str, cmdline: &str) -> Boot {
         if parse_cmdline_log(&text).is_some() && e820_complete(&text) {
             break;
         }
-        if let Some(st) = worker.0.try_wait().unwrap() {
+        if let Some(st) = worker.exited() {
             exited = Some(st);
             text = std::fs::read_to_string(&serial).unwrap_or_default();
             break;
@@ -132,10 +116,11 @@ fn boot(dir: &Path, kernel: &Path, memory: &str, cmdline: &str) -> Boot {
         std::thread::sleep(Duration::from_millis(200));
     }
     let elapsed = start.elapsed();
+    let stderr = worker.stderr();
     drop(worker);
     Boot {
         serial: text,
-        stderr: std::fs::read_to_string(&stderr).unwrap_or_default(),
+        stderr,
         exited,
         elapsed,
     }

@@ -2,157 +2,40 @@
 //! memory during the migration, then verifying every page stamp at the
 //! destination.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
+use tern_test_support::procs::{self, Spawned, Tag};
+use tern_test_support::proto::migration::{MigrateStatus, MigrationPhase, MigrationStatus};
+use tern_test_support::proto::VmState;
+use tern_test_support::{tern_run, Worker};
 
 const WORKLOAD: &str = "probe:dirty,mib=32,rate=64+verify";
 
 fn tern() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tern"))
+    Command::new(tern_test_support::tern_exe())
 }
 
-/// A worker process with its stderr collected line by line.
-struct Worker {
-    child: Child,
-    sock: PathBuf,
-    lines: Arc<(Mutex<Vec<String>>, Condvar)>,
-    name: &'static str,
+/// Starts the worker `cmd` with a control socket `NAME.sock` in `dir`.
+fn spawn(name: &str, dir: &Path, mut cmd: Command) -> Worker {
+    cmd.args(["--serial", "null"]);
+    Worker::with_control(name, cmd, &dir.join(format!("{name}.sock")))
 }
 
-impl Worker {
-    fn spawn(name: &'static str, dir: &Path, mut cmd: Command) -> Worker {
-        let sock = dir.join(format!("{name}.sock"));
-        let mut child = cmd
-            .arg("--control")
-            .arg(&sock)
-            .args(["--serial", "null"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tern run");
-        let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let err = child.stderr.take().unwrap();
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[{name}] {line}");
-                l.0.lock().unwrap().push(line);
-                l.1.notify_all();
-            }
-        });
-        Worker {
-            child,
-            sock,
-            lines,
-            name,
-        }
-    }
-
-    /// Waits for a stderr line containing `needle`; returns it.
-    fn wait_line(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut g = self.lines.0.lock().unwrap();
-        loop {
-            if let Some(l) = g.iter().find(|l| l.contains(needle)) {
-                return l.clone();
-            }
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .unwrap_or_else(|| panic!("{}: no line with {needle:?}: {:#?}", self.name, *g));
-            g = self.lines.1.wait_timeout(g, left).unwrap().0;
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.lines.0.lock().unwrap().join("\n")
-    }
-
-    fn request(&self, req: Value) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut s = loop {
-            match UnixStream::connect(&self.sock) {
-                Ok(s) => break s,
-                Err(e) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{}: control socket: {e}",
-                        self.name
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        };
-        writeln!(s, "{req}").unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
-    }
-
-    fn generation(&self) -> u64 {
-        self.request(json!({"cmd": "status"}))["probe"]["generation"]
-            .as_u64()
-            .unwrap_or(0)
-    }
-
-    fn wait_generation(&self, at_least: u64) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.generation() < at_least {
-            assert!(
-                Instant::now() < deadline,
-                "{}: no dirty progress",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops the dirty step; the guest verifies every page and exits 0.
-    fn verify(&mut self) {
-        let g = self.generation();
-        self.wait_generation(g + 1);
-        assert_eq!(self.request(json!({"cmd": "probe-stop"}))["ok"], true);
-        let code = self.wait_exit(Duration::from_secs(120));
-        let err = self.stderr();
-        assert_eq!(code, Some(0), "{}: verify did not pass: {err}", self.name);
-        assert!(
-            err.lines()
-                .any(|l| l.contains("verify") && l.contains("bad=0") && l.contains("result=pass")),
-            "{}: {err}",
-            self.name
-        );
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Stops the dirty step after one more pass; the guest verifies every
+/// page and exits 0.
+fn verify(w: &Worker) {
+    let g = w.generation();
+    w.wait_generation(g + 1);
+    w.finish_and_verify();
 }
 
 fn run_args(vcpus: u32, memory: &str) -> Command {
-    let mut c = tern();
-    c.args(["run", "--vcpus", &vcpus.to_string(), "--memory", memory]);
+    let mut c = tern_run();
+    c.args(["--vcpus", &vcpus.to_string(), "--memory", memory]);
     c.args(["--guest", WORKLOAD]);
     c
 }
@@ -160,7 +43,7 @@ fn run_args(vcpus: u32, memory: &str) -> Command {
 fn source(dir: &Path, extra: &[&str]) -> Worker {
     let mut c = run_args(2, "96M");
     c.args(extra);
-    let w = Worker::spawn("source", dir, c);
+    let w = spawn("source", dir, c);
     w.wait_generation(1);
     w
 }
@@ -174,7 +57,7 @@ fn destination(
 ) -> (Worker, String) {
     let mut c = cmd.unwrap_or_else(|| run_args(2, "96M"));
     c.args(["--incoming", listen]);
-    let w = Worker::spawn(name, dir, c);
+    let w = spawn(name, dir, c);
     let line = w.wait_line("waiting for a migration on ", Duration::from_secs(20));
     let ep = line
         .split("waiting for a migration on ")
@@ -187,13 +70,12 @@ fn destination(
 
 /// `tern migrate` to completion; returns (exit code, stdout, stderr).
 fn migrate(src: &Worker, to: &str, extra: &[&str]) -> (Option<i32>, String, String) {
-    let out = tern()
-        .args(["migrate", "--json", "--control"])
-        .arg(&src.sock)
+    let mut cmd = tern();
+    cmd.args(["migrate", "--json", "--control"])
+        .arg(src.sock())
         .args(["--to", to])
-        .args(extra)
-        .output()
-        .unwrap();
+        .args(extra);
+    let out = procs::output(&mut cmd).unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -212,8 +94,8 @@ fn last_status(stdout: &str) -> Value {
 /// Migrates a dirtying guest over loopback and checks every page.
 fn migrate_and_verify(test: &str, extra: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
-    let mut src = source(dir.path(), &[]);
-    let (mut dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", None);
+    let src = source(dir.path(), &[]);
+    let (dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", None);
     let (code, stdout, stderr) = migrate(&src, &ep, extra);
     assert_eq!(code, Some(0), "{test}: migrate failed: {stderr}\n{stdout}");
     let last = last_status(&stdout);
@@ -225,7 +107,7 @@ fn migrate_and_verify(test: &str, extra: &[&str]) -> Value {
         src.stderr()
     );
     dst.wait_line("migration complete", Duration::from_secs(10));
-    dst.verify();
+    verify(&dst);
     eprintln!("{test}: {last}");
     last
 }
@@ -298,12 +180,12 @@ fn a_peer_of_another_protocol_version_is_refused_before_memory() {
     );
     dst.wait_line("peer speaks migration protocol 99", Duration::from_secs(10));
     // The destination keeps waiting, and a real source still gets through.
-    let mut src = source(dir.path(), &[]);
-    let mut dst = dst;
+    let src = source(dir.path(), &[]);
+    let dst = dst;
     let (code, _, stderr) = migrate(&src, &ep, &["--channels", "1"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
-    dst.verify();
+    verify(&dst);
 }
 
 #[test]
@@ -312,7 +194,7 @@ fn a_destination_of_another_configuration_is_refused() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut src = source(dir.path(), &[]);
+    let src = source(dir.path(), &[]);
     let (_dst, ep) = destination(
         dir.path(),
         "dest",
@@ -330,50 +212,52 @@ fn a_destination_of_another_configuration_is_refused() {
         last["bytes_sent"], 0,
         "no memory before the handshake: {last}"
     );
-    src.verify();
+    verify(&src);
 }
 
 /// Starts `tern migrate` in the background (JSON status lines on stdout).
-fn migrate_bg(src: &Worker, to: &str, extra: &[&str]) -> Child {
-    tern()
-        .args(["migrate", "--json", "--control"])
-        .arg(&src.sock)
+fn migrate_bg(src: &Worker, to: &str, extra: &[&str]) -> Spawned {
+    let mut cmd = tern();
+    cmd.args(["migrate", "--json", "--control"])
+        .arg(src.sock())
         .args(["--to", to])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::piped());
+    Spawned::spawn(&mut cmd, &Tag::new()).unwrap()
 }
 
 /// Waits until the source's migration has sent memory.
 fn wait_sending(src: &Worker) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v = src.request(json!({"cmd": "migrate-status"}));
-        if v["phase"] == "precopy" && v["bytes_sent"].as_u64().unwrap_or(0) > 1 << 20 {
+        let v = src.call(MigrateStatus {});
+        if v.phase == MigrationPhase::Precopy && v.bytes_sent > 1 << 20 {
             return;
         }
-        assert!(Instant::now() < deadline, "migration never got going: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "migration never got going: {v:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Waits for the source's migration to end; returns its status.
-fn wait_migration_end(src: &Worker, timeout: Duration) -> Value {
+fn wait_migration_end(src: &Worker, timeout: Duration) -> MigrationStatus {
     let deadline = Instant::now() + timeout;
     loop {
-        let v = src.request(json!({"cmd": "migrate-status"}));
-        if ["completed", "failed", "cancelled"].contains(&v["phase"].as_str().unwrap_or("")) {
+        let v = src.call(MigrateStatus {});
+        if v.phase.is_final() {
             return v;
         }
-        assert!(Instant::now() < deadline, "migration did not end: {v}");
+        assert!(Instant::now() < deadline, "migration did not end: {v:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-fn output_of(child: Child) -> (Option<i32>, String, String) {
-    let out = child.wait_with_output().unwrap();
+fn output_of(mut child: Spawned) -> (Option<i32>, String, String) {
+    let out: Output = child.wait_output().unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -384,8 +268,8 @@ fn output_of(child: Child) -> (Option<i32>, String, String) {
 /// The source still runs its guest: the dirty workload makes progress.
 fn assert_source_runs(src: &Worker) {
     assert_eq!(
-        src.request(json!({"cmd": "status"}))["state"],
-        "running",
+        src.status().state,
+        VmState::Running,
         "source VM must run on"
     );
     let g = src.generation();
@@ -400,24 +284,24 @@ fn killing_the_destination_leaves_the_source_running_and_a_retry_succeeds() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut src = source(dir.path(), &[]);
-    let (mut dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", None);
+    let src = source(dir.path(), &[]);
+    let (dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", None);
     // A slow link keeps the migration in precopy long enough to kill.
     let m = migrate_bg(&src, &ep, &["--bandwidth", "4M"]);
     wait_sending(&src);
-    dst.child.kill().unwrap();
+    dst.kill();
     let (code, _, stderr) = output_of(m);
     assert_ne!(code, Some(0));
     assert!(stderr.contains("keeps running on the source"), "{stderr}");
     let v = wait_migration_end(&src, Duration::from_secs(30));
-    assert_eq!(v["phase"], "failed", "{v}");
+    assert_eq!(v.phase, MigrationPhase::Failed, "{v:?}");
     assert_source_runs(&src);
     // A retry to a new destination succeeds; nothing was lost.
-    let (mut dst2, ep2) = destination(dir.path(), "dest2", "tcp:127.0.0.1:0", None);
+    let (dst2, ep2) = destination(dir.path(), "dest2", "tcp:127.0.0.1:0", None);
     let (code, stdout, stderr) = migrate(&src, &ep2, &[]);
     assert_eq!(code, Some(0), "retry: {stderr}\n{stdout}");
     assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
-    dst2.verify();
+    verify(&dst2);
 }
 
 #[test]
@@ -428,15 +312,16 @@ fn cancel_leaves_the_source_running_and_the_destination_takes_a_retry() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut src = source(dir.path(), &[]);
-    let (mut dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", None);
+    let src = source(dir.path(), &[]);
+    let (dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", None);
     let m = migrate_bg(&src, &ep, &["--bandwidth", "4M", "--channels", "2"]);
     wait_sending(&src);
-    let c = tern()
-        .args(["migrate", "--cancel", "--control"])
-        .arg(&src.sock)
-        .output()
-        .unwrap();
+    let c = procs::output(
+        tern()
+            .args(["migrate", "--cancel", "--control"])
+            .arg(src.sock()),
+    )
+    .unwrap();
     assert_eq!(
         c.status.code(),
         Some(0),
@@ -447,14 +332,14 @@ fn cancel_leaves_the_source_running_and_the_destination_takes_a_retry() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("cancelled"), "{stderr}");
     let v = wait_migration_end(&src, Duration::from_secs(30));
-    assert_eq!(v["phase"], "cancelled", "{v}");
+    assert_eq!(v.phase, MigrationPhase::Cancelled, "{v:?}");
     assert_source_runs(&src);
     // The destination dropped the attempt and waits again: retry there.
     dst.wait_line("incoming migration failed", Duration::from_secs(20));
     let (code, stdout, stderr) = migrate(&src, &ep, &[]);
     assert_eq!(code, Some(0), "retry: {stderr}\n{stdout}");
     assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
-    dst.verify();
+    verify(&dst);
 }
 
 #[test]
@@ -463,8 +348,8 @@ fn the_timeout_cancels_or_forces_switchover_as_chosen() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut src = source(dir.path(), &[]);
-    let (mut dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", None);
+    let src = source(dir.path(), &[]);
+    let (dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", None);
     let slow = ["--bandwidth", "4M", "--timeout", "2", "--no-auto-converge"];
     let (code, stdout, stderr) = migrate(
         &src,
@@ -488,7 +373,7 @@ fn the_timeout_cancels_or_forces_switchover_as_chosen() {
     );
     assert_eq!(code, Some(0), "{stderr}\n{stdout}");
     assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
-    dst.verify();
+    verify(&dst);
 }
 
 #[test]
@@ -499,15 +384,15 @@ fn a_guest_dirtying_faster_than_the_link_converges_by_throttling() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut c = tern();
-    c.args(["run", "--vcpus", "2", "--memory", "96M"]);
+    let mut c = tern_run();
+    c.args(["--vcpus", "2", "--memory", "96M"]);
     c.args(["--guest", "probe:dirty,mib=64,rate=400+verify"]);
-    let mut src = Worker::spawn("source", dir.path(), c);
+    let src = spawn("source", dir.path(), c);
     src.wait_generation(2);
-    let mut c = tern();
-    c.args(["run", "--vcpus", "2", "--memory", "96M"]);
+    let mut c = tern_run();
+    c.args(["--vcpus", "2", "--memory", "96M"]);
     c.args(["--guest", "probe:dirty,mib=64,rate=400+verify"]);
-    let (mut dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", Some(c));
+    let (dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", Some(c));
     // 400 MiB/s of dirtying against a 100 MiB/s link.
     let (code, stdout, stderr) = migrate(
         &src,
@@ -532,7 +417,7 @@ fn a_guest_dirtying_faster_than_the_link_converges_by_throttling() {
     let last = last_status(&stdout);
     eprintln!("auto-converge: max throttle {max_throttle}%, {last}");
     assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
-    dst.verify();
+    verify(&dst);
 }
 
 #[test]
@@ -543,10 +428,10 @@ fn local_zero_copy_migration_of_a_4gib_vm() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = run_args(2, "4G");
     c.arg("--memfd");
-    let mut src = Worker::spawn("source", dir.path(), c);
+    let src = spawn("source", dir.path(), c);
     src.wait_generation(2);
     let listen = format!("unix:{}", dir.path().join("mig.sock").display());
-    let (mut dst, ep) = destination(dir.path(), "dest", &listen, Some(run_args(2, "4G")));
+    let (dst, ep) = destination(dir.path(), "dest", &listen, Some(run_args(2, "4G")));
     let (code, stdout, stderr) = migrate(&src, &ep, &[]);
     assert_eq!(code, Some(0), "{stderr}\n{stdout}");
     let last = last_status(&stdout);
@@ -563,7 +448,7 @@ fn local_zero_copy_migration_of_a_4gib_vm() {
     );
     assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
     dst.wait_line("memfd hand-over", Duration::from_secs(10));
-    dst.verify();
+    verify(&dst);
 }
 
 #[test]
@@ -574,11 +459,11 @@ fn a_preallocated_memfd_destination_keeps_its_memfd_for_the_next_hop() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut src = source(dir.path(), &[]);
+    let src = source(dir.path(), &[]);
     // TCP into a destination that preallocates memfd-backed memory ...
     let mut c = run_args(2, "96M");
     c.args(["--memfd", "--prealloc"]);
-    let (mut mid, ep) = destination(dir.path(), "mid", "tcp:127.0.0.1:0", Some(c));
+    let (mid, ep) = destination(dir.path(), "mid", "tcp:127.0.0.1:0", Some(c));
     mid.wait_line(
         "96 MiB of guest memory preallocated",
         Duration::from_secs(1),
@@ -590,14 +475,14 @@ fn a_preallocated_memfd_destination_keeps_its_memfd_for_the_next_hop() {
     // ... whose VM then hands that memfd over on the same host: the
     // stream went into the memory the VM runs on, backed as it asked.
     let listen = format!("unix:{}", dir.path().join("hop.sock").display());
-    let (mut dst, ep) = destination(dir.path(), "dest", &listen, None);
+    let (dst, ep) = destination(dir.path(), "dest", &listen, None);
     let (code, stdout, stderr) = migrate(&mid, &ep, &[]);
     assert_eq!(code, Some(0), "{stderr}\n{stdout}");
     let last = last_status(&stdout);
     assert_eq!(last["zero_copy"], true, "{last}");
     assert_eq!(mid.wait_exit(Duration::from_secs(20)), Some(0));
     dst.wait_line("memfd hand-over", Duration::from_secs(10));
-    dst.verify();
+    verify(&dst);
 }
 
 /// Two network namespaces joined by a veth limited to 1 Gbit/s; removed
@@ -675,7 +560,8 @@ impl NetPair {
     /// `tern run` of the test VM inside namespace `ns`.
     fn run_in(ns: &str) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_tern")]);
+        c.args(["netns", "exec", ns])
+            .arg(tern_test_support::tern_exe());
         c.args([
             "run", "--vcpus", "2", "--memory", "96M", "--guest", WORKLOAD,
         ]);
@@ -700,9 +586,9 @@ fn over_a_1gbit_veth_between_namespaces() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut src = Worker::spawn("source", dir.path(), NetPair::run_in(&net.a));
+    let src = spawn("source", dir.path(), NetPair::run_in(&net.a));
     src.wait_generation(1);
-    let (mut dst, ep) = destination(
+    let (dst, ep) = destination(
         dir.path(),
         "dest",
         "tcp:10.202.0.2:0",
@@ -712,7 +598,7 @@ fn over_a_1gbit_veth_between_namespaces() {
     assert_eq!(code, Some(0), "{stderr}\n{stdout}");
     eprintln!("1 Gbit veth: {}", last_status(&stdout));
     assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
-    dst.verify();
+    verify(&dst);
     drop((src, dst));
     drop(net);
 }
@@ -727,7 +613,7 @@ fn cutting_the_veth_leaves_the_source_running() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut src = Worker::spawn("source", dir.path(), NetPair::run_in(&net.a));
+    let src = spawn("source", dir.path(), NetPair::run_in(&net.a));
     src.wait_generation(1);
     let (dst, ep) = destination(
         dir.path(),
@@ -742,7 +628,7 @@ fn cutting_the_veth_leaves_the_source_running() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("keeps running on the source"), "{stderr}");
     assert_source_runs(&src);
-    src.verify();
+    verify(&src);
     drop((src, dst));
     drop(net);
 }
@@ -753,16 +639,8 @@ const DISK_WORKLOAD: &str = "probe:blk-iops,bs=4k,qd=4,secs=5,mix=randwrite+blk-
 
 /// `tern run` of a 1-vCPU VM running [`DISK_WORKLOAD`] on `disk`.
 fn disk_vm(disk: &str) -> Command {
-    let mut c = tern();
-    c.args([
-        "run",
-        "--vcpus",
-        "1",
-        "--memory",
-        "64M",
-        "--guest",
-        DISK_WORKLOAD,
-    ]);
+    let mut c = tern_run();
+    c.args(["--vcpus", "1", "--memory", "64M", "--guest", DISK_WORKLOAD]);
     c.args(["--disk", disk]);
     c
 }
@@ -787,10 +665,10 @@ fn probe_result(stderr: &str, name: &str) -> Option<String> {
 
 /// Waits for `w`'s guest to finish [`DISK_WORKLOAD`]: exit 0, both steps
 /// passed, no failed request.
-fn assert_disk_work_passed(w: &mut Worker) {
+fn assert_disk_work_passed(w: &Worker) {
     let code = w.wait_exit(Duration::from_secs(120));
     let err = w.stderr();
-    assert_eq!(code, Some(0), "{}: {err}", w.name);
+    assert_eq!(code, Some(0), "{}: {err}", w.name());
     for step in ["blk-iops", "blk-verify"] {
         let r = probe_result(&err, step).unwrap_or_else(|| panic!("no {step} report: {err}"));
         assert!(r.contains("result=pass"), "{r}");
@@ -823,17 +701,13 @@ fn a_vm_migrates_during_disk_io_and_its_vhdx_is_handed_over() {
     let dir = tempfile::tempdir().unwrap();
     let img = vhdx_image(dir.path(), "shared.vhdx");
     let disk = format!("path={}", img.display());
-    let mut src = Worker::spawn("source", dir.path(), disk_vm(&disk));
+    let src = spawn("source", dir.path(), disk_vm(&disk));
     // Both sides name the same file (shared storage): the destination can
     // only open it once the source has let go of its lock.
-    let (mut dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", Some(disk_vm(&disk)));
+    let (dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", Some(disk_vm(&disk)));
     // Let the guest's writes get going: requests are in flight throughout.
     let t = Instant::now();
-    while src.request(json!({"cmd": "status"}))["disks"][0]["requests"]
-        .as_u64()
-        .unwrap_or(0)
-        < 200
-    {
+    while src.status().disks.first().map_or(0, |d| d.requests) < 200 {
         assert!(t.elapsed() < Duration::from_secs(30), "{}", src.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -845,7 +719,7 @@ fn a_vm_migrates_during_disk_io_and_its_vhdx_is_handed_over() {
         None,
         "the guest's disk writes were to be under way at the switchover"
     );
-    assert_disk_work_passed(&mut dst);
+    assert_disk_work_passed(&dst);
     assert_pattern(&img);
 }
 
@@ -858,19 +732,19 @@ fn a_destination_that_cannot_open_the_disk_leaves_the_source_running_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let img = vhdx_image(dir.path(), "mine.vhdx");
     let other = vhdx_image(dir.path(), "held.vhdx");
-    let mut src = Worker::spawn(
+    let src = spawn(
         "source",
         dir.path(),
         disk_vm(&format!("path={}", img.display())),
     );
     // The destination is pointed at an image another worker holds: it
     // cannot open it after the memory and state have arrived.
-    let mut hold = tern();
-    hold.args(["run", "--memory", "16M", "--guest", "probe:blk-capacity"]);
+    let mut hold = tern_run();
+    hold.args(["--memory", "16M", "--guest", "probe:blk-capacity"]);
     hold.args(["--disk", &format!("path={}", other.display())]);
-    let holder = Worker::spawn("holder", dir.path(), hold);
+    let holder = spawn("holder", dir.path(), hold);
     // Its control socket answers once its disk is open (and locked).
-    assert_eq!(holder.request(json!({"cmd": "status"}))["ok"], true);
+    holder.status();
     let (_dst, ep) = destination(
         dir.path(),
         "dest",
@@ -883,6 +757,6 @@ fn a_destination_that_cannot_open_the_disk_leaves_the_source_running_with_it() {
     assert!(stderr.contains("keeps running on the source"), "{stderr}");
     // The source took its own disk back and the guest's I/O goes on to
     // the end without an error.
-    assert_disk_work_passed(&mut src);
+    assert_disk_work_passed(&src);
     assert_pattern(&img);
 }

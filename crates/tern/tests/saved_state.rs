@@ -7,128 +7,39 @@
 //! (regenerate only with a new version directory:
 //! `cargo test -p tern --test saved_state -- --ignored write_golden`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use serde_json::{json, Value};
 use tern_snapshot::file::{self, Header};
 use tern_snapshot::proto::Snapshot;
+use tern_test_support::proto::requests::{
+    CheckpointCreate, CheckpointDelete, CheckpointList, CheckpointRevert, Export, Pause, Resume,
+    Save,
+};
+use tern_test_support::proto::VmState;
+use tern_test_support::{procs, tern_run, Worker};
 
-fn tern() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tern"))
+/// `checkpoint-create NAME`, with or without memory.
+fn checkpoint(name: &str, memory: bool) -> CheckpointCreate {
+    CheckpointCreate {
+        name: name.into(),
+        memory,
+    }
 }
 
-fn probe_image() -> PathBuf {
-    tern_test_support::probe_guest()
-}
+/// How long a worker may take to end by itself.
+const EXIT: Duration = Duration::from_secs(120);
 
-/// A running worker and where its stderr goes.
-struct Worker {
-    child: Child,
-    sock: PathBuf,
-    log: PathBuf,
-}
-
-impl Worker {
-    /// Starts `tern run ARGS` in `cwd` with a control socket there.
-    fn start(cwd: &Path, args: &[&str]) -> Worker {
-        let sock = cwd.join("ctl.sock");
-        let log = cwd.join(format!("worker-{}.log", std::process::id()));
-        let child = tern()
-            .current_dir(cwd)
-            .arg("run")
-            .args(args)
-            .args(["--serial", "null", "--control"])
-            .arg(&sock)
-            .env("TERN_PROBE_IMAGE", probe_image())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut w = Worker { child, sock, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&w.sock).is_err() {
-            if let Ok(Some(status)) = w.child.try_wait() {
-                panic!("worker exited with {status}: {}", w.stderr());
-            }
-            assert!(Instant::now() < deadline, "control socket never appeared");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        w
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn request(&self, req: Value) -> Value {
-        let mut s = UnixStream::connect(&self.sock).expect("connect control socket");
-        writeln!(s, "{req}").unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
-    }
-
-    fn ok(&self, req: Value) -> Value {
-        let r = self.request(req.clone());
-        assert_eq!(r["ok"], true, "{req} -> {r}\n{}", self.stderr());
-        r
-    }
-
-    /// (generation, cursor) of the dirty workload.
-    fn progress(&self) -> (u64, u64) {
-        let v = self.ok(json!({"cmd": "status"}));
-        (
-            v["probe"]["generation"].as_u64().unwrap(),
-            v["probe"]["cursor"].as_u64().unwrap(),
-        )
-    }
-
-    fn wait_generation(&self, at_least: u64) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.progress().0 < at_least {
-            assert!(
-                Instant::now() < deadline,
-                "dirty workload stuck: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for the exit; returns (code, stderr).
-    fn wait(mut self) -> (Option<i32>, String) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return (s.code(), self.stderr());
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("worker did not exit: {}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops the dirty step; the `verify` step runs and the worker exits.
-    fn finish_and_verify(self) -> String {
-        self.ok(json!({"cmd": "probe-stop"}));
-        let (code, stderr) = self.wait();
-        assert_eq!(code, Some(0), "{stderr}");
-        assert!(stderr.contains("result=pass"), "{stderr}");
-        let verify = stderr
-            .lines()
-            .find(|l| l.contains("verify pages="))
-            .unwrap_or_else(|| panic!("no verify report: {stderr}"));
-        assert!(verify.contains("bad=0 result=pass"), "{verify}");
-        verify.to_string()
-    }
+/// Starts `tern run ARGS` in `cwd` with a control socket there.
+fn start(cwd: &Path, args: &[&str]) -> Worker {
+    let mut cmd = tern_run();
+    cmd.current_dir(cwd)
+        .args(args)
+        .args(["--serial", "null"])
+        .env("TERN_PROBE_IMAGE", tern_test_support::probe_guest());
+    Worker::start("worker", cmd, &cwd.join("ctl.sock"))
 }
 
 /// Every file under `dir` with its contents' hash, to prove nothing changed.
@@ -164,22 +75,19 @@ const WORKLOAD: &str = "probe:dirty,mib=16,rate=200+verify";
 /// Runs a worker until two passes, saves it into `saved`, checks it
 /// stopped by itself.
 fn make_saved(cwd: &Path, saved: &Path, memory: &str, vcpus: &str) -> (u64, u64) {
-    let w = Worker::start(
+    let w = start(
         cwd,
         &["--vcpus", vcpus, "--memory", memory, "--guest", WORKLOAD],
     );
     w.wait_generation(2);
-    let r = w.ok(json!({"cmd": "save", "dir": saved}));
-    assert_eq!(r["state"], "saved");
-    let (code, stderr) = w.wait();
-    assert_eq!(code, Some(0), "save must stop the worker: {stderr}");
+    let r = w.call(Save { dir: saved.into() });
+    assert_eq!(r.state, VmState::Saved);
+    let (code, stderr) = w.finish(EXIT);
+    assert_eq!(code, 0, "save must stop the worker: {stderr}");
     assert!(saved.join("state.bin").is_file() && saved.join("memory.bin").is_file());
     let st = file::read::<Snapshot>(&saved.join("state.bin")).unwrap();
     assert!(st.unknown.is_empty());
-    (
-        r["memory"].as_u64().unwrap(),
-        r["memory_written"].as_u64().unwrap(),
-    )
+    (r.memory, r.memory_written)
 }
 
 #[test]
@@ -206,7 +114,7 @@ fn save_and_restore_on_a_second_host_lazy_and_eager_with_every_page_verified() {
     for mode in ["--lazy", "--eager"] {
         // "Another host": another worker in another working directory.
         let host_b = tempfile::tempdir().unwrap();
-        let w = Worker::start(host_b.path(), &["--restore", saved_arg, mode]);
+        let w = start(host_b.path(), &["--restore", saved_arg, mode]);
         let (g0, _) = w.progress();
         w.wait_generation(g0 + 1);
         let verify = w.finish_and_verify();
@@ -219,19 +127,23 @@ fn save_and_restore_on_a_second_host_lazy_and_eager_with_every_page_verified() {
     }
 }
 
+/// `tern worker import FROM TO`, run to its end.
+fn import(from: &Path, to: &Path) -> Output {
+    let mut cmd = Command::new(tern_test_support::tern_exe());
+    cmd.args(["worker", "import"]).arg(from).arg(to);
+    procs::output(&mut cmd).unwrap()
+}
+
 fn restore_fails(saved: &Path, extra: &[&str]) -> (i32, String) {
     let cwd = tempfile::tempdir().unwrap();
-    let out = tern()
-        .current_dir(cwd.path())
-        .args(["run", "--serial", "null", "--restore"])
+    let mut cmd = tern_run();
+    cmd.current_dir(cwd.path())
+        .args(["--serial", "null", "--restore"])
         .arg(saved)
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        .args(extra);
+    let (code, stderr) = Worker::spawn("restore", cmd).finish(EXIT);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    (out.status.code().unwrap_or(-1), stderr)
+    (code, stderr)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -341,15 +253,14 @@ fn damaged_newer_and_incomplete_saved_states_are_refused_and_left_as_they_are() 
 
     // Saving into a directory that is not empty is refused, and the
     // worker goes on running.
-    let w = Worker::start(
+    let w = start(
         root.path(),
         &["--memory", "64M", "--guest", "probe:dirty,mib=4+verify"],
     );
     w.wait_generation(1);
-    let r = w.request(json!({"cmd": "save", "dir": saved}));
-    assert_eq!(r["ok"], false);
-    assert!(r["error"].as_str().unwrap().contains("not empty"), "{r}");
-    assert_eq!(w.ok(json!({"cmd": "status"}))["state"], "running");
+    let e = w.refused(Save { dir: saved });
+    assert!(e.message.contains("not empty"), "{e:?}");
+    assert_eq!(w.status().state, VmState::Running);
     w.finish_and_verify();
 }
 
@@ -364,7 +275,7 @@ fn unknown_optional_fields_from_a_newer_writer_are_reported_and_restore_goes_on(
     let saved = root.path().join("saved");
     make_saved(root.path(), &saved, "64M", "1");
     as_newer_writer(&saved.join("state.bin"), &[], 1);
-    let w = Worker::start(root.path(), &["--restore", saved.to_str().unwrap()]);
+    let w = start(root.path(), &["--restore", saved.to_str().unwrap()]);
     let stderr = w.stderr();
     assert!(
         stderr.contains("field 2.60 (wire type 0) is unknown to this Tern"),
@@ -386,7 +297,7 @@ fn memory_checkpoints_form_a_tree_revert_exactly_and_delete_cleanly() {
     }
     let root = tempfile::tempdir().unwrap();
     let store = root.path().join("checkpoints");
-    let w = Worker::start(
+    let w = start(
         root.path(),
         &[
             "--vcpus",
@@ -400,62 +311,48 @@ fn memory_checkpoints_form_a_tree_revert_exactly_and_delete_cleanly() {
         ],
     );
     w.wait_generation(2);
-    w.ok(json!({"cmd": "pause"}));
+    w.call(Pause {});
     let at_one = w.progress();
-    let c1 = w.ok(json!({"cmd": "checkpoint-create", "name": "one", "memory": true}));
-    assert_eq!(c1["checkpoint"]["id"], 1);
-    assert_eq!(c1["checkpoint"]["parent"], 0);
+    let c1 = w.call(checkpoint("one", true));
+    assert_eq!(c1.checkpoint.id, 1);
+    assert_eq!(c1.checkpoint.parent, 0);
     assert_eq!(w.progress(), at_one, "a paused VM stays paused");
-    w.ok(json!({"cmd": "resume"}));
+    w.call(Resume {});
     w.wait_generation(at_one.0 + 2);
-    let c2 = w.ok(json!({"cmd": "checkpoint-create", "name": "two", "memory": true}));
-    assert_eq!(c2["checkpoint"]["parent"], 1);
+    let c2 = w.call(checkpoint("two", true));
+    assert_eq!(c2.checkpoint.parent, 1);
     w.wait_generation(at_one.0 + 3);
 
     // Revert to one: memory and CPU state exactly as they were.
-    w.ok(json!({"cmd": "pause"}));
-    let r = w.ok(json!({"cmd": "checkpoint-revert", "id": 1}));
-    assert_eq!(r["state"], "paused");
+    w.call(Pause {});
+    let r = w.call(CheckpointRevert { id: 1 });
+    assert_eq!(r.state, VmState::Paused);
     assert_eq!(
         w.progress(),
         at_one,
         "revert did not restore the guest's progress"
     );
-    w.ok(json!({"cmd": "resume"}));
+    w.call(Resume {});
     w.wait_generation(at_one.0 + 1);
     // A branch: three hangs from one, beside two.
-    let c3 = w.ok(json!({"cmd": "checkpoint-create", "name": "three", "memory": false}));
-    assert_eq!(c3["checkpoint"]["parent"], 1);
-    let list = w.ok(json!({"cmd": "checkpoint-list"}));
-    let parents: Vec<(u64, u64)> = list["checkpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["id"].as_u64().unwrap(), c["parent"].as_u64().unwrap()))
-        .collect();
+    let c3 = w.call(checkpoint("three", false));
+    assert_eq!(c3.checkpoint.parent, 1);
+    let list = w.call(CheckpointList {});
+    let parents: Vec<(u64, u64)> = list.checkpoints.iter().map(|c| (c.id, c.parent)).collect();
     assert_eq!(parents, [(1, 0), (2, 1), (3, 1)]);
-    assert_eq!(list["current"], 3);
+    assert_eq!(list.current, 3);
 
     // Deleting one re-parents its children; its files go.
-    w.ok(json!({"cmd": "checkpoint-delete", "id": 1}));
+    w.call(CheckpointDelete { id: 1 });
     assert!(!store.join("1").exists());
-    let list = w.ok(json!({"cmd": "checkpoint-list"}));
-    let parents: Vec<(u64, u64)> = list["checkpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["id"].as_u64().unwrap(), c["parent"].as_u64().unwrap()))
-        .collect();
+    let list = w.call(CheckpointList {});
+    let parents: Vec<(u64, u64)> = list.checkpoints.iter().map(|c| (c.id, c.parent)).collect();
     assert_eq!(parents, [(2, 0), (3, 0)]);
-    let e = w.request(json!({"cmd": "checkpoint-revert", "id": 1}));
-    assert_eq!(e["ok"], false);
-    assert!(
-        e["error"].as_str().unwrap().contains("no checkpoint 1"),
-        "{e}"
-    );
+    let e = w.refused(CheckpointRevert { id: 1 });
+    assert!(e.message.contains("no checkpoint 1"), "{e:?}");
 
     // Revert to two (taken later on the other branch) and finish there.
-    w.ok(json!({"cmd": "checkpoint-revert", "id": 2}));
+    w.call(CheckpointRevert { id: 2 });
     w.finish_and_verify();
 }
 
@@ -541,13 +438,13 @@ fn write_golden() {
 
     // A saved state.
     let saved = work.path().join("saved");
-    let w = Worker::start(
+    let w = start(
         work.path(),
         &["--memory", "20M", "--guest", GOLDEN_WORKLOAD],
     );
     w.wait_generation(2);
-    w.ok(json!({"cmd": "save", "dir": saved}));
-    assert_eq!(w.wait().0, Some(0));
+    w.call(Save { dir: saved.clone() });
+    assert_eq!(w.finish(EXIT).0, 0);
 
     // An export with a disk and a checkpoint.
     let disk = work.path().join("disk.vhdx");
@@ -556,7 +453,7 @@ fn write_golden() {
         .close()
         .unwrap();
     let store = work.path().join("store");
-    let w = Worker::start(
+    let w = start(
         work.path(),
         &[
             "--memory",
@@ -570,10 +467,12 @@ fn write_golden() {
         ],
     );
     w.wait_generation(2);
-    w.ok(json!({"cmd": "checkpoint-create", "name": "golden", "memory": true}));
+    w.call(checkpoint("golden", true));
     w.wait_generation(3);
     let export = work.path().join("export");
-    w.ok(json!({"cmd": "export", "dir": export}));
+    w.call(Export {
+        dir: export.clone(),
+    });
     w.finish_and_verify();
 
     std::fs::create_dir_all(&out).unwrap();
@@ -595,7 +494,7 @@ fn golden_saved_states_of_every_format_restore_and_verify() {
             let host = tempfile::tempdir().unwrap();
             let saved = host.path().join("saved");
             expand_copy(&v.join("saved"), &saved);
-            let w = Worker::start(host.path(), &["--restore", saved.to_str().unwrap(), mode]);
+            let w = start(host.path(), &["--restore", saved.to_str().unwrap(), mode]);
             let (g0, _) = w.progress();
             assert!(g0 >= 2, "{}: generation {g0}", v.display());
             w.wait_generation(g0 + 1);
@@ -630,12 +529,7 @@ fn golden_exports_of_every_format_import_restore_and_revert() {
             }
             std::fs::write(&mem, b).unwrap();
             let to = host.path().join(format!("{name}-vm"));
-            let out = tern()
-                .args(["worker", "import"])
-                .arg(&bad)
-                .arg(&to)
-                .output()
-                .unwrap();
+            let out = import(&bad, &to);
             let e = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(65), "{e}");
             let want = if damage == 0 {
@@ -649,19 +543,14 @@ fn golden_exports_of_every_format_import_restore_and_revert() {
             assert_eq!(code, 65, "{e}");
         }
         let dest = host.path().join("vm");
-        let out = tern()
-            .args(["worker", "import"])
-            .arg(&export)
-            .arg(&dest)
-            .output()
-            .unwrap();
+        let out = import(&export, &dest);
         assert!(
             out.status.success(),
             "{}: {}",
             v.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        let w = Worker::start(
+        let w = start(
             host.path(),
             &[
                 "--restore",
@@ -670,11 +559,11 @@ fn golden_exports_of_every_format_import_restore_and_revert() {
                 dest.join("checkpoints").to_str().unwrap(),
             ],
         );
-        let list = w.ok(json!({"cmd": "checkpoint-list"}));
-        assert_eq!(list["checkpoints"][0]["name"], "golden", "{list}");
+        let list = w.call(CheckpointList {});
+        assert_eq!(list.checkpoints[0].name, "golden", "{list:?}");
         let (g0, _) = w.progress();
         w.wait_generation(g0 + 1);
-        w.ok(json!({"cmd": "checkpoint-revert", "id": 1}));
+        w.call(CheckpointRevert { id: 1 });
         let (g1, _) = w.progress();
         assert!(g1 < g0 + 1, "revert went back: {g1} vs {g0}");
         w.wait_generation(g1 + 1);
@@ -696,9 +585,7 @@ fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
 
 /// Step index of the probe's workload.
 fn step(w: &Worker) -> u64 {
-    w.ok(json!({"cmd": "status"}))["probe"]["step"]
-        .as_u64()
-        .unwrap()
+    u64::from(w.probe().step)
 }
 
 fn wait_step(w: &Worker, want: u64) {
@@ -714,8 +601,7 @@ fn wait_step(w: &Worker, want: u64) {
 }
 
 fn disk_path(w: &Worker) -> PathBuf {
-    let v = w.ok(json!({"cmd": "status"}));
-    PathBuf::from(v["disks"][0]["path"].as_str().unwrap())
+    w.status().disks[0].path.clone()
 }
 
 /// Whether the disk image at `path` (a chain is followed) holds the
@@ -755,7 +641,7 @@ fn disk_checkpoint_revert_brings_disk_and_memory_back_and_delete_merges() {
     let base = root.path().join("base.vhdx");
     new_disk(&base, 32 << 20);
     let store = root.path().join("store");
-    let w = Worker::start(
+    let w = start(
         root.path(),
         &[
             "--memory",
@@ -770,21 +656,21 @@ fn disk_checkpoint_revert_brings_disk_and_memory_back_and_delete_merges() {
     );
     wait_step(&w, 1);
     w.wait_generation(1);
-    w.ok(json!({"cmd": "pause"}));
+    w.call(Pause {});
     let at_checkpoint = w.progress();
-    w.ok(json!({"cmd": "checkpoint-create", "name": "one-mib", "memory": true}));
+    w.call(checkpoint("one-mib", true));
     let first_child = disk_path(&w);
     assert!(first_child.starts_with(store.canonicalize().unwrap()));
-    w.ok(json!({"cmd": "resume"}));
+    w.call(Resume {});
 
     // Write more: the second blk-verify covers 8 MiB.
-    w.ok(json!({"cmd": "probe-stop"}));
+    w.probe_stop();
     wait_step(&w, 3);
-    w.ok(json!({"cmd": "pause"}));
+    w.call(Pause {});
     assert_eq!(sector_state(&first_child, 4 << 20), "pattern");
 
     // Revert: memory, CPU and device state, and the disk as they were.
-    w.ok(json!({"cmd": "checkpoint-revert", "id": 1}));
+    w.call(CheckpointRevert { id: 1 });
     assert_eq!(w.progress(), at_checkpoint);
     assert_eq!(step(&w), 1);
     let reverted = disk_path(&w);
@@ -792,25 +678,21 @@ fn disk_checkpoint_revert_brings_disk_and_memory_back_and_delete_merges() {
     assert!(!first_child.exists(), "the abandoned child is deleted");
     assert_eq!(sector_state(&reverted, 0), "pattern");
     assert_eq!(sector_state(&reverted, 4 << 20), "zero");
-    w.ok(json!({"cmd": "resume"}));
+    w.call(Resume {});
 
     // The guest's driver goes on with the restored queues: write 8 MiB
     // again, then delete the checkpoint while it runs.
-    w.ok(json!({"cmd": "probe-stop"}));
+    w.probe_stop();
     wait_step(&w, 3);
-    let r = w.ok(json!({"cmd": "checkpoint-delete", "id": 1}));
-    assert_eq!(r["merged_disks"], 1, "{r}");
+    let r = w.call(CheckpointDelete { id: 1 });
+    assert_eq!(r.merged_disks, 1, "{r:?}");
     assert_eq!(
         disk_path(&w).canonicalize().unwrap(),
         base.canonicalize().unwrap()
     );
     assert!(!reverted.exists(), "the merged child is deleted");
     let stderr = w.finish_and_verify();
-    let log = std::fs::read_to_string(
-        root.path()
-            .join(format!("worker-{}.log", std::process::id())),
-    )
-    .unwrap();
+    let log = w.stderr();
     let passes = log
         .lines()
         .filter(|l| l.contains("blk-verify disk=0") && l.contains("result=pass"))
@@ -836,7 +718,7 @@ fn saved_vm_with_a_disk_continues_its_io_on_another_host_and_a_missing_parent_is
         .unwrap()
         .close()
         .unwrap();
-    let w = Worker::start(
+    let w = start(
         root.path(),
         &[
             "--memory",
@@ -850,13 +732,13 @@ fn saved_vm_with_a_disk_continues_its_io_on_another_host_and_a_missing_parent_is
     wait_step(&w, 1);
     w.wait_generation(1);
     let saved = root.path().join("saved");
-    w.ok(json!({"cmd": "save", "dir": saved}));
-    assert_eq!(w.wait().0, Some(0));
+    w.call(Save { dir: saved.clone() });
+    assert_eq!(w.finish(EXIT).0, 0);
 
     let host_b = tempfile::tempdir().unwrap();
-    let w = Worker::start(host_b.path(), &["--restore", saved.to_str().unwrap()]);
+    let w = start(host_b.path(), &["--restore", saved.to_str().unwrap()]);
     assert_eq!(step(&w), 1);
-    w.ok(json!({"cmd": "probe-stop"}));
+    w.probe_stop();
     wait_step(&w, 3);
     w.finish_and_verify();
     assert_eq!(sector_state(&child, 4 << 20), "pattern");

@@ -3,172 +3,17 @@
 //! probe-guest` first).
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-const TERN: &str = env!("CARGO_BIN_EXE_tern");
-const TERND: &str = env!("CARGO_BIN_EXE_ternd");
-
-/// A `ternd` process on a socket in a temporary directory.
-struct Daemon {
-    dir: PathBuf,
-    socket: PathBuf,
-    child: Child,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        Daemon::start_with(dir, &[])
-    }
-
-    /// A daemon with extra `ternd` arguments.
-    fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
-        std::fs::create_dir_all(dir).unwrap();
-        let socket = dir.join("d.sock");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("ternd.log"))
-            .unwrap();
-        let child = Command::new(TERND)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--worker")
-            .arg(TERN)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            dir: dir.into(),
-            socket,
-            child,
-        };
-        let start = Instant::now();
-        while d.tern(&["host"]).status.code() != Some(0) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "ternd did not come up: {}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn host(&self) -> String {
-        format!("unix:{}", self.socket.display())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("ternd.log")).unwrap_or_default()
-    }
-
-    fn tern(&self, args: &[&str]) -> Output {
-        Command::new(TERN)
-            .args(args)
-            .env("TERN_HOST", self.host())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// Runs `tern ARGS --json`, expects exit 0, returns the JSON.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let out = self.tern(&a);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "tern {}: {}",
-            a.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "tern {}: not JSON ({e}): {}",
-                a.join(" "),
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    }
-
-    /// Runs `tern ARGS`, expects exit `code` and `needle` on stderr.
-    fn fails(&self, args: &[&str], code: i32, needle: &str) {
-        let out = self.tern(args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "tern {}: {err}",
-            args.join(" ")
-        );
-        assert!(
-            err.contains(needle),
-            "tern {}: {err:?} lacks {needle:?}",
-            args.join(" ")
-        );
-    }
-
-    fn state(&self, vm: &str) -> Value {
-        self.json(&["vm", "show", vm])
-    }
-
-    fn features(&self) -> Value {
-        self.json(&["host"])["features"].clone()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Leave no worker behind: force-stop what runs, then the daemon.
-        if let Ok(Some(_)) | Err(_) = self.child.try_wait() {
-            return;
-        }
-        let out = self.tern(&["vm", "list", "--json"]);
-        if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
-            for vm in v["vms"].as_array().into_iter().flatten() {
-                if vm["pid"].is_u64() {
-                    let _ = self.tern(&["vm", "stop", "--force", vm["name"].as_str().unwrap()]);
-                }
-            }
-        }
-        self.kill();
-    }
-}
-
-fn poll<T>(t: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < t,
-            "timed out after {t:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use tern_test_support::procs::{self, Spawned, Tag};
+use tern_test_support::proto::requests::ProbeStop;
+use tern_test_support::proto::Client;
+use tern_test_support::{poll, Ternd as Daemon};
 
 fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
-        .unwrap_or(false)
+    tern_test_support::alive(pid as u32)
 }
 
 fn sigkill(pid: u64) {
@@ -199,14 +44,13 @@ fn console_shows(d: &Daemon, vm: &str, needle: &str) -> String {
 /// for its text to appear in the output after what earlier steps saw;
 /// detaches with Ctrl-] and returns everything printed.
 fn console_dialog(d: &Daemon, vm: &str, steps: &[(&[u8], &str)]) -> String {
-    let mut child = Command::new(TERN)
-        .args(["vm", "console", vm])
-        .env("TERN_HOST", d.host())
-        .stdin(Stdio::piped())
+    let mut cmd = d.tern_command(&["vm", "console", vm]);
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    // A tag of its own: its end must not end the daemon's processes.
+    let mut console = Spawned::spawn(&mut cmd, &Tag::new()).unwrap();
+    let child = console.child();
     let mut stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -232,7 +76,6 @@ fn console_dialog(d: &Daemon, vm: &str, steps: &[(&[u8], &str)]) -> String {
             match rx.recv_timeout(left) {
                 Ok(b) => seen.extend(b),
                 Err(_) => {
-                    let _ = child.kill();
                     panic!(
                         "console of {vm} did not show {needle:?}; it showed {:?}",
                         String::from_utf8_lossy(&seen)
@@ -243,10 +86,11 @@ fn console_dialog(d: &Daemon, vm: &str, steps: &[(&[u8], &str)]) -> String {
     }
     child.stdin.as_mut().unwrap().write_all(&[0x1d]).unwrap();
     let status = poll(Duration::from_secs(10), "the console to detach", || {
-        child.try_wait().unwrap()
+        console.try_wait()
     });
     let mut err = String::new();
-    child
+    console
+        .child()
         .stderr
         .take()
         .unwrap()
@@ -396,7 +240,7 @@ fn a_killed_worker_fails_its_vm_and_a_restarted_daemon_finds_running_vms() {
     // The daemon dies; its workers do not.
     d.kill();
     assert!(alive(survivor), "a worker died with its daemon");
-    let d = Daemon::start(tmp.path());
+    d.restart();
     let vm = d.state("survivor");
     assert_eq!(vm["state"], "running");
     assert_eq!(vm["pid"].as_u64(), Some(survivor));
@@ -413,9 +257,8 @@ fn a_killed_worker_fails_its_vm_and_a_restarted_daemon_finds_running_vms() {
     // And a worker found again that then crashes is reported too.
     d.json(&["vm", "start", "doomed"]);
     let pid = d.state("doomed")["pid"].as_u64().unwrap();
-    let mut d = d;
     d.kill();
-    let d = Daemon::start(tmp.path());
+    d.restart();
     assert_eq!(d.state("doomed")["state"], "running");
     sigkill(pid);
     let vm = poll(
@@ -566,11 +409,12 @@ fn tern_vm_migrate_moves_a_vm_with_a_vhdx_disk_on_shared_storage() {
     }
     assert!(!log.contains("result=fail"), "{log}");
     // And B can hand it on: the image is closed and unlocked.
-    let info = Command::new(TERN)
-        .args(["disk", "check"])
-        .arg(&img)
-        .output()
-        .unwrap();
+    let info = procs::output(
+        Command::new(tern_test_support::tern_exe())
+            .args(["disk", "check"])
+            .arg(&img),
+    )
+    .unwrap();
     assert!(
         info.status.success(),
         "{}",
@@ -671,8 +515,10 @@ fn tern_vm_migrate_streams_a_vm_to_a_daemon_reached_over_tcp() {
     assert_eq!(b.state("far")["state"], "running");
     // The guest on B stops dirtying and checks every page it wrote.
     let ctl = tmp.path().join("b/state/run").join(format!("{id}.ctl"));
-    let mut s = std::os::unix::net::UnixStream::connect(&ctl).unwrap();
-    s.write_all(b"{\"cmd\":\"probe-stop\"}\n").unwrap();
+    Client::new(&ctl)
+        .with_timeout(Duration::from_secs(30))
+        .call(ProbeStop {})
+        .unwrap();
     poll(Duration::from_secs(60), "the guest on B to verify", || {
         (b.state("far")["state"] == "stopped").then_some(())
     });

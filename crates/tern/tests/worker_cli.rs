@@ -1,25 +1,15 @@
 //! `tern run` end to end: the real binary, the probe guest, the control
 //! socket, and every bad input the worker must refuse with one clear line.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Output, Stdio};
+use std::time::Duration;
 
-use serde_json::Value;
-
-fn tern() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tern"))
-}
+use tern_test_support::proto::requests::{Pause, ProbeStop, Resume, Shutdown};
+use tern_test_support::proto::VmState;
+use tern_test_support::{procs, tern_run, Worker};
 
 fn run(args: &[&str]) -> Output {
-    tern()
-        .arg("run")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn tern")
+    procs::output(tern_run().args(args).stdin(Stdio::null())).expect("spawn tern")
 }
 
 fn text(b: &[u8]) -> String {
@@ -57,30 +47,6 @@ fn vcpus_workload_with_1_2_and_4_vcpus() {
     }
 }
 
-fn request(sock: &Path, req: &str) -> Value {
-    let mut s = UnixStream::connect(sock).expect("connect control socket");
-    writeln!(s, "{req}").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
-}
-
-fn wait_for_socket(sock: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(sock).is_err() {
-        assert!(Instant::now() < deadline, "control socket never appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn progress(sock: &Path) -> (u64, u64) {
-    let v = request(sock, r#"{"cmd":"status"}"#);
-    (
-        v["probe"]["generation"].as_u64().unwrap(),
-        v["probe"]["cursor"].as_u64().unwrap(),
-    )
-}
-
 #[test]
 fn control_socket_pauses_resumes_and_stops_the_dirty_workload() {
     if !tern_test_support::kvm_available(
@@ -90,41 +56,32 @@ fn control_socket_pauses_resumes_and_stops_the_dirty_workload() {
     }
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("ctl.sock");
-    let child = tern()
-        .args(["run", "--vcpus", "2", "--memory", "128M"])
+    let mut cmd = tern_run();
+    cmd.args(["--vcpus", "2", "--memory", "128M"])
         .args(["--guest", "probe:dirty,mib=16,rate=64+verify"])
-        .args(["--serial", "null", "--control"])
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_socket(&sock);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while progress(&sock).0 < 2 {
-        assert!(Instant::now() < deadline, "dirty workload made no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(request(&sock, r#"{"cmd":"pause"}"#)["state"], "paused");
-    let frozen = progress(&sock);
+        .args(["--serial", "null"]);
+    let w = Worker::start("worker", cmd, &sock);
+    w.wait_generation(2);
+    assert_eq!(w.call(Pause {}).state, VmState::Paused);
+    let frozen = w.progress();
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(progress(&sock), frozen, "progress while paused");
-    assert_eq!(request(&sock, r#"{"cmd":"resume"}"#)["state"], "running");
+    assert_eq!(w.progress(), frozen, "progress while paused");
+    assert_eq!(w.call(Resume {}).state, VmState::Running);
     std::thread::sleep(Duration::from_millis(300));
-    let after = progress(&sock);
+    let after = w.progress();
     assert!(
         after > frozen,
         "no progress after resume: {frozen:?} {after:?}"
     );
-    // Bad requests get an error reply, and the worker keeps serving.
-    let bad = request(&sock, r#"{"cmd":"explode"}"#);
+    // Bad requests get an error reply, and the worker keeps serving (an
+    // unknown request is what the protocol's types cannot express).
+    let bad = w.raw_request(r#"{"cmd":"explode"}"#);
     assert_eq!(bad["ok"], false);
     assert!(bad["error"].as_str().unwrap().contains("bad request"));
-    assert_eq!(request(&sock, r#"{"cmd":"resume"}"#)["ok"], false);
-    assert_eq!(request(&sock, r#"{"cmd":"probe-stop"}"#)["ok"], true);
-    let out = child.wait_with_output().unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    w.refused(Resume {});
+    w.call(ProbeStop {});
+    let (code, stderr) = w.finish(Duration::from_secs(60));
+    assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains("verify pages=4096 bad=0 result=pass"),
         "{stderr}"
@@ -138,17 +95,12 @@ fn shutdown_request_ends_the_worker_with_zero() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("ctl.sock");
-    let mut child = tern()
-        .args(["run", "--memory", "64M", "--guest", "probe:dirty,mib=4"])
-        .args(["--serial", "null", "--control"])
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_socket(&sock);
-    assert_eq!(request(&sock, r#"{"cmd":"shutdown"}"#)["ok"], true);
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let mut cmd = tern_run();
+    cmd.args(["--memory", "64M", "--guest", "probe:dirty,mib=4"])
+        .args(["--serial", "null"]);
+    let w = Worker::start("worker", cmd, &dir.path().join("ctl.sock"));
+    w.call(Shutdown {});
+    assert_eq!(w.wait_exit(Duration::from_secs(60)), Some(0));
 }
 
 /// Bad input: one clear line on stderr, a documented exit code, no panic.
