@@ -442,7 +442,9 @@ impl Daemon {
             let status = child.wait().await.ok();
             this.worker_ended(&wid, &w, status).await;
         });
-        self.wait_ready(&id, &launch.control, gone).await?;
+        if let Some(ended) = self.wait_ready(&id, &launch.control, gone).await? {
+            return self.view(&ended);
+        }
         let row = self
             .reg
             .transition(
@@ -498,17 +500,22 @@ impl Daemon {
     }
 
     /// Polls the control socket until the worker answers, or fails if the
-    /// worker ends first.
+    /// worker ends first; a worker whose guest ran to its end before the
+    /// first answer (the registry says `stopped`) started: its row comes
+    /// back.
     async fn wait_ready(
         &self,
         id: &str,
         control: &Path,
         mut gone: watch::Receiver<bool>,
-    ) -> Result<(), OpError> {
+    ) -> Result<Option<VmRow>, OpError> {
         let start = Instant::now();
         loop {
             if *gone.borrow() {
                 let row = self.reg.vm(id)?;
+                if row.state == VmState::Stopped {
+                    return Ok(Some(row));
+                }
                 return Err(OpError::Failed(format!(
                     "VM {} did not start: {}",
                     row.name,
@@ -519,7 +526,7 @@ impl Daemon {
                 .await
                 .is_ok()
             {
-                return Ok(());
+                return Ok(None);
             }
             if start.elapsed() > self.cfg.start_timeout {
                 if let Some(w) = self.worker(id) {
