@@ -509,10 +509,11 @@ fn incoming_migration() {}
     responses((status = 200, body = Migration), (status = 404, body = ApiError)))]
 fn get_migration() {}
 
-#[utoipa::path(delete, path = "/v1/migrations/{migration}", tag = "migration",
+#[utoipa::path(post, path = "/v1/migrations/{migration}/cancel", tag = "migration",
     params(("migration" = String, Path, description = "Migration id")),
     responses(
-        (status = 200, body = Migration, description = "Cancelled; the source VM runs on"),
+        (status = 200, body = Migration, description = "Cancelled; the source VM runs on \
+            (the migration stays listed, state `cancelled`)"),
         (status = 404, body = ApiError),
         (status = 409, body = ApiError, description = "Already finished"),
     ))]

@@ -191,9 +191,9 @@ pub fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         .add("POST", "/v1/migrations/incoming", post(incoming_migration))
         .add("GET", "/v1/migrations/{migration}", get(get_migration))
         .add(
-            "DELETE",
-            "/v1/migrations/{migration}",
-            delete(cancel_migration),
+            "POST",
+            "/v1/migrations/{migration}/cancel",
+            post(cancel_migration),
         )
         .add("GET", "/v1/disks", get(list_disks))
         .add("POST", "/v1/disks", post(create_disk))
