@@ -30,3 +30,12 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# schemathesis (PyPI) checks the REST API against its OpenAPI document
+# (crates/tern-daemon/tests/schemathesis.rs); pinned, installed with the
+# CPython 3.11 pip only when that version is missing.
+SCHEMATHESIS_VERSION=4.32.5
+if ! schemathesis --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
+  echo "setup: installing schemathesis $SCHEMATHESIS_VERSION"
+  python3.11 -m pip install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi

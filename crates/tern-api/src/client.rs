@@ -465,9 +465,9 @@ impl Client {
         self.get(&format!("/v1/migrations/{}", seg(id))).await
     }
 
-    /// `DELETE /v1/migrations/{id}` (cancel).
+    /// `POST /v1/migrations/{id}/cancel`.
     pub async fn cancel_migration(&self, id: &str) -> Result<Migration, ClientError> {
-        self.call::<(), Migration>(Method::DELETE, &format!("/v1/migrations/{}", seg(id)), None)
+        self.post::<(), Migration>(&format!("/v1/migrations/{}/cancel", seg(id)), None)
             .await
     }
 

@@ -9,7 +9,10 @@
 // implements the operations.
 #![allow(dead_code)]
 
+use utoipa::openapi::link::LinkBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use crate::types::*;
@@ -60,12 +63,12 @@ use crate::types::*;
         list_events,
     ),
     components(schemas(
-        ApiError, VmState, Size, CreateVm, Vm, VmList, Event, EventList, DiskFormat,
+        ApiError, VmState, CreateVm, Vm, VmList, Event, EventList, DiskFormat,
         CreateDisk, DiskQos, Disk, DiskList, ResizeDisk, AttachDisk, CreateCheckpoint,
         Checkpoint, CheckpointList, StartMigration, MigrationState, Migration,
         MigrationList, IncomingMigration, IncomingDisk, IncomingReady, Features, HostInfo
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses, &Links),
     tags(
         (name = "vms", description = "VM lifecycle"),
         (name = "disks", description = "Virtual disks"),
@@ -92,11 +95,199 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Responses every operation can give: 401 on TCP without the right token,
+/// 500 when the registry or a worker fails; and 400 for every operation
+/// that takes a JSON body (malformed JSON, wrong fields, values out of
+/// range).
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let has_body = op.request_body.is_some();
+                let r = &mut op.responses.responses;
+                if has_body && !r.contains_key("400") {
+                    r.insert(
+                        "400".into(),
+                        error("Malformed JSON, or a value the schema does not allow"),
+                    );
+                }
+                r.entry("401".into()).or_insert_with(|| {
+                    error("TCP only: no or a wrong `Authorization: Bearer TOKEN`")
+                });
+                r.entry("500".into())
+                    .or_insert_with(|| error("The registry or a worker failed"));
+            }
+        }
+    }
+}
+
+fn error(description: &str) -> RefOr<Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ApiError")))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+/// An OpenAPI link: the reply of `from` with `status` names, at each JSON
+/// pointer of `params`, the parameter of each operation in `to`.
+struct LinkSpec {
+    from: &'static str,
+    status: &'static str,
+    params: &'static [(&'static str, &'static str)],
+    to: &'static [&'static str],
+}
+
+/// Links from the operations that create something to those that take its
+/// id, so that stateful clients (and schemathesis) can follow them.
+const LINKS: &[LinkSpec] = &[
+    LinkSpec {
+        from: "create_vm",
+        status: "201",
+        params: &[("vm", "/id")],
+        to: &[
+            "get_vm",
+            "delete_vm",
+            "start_vm",
+            "stop_vm",
+            "force_stop_vm",
+            "pause_vm",
+            "resume_vm",
+            "save_vm",
+            "restore_vm",
+            "console",
+            "attach_disk",
+            "list_checkpoints",
+            "create_checkpoint",
+            "migrate_vm",
+        ],
+    },
+    LinkSpec {
+        from: "create_disk",
+        status: "201",
+        params: &[("disk", "/id")],
+        to: &["get_disk", "delete_disk", "resize_disk", "set_disk_qos"],
+    },
+    LinkSpec {
+        from: "migrate_vm",
+        status: "202",
+        params: &[("migration", "/id")],
+        to: &["get_migration", "cancel_migration"],
+    },
+    LinkSpec {
+        from: "incoming_migration",
+        status: "201",
+        params: &[("migration", "/migration/id")],
+        to: &["get_migration", "cancel_migration"],
+    },
+    LinkSpec {
+        from: "create_checkpoint",
+        status: "201",
+        params: &[("vm", "/vm"), ("checkpoint", "/id")],
+        to: &["delete_checkpoint", "apply_checkpoint"],
+    },
+    LinkSpec {
+        from: "attach_disk",
+        status: "200",
+        params: &[("vm", "/id"), ("disk", "/disks/0")],
+        to: &["detach_disk"],
+    },
+];
+
+struct Links;
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut add = |from: &str, status: &str, to: &str, params: &[(&str, &str)]| {
+            let mut link = LinkBuilder::new().operation_id(to);
+            for (name, pointer) in params {
+                link = link.parameter(*name, format!("$response.body#{pointer}"));
+            }
+            let op = operation_mut(openapi, from)
+                .unwrap_or_else(|| panic!("link from unknown operation {from}"));
+            match op.responses.responses.get_mut(status) {
+                Some(RefOr::T(r)) => {
+                    r.links.insert(to.to_string(), RefOr::T(link.build()));
+                }
+                _ => panic!("link from {from}: no inline {status} response"),
+            }
+        };
+        for l in LINKS {
+            for to in l.to {
+                add(l.from, l.status, to, l.params);
+            }
+        }
+    }
+}
+
+fn operation_mut<'a>(
+    openapi: &'a mut utoipa::openapi::OpenApi,
+    id: &str,
+) -> Option<&'a mut utoipa::openapi::path::Operation> {
+    openapi.paths.paths.values_mut().find_map(|item| {
+        [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        .find(|op| op.operation_id.as_deref() == Some(id))
+    })
+}
+
 /// The document as pretty JSON (what `/openapi.json` serves).
 pub fn document() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes")
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    camel_case_links(&mut doc);
+    serde_json::to_string_pretty(&doc).expect("JSON values serialize")
+}
+
+/// utoipa 5.5 writes the fields of a Link Object in snake case
+/// (`operation_id`); OpenAPI names them in camel case (`operationId`).
+fn camel_case_links(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    let links = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|r| r.get_mut("links")?.as_object_mut())
+        .flat_map(|links| links.values_mut())
+        .filter_map(|link| link.as_object_mut());
+    for link in links {
+        for (snake, camel) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(v) = link.remove(snake) {
+                link.insert(camel.into(), v);
+            }
+        }
+    }
 }
 
 /// Every (method, path template) the document lists, sorted; methods in
@@ -160,7 +351,8 @@ fn delete_vm() {}
 #[utoipa::path(post, path = "/v1/vms/{vm}/start", tag = "vms",
     params(("vm" = String, Path, description = "VM name or id")),
     responses(
-        (status = 200, body = Vm, description = "The worker runs the guest"),
+        (status = 200, body = Vm, description = "The worker runs the guest (or ran it to its end \
+            already: state `stopped`)"),
         (status = 404, body = ApiError),
         (status = 409, body = ApiError, description = "Not stopped or failed"),
         (status = 500, body = ApiError, description = "The worker did not start; the VM is `failed`"),
@@ -222,6 +414,7 @@ fn restore_vm() {}
     responses(
         (status = 101, description = "WebSocket: binary frames carry serial output \
             (recent output first) and keyboard input"),
+        (status = 400, body = ApiError, description = "Not a WebSocket upgrade request"),
         (status = 404, body = ApiError),
         (status = 409, body = ApiError, description = "No worker"),
     ))]
@@ -257,6 +450,7 @@ fn list_checkpoints() {}
     responses(
         (status = 201, body = Checkpoint),
         (status = 404, body = ApiError),
+        (status = 409, body = ApiError, description = "The name is taken, or the VM's state does not allow it"),
         (status = 501, body = ApiError, description = "Checkpoints are not implemented yet"),
     ))]
 fn create_checkpoint() {}
@@ -267,6 +461,7 @@ fn create_checkpoint() {}
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, body = ApiError),
+        (status = 409, body = ApiError, description = "The VM's state does not allow it"),
         (status = 501, body = ApiError, description = "Checkpoints are not implemented yet"),
     ))]
 fn delete_checkpoint() {}
@@ -277,6 +472,7 @@ fn delete_checkpoint() {}
     responses(
         (status = 200, body = Vm),
         (status = 404, body = ApiError),
+        (status = 409, body = ApiError, description = "The VM's state does not allow it"),
         (status = 501, body = ApiError, description = "Checkpoints are not implemented yet"),
     ))]
 fn apply_checkpoint() {}
@@ -288,8 +484,9 @@ fn apply_checkpoint() {}
         (status = 202, body = Migration, description = "Started; poll `/v1/migrations/{id}`"),
         (status = 400, body = ApiError),
         (status = 404, body = ApiError),
-        (status = 409, body = ApiError, description = "Not running"),
+        (status = 409, body = ApiError, description = "Not running, or the VM has checkpoints"),
         (status = 501, body = ApiError, description = "The worker cannot migrate yet"),
+        (status = 502, body = ApiError, description = "The destination daemon refused or cannot be reached"),
     ))]
 fn migrate_vm() {}
 
@@ -312,10 +509,11 @@ fn incoming_migration() {}
     responses((status = 200, body = Migration), (status = 404, body = ApiError)))]
 fn get_migration() {}
 
-#[utoipa::path(delete, path = "/v1/migrations/{migration}", tag = "migration",
+#[utoipa::path(post, path = "/v1/migrations/{migration}/cancel", tag = "migration",
     params(("migration" = String, Path, description = "Migration id")),
     responses(
-        (status = 200, body = Migration, description = "Cancelled; the source VM runs on"),
+        (status = 200, body = Migration, description = "Cancelled; the source VM runs on \
+            (the migration stays listed, state `cancelled`)"),
         (status = 404, body = ApiError),
         (status = 409, body = ApiError, description = "Already finished"),
     ))]
@@ -369,12 +567,20 @@ fn set_disk_qos() {}
 
 #[utoipa::path(get, path = "/v1/events", tag = "host",
     params(
-        ("since" = Option<i64>, Query, description = "Only events after this sequence number"),
-        ("vm" = Option<String>, Query, description = "Only events of this VM (name or id)"),
-        ("wait" = Option<u32>, Query, description = "Seconds to wait for a new event (long poll, at most 60)"),
-        ("limit" = Option<u32>, Query, description = "At most this many (default 1000)"),
+        ("since" = Option<i64>, Query, minimum = 0, maximum = 9223372036854775807_i64,
+            description = "Only events after this sequence number (default 0)"),
+        ("vm" = Option<String>, Query,
+            description = "Only events of this VM (name or id; a deleted VM's too)"),
+        ("wait" = Option<u32>, Query, minimum = 0, maximum = 60,
+            description = "Seconds to wait for a new event (long poll; default 0)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000,
+            description = "At most this many (default 1000)"),
     ),
-    responses((status = 200, body = EventList), (status = 400, body = ApiError)))]
+    responses(
+        (status = 200, body = EventList),
+        (status = 400, body = ApiError, description = "An unknown parameter or a value out of range"),
+        (status = 404, body = ApiError, description = "No VM of this name or id, now or before"),
+    ))]
 fn list_events() {}
 
 #[cfg(test)]
@@ -395,6 +601,62 @@ mod tests {
             committed == now,
             "{path} is out of date: run TERN_UPDATE_OPENAPI=1 cargo test -p tern-api and commit it"
         );
+    }
+
+    #[test]
+    fn event_query_bounds_are_the_limits() {
+        let doc: serde_json::Value = serde_json::from_str(&document()).unwrap();
+        let params = doc["paths"]["/v1/events"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let bound = |name: &str, key: &str| {
+            params.iter().find(|p| p["name"] == name).unwrap()["schema"][key].as_i64()
+        };
+        assert_eq!(bound("since", "minimum"), Some(0));
+        assert_eq!(bound("wait", "minimum"), Some(0));
+        assert_eq!(
+            bound("wait", "maximum"),
+            Some(crate::limits::MAX_EVENT_WAIT)
+        );
+        assert_eq!(bound("limit", "minimum"), Some(1));
+        assert_eq!(
+            bound("limit", "maximum"),
+            Some(crate::limits::MAX_EVENT_LIMIT)
+        );
+    }
+
+    #[test]
+    fn links_name_operations_and_their_parameters() {
+        let doc: serde_json::Value = serde_json::from_str(&document()).unwrap();
+        let mut ops = std::collections::HashMap::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                ops.insert(op["operationId"].as_str().unwrap().to_string(), op);
+            }
+        }
+        let mut links = 0;
+        for op in ops.values() {
+            for r in op["responses"].as_object().unwrap().values() {
+                let Some(l) = r.get("links") else { continue };
+                for link in l.as_object().unwrap().values() {
+                    links += 1;
+                    let target = link["operationId"].as_str().expect("operationId");
+                    let target = ops.get(target).unwrap_or_else(|| panic!("no {target}"));
+                    for name in link["parameters"].as_object().unwrap().keys() {
+                        assert!(
+                            target["parameters"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .any(|p| p["name"] == name.as_str()),
+                            "{}: no parameter {name}",
+                            target["operationId"]
+                        );
+                    }
+                }
+            }
+        }
+        assert!(links >= 20, "only {links} links");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Request and response bodies of the REST API (JSON).
 //!
 //! Sizes are accepted as a number of bytes or as text with a binary suffix
-//! (`"512M"`, `"4G"`) and always returned as bytes.
+//! (`"512M"`, `"4G"`) and always returned as bytes. What each field accepts
+//! is in [`crate::limits`], which the schemas are built from.
 
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
+
+use crate::limits;
 
 /// Version of the REST API; the path prefix is `/v1`.
 pub const API_VERSION: &str = "v1";
@@ -100,9 +103,10 @@ impl std::fmt::Display for VmState {
     }
 }
 
-/// A size in bytes, written as a number or as text such as `"512M"`.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, ToSchema)]
-#[schema(value_type = String, example = "512M")]
+/// A size in bytes, written as a number or as text such as `"512M"`. Each
+/// field of this type states its own bounds in the schema (see
+/// [`limits::memory_schema`], [`limits::disk_size_schema`]).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Size(pub u64);
 
 impl<'de> Deserialize<'de> for Size {
@@ -110,16 +114,74 @@ impl<'de> Deserialize<'de> for Size {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
-            Num(u64),
+            Num(Whole),
             Text(String),
         }
         match Raw::deserialize(d) {
-            Ok(Raw::Num(n)) => Ok(Size(n)),
+            Ok(Raw::Num(n)) => Ok(Size(n.0)),
             Ok(Raw::Text(t)) => parse_size(&t).map(Size).map_err(serde::de::Error::custom),
             Err(_) => Err(serde::de::Error::custom(
                 "expected a size: a number of bytes or text such as \"512M\"",
             )),
         }
+    }
+}
+
+/// A non-negative whole number, also when written with a zero fraction
+/// (`7.0`): JSON Schema's `integer` admits those, so the API does too.
+#[derive(Debug, Clone, Copy)]
+struct Whole(u64);
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Whole;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a non-negative whole number")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Whole, E> {
+                Ok(Whole(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Whole, E> {
+                u64::try_from(v)
+                    .map(Whole)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Whole, E> {
+                // 2^64 is exact in f64; every whole f64 below it fits a u64.
+                if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                    Ok(Whole(v as u64))
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `deserialize_with` helpers for whole-number fields (see [`Whole`]).
+mod whole {
+    use serde::{de::Error, Deserialize, Deserializer};
+
+    use super::Whole;
+
+    fn narrow<E: Error>(w: Whole) -> Result<u32, E> {
+        u32::try_from(w.0)
+            .map_err(|_| E::custom(format!("{} is too large (at most {})", w.0, u32::MAX)))
+    }
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        Whole::deserialize(d).map(|w| w.0)
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        narrow(Whole::deserialize(d)?)
+    }
+
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        Option::<Whole>::deserialize(d)?.map(narrow).transpose()
     }
 }
 
@@ -150,15 +212,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 pub struct CreateVm {
     /// Unique name: 1-63 characters of `[A-Za-z0-9._-]`, not starting with
     /// `.` or `-`.
+    #[schema(schema_with = limits::name_schema)]
     pub name: String,
     /// Number of vCPUs (1-64; default 1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::opt_u32")]
+    #[schema(schema_with = limits::vcpus_schema)]
     pub vcpus: Option<u32>,
-    /// Guest memory (default 512M; 16M to 64G, a multiple of 2M).
+    /// Guest memory (default 512M; 16M to 1T, a multiple of 2M).
     #[serde(default)]
+    #[schema(schema_with = limits::memory_schema)]
     pub memory: Option<Size>,
     /// The guest: `probe:WORKLOAD`, e.g. `probe:hello` or
     /// `probe:dirty,mib=32,rate=50+verify`.
+    #[schema(schema_with = limits::guest_schema)]
     pub guest: String,
     /// Disks to attach, by name or id (see `/v1/disks`).
     #[serde(default)]
@@ -249,8 +315,10 @@ impl DiskFormat {
 #[serde(deny_unknown_fields)]
 pub struct CreateDisk {
     /// Unique name (same rules as VM names).
+    #[schema(schema_with = limits::name_schema)]
     pub name: String,
     /// Virtual size (at least 1M, a multiple of 1M, at most 64T).
+    #[schema(schema_with = limits::disk_size_schema)]
     pub size: Size,
     /// Format (default vhdx).
     #[serde(default)]
@@ -258,6 +326,7 @@ pub struct CreateDisk {
     /// Where to create the file: absolute, inside one of the host's allowed
     /// disk directories (default: `NAME.vhdx` in the first one).
     #[serde(default)]
+    #[schema(pattern = "^/")]
     pub path: Option<String>,
 }
 
@@ -265,17 +334,34 @@ pub struct CreateDisk {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DiskQos {
-    /// Upper limit (none: unlimited).
-    #[serde(default)]
+    /// Upper limit (none: unlimited; 0 is refused, it would stop all I/O).
+    #[serde(default, deserialize_with = "whole::opt_u32")]
+    #[schema(schema_with = max_iops_schema)]
     pub max_iops: Option<u32>,
-    /// Minimum; an event is raised when the disk cannot get it.
-    #[serde(default)]
+    /// Minimum; an event is raised when the disk cannot get it. Not above
+    /// `max_iops`.
+    #[serde(default, deserialize_with = "whole::opt_u32")]
+    #[schema(schema_with = min_iops_schema)]
     pub min_iops: Option<u32>,
     /// Upper limit on throughput in bytes per second, reads and writes
     /// together (none: unlimited).
     #[serde(default)]
     #[schema(minimum = 1)]
     pub max_bw: Option<u64>,
+}
+
+fn max_iops_schema() -> utoipa::openapi::schema::Schema {
+    limits::optional_u32(
+        1,
+        "Upper limit (none: unlimited; 0 is refused, it would stop all I/O).",
+    )
+}
+
+fn min_iops_schema() -> utoipa::openapi::schema::Schema {
+    limits::optional_u32(
+        0,
+        "Minimum; an event is raised when the disk cannot get it. Not above `max_iops`.",
+    )
 }
 
 /// A virtual disk in the registry.
@@ -309,6 +395,7 @@ pub struct DiskList {
 #[serde(deny_unknown_fields)]
 pub struct ResizeDisk {
     /// New virtual size.
+    #[schema(schema_with = limits::disk_size_schema)]
     pub size: Size,
 }
 
@@ -325,6 +412,7 @@ pub struct AttachDisk {
 #[serde(deny_unknown_fields)]
 pub struct CreateCheckpoint {
     /// Name, unique per VM.
+    #[schema(schema_with = limits::name_schema)]
     pub name: String,
 }
 
@@ -354,6 +442,7 @@ pub struct CheckpointList {
 pub struct StartMigration {
     /// The destination daemon: `unix:/path/to/ternd.sock` or
     /// `http://HOST:PORT`.
+    #[schema(schema_with = limits::endpoint_schema)]
     pub to: String,
     /// Bearer token of the destination daemon (TCP only).
     #[serde(default)]
@@ -409,14 +498,21 @@ pub struct Migration {
 #[serde(deny_unknown_fields)]
 pub struct IncomingMigration {
     /// The VM's id (kept across hosts).
+    #[schema(schema_with = limits::vm_id_schema)]
     pub vm_id: String,
     /// The VM's name.
+    #[schema(schema_with = limits::name_schema)]
     pub name: String,
     /// vCPUs.
+    #[serde(deserialize_with = "whole::u32")]
+    #[schema(schema_with = limits::incoming_vcpus_schema)]
     pub vcpus: u32,
     /// Guest memory in bytes.
+    #[serde(deserialize_with = "whole::u64")]
+    #[schema(schema_with = limits::incoming_memory_schema)]
     pub memory: u64,
     /// The guest (`probe:WORKLOAD`).
+    #[schema(schema_with = limits::guest_schema)]
     pub guest: String,
     /// The source daemon, for the record.
     pub source: String,
@@ -437,12 +533,16 @@ pub struct IncomingMigration {
 #[serde(deny_unknown_fields)]
 pub struct IncomingDisk {
     /// Its name (kept on the destination).
+    #[schema(schema_with = limits::name_schema)]
     pub name: String,
     /// The image file, the same path on both hosts.
+    #[schema(pattern = "^/")]
     pub path: String,
     /// Format.
     pub format: DiskFormat,
     /// Virtual size in bytes.
+    #[serde(deserialize_with = "whole::u64")]
+    #[schema(schema_with = limits::disk_bytes_schema)]
     pub size: u64,
     /// Storage QoS.
     #[serde(default)]
@@ -539,6 +639,21 @@ mod tests {
         assert!(e.to_string().contains("unknown suffix"), "{e}");
         assert!(serde_json::from_str::<Size>("-1").is_err());
         assert!(serde_json::from_str::<Size>("\"99999999999T\"").is_err());
+    }
+
+    #[test]
+    fn whole_numbers_may_have_a_zero_fraction() {
+        let v: CreateVm = serde_json::from_str(
+            r#"{"name":"a","guest":"probe:hello","vcpus":7.0,"memory":33554432.0}"#,
+        )
+        .unwrap();
+        assert_eq!((v.vcpus, v.memory), (Some(7), Some(Size(32 << 20))));
+        for bad in [r#"7.5"#, "-1", "4294967296", r#""7""#] {
+            let body = format!(r#"{{"name":"a","guest":"probe:hello","vcpus":{bad}}}"#);
+            assert!(serde_json::from_str::<CreateVm>(&body).is_err(), "{bad}");
+        }
+        let q: DiskQos = serde_json::from_str(r#"{"max_iops":null,"min_iops":3.0}"#).unwrap();
+        assert_eq!((q.max_iops, q.min_iops), (None, Some(3)));
     }
 
     #[test]

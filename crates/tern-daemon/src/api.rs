@@ -16,13 +16,14 @@ use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use tern_api::{
-    ApiError, AttachDisk, CreateCheckpoint, CreateDisk, CreateVm, DiskList, DiskQos, EventList,
-    ResizeDisk, StartMigration, VmList,
+    limits, ApiError, AttachDisk, CreateCheckpoint, CreateDisk, CreateVm, DiskList, DiskQos,
+    EventList, ResizeDisk, StartMigration, VmList,
 };
 
 use crate::daemon::Daemon;
 use crate::error::{chain, OpError};
 use crate::registry::RegistryError;
+use crate::worker::WorkerError;
 
 type AppState = Arc<Daemon>;
 
@@ -65,6 +66,18 @@ impl From<OpError> for ApiErr {
             OpError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             OpError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             OpError::Peer(_) => (StatusCode::BAD_GATEWAY, "peer"),
+            // No control socket: the worker has just ended on its own (its
+            // guest finished) and the registry has not caught up yet.
+            OpError::Worker {
+                source: WorkerError::Control { source, .. },
+                ..
+            } if matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+            {
+                (StatusCode::CONFLICT, "conflict")
+            }
             OpError::Worker { .. } | OpError::Failed(_) | OpError::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -108,7 +121,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiErr::bad("a JSON body is required"));
         }
-        serde_json::from_slice(&bytes)
+        // serde would also take a struct from a JSON array of its fields;
+        // every body here is an object.
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiErr::bad(format!("invalid JSON body: {e}")))?;
+        if !value.is_object() {
+            return Err(ApiErr::bad("the JSON body must be an object"));
+        }
+        serde_json::from_value(value)
             .map(Body)
             .map_err(|e| ApiErr::bad(format!("invalid JSON body: {e}")))
     }
@@ -172,9 +192,9 @@ pub fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         .add("POST", "/v1/migrations/incoming", post(incoming_migration))
         .add("GET", "/v1/migrations/{migration}", get(get_migration))
         .add(
-            "DELETE",
-            "/v1/migrations/{migration}",
-            delete(cancel_migration),
+            "POST",
+            "/v1/migrations/{migration}/cancel",
+            post(cancel_migration),
         )
         .add("GET", "/v1/disks", get(list_disks))
         .add("POST", "/v1/disks", post(create_disk))
@@ -566,9 +586,24 @@ async fn list_events(
             )));
         }
     }
-    let since = num("since")?.unwrap_or(0);
-    let wait = num("wait")?.unwrap_or(0).clamp(0, 60) as u64;
-    let limit = num("limit")?.unwrap_or(1000).clamp(1, 10_000) as u32;
+    // Out of range is refused rather than clamped, as the document says.
+    let ranged = |k: &str, min: i64, max: i64, default: i64| -> ApiResult<i64> {
+        match num(k)? {
+            None => Ok(default),
+            Some(v) if (min..=max).contains(&v) => Ok(v),
+            Some(v) => Err(ApiErr::bad(format!(
+                "invalid {k} {v}: must be from {min} to {max}"
+            ))),
+        }
+    };
+    let since = ranged("since", 0, i64::MAX, 0)?;
+    let wait = ranged("wait", 0, limits::MAX_EVENT_WAIT, 0)? as u64;
+    let limit = ranged(
+        "limit",
+        1,
+        limits::MAX_EVENT_LIMIT,
+        limits::DEFAULT_EVENT_LIMIT,
+    )? as u32;
     let vm_id = match q.get("vm") {
         // A deleted VM's events stay: match its id or its last name.
         Some(v) => Some(match d.reg.vm(v) {

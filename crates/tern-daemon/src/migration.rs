@@ -683,7 +683,7 @@ fn incoming_disks(d: &Daemon, disks: &[IncomingDisk]) -> Result<Vec<Disk>, OpErr
         .collect()
 }
 
-/// `DELETE /v1/migrations/{id}`: cancels a running migration; the source
+/// `POST /v1/migrations/{id}/cancel`: cancels a running migration; the source
 /// VM runs on.
 pub async fn cancel(d: &Daemon, id: &str) -> Result<Migration, OpError> {
     let r = get(d, id).ok_or_else(|| OpError::NotFound(format!("no migration '{id}'")))?;

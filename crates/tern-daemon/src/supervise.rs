@@ -179,7 +179,9 @@ impl Daemon {
                 return Err(e);
             }
         };
-        self.wait_ready(&id, &w).await?;
+        if let Some(ended) = self.wait_ready(&id, &w).await? {
+            return self.view(&ended);
+        }
         let row = self
             .reg
             .transition(
@@ -229,13 +231,18 @@ impl Daemon {
     }
 
     /// Polls the control socket until the worker answers, or fails if the
-    /// worker ends first.
-    pub(crate) async fn wait_ready(&self, id: &str, w: &Worker) -> Result<(), OpError> {
+    /// worker ends first; a worker whose guest ran to its end before the
+    /// first answer (the registry says `stopped`) started: its row comes
+    /// back.
+    pub(crate) async fn wait_ready(&self, id: &str, w: &Worker) -> Result<Option<VmRow>, OpError> {
         let mut gone = w.gone.clone();
         let start = Instant::now();
         loop {
             if *gone.borrow() {
                 let row = self.reg.vm(id)?;
+                if row.state == VmState::Stopped {
+                    return Ok(Some(row));
+                }
                 return Err(OpError::Failed(format!(
                     "VM {} did not start: {}",
                     row.name,
@@ -243,7 +250,7 @@ impl Daemon {
                 )));
             }
             let failed = match worker::hello(&w.control, Duration::from_secs(2)).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(None),
                 // It answers, but in a protocol this daemon does not know.
                 Err(
                     e @ WorkerError::Call {

@@ -1,16 +1,15 @@
 //! Checks of names, sizes and guest settings that requests carry: each
 //! returns [`OpError::BadRequest`] naming what is wrong.
 
+use tern_api::limits::{
+    name_ok, DISK_ALIGN, MAX_DISK, MAX_MEMORY, MAX_VCPUS, MEMORY_ALIGN, MIN_DISK, MIN_MEMORY,
+};
+
 use crate::error::OpError;
 
 /// Checks a VM or disk name.
 pub fn check_name(kind: &str, name: &str) -> Result<(), OpError> {
-    let ok = (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && !name.starts_with(['.', '-']);
-    if ok {
+    if name_ok(name) {
         Ok(())
     } else {
         Err(OpError::BadRequest(format!(
@@ -32,14 +31,9 @@ pub fn check_guest(guest: &str) -> Result<(), OpError> {
         .map_err(|e| OpError::BadRequest(format!("invalid guest '{guest}': {e}")))
 }
 
-/// Largest guest memory accepted.
-const MAX_MEMORY: u64 = 1 << 40;
-/// Smallest guest memory accepted (the probe's layout needs this much).
-const MIN_MEMORY: u64 = 16 << 20;
-
 /// Checks guest memory.
 pub fn check_memory(memory: u64) -> Result<(), OpError> {
-    if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory) || !memory.is_multiple_of(2 << 20) {
+    if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory) || !memory.is_multiple_of(MEMORY_ALIGN) {
         return Err(OpError::BadRequest(format!(
             "invalid memory size {memory} bytes: must be a multiple of 2 MiB from 16 MiB to 1 TiB"
         )));
@@ -49,7 +43,7 @@ pub fn check_memory(memory: u64) -> Result<(), OpError> {
 
 /// Checks a vCPU count.
 pub fn check_vcpus(vcpus: u32) -> Result<(), OpError> {
-    if !(1..=64).contains(&vcpus) {
+    if !(1..=MAX_VCPUS).contains(&vcpus) {
         return Err(OpError::BadRequest(format!(
             "invalid vcpus {vcpus}: must be from 1 to 64"
         )));
@@ -57,12 +51,9 @@ pub fn check_vcpus(vcpus: u32) -> Result<(), OpError> {
     Ok(())
 }
 
-/// Largest disk (the VHDX limit).
-const MAX_DISK: u64 = 64 << 40;
-
 /// Checks a disk size.
 pub fn check_size(size: u64) -> Result<(), OpError> {
-    if !((1 << 20)..=MAX_DISK).contains(&size) || !size.is_multiple_of(1 << 20) {
+    if !(MIN_DISK..=MAX_DISK).contains(&size) || !size.is_multiple_of(DISK_ALIGN) {
         return Err(OpError::BadRequest(format!(
             "invalid disk size {size} bytes: must be a multiple of 1 MiB from 1 MiB to 64 TiB"
         )));
