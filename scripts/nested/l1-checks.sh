@@ -122,6 +122,12 @@ blk_checks() {
   else
     check l2-boot-1vcpu FAIL "guest counts nproc=$(field "$init" nproc) with --vcpus 1"
   fi
+  if tr -d '\r' <$d/con | grep -aq '^L2-BLK-UNSUPPORTED'; then
+    why="the guest kernel cannot find Tern's virtio-mmio devices: it has no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES (virtio_mmio.device= is ignored) and Tern has no ACPI DSDT entries for them; without a MADT/MP table the guest has no IOAPIC for their IRQs either (issue 17, item 2)"
+    for c in blk-raw blk-vhdx vhdx-tern-check vhdx-qemu-img-check; do check $c SKIP "$why"; done
+    rm -f $d/raw.img
+    return
+  fi
   for dev in vda vdb; do
     if [ $dev = vda ]; then name=blk-raw; file=$d/raw.img; else name=blk-vhdx; file=$d/dyn.raw; fi
     line=$(tr -d '\r' <$d/con | grep -a "^L2-BLK dev=$dev " | head -1)

@@ -72,7 +72,14 @@ case $mode in
     ;;
   blk)
     load_virtio
-    for d in vda vdb; do blk_check "$d"; done
+    usleep 500000
+    if [ ! -e /sys/module/virtio_mmio/parameters/device ] && [ -z "$(ls /sys/bus/virtio/devices)" ]; then
+      # Debian's kernel has no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, and nothing
+      # else (ACPI) describes Tern's virtio-mmio devices.
+      echo "L2-BLK-UNSUPPORTED"
+    else
+      for d in vda vdb; do blk_check "$d"; done
+    fi
     sync
     echo "L2-BLK-DONE"
     ;;
