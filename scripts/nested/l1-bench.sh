@@ -33,11 +33,11 @@ one() {
   t0=$(now_ms)
   "$@" </dev/null >/tmp/bench.fifo 2>&1 &
   pid=$!
-  # A watchdog that ends by itself when the VMM is gone (its output must not
-  # hold the caller's command substitution open).
+  # A watchdog (about 400 s) that ends by itself when the VMM is gone (its
+  # output must not hold the caller's command substitution open).
   (
     i=0
-    while [ $i -lt 1200 ] && kill -0 $pid 2>/dev/null; do usleep 100000; i=$((i + 1)); done
+    while [ $i -lt 4000 ] && kill -0 $pid 2>/dev/null; do usleep 100000; i=$((i + 1)); done
     kill -9 $pid 2>/dev/null
   ) >/dev/null 2>&1 &
   dog=$!

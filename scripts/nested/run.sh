@@ -5,10 +5,12 @@
 # same kernel inside it (L2) for every check in checks.txt. See
 # docs/nested-tier.md.
 #
-# Usage: scripts/nested/run.sh [--only GROUP,...] [--no-build] [--timeout SECONDS]
+# Usage: scripts/nested/run.sh [--only GROUP,...] [--no-build] [--bin-dir DIR] [--timeout SECONDS]
 #   --only      run only these groups of checks.txt (probe, blk, console,
 #               lifecycle, pending)
 #   --no-build  use target/release as it is (no cargo build)
+#   --bin-dir   take tern and probe-guest from DIR (e.g. target/debug, which
+#               test.sh has built already); implies --no-build
 #   --timeout   L1's time limit (default 420 s, or $TERN_NESTED_TIMEOUT)
 # Exit status: 0 when nothing failed (skips included), 1 otherwise.
 # With TERN_SKIP_LOG set (scripts/test.sh) every SKIP is appended to it and
@@ -18,11 +20,13 @@ set -euo pipefail
 
 only=
 build=1
+bin_dir=$REPO_DIR/target/release
 limit=${TERN_NESTED_TIMEOUT:-420}
 while (($#)); do
   case $1 in
     --only) only=$2; shift ;;
     --no-build) build=0 ;;
+    --bin-dir) bin_dir=$(realpath "$2"); build=0; shift ;;
     --timeout) limit=$2; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
@@ -101,7 +105,7 @@ if ((build)); then
   timing="release build $(($(date +%s) - t)) s"
 fi
 t=$(date +%s)
-"$NESTED_DIR/build.sh"
+"$NESTED_DIR/build.sh" --bin-dir "$bin_dir"
 timing="${timing:+$timing, }payload build $(($(date +%s) - t)) s"
 find_kernel
 
