@@ -11,6 +11,10 @@ wanted=(
   "fio:fio"
   "xz-utils:xz"
   "iproute2:tc"
+  # the nested tier (scripts/nested): L1/L2 initramfs tools and a console client
+  "busybox-static:busybox"
+  "cpio:cpio"
+  "socat:socat"
 )
 
 missing=()
@@ -38,4 +42,39 @@ SCHEMATHESIS_VERSION=4.32.5
 if ! schemathesis --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
   echo "setup: installing schemathesis $SCHEMATHESIS_VERSION"
   python3.11 -m pip install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+# The nested tier's L1 (scripts/nested) runs under QEMU 7.2's software
+# emulator, bookworm's: under QEMU 10's the L2 guest's kvm-clock stops and it
+# never reaches /init. It is unpacked beside the system's packages (not
+# installed: Debian's qemu-utils 10 breaks qemu-system-common older than 8);
+# its libraries are ordinary packages. scripts/nested/lib.sh looks for it here.
+qdir=${TERN_NESTED_QEMU_DIR:-/var/cache/tern-nested/qemu}
+if [[ ! -x $qdir/usr/bin/qemu-system-x86_64 ]]; then
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  qemu72() { apt-cache madison qemu-system-x86 | awk '$3 ~ /^1:7\.2/ { print $3; exit }'; }
+  qv=$(qemu72)
+  [[ -n $qv ]] || { $SUDO apt-get update -q && qv=$(qemu72); }
+  if [[ -z $qv ]]; then
+    echo "setup: no QEMU 7.2 in this machine's apt sources; the nested tier will be skipped"
+  else
+    echo "setup: unpacking QEMU $qv into $qdir (for the nested tier)"
+    dl=$(mktemp -d)
+    dv=$(apt-cache madison qemu-system-data | awk -v v="${qv%+b*}" '$3 == v { print $3; exit }')
+    sv=$(apt-cache madison seabios | awk '$3 ~ /^1\.16\.2/ { print $3; exit }')
+    (cd "$dl" && apt-get download -q "qemu-system-x86=$qv" "qemu-system-common=$qv" \
+      "qemu-system-data=${dv:-$qv}" ${sv:+"seabios=$sv"})
+    $SUDO mkdir -p "$qdir"
+    for deb in "$dl"/*.deb; do $SUDO dpkg-deb -x "$deb" "$qdir"; done
+    mapfile -t libs < <(for deb in "$dl"/qemu-system-x86_*.deb "$dl"/qemu-system-common_*.deb; do
+      dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/([^)]*)//; s/|.*//; s/ //g' | grep '^lib'
+    done | sort -u | while read -r l; do
+      # only what is missing: installing a present one would upgrade it
+      dpkg-query -W -f='${Status}\n' "$l" 2>/dev/null | grep -q '^install ok installed' || echo "$l"
+    done)
+    if ((${#libs[@]})); then
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends --no-remove "${libs[@]}"
+    fi
+    rm -rf "$dl"
+  fi
 fi

@@ -90,6 +90,15 @@ rm -f "$log.fuzz"
 echo "test result: fuzz. ${fuzz_ok} passed; ${fuzz_bad} failed" >>"$log"
 if ((fuzz_bad)); then status=1; fi
 
+# The nested tier: real Linux guests in one QEMU TCG L1 (docs/nested-tier.md).
+# Its SKIPs go to TERN_SKIP_LOG and its last line is a cargo-style
+# "test result:" line, so the totals below count it.
+echo "== nested tier (scripts/nested/run.sh)"
+set +e
+scripts/nested/run.sh 2>&1 | tee -a "$log"
+((PIPESTATUS[0] == 0)) || status=1
+set -e
+
 sum() { awk -v k="$1" '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ "^" k) n += $i } END { print n + 0 }' "$log"; }
 passed=$(sum passed)
 failed=$(sum failed)

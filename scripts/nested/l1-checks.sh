@@ -1,0 +1,407 @@
+#!/bin/sh
+# The nested tier's checks, run by L1's /init (busybox sh) with Tern on L1's
+# real /dev/kvm. Each check reports one line on the console:
+#   TIER-CHECK NAME PASS|FAIL|SKIP DETAIL
+# Every L2 console log is streamed out after its run as TIER-L2 RUN| LINE
+# (the host scans them for kernel warnings); TIER-INFO lines are context.
+# Environment: KVM=1 when /dev/kvm exists, ONLY=group,group (empty: all).
+# The groups and check names are in checks.txt (copied to /tier).
+. /tier/env
+K=/tier/vmlinuz
+I=/tier/l2.cpio
+MEM=256M
+PIDS=
+
+check() { echo "TIER-CHECK $1 $2 $3"; }
+
+selected() {
+  [ -z "$ONLY" ] && return 0
+  case ",$ONLY," in *",$1,"*) return 0 ;; esac
+  return 1
+}
+
+# Every check of GROUP as SKIP, with a reason.
+skip_group() {
+  grep -v '^#' /tier/checks.txt | while read -r g name _; do
+    [ "$g" = "$1" ] && check "$name" SKIP "$2"
+  done
+}
+
+# stream RUN FILE: an L2 console log, out to the host.
+stream() {
+  [ -f "$2" ] || return 0
+  tr -d '\r' <"$2" | sed "s/^/TIER-L2 $1| /"
+  echo
+}
+
+# info RUN FILE: a worker's own messages (stderr), as context.
+info_file() {
+  [ -f "$2" ] || return 0
+  sed "s/^/TIER-INFO $1: /" "$2"
+}
+
+# wait_for FILE PATTERN SECONDS [PID]: until FILE holds PATTERN (an extended
+# regular expression); gives up early when PID has exited.
+wait_for() {
+  _i=0
+  while [ $_i -lt $(($3 * 10)) ]; do
+    grep -aqE -- "$2" "$1" 2>/dev/null && return 0
+    if [ -n "$4" ] && ! kill -0 "$4" 2>/dev/null; then
+      grep -aqE -- "$2" "$1" 2>/dev/null
+      return
+    fi
+    usleep 100000
+    _i=$((_i + 1))
+  done
+  return 1
+}
+
+# wait_exit PID SECONDS: sets RC to the exit status (124: still running after
+# SECONDS, then killed).
+wait_exit() {
+  _i=0
+  while kill -0 "$1" 2>/dev/null && [ $_i -lt $(($2 * 10)) ]; do
+    usleep 100000
+    _i=$((_i + 1))
+  done
+  if kill -0 "$1" 2>/dev/null; then
+    kill -9 "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+    RC=124
+  else
+    wait "$1"
+    RC=$?
+  fi
+}
+
+# field LINE KEY: the value of KEY=VALUE in LINE.
+field() { echo "$1" | sed -n "s/.* $2=\([^ ]*\).*/\1/p"; }
+
+# Uptime "12.34" -> centiseconds.
+cs() {
+  _w=${1%.*}
+  _f=${1#*.}
+  _f=${_f#0}
+  echo $((_w * 100 + _f))
+}
+
+probe_checks() {
+  out=/tmp/probe
+  mkdir -p $out
+  timeout 120 tern run --guest probe:hello --serial file:$out/con --control $out/ctl >$out/out 2>$out/err
+  rc=$?
+  info_file probe $out/err
+  if [ $rc -eq 0 ]; then
+    check probe-hello PASS "tern run --guest probe:hello exited 0: $(grep -a '\[probe\]' $out/err | tail -1)"
+  else
+    check probe-hello FAIL "tern run --guest probe:hello exited $rc: $(tail -1 $out/err)"
+  fi
+}
+
+blk_checks() {
+  d=/tmp/blk
+  mkdir -p $d
+  truncate -s 64M $d/raw.img
+  if ! tern disk create --size 64M --type dynamic $d/dyn.vhdx >$d/create.out 2>&1; then
+    for c in l2-boot-1vcpu blk-raw blk-vhdx vhdx-tern-check vhdx-qemu-img-check; do
+      check $c FAIL "tern disk create --type dynamic failed: $(tail -1 $d/create.out)"
+    done
+    return
+  fi
+  timeout 240 tern run --kernel $K --initrd $I --cmdline "$L2_CMDLINE tier.mode=blk" --memory $MEM \
+    --disk path=$d/raw.img --disk path=$d/dyn.vhdx \
+    --serial file:$d/con --control $d/ctl >$d/out 2>$d/err
+  rc=$?
+  stream blk $d/con
+  info_file blk $d/err
+  init=$(tr -d '\r' <$d/con | grep -a '^L2-INIT' | head -1)
+  if [ -z "$init" ]; then
+    check l2-boot-1vcpu FAIL "the guest never reached /init (worker exit $rc)"
+  elif [ "$(field "$init" nproc)" = 1 ]; then
+    check l2-boot-1vcpu PASS "reached /init at $(field "$init" up) s of guest uptime; guest counts nproc=1"
+  else
+    check l2-boot-1vcpu FAIL "guest counts nproc=$(field "$init" nproc) with --vcpus 1"
+  fi
+  if tr -d '\r' <$d/con | grep -aq '^L2-BLK-UNSUPPORTED'; then
+    why="the guest kernel cannot find Tern's virtio-mmio devices: it has no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES (virtio_mmio.device= is ignored) and Tern has no ACPI DSDT entries for them; without a MADT/MP table the guest has no IOAPIC for their IRQs either (issue 17, item 2)"
+    for c in blk-raw blk-vhdx vhdx-tern-check vhdx-qemu-img-check; do check $c SKIP "$why"; done
+    rm -f $d/raw.img
+    return
+  fi
+  for dev in vda vdb; do
+    if [ $dev = vda ]; then name=blk-raw; file=$d/raw.img; else name=blk-vhdx; file=$d/dyn.raw; fi
+    line=$(tr -d '\r' <$d/con | grep -a "^L2-BLK dev=$dev " | head -1)
+    errs=$(tr -d '\r' <$d/con | grep -a "^L2-BLK-ERR dev=$dev " | tr '\n' ' ')
+    if [ $dev = vdb ]; then
+      # The oracle reads the VHDX back: qemu-img, not Tern.
+      if ! qemu-img convert -f vhdx -O raw $d/dyn.vhdx $file >$d/convert.out 2>&1; then
+        check $name FAIL "qemu-img convert of the VHDX failed: $(tail -1 $d/convert.out)"
+        continue
+      fi
+    fi
+    w=$(field "$line" wrote)
+    if [ -z "$line" ] || [ -z "$w" ]; then
+      check $name FAIL "no result from the guest for /dev/$dev (worker exit $rc) $errs"
+      continue
+    fi
+    h0=$(dd if=$file bs=1M count=8 2>/dev/null | sha256sum | cut -d' ' -f1)
+    h40=$(dd if=$file bs=1M skip=40 count=8 2>/dev/null | sha256sum | cut -d' ' -f1)
+    sectors=$(field "$line" sectors)
+    why=
+    [ "$sectors" = 131072 ] || why="$why guest sees $sectors sectors, not 131072;"
+    [ "$(field "$line" read0)" = "$w" ] || why="$why guest read back other data at 0;"
+    [ "$(field "$line" read40)" = "$w" ] || why="$why guest read back other data at 40M;"
+    [ "$h0" = "$w" ] || why="$why the file holds other data at 0 than the guest wrote;"
+    [ "$h40" = "$w" ] || why="$why the file holds other data at 40M than the guest wrote;"
+    [ -z "$errs" ] || why="$why $errs"
+    [ $rc -eq 0 ] || why="$why worker exited $rc;"
+    if [ -z "$why" ]; then
+      check $name PASS "/dev/$dev: 2x8 MiB written and read back by virtio_blk, sha256 ${w%"${w#????????????}"}... matches in the guest and in the file"
+    else
+      check $name FAIL "/dev/$dev:$why"
+    fi
+  done
+  # Checking a VHDX nobody wrote proves little: both checks need the guest's.
+  if ! tr -d '\r' <$d/con | grep -aq "^L2-BLK dev=vdb sectors="; then
+    check vhdx-tern-check FAIL "the guest wrote nothing to the VHDX (see blk-vhdx)"
+    check vhdx-qemu-img-check FAIL "the guest wrote nothing to the VHDX (see blk-vhdx)"
+    rm -f $d/raw.img $d/dyn.raw
+    return
+  fi
+  if tern disk check $d/dyn.vhdx >$d/tcheck.out 2>&1; then
+    check vhdx-tern-check PASS "$(tail -1 $d/tcheck.out)"
+  else
+    check vhdx-tern-check FAIL "$(tr '\n' ' ' <$d/tcheck.out)"
+  fi
+  if ! command -v qemu-img >/dev/null; then
+    check vhdx-qemu-img-check SKIP "no qemu-img in L1 (the host has none)"
+  elif qemu-img check -f vhdx $d/dyn.vhdx >$d/qcheck.out 2>&1; then
+    check vhdx-qemu-img-check PASS "$(tail -1 $d/qcheck.out)"
+  else
+    check vhdx-qemu-img-check FAIL "$(tr '\n' ' ' <$d/qcheck.out)"
+  fi
+  rm -f $d/raw.img $d/dyn.raw
+}
+
+console_checks() {
+  d=/tmp/console
+  mkdir -p $d
+  tern run --kernel $K --initrd $I --cmdline "$L2_CMDLINE tier.mode=shell" --memory $MEM \
+    --serial socket:$d/sock --control $d/ctl >$d/out 2>$d/err &
+  w=$!
+  PIDS="$PIDS $w"
+  # A reading client from the start (output before it connects is lost).
+  socat -u UNIX-CONNECT:$d/sock,retry=300,interval=0.1 CREATE:$d/con 2>$d/socat.err &
+  r=$!
+  verdict=FAIL
+  if ! wait_for $d/con '^L2-SHELL-READY' 180 $w; then
+    why="the guest's shell never came up"
+  else
+    sleep 1
+    # The guest's shell must evaluate this (the answer is not in the input).
+    printf 'echo CONSOLE-$((6*7))-OK\n' | socat -u STDIN UNIX-CONNECT:$d/sock 2>>$d/socat.err
+    if wait_for $d/con 'CONSOLE-42-OK' 30 $w; then
+      verdict=PASS
+      why="a line typed on the console socket ran in the guest's shell"
+    else
+      why="typed 'echo CONSOLE-\$((6*7))-OK' on the console socket; the guest never answered"
+    fi
+    printf 'reboot -f\n' | socat -u STDIN UNIX-CONNECT:$d/sock 2>>$d/socat.err
+  fi
+  wait_exit $w 60
+  [ $RC -eq 0 ] || why="$why; worker exit $RC"
+  [ $RC -eq 0 ] || verdict=FAIL
+  kill $r 2>/dev/null
+  wait $r 2>/dev/null
+  stream console $d/con
+  info_file console $d/err
+  check serial-console-input $verdict "$why"
+}
+
+# --- save/restore and migration: one guest lineage, a fresh boot only where
+# a step failed (so each step's verdict is its own).
+
+LC=/tmp/lc
+# last_tick FILE: "pid n up" of the last complete counter line.
+last_tick() {
+  tr -d '\r' <"$1" | grep -aE '^L2-TICK pid=[0-9]+ n=[0-9]+ up=[0-9]+\.[0-9]+$' | tail -1 |
+    sed 's/^L2-TICK pid=\([0-9]*\) n=\([0-9]*\) up=\([0-9.]*\)$/\1 \2 \3/'
+}
+
+# boot_counter RUN [--memfd]: a fresh counter guest; sets CUR_* (empty CUR_PID
+# when it did not come up).
+boot_counter() {
+  run=$1
+  shift
+  tern run --kernel $K --initrd $I --cmdline "$L2_CMDLINE tier.mode=counter" --memory $MEM "$@" \
+    --serial file:$LC/$run.con --control $LC/$run.ctl >$LC/$run.out 2>$LC/$run.err &
+  CUR_PID=$!
+  PIDS="$PIDS $CUR_PID"
+  CUR_RUN=$run
+  if ! wait_for $LC/$run.con '^L2-TICK pid=[0-9]+ n=3 ' 180 $CUR_PID; then
+    echo "TIER-INFO counter guest $run did not come up"
+    stop_current
+  fi
+}
+
+stop_current() {
+  [ -n "$CUR_PID" ] || return 0
+  kill "$CUR_PID" 2>/dev/null
+  wait_exit "$CUR_PID" 20
+  stream "$CUR_RUN" "$LC/$CUR_RUN.con"
+  info_file "$CUR_RUN" "$LC/$CUR_RUN.err"
+  CUR_PID=
+}
+
+# continues NAME OLD_RUN NEW_RUN NEW_PID: the counter of OLD_RUN's guest
+# goes on in NEW_RUN: same process, next numbers, uptime continuing, no boot.
+# Reports NAME and returns 0 on PASS.
+continues() {
+  name=$1
+  old=$LC/$2.con
+  new=$LC/$3.con
+  set -- $(last_tick "$old") "$4"
+  p0=$1 n0=$2 up0=$3 pid=$4
+  if [ -z "$up0" ]; then
+    check "$name" FAIL "no counter output from the source"
+    return 1
+  fi
+  if ! wait_for "$new" "^L2-TICK pid=$p0 n=$((n0 + 3)) " 90 "$pid"; then
+    got=$(last_tick "$new")
+    check "$name" FAIL "counter pid $p0 was at n=$n0; afterwards: ${got:-no counter output} (want pid $p0, n=$((n0 + 3)) within 90 s)"
+    return 1
+  fi
+  first=$(tr -d '\r' <"$new" | grep -aE '^L2-TICK pid=[0-9]+ n=[0-9]+ up=[0-9]+\.[0-9]+$' | head -1)
+  p1=$(field " $first" pid)
+  n1=$(field "$first" n)
+  up1=$(field "$first" up)
+  why=
+  [ "$p1" = "$p0" ] || why="$why first counter line is pid $p1, not $p0;"
+  [ "$n1" -gt "$n0" ] && [ "$n1" -le $((n0 + 2)) ] || why="$why counter went from $n0 to $n1;"
+  gap=$(($(cs "$up1") - $(cs "$up0")))
+  [ $gap -ge 0 ] && [ $gap -le 6000 ] || why="$why guest uptime went from $up0 to $up1 s;"
+  tr -d '\r' <"$new" | grep -aq '^L2-INIT' && why="$why the guest booted again;"
+  if [ -n "$why" ]; then
+    check "$name" FAIL "$why"
+    return 1
+  fi
+  check "$name" PASS "pid $p0 counted on from n=$n0 to n=$n1 (uptime $up0 -> $up1 s) and kept counting"
+}
+
+# wait_listening RUN: until the --incoming worker waits (or 30 s).
+wait_listening() {
+  wait_for "$LC/$1.err" 'waiting for a migration' 30 "$2" ||
+    echo "TIER-INFO $1: no 'waiting for a migration' line in 30 s; migrating anyway"
+}
+
+lifecycle_checks() {
+  mkdir -p $LC
+
+  # save and restore
+  boot_counter a
+  if [ -z "$CUR_PID" ]; then
+    check save-restore FAIL "the counter guest did not come up (see TIER-L2 a)"
+  else
+    src=$CUR_PID
+    if tern worker save --control $LC/a.ctl $LC/saved >$LC/save.out 2>&1; then
+      wait_exit $src 60
+      src_rc=$RC
+      stream a $LC/a.con
+      info_file a $LC/a.err
+      tern run --restore $LC/saved --serial file:$LC/b.con --control $LC/b.ctl >$LC/b.out 2>$LC/b.err &
+      CUR_PID=$!
+      CUR_RUN=b
+      PIDS="$PIDS $CUR_PID"
+      if continues save-restore a b $CUR_PID; then
+        [ "$src_rc" -eq 0 ] || echo "TIER-INFO saved worker exited $src_rc"
+      else
+        stop_current
+      fi
+    else
+      check save-restore FAIL "tern worker save failed: $(tr '\n' ' ' <$LC/save.out)"
+      stop_current
+    fi
+  fi
+
+  # migration over TCP into a memfd-backed worker (the next step's source)
+  [ -n "$CUR_PID" ] || boot_counter b2
+  if [ -z "$CUR_PID" ]; then
+    check migrate-tcp FAIL "no source guest (the counter guest did not come up)"
+  else
+    tern run --incoming tcp:127.0.0.1:47017 --kernel $K --initrd $I --cmdline "$L2_CMDLINE tier.mode=counter" \
+      --memory $MEM --memfd --serial file:$LC/c.con --control $LC/c.ctl >$LC/c.out 2>$LC/c.err &
+    dst=$!
+    PIDS="$PIDS $dst"
+    wait_listening c $dst
+    if tern migrate --control $LC/$CUR_RUN.ctl --to tcp:127.0.0.1:47017 --json >$LC/m1.out 2>&1; then
+      wait_exit "$CUR_PID" 60
+      stream "$CUR_RUN" "$LC/$CUR_RUN.con"
+      info_file "$CUR_RUN" "$LC/$CUR_RUN.err"
+      echo "TIER-INFO migrate-tcp: $(tail -1 $LC/m1.out)"
+      old=$CUR_RUN
+      CUR_PID=$dst
+      CUR_RUN=c
+      continues migrate-tcp "$old" c $dst || stop_current
+    else
+      check migrate-tcp FAIL "tern migrate --to tcp: failed: $(tail -2 $LC/m1.out | tr '\n' ' ')"
+      stop_current
+      kill $dst 2>/dev/null
+      wait_exit $dst 20
+      info_file c $LC/c.err
+    fi
+  fi
+
+  # memfd hand-over on the same host
+  [ -n "$CUR_PID" ] || boot_counter c2 --memfd
+  if [ -z "$CUR_PID" ]; then
+    check migrate-memfd FAIL "no source guest (the counter guest did not come up)"
+  else
+    tern run --incoming unix:$LC/d.mig --kernel $K --initrd $I --cmdline "$L2_CMDLINE tier.mode=counter" \
+      --memory $MEM --memfd --serial file:$LC/d.con --control $LC/d.ctl >$LC/d.out 2>$LC/d.err &
+    dst=$!
+    PIDS="$PIDS $dst"
+    wait_listening d $dst
+    if tern migrate --control $LC/$CUR_RUN.ctl --to unix:$LC/d.mig --json >$LC/m2.out 2>&1; then
+      wait_exit "$CUR_PID" 60
+      stream "$CUR_RUN" "$LC/$CUR_RUN.con"
+      info_file "$CUR_RUN" "$LC/$CUR_RUN.err"
+      echo "TIER-INFO migrate-memfd: $(tail -1 $LC/m2.out)"
+      old=$CUR_RUN
+      CUR_PID=$dst
+      CUR_RUN=d
+      continues migrate-memfd "$old" d $dst
+    else
+      check migrate-memfd FAIL "tern migrate --to unix: failed: $(tail -2 $LC/m2.out | tr '\n' ' ')"
+      kill $dst 2>/dev/null
+      wait_exit $dst 20
+      info_file d $LC/d.err
+    fi
+  fi
+  stop_current
+}
+
+pending_checks() {
+  grep -v '^#' /tier/checks.txt | while read -r g name reason; do
+    [ "$g" = pending ] || continue
+    detail=$reason
+    if [ "$name" = l2-no-unhandled-msr ]; then
+      detail="$reason; L1's KVM logged $(dmesg | grep -ci 'unhandled') unhandled MSR accesses this run"
+    fi
+    check "$name" SKIP "$detail"
+  done
+}
+
+if [ "$KVM" != 1 ]; then
+  for g in probe blk console lifecycle; do
+    selected $g && skip_group $g "no /dev/kvm in L1 (kvm_amd did not load: QEMU's -cpu max gave no SVM?)"
+  done
+else
+  selected probe && probe_checks
+  selected blk && blk_checks
+  selected console && console_checks
+  selected lifecycle && lifecycle_checks
+fi
+selected pending && pending_checks
+dmesg | grep -i 'kvm\|svm' | sed 's/^/TIER-INFO L1 dmesg: /' | tail -20
+# Nothing started here may outlive the checks.
+for p in $PIDS; do kill -9 "$p" 2>/dev/null; done

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# The nested tier: real Linux guests under Tern, on a real KVM, on machines
+# whose own /dev/kvm cannot run a guest kernel. ONE QEMU TCG machine (L1) runs
+# this machine's Debian kernel with kvm-amd; Tern's release binaries boot the
+# same kernel inside it (L2) for every check in checks.txt. See
+# docs/nested-tier.md.
+#
+# Usage: scripts/nested/run.sh [--only GROUP,...] [--no-build] [--bin-dir DIR] [--timeout SECONDS]
+#   --only      run only these groups of checks.txt (probe, blk, console,
+#               lifecycle, pending)
+#   --no-build  use target/release as it is (no cargo build)
+#   --bin-dir   take tern and probe-guest from DIR (e.g. target/debug, which
+#               test.sh has built already); implies --no-build
+#   --timeout   L1's time limit (default 420 s, or $TERN_NESTED_TIMEOUT)
+# Exit status: 0 when nothing failed (skips included), 1 otherwise.
+# With TERN_SKIP_LOG set (scripts/test.sh) every SKIP is appended to it and
+# the last line is a cargo-style "test result:" line for test.sh's totals.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+only=
+build=1
+bin_dir=$REPO_DIR/target/release
+limit=${TERN_NESTED_TIMEOUT:-420}
+while (($#)); do
+  case $1 in
+    --only) only=$2; shift ;;
+    --no-build) build=0 ;;
+    --bin-dir) bin_dir=$(realpath "$2"); build=0; shift ;;
+    --timeout) limit=$2; shift ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
+  esac
+  shift
+done
+
+t_start=$(date +%s)
+mkdir -p "$WORK_DIR"
+results=$WORK_DIR/results.txt
+: >"$results"
+
+# The checks to expect: those of the selected groups (and the host's own).
+expected=()
+groups=()
+while read -r g name _; do
+  [[ -z $g || $g == \#* ]] && continue
+  if [[ -z $only || $g == host || ,$only, == *,$g,* ]]; then
+    expected+=("$name")
+    groups+=("$g")
+  fi
+done <"$NESTED_DIR/checks.txt"
+if [[ -n $only ]]; then
+  for g in ${only//,/ }; do
+    grep -qE "^$g[[:space:]]" "$NESTED_DIR/checks.txt" || { echo "run.sh: no group '$g' in checks.txt" >&2; exit 64; }
+  done
+fi
+
+record() { echo "$1 $2 ${3:-}" >>"$results"; }
+
+summary() {
+  local pass fail skip v name detail
+  pass=$(grep -c '^PASS ' "$results" || true)
+  fail=$(grep -c '^FAIL ' "$results" || true)
+  skip=$(grep -c '^SKIP ' "$results" || true)
+  echo
+  echo "== nested tier results"
+  while read -r v name detail; do
+    printf '  %-4s %-22s %s\n' "$v" "$name" "$detail"
+  done <"$results"
+  if ((skip)); then
+    echo
+    while read -r v name detail; do
+      [[ $v == SKIP ]] || continue
+      echo "*** SKIP nested:$name: $detail ***"
+      if [[ -n ${TERN_SKIP_LOG:-} ]]; then echo "SKIP nested:$name: $detail" >>"$TERN_SKIP_LOG"; fi
+    done <"$results"
+  fi
+  echo
+  echo "nested tier: $pass passed, $fail failed, $skip skipped (wall $(($(date +%s) - t_start)) s${timing:+; $timing})"
+  if [[ -n ${TERN_SKIP_LOG:-} ]]; then
+    # test.sh counts skips in "passed" and subtracts its skip log, as it does
+    # for cargo tests that return early.
+    echo "test result: nested tier. $((pass + skip)) passed; $fail failed; 0 ignored"
+  fi
+  ((fail == 0))
+}
+
+skip_all() {
+  local n
+  for n in "${expected[@]}"; do record SKIP "$n" "$1"; done
+  summary
+}
+
+timing=
+reasons=$(missing_tools)
+if [[ -n $reasons ]]; then
+  skip_all "cannot run here: $(echo "$reasons" | paste -sd ';' -)"
+  exit
+fi
+
+if ((build)); then
+  t=$(date +%s)
+  say "cargo build --release -p tern -p probe-guest"
+  (cd "$REPO_DIR" && nice -n 5 cargo build --release -q -p tern -p probe-guest)
+  timing="release build $(($(date +%s) - t)) s"
+fi
+t=$(date +%s)
+"$NESTED_DIR/build.sh" --bin-dir "$bin_dir"
+timing="${timing:+$timing, }payload build $(($(date +%s) - t)) s"
+find_kernel
+
+cmdline="console=ttyS0,115200 rdinit=/init quiet panic=-1 tier.mode=checks${only:+ tier.only=$only}"
+l1_qemu "$WORK_DIR/l1.cpio" "$cmdline"
+say "L1: ${L1_CMD[*]} (limit ${limit} s)"
+t=$(date +%s)
+set +e
+timeout -k 10 "$limit" "${L1_CMD[@]}" </dev/null 2>"$WORK_DIR/qemu.err" |
+  sed -u 's/\r$//' | tee "$WORK_DIR/l1.log" | grep --line-buffered -E '^TIER-(CHECK|INFO L1)' >&2
+qemu_rc=${PIPESTATUS[0]}
+set -e
+l1_secs=$(($(date +%s) - t))
+timing="${timing:+$timing, }L1 run $l1_secs s"
+log=$WORK_DIR/l1.log
+
+if ! grep -q '^TIER-' "$log" && [[ -s $WORK_DIR/qemu.err ]]; then
+  # QEMU did not start at all (no L1 output): this machine cannot run it.
+  skip_all "QEMU cannot run here: $(head -3 "$WORK_DIR/qemu.err" | paste -sd ' ' -)"
+  exit
+fi
+
+# L2 consoles by run, for the warning scan and for reading after a failure.
+rm -rf "$WORK_DIR/l2-logs"
+mkdir -p "$WORK_DIR/l2-logs"
+awk -v dir="$WORK_DIR/l2-logs" '/^TIER-L2 / { run = $2; sub(/\|$/, "", run); line = $0; sub(/^TIER-L2 [^|]*\| ?/, "", line); print line >> (dir "/" run ".log") }' "$log"
+
+bad='WARNING:|BUG:|Oops|Call Trace|general protection fault|Kernel panic'
+for i in "${!expected[@]}"; do
+  name=${expected[$i]}
+  case $name in
+    l1-finished)
+      if ((qemu_rc == 124 || qemu_rc == 137)); then
+        record FAIL "$name" "L1 did not finish within ${limit} s (killed); last line: $(grep -v '^TIER-L2' "$log" | tail -1)"
+      elif ! grep -q '^TIER-END' "$log"; then
+        record FAIL "$name" "L1 ended (QEMU exit $qemu_rc) before its checks were done; last line: $(tail -1 "$log")"
+      else
+        record PASS "$name" "L1 ran all its checks in $l1_secs s"
+      fi
+      ;;
+    l2-no-kernel-warning)
+      if ! compgen -G "$WORK_DIR/l2-logs/*.log" >/dev/null; then
+        record SKIP "$name" "no L2 console came out of L1"
+      elif hits=$(grep -aHnE "$bad" "$WORK_DIR"/l2-logs/*.log); then
+        record FAIL "$name" "$(echo "$hits" | wc -l) line(s), first: $(echo "$hits" | head -1 | sed "s|$WORK_DIR/||")"
+      else
+        record PASS "$name" "$(ls "$WORK_DIR"/l2-logs/*.log | wc -l) L2 consoles, no WARNING/BUG/oops/Call Trace"
+      fi
+      ;;
+    *)
+      line=$(grep -m1 "^TIER-CHECK $name " "$log" || true)
+      if [[ -z $line ]]; then
+        record FAIL "$name" "no result from L1 (group ${groups[$i]})"
+      else
+        read -r _ _ v detail <<<"$line"
+        case $v in
+          PASS | FAIL | SKIP) record "$v" "$name" "$detail" ;;
+          *) record FAIL "$name" "unreadable result: $line" ;;
+        esac
+      fi
+      ;;
+  esac
+done
+
+if grep -q '^FAIL ' "$results"; then
+  echo
+  echo "== L1 log: $log; L2 consoles: $WORK_DIR/l2-logs/"
+  if compgen -G "$WORK_DIR/l2-logs/*.log" >/dev/null; then
+    grep -aHnE "$bad" "$WORK_DIR"/l2-logs/*.log | head -20 | sed "s|$WORK_DIR/||" || true
+  fi
+  grep -v '^TIER-L2' "$log" | tail -25
+fi
+summary
