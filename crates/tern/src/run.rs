@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use tern_worker_proto::launch::{GuestSpec, MemoryFileSpec, RestoreMode, RestoreSpec, SerialSpec};
-use tern_worker_proto::{DiskFormat, DiskSpec, Endpoint, LaunchSpec, QosLimits};
+use tern_worker_proto::{DiskFormat, DiskSpec, Endpoint, LaunchSpec, LaunchSpecError, QosLimits};
 
 use crate::exit_code;
 use crate::size::parse_size;
@@ -213,7 +213,10 @@ pub fn run(args: RunArgs) -> i32 {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("tern: error: {}", chain(&e));
-                return exit_code::USAGE;
+                return match e {
+                    LaunchSpecError::Read { .. } => exit_code::NO_INPUT,
+                    _ => exit_code::USAGE,
+                };
             }
         },
         None => match spec(args) {
