@@ -323,3 +323,91 @@ pub fn output(cmd: &mut Command) -> io::Result<std::process::Output> {
     let tag = Tag::new();
     tag.apply(cmd).output()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pids(tag: &Tag) -> Vec<u32> {
+        let mut v: Vec<u32> = tag.live().iter().map(|p| p.pid).collect();
+        v.sort();
+        v
+    }
+
+    /// Waits until `n` processes carry `tag` (a forked child shows its
+    /// parent's environment until it executes).
+    fn wait_for(tag: &Tag, n: usize) -> Vec<u32> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let p = pids(tag);
+            if p.len() == n {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "{n} tagged processes: {p:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn dropping_a_spawned_child_kills_what_it_started_in_other_groups() {
+        let tag = Tag::new();
+        // A grandchild in a session and process group of its own, as the
+        // daemon starts its workers.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "setsid sleep 60 & exec sleep 60"]);
+        let child = Spawned::spawn(&mut cmd, &tag).unwrap();
+        let found = wait_for(&tag, 2);
+        assert!(found.contains(&child.pid()), "{found:?}");
+        drop(child);
+        assert_eq!(pids(&tag), Vec::<u32>::new());
+        for p in found {
+            assert!(!alive(p), "pid {p} survived");
+        }
+    }
+
+    #[test]
+    fn release_keeps_the_rest_of_the_tag_until_the_tag_goes() {
+        let tag = Tag::new();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "setsid sleep 60 & exec sleep 60"]);
+        let child = Spawned::spawn(&mut cmd, &tag).unwrap();
+        wait_for(&tag, 2);
+        let leader = child.pid();
+        child.release();
+        let left = wait_for(&tag, 1);
+        assert!(!left.contains(&leader));
+        let var = tag.var().to_string();
+        drop(tag);
+        assert!(live_with_env(format!("{var}=1").as_bytes()).is_empty());
+    }
+
+    #[test]
+    fn a_wrapped_executable_runs_under_the_tag() {
+        let tag = Tag::new();
+        let dir = tempfile::tempdir().unwrap();
+        let exe = tag.wrap_exe(Path::new("/bin/sleep"), dir.path());
+        let mut child = Command::new(&exe).arg("60").spawn().unwrap();
+        let found = wait_for(&tag, 1);
+        assert_eq!(found, [child.id()]);
+        assert!(cmdline(child.id()).starts_with("/bin/sleep 60"));
+        assert!(tag.kill_all().is_empty());
+        assert!(!child.wait().unwrap().success());
+    }
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited but not reaped yet.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) {
+            assert!(Instant::now() < deadline, "true did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            std::fs::metadata(format!("/proc/{pid}")).is_ok(),
+            "reaped already"
+        );
+        child.wait().unwrap();
+    }
+}
