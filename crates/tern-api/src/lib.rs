@@ -5,6 +5,7 @@
 //! vm ...`) uses [`client::Client`].
 
 pub mod client;
+pub mod fuzzing;
 pub mod limits;
 pub mod openapi;
 pub mod types;

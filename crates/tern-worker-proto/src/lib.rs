@@ -27,6 +27,7 @@
 mod client;
 mod endpoint;
 mod error;
+pub mod fuzzing;
 pub mod hello;
 pub mod launch;
 pub mod migration;
