@@ -7,7 +7,8 @@
 //!
 //! Needs `cargo build -p tern -p probe-guest` first (`ternd`, `tern` and the
 //! probe guest beside the test binary). `TERN_SCHEMATHESIS_EXAMPLES` sets the
-//! examples per operation (default 20: about a minute on two cores).
+//! examples per operation (default 20: about a minute on two cores),
+//! `TERN_SCHEMATHESIS_SEED` the seed (default 1).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -167,6 +168,7 @@ fn schemathesis_finds_nothing() {
         bin.display()
     );
     let examples = std::env::var("TERN_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "20".into());
+    let seed = std::env::var("TERN_SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".into());
     let mut d = Ternd::start(&bin);
     let config = d.dir.path().join("schemathesis.toml");
     std::fs::write(&config, CONFIG).unwrap();
@@ -182,7 +184,7 @@ fn schemathesis_finds_nothing() {
         .args(["--checks", "all"])
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .args(["--max-examples", &examples])
-        .args(["--seed", "1"])
+        .args(["--seed", &seed])
         .args(["--request-timeout", "30"])
         .args(["--generation-database", "none"])
         .arg("--report-dir")
