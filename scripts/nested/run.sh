@@ -11,7 +11,7 @@
 #   --no-build  use target/release as it is (no cargo build)
 #   --bin-dir   take tern and probe-guest from DIR (e.g. target/debug, which
 #               test.sh has built already); implies --no-build
-#   --timeout   L1's time limit (default 420 s, or $TERN_NESTED_TIMEOUT)
+#   --timeout   L1's time limit (default 600 s, or $TERN_NESTED_TIMEOUT)
 # Exit status: 0 when nothing failed (skips included), 1 otherwise.
 # With TERN_SKIP_LOG set (scripts/test.sh) every SKIP is appended to it and
 # the last line is a cargo-style "test result:" line for test.sh's totals.
@@ -21,7 +21,7 @@ set -euo pipefail
 only=
 build=1
 bin_dir=$REPO_DIR/target/release
-limit=${TERN_NESTED_TIMEOUT:-420}
+limit=${TERN_NESTED_TIMEOUT:-600}
 while (($#)); do
   case $1 in
     --only) only=$2; shift ;;
