@@ -98,6 +98,10 @@ pub struct Disk {
     /// Served by its own polling thread.
     #[prost(bool, tag = "6")]
     pub poll: bool,
+    /// Image format: `raw`, `vhdx`, or empty (by file name; states
+    /// written before the field existed).
+    #[prost(string, tag = "7")]
+    pub format: String,
 }
 
 /// The memory image of a saved state.

@@ -167,6 +167,7 @@ pub fn config_to_proto(c: &VmConfig) -> proto::Config {
                 min_iops: d.qos.min_iops,
                 max_bw: d.qos.max_bw,
                 poll: d.poll,
+                format: d.format.map(|f| f.name().to_string()).unwrap_or_default(),
             })
             .collect(),
     }
@@ -204,17 +205,26 @@ pub fn config_from_proto(
     c.disks = p
         .disks
         .iter()
-        .map(|d| DiskConfig {
-            path: base.join(&d.path),
-            read_only: d.read_only,
-            qos: QosLimits {
-                max_iops: d.max_iops,
-                min_iops: d.min_iops,
-                max_bw: d.max_bw,
-            },
-            poll: d.poll,
+        .map(|d| {
+            let format = match d.format.as_str() {
+                "" => None,
+                "raw" => Some(tern_block::DiskFormat::Raw),
+                "vhdx" => Some(tern_block::DiskFormat::Vhdx),
+                other => return Err(bad(&format!("disk {}: unknown format '{other}'", d.path))),
+            };
+            Ok(DiskConfig {
+                path: base.join(&d.path),
+                format,
+                read_only: d.read_only,
+                qos: QosLimits {
+                    max_iops: d.max_iops,
+                    min_iops: d.min_iops,
+                    max_bw: d.max_bw,
+                },
+                poll: d.poll,
+            })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     Ok(c)
 }
 
@@ -435,7 +445,8 @@ mod tests {
             },
         );
         c.disks = vec![DiskConfig {
-            path: "/d/a.vhdx".into(),
+            path: "/d/a.img".into(),
+            format: Some(tern_block::DiskFormat::Vhdx),
             read_only: true,
             qos: QosLimits {
                 max_iops: 5,

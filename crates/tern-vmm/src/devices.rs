@@ -34,8 +34,11 @@ pub const MAX_DISKS: usize = MAX_DEVICES;
 /// A disk to attach.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DiskConfig {
-    /// The image (`.vhdx`/`.avhdx`: VHDX, anything else raw).
+    /// The image.
     pub path: PathBuf,
+    /// Its format; `None`: by file name (`.vhdx`/`.avhdx` is VHDX, anything
+    /// else raw).
+    pub format: Option<tern_block::DiskFormat>,
     /// Attach read-only.
     pub read_only: bool,
     /// Storage QoS.
@@ -212,13 +215,15 @@ impl Disks {
         let mut out = Disks::default();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
         for (index, cfg) in configs.iter().enumerate() {
-            let backend =
-                tern_block::open(&tern_block::OpenOptions::new(&cfg.path).read_only(cfg.read_only))
-                    .map_err(|source| DiskError::Open {
-                        index,
-                        path: cfg.path.clone(),
-                        source,
-                    })?;
+            let opts = tern_block::OpenOptions {
+                format: cfg.format,
+                ..tern_block::OpenOptions::new(&cfg.path).read_only(cfg.read_only)
+            };
+            let backend = tern_block::open(&opts).map_err(|source| DiskError::Open {
+                index,
+                path: cfg.path.clone(),
+                source,
+            })?;
             let qos = Qos::new(cfg.qos, clock.clone())
                 .map_err(|source| DiskError::Qos { index, source })?;
             let qos = Arc::new(Mutex::new(qos));
@@ -453,7 +458,12 @@ impl Disks {
             let mut t = lock(&d.transport);
             if d.backend.is_closed() {
                 let path = lock(&d.path).clone();
-                let opts = tern_block::OpenOptions::new(&path).read_only(d.config.read_only);
+                let opts = tern_block::OpenOptions {
+                    // A checkpoint's differencing image is VHDX by name;
+                    // the configured image has the configured format.
+                    format: d.config.format.filter(|_| path == d.config.path),
+                    ..tern_block::OpenOptions::new(&path).read_only(d.config.read_only)
+                };
                 let image = loop {
                     match tern_block::open(&opts) {
                         Ok(b) => break b,

@@ -231,11 +231,11 @@ pub enum LaunchSpecError {
     #[error("\"{0}\" and \"{1}\" exclude each other (a restored VM's configuration comes from its saved directory)")]
     Conflict(&'static str, &'static str),
     /// No vCPUs.
-    #[error("\"vcpus\" must be at least 1")]
+    #[error("a VM needs at least 1 vCPU (\"vcpus\" is 0)")]
     NoVcpus,
-    /// No memory.
-    #[error("\"memory\" must be more than 0 bytes")]
-    NoMemory,
+    /// Less memory than any VM needs.
+    #[error("guest memory must be at least 1 MiB (\"memory\" is {0} bytes)")]
+    TooLittleMemory(u64),
     /// A disk without a path.
     #[error("disk {0} has an empty \"path\"")]
     EmptyDiskPath(usize),
@@ -358,8 +358,8 @@ impl LaunchSpec {
         if self.vcpus == 0 {
             return Err(LaunchSpecError::NoVcpus);
         }
-        if self.memory == 0 {
-            return Err(LaunchSpecError::NoMemory);
+        if self.memory < 1 << 20 {
+            return Err(LaunchSpecError::TooLittleMemory(self.memory));
         }
         for (index, d) in self.disks.iter().enumerate() {
             if d.path.as_os_str().is_empty() {

@@ -145,6 +145,19 @@ pub enum MigrationPhase {
 }
 
 impl MigrationPhase {
+    /// The phase as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationPhase::None => "none",
+            MigrationPhase::Setup => "setup",
+            MigrationPhase::Precopy => "precopy",
+            MigrationPhase::Switchover => "switchover",
+            MigrationPhase::Completed => "completed",
+            MigrationPhase::Failed => "failed",
+            MigrationPhase::Cancelled => "cancelled",
+        }
+    }
+
     /// Whether the migration has ended.
     pub fn is_final(self) -> bool {
         matches!(

@@ -480,8 +480,14 @@ fn bad_launch_specs_are_refused_clearly() {
             r#"{"version":1,"restore":{"dir":"/s"},"disks":[{"path":"/a"}]}"#.into(),
             "\"restore\" and \"disks\"",
         ),
-        (format!(r#"{{"version":1,{probe},"vcpus":0}}"#), "vcpus"),
-        (format!(r#"{{"version":1,{probe},"memory":0}}"#), "memory"),
+        (
+            format!(r#"{{"version":1,{probe},"vcpus":0}}"#),
+            "at least 1 vCPU",
+        ),
+        (
+            format!(r#"{{"version":1,{probe},"memory":4096}}"#),
+            "at least 1 MiB",
+        ),
         (
             format!(r#"{{"version":1,{probe},"disks":[{{"path":""}}]}}"#),
             "disk 0 has an empty",

@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::{json, Value};
 
+use tern_worker_proto::migration::{Migrate, MigrateStatus, MigrationOutcome};
+use tern_worker_proto::requests::Shutdown;
+use tern_worker_proto::{Client, EndpointError};
+
 use crate::exit_code;
 use crate::size::parse_size;
 
@@ -272,16 +276,6 @@ fn wait_path(p: &Path, what: &str) -> Res<()> {
     Ok(())
 }
 
-fn tern_request(sock: &Path, req: &Value) -> Res<Value> {
-    let mut s = UnixStream::connect(sock).map_err(|e| e.to_string())?;
-    writeln!(s, "{req}").map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    serde_json::from_str(&line).map_err(|e| format!("{line:?}: {e}"))
-}
-
 /// One Tern migration; returns (total ms, downtime ms, status).
 #[allow(clippy::too_many_arguments)]
 fn tern_case(
@@ -352,32 +346,41 @@ fn tern_case(
         // A dirtying guest: let it reach its working set first.
         std::thread::sleep(Duration::from_secs(3));
     }
-    let r = tern_request(
-        &src_sock,
-        &json!({"cmd": "migrate", "to": to, "compression": compression}),
-    )?;
-    if r["ok"] != true {
-        return Err(format!("migrate: {r}"));
-    }
+    let req = Migrate {
+        compression: Some(compression.parse()?),
+        ..Migrate::to(to.parse().map_err(|e: EndpointError| e.to_string())?)
+    };
+    let src_ctl = Client::new(&src_sock).with_timeout(Duration::from_secs(30));
+    src_ctl
+        .call(req)
+        .map_err(|e| format!("migrate: {}", crate::run::chain(&e)))?;
     let deadline = Instant::now() + Duration::from_secs(300);
-    let v = loop {
+    let s = loop {
         std::thread::sleep(Duration::from_millis(20));
-        let v = tern_request(&src_sock, &json!({"cmd": "migrate-status"}))?;
-        match v["phase"].as_str() {
-            Some("completed") => break v,
-            Some("failed" | "cancelled") => return Err(format!("tern migration: {v}")),
-            _ if Instant::now() > deadline => return Err(format!("tern migration hangs: {v}")),
-            _ => {}
+        let s = src_ctl
+            .call(MigrateStatus {})
+            .map_err(|e| crate::run::chain(&e))?;
+        match s.outcome {
+            Some(MigrationOutcome::Completed) => break s,
+            Some(_) => return Err(format!("tern migration: {s:?}")),
+            None if Instant::now() > deadline => {
+                return Err(format!("tern migration hangs: {s:?}"))
+            }
+            None => {}
         }
     };
     let _ = src.0.wait();
-    let _ = wait_path(&dst_sock, "the destination worker")
-        .and_then(|()| tern_request(&dst_sock, &json!({"cmd": "shutdown"})));
+    let _ = wait_path(&dst_sock, "the destination worker").and_then(|()| {
+        Client::new(&dst_sock)
+            .call(Shutdown {})
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
     let _ = dst.0.wait();
     Ok((
-        v["elapsed_ms"].as_f64().unwrap_or(0.0),
-        v["downtime_ms"].as_f64().unwrap_or(0.0),
-        v,
+        s.elapsed_ms,
+        s.downtime_ms.unwrap_or(0.0),
+        serde_json::to_value(&s).map_err(|e| e.to_string())?,
     ))
 }
 

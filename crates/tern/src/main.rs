@@ -1,11 +1,11 @@
-//! `tern`: the command line, the VM worker (`tern run`) and disk tools.
+//! `tern`: the command line, the VM worker (`tern run`, a shell over the
+//! `tern-worker` library) and disk tools.
 //!
 //! Exit codes scripts can rely on are in [`exit_code`] and README.md.
 
 mod bench;
 mod bench_migrate;
 mod bench_save;
-mod control;
 mod disk;
 mod exit_code;
 mod migrate_cli;

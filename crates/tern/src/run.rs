@@ -1,23 +1,46 @@
-//! `tern run`: the VM worker. Runs one VM in the foreground, serves its
-//! control socket, and exits with the guest's status.
+//! `tern run`: the VM worker's command line. It turns its options into a
+//! [`LaunchSpec`] (or reads one with `--launch FILE|-`) and hands it to
+//! [`tern_worker::run`], which runs the VM until it ends.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use clap::Args;
-use tern_devices::serial::SerialMode;
-use tern_vmm::boot::linux::LinuxError;
-use tern_vmm::devices::{BlockError, DiskConfig, DiskError, QosLimits};
-use tern_vmm::{Backing, Guest, Vm, VmConfig, VmError, VmExit, VmHooks};
+use tern_worker_proto::launch::{GuestSpec, MemoryFileSpec, RestoreMode, RestoreSpec, SerialSpec};
+use tern_worker_proto::{DiskFormat, DiskSpec, Endpoint, LaunchSpec, QosLimits};
 
-use crate::control;
 use crate::exit_code;
 use crate::size::parse_size;
+
+pub use tern_worker::error_chain as chain;
+
+/// Options that describe the VM, which `--launch` replaces (not
+/// `--probe-image`: it may come from the environment).
+const VM_OPTIONS: [&str; 16] = [
+    "vcpus",
+    "memory",
+    "guest",
+    "kernel",
+    "initrd",
+    "cmdline",
+    "serial",
+    "control",
+    "memfd",
+    "disks",
+    "restore",
+    "checkpoint_dir",
+    "incoming",
+    "memory_file",
+    "paused",
+    "prealloc",
+];
 
 /// Arguments of `tern run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// The whole VM configuration as a launch spec (JSON; `-`: standard
+    /// input) instead of the options below. See README.md, "Launch spec".
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = VM_OPTIONS)]
+    launch: Option<PathBuf>,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
@@ -26,7 +49,7 @@ pub struct RunArgs {
     memory: u64,
     /// Built-in guest: `probe:WORKLOAD` (e.g. probe:hello, probe:vcpus,
     /// probe:dirty,mib=64,rate=100+verify).
-    #[arg(long, conflicts_with = "kernel", required_unless_present_any = ["kernel", "restore"])]
+    #[arg(long, conflicts_with = "kernel", required_unless_present_any = ["kernel", "restore", "launch"])]
     guest: Option<String>,
     /// Linux kernel (bzImage or ELF vmlinux).
     #[arg(long)]
@@ -38,8 +61,8 @@ pub struct RunArgs {
     #[arg(long, requires = "kernel")]
     cmdline: Option<String>,
     /// Serial console: stdout, file:PATH, socket:PATH or null.
-    #[arg(long, default_value = "stdout")]
-    serial: SerialMode,
+    #[arg(long, default_value = "stdout", value_parser = parse_serial)]
+    serial: SerialSpec,
     /// Control socket path (default: $XDG_RUNTIME_DIR or /tmp, tern-worker-PID.sock).
     #[arg(long)]
     control: Option<PathBuf>,
@@ -53,12 +76,14 @@ pub struct RunArgs {
     #[arg(long, default_value = "/dev/kvm", hide = true)]
     kvm: PathBuf,
     /// A disk (repeatable; the guest sees them in this order):
-    /// path=FILE[,readonly][,max-iops=N][,min-iops=N][,max-bw=BYTES][,poll].
-    /// FILE ending in .vhdx/.avhdx is VHDX, anything else raw. IOPS are
-    /// normalized: each 8 KiB of a request counts as one. `poll` serves the
-    /// disk from its own polling thread (needs a spare host core).
+    /// path=FILE[,format=raw|vhdx][,readonly][,max-iops=N][,min-iops=N][,max-bw=BYTES][,poll].
+    /// Without format=, FILE ending in .vhdx/.avhdx is VHDX, anything else
+    /// raw. A comma inside a value is written twice (path=a,,b.img is the
+    /// file `a,b.img`). IOPS are normalized: each 8 KiB of a request counts
+    /// as one. `poll` serves the disk from its own polling thread (needs a
+    /// spare host core).
     #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
-    disks: Vec<DiskConfig>,
+    disks: Vec<DiskSpec>,
     /// Continue a saved VM (a directory written by the `save` request, or
     /// an export) instead of booting; its configuration comes from there.
     /// Nothing in the directory is changed.
@@ -82,12 +107,12 @@ pub struct RunArgs {
     /// or unix:PATH, then run the VM it brings. The other options must
     /// describe the same VM (checked before any memory moves).
     #[arg(long, value_name = "ENDPOINT")]
-    incoming: Option<tern_migrate::Endpoint>,
+    incoming: Option<Endpoint>,
     /// Initial memory contents from an image file: PATH[,lazy] (lazy: map
     /// it copy-on-write instead of copying it in). Boot data is written
     /// over it as usual.
     #[arg(long, value_name = "PATH[,lazy]", value_parser = parse_memory_file)]
-    memory_file: Option<tern_vmm::MemorySource>,
+    memory_file: Option<MemoryFileSpec>,
     /// Start with the vCPUs paused (resume through the control socket).
     #[arg(long)]
     paused: bool,
@@ -98,8 +123,28 @@ pub struct RunArgs {
     prealloc: bool,
 }
 
+/// Parses `--serial stdout|null|file:PATH|socket:PATH`.
+fn parse_serial(text: &str) -> Result<SerialSpec, String> {
+    let path = |p: &str| -> Option<PathBuf> { (!p.is_empty()).then(|| p.into()) };
+    match text {
+        "stdout" => Ok(SerialSpec::Stdout),
+        "null" => Ok(SerialSpec::Null),
+        _ => {
+            if let Some(path) = text.strip_prefix("file:").and_then(path) {
+                Ok(SerialSpec::File { path })
+            } else if let Some(path) = text.strip_prefix("socket:").and_then(path) {
+                Ok(SerialSpec::Socket { path })
+            } else {
+                Err(format!(
+                    "bad serial mode '{text}': expected stdout, null, file:PATH or socket:PATH"
+                ))
+            }
+        }
+    }
+}
+
 /// Parses `--memory-file PATH[,lazy]`.
-fn parse_memory_file(text: &str) -> Result<tern_vmm::MemorySource, String> {
+fn parse_memory_file(text: &str) -> Result<MemoryFileSpec, String> {
     let (path, lazy) = match text.strip_suffix(",lazy") {
         Some(p) => (p, true),
         None => (text, false),
@@ -107,213 +152,108 @@ fn parse_memory_file(text: &str) -> Result<tern_vmm::MemorySource, String> {
     if path.is_empty() {
         return Err("--memory-file needs a path".into());
     }
-    Ok(tern_vmm::MemorySource::File {
+    Ok(MemoryFileSpec {
         path: path.into(),
         lazy,
     })
 }
 
-/// Where `tern run` looks for the probe guest when not told.
-fn default_probe_image() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("probe-guest")))
-        .unwrap_or_else(|| PathBuf::from("probe-guest"))
-}
-
-fn default_control_path() -> PathBuf {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    dir.join(format!("tern-worker-{}.sock", std::process::id()))
-}
-
-fn config(args: &RunArgs) -> Result<VmConfig, (i32, String)> {
-    let guest = match (&args.guest, &args.kernel) {
-        (Some(g), None) => {
-            let workload = g.strip_prefix("probe:").ok_or_else(|| {
-                (
-                    exit_code::USAGE,
-                    format!("unknown guest '{g}': expected probe:WORKLOAD"),
-                )
-            })?;
-            let image = args.probe_image.clone().unwrap_or_else(default_probe_image);
-            Guest::Probe {
-                image,
-                workload: workload.to_string(),
-            }
+/// The launch spec `tern run`'s options describe.
+fn spec(args: RunArgs) -> Result<LaunchSpec, String> {
+    let mut spec = match (&args.restore, &args.guest, &args.kernel) {
+        (Some(dir), _, _) => LaunchSpec::restoring(RestoreSpec {
+            dir: dir.clone(),
+            mode: if args.eager {
+                RestoreMode::Eager
+            } else {
+                RestoreMode::Lazy
+            },
+        }),
+        (None, Some(g), None) => {
+            let workload = g
+                .strip_prefix("probe:")
+                .ok_or_else(|| format!("unknown guest '{g}': expected probe:WORKLOAD"))?;
+            LaunchSpec::new(
+                args.vcpus,
+                args.memory,
+                GuestSpec::Probe {
+                    workload: workload.into(),
+                    image: args.probe_image.clone(),
+                },
+            )
         }
-        (None, Some(k)) => Guest::Linux {
-            kernel: k.clone(),
-            initrd: args.initrd.clone(),
-            cmdline: args
-                .cmdline
-                .clone()
-                .unwrap_or_else(|| tern_vmm::boot::linux::DEFAULT_CMDLINE.to_string()),
-        },
-        _ => unreachable!("clap enforces exactly one of --guest and --kernel"),
+        (None, None, Some(k)) => LaunchSpec::new(
+            args.vcpus,
+            args.memory,
+            GuestSpec::Linux {
+                kernel: k.clone(),
+                initrd: args.initrd.clone(),
+                cmdline: args.cmdline.clone(),
+            },
+        ),
+        _ => return Err("give one of --guest, --kernel, --restore or --launch".into()),
     };
-    let mut cfg = VmConfig::new(args.vcpus, args.memory, guest);
-    cfg.serial = args.serial.clone();
-    cfg.kvm_path = args.kvm.clone();
-    cfg.disks = args.disks.clone();
-    if let Some(src) = &args.memory_file {
-        cfg.memory_source = src.clone();
-    }
-    if args.memfd {
-        cfg.backing = Backing::Memfd;
-    }
-    cfg.prealloc = args.prealloc;
-    Ok(cfg)
-}
-
-/// Maps a VM error to an exit code.
-fn error_code(e: &VmError) -> i32 {
-    match e {
-        VmError::KvmOpen { .. } | VmError::NotKvm(_) => exit_code::UNAVAILABLE,
-        VmError::Probe(tern_vmm::boot::probe::ProbeError::Open { .. })
-        | VmError::Linux(
-            LinuxError::KernelNotFound(_)
-            | LinuxError::KernelRead { .. }
-            | LinuxError::InitrdNotFound(_)
-            | LinuxError::InitrdRead { .. },
-        ) => exit_code::NO_INPUT,
-        VmError::Kvm { .. } | VmError::Thread(_) | VmError::X86(_) | VmError::Control(_) => {
-            exit_code::SOFTWARE
-        }
-        VmError::Disk(DiskError::Open { source, .. }) => match source {
-            BlockError::Locked(_) => exit_code::UNAVAILABLE,
-            _ => exit_code::NO_INPUT,
-        },
-        VmError::Disk(DiskError::Irq { .. }) => exit_code::SOFTWARE,
-        _ => exit_code::USAGE,
-    }
-}
-
-/// One line: the error and its sources, outermost first.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    spec.disks = args.disks;
+    spec.serial = args.serial;
+    spec.control = args.control;
+    spec.memfd = args.memfd;
+    spec.prealloc = args.prealloc;
+    spec.paused = args.paused;
+    spec.checkpoint_dir = args.checkpoint_dir;
+    spec.incoming = args.incoming;
+    spec.memory_file = args.memory_file;
+    spec.kvm = Some(args.kvm);
+    Ok(spec)
 }
 
 /// Runs the worker; returns the process exit code.
 pub fn run(args: RunArgs) -> i32 {
-    let t0 = std::time::Instant::now();
-    let (cfg, restore) = match &args.restore {
-        Some(dir) => match crate::snapshot::load_for_restore(dir, !args.eager) {
-            Ok(l) => {
-                let mut cfg = l.config;
-                cfg.serial = args.serial.clone();
-                cfg.kvm_path = args.kvm.clone();
-                cfg.prealloc = args.prealloc;
-                (cfg, Some(l.state))
+    let spec = match &args.launch {
+        Some(path) => match LaunchSpec::read(path) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("tern: error: {}", chain(&e));
+                return exit_code::USAGE;
             }
+        },
+        None => match spec(args) {
+            Ok(s) => s,
             Err(msg) => {
-                eprintln!("tern: error: cannot restore: {msg}");
-                return exit_code::DATA_ERR;
-            }
-        },
-        None => match config(&args) {
-            Ok(c) => (c, None),
-            Err((code, msg)) => {
                 eprintln!("tern: error: {msg}");
-                return code;
+                return exit_code::USAGE;
             }
         },
     };
-    if let Some(dir) = &args.checkpoint_dir {
-        if let Err(e) = crate::snapshot::open_store(dir) {
-            eprintln!("tern: error: {}", chain(&e));
-            return exit_code::USAGE;
-        }
-    }
-    let hooks = || VmHooks {
-        on_report: Some(Box::new(|line| eprintln!("[probe] {line}"))),
-    };
-    let mut incoming = None;
-    let built = match (&args.incoming, &restore) {
-        (Some(ep), _) => match crate::migrate_cli::incoming(ep, cfg, hooks) {
-            Ok((vm, r)) => {
-                incoming = Some(r);
-                Ok(vm)
+    tern_worker::run(spec)
+}
+
+/// Splits a `key=value,...` option list; `,,` inside a value is a
+/// literal comma (QEMU's rule), so a value may hold any character.
+fn split_options(text: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
+                chars.next();
+                parts.last_mut().expect("never empty").push(',');
             }
-            Err(code) => return code,
-        },
-        (None, Some(state)) => Vm::restore(cfg, hooks(), state),
-        (None, None) => Vm::create(cfg, hooks()),
-    };
-    let vm = match built {
-        Ok(vm) => Arc::new(vm),
-        Err(e) => {
-            eprintln!("tern: error: {}", chain(&e));
-            return error_code(&e);
+            ',' => parts.push(String::new()),
+            c => parts.last_mut().expect("never empty").push(c),
         }
-    };
-    let control_path = args.control.clone().unwrap_or_else(default_control_path);
-    let server = match control::serve(&control_path, vm.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tern: error: {}", chain(&e));
-            return exit_code::USAGE;
-        }
-    };
-    if args.serial == SerialMode::Stdout && std::io::stdin().is_terminal() {
-        tern_devices::serial::spawn_input(vm.serial().clone(), std::io::stdin());
     }
-    let paused = args.paused || incoming.as_ref().is_some_and(|r| r.paused);
-    if let Err(e) = if paused {
-        vm.start_paused()
-    } else {
-        vm.start()
-    } {
-        eprintln!("tern: error: {}", chain(&e));
-        return error_code(&e);
-    }
-    if let Some(r) = incoming {
-        crate::migrate_cli::confirm(r);
-    }
-    if let Some(dir) = &args.restore {
-        eprintln!(
-            "tern: restored from {} ({}), running after {:.1} ms",
-            dir.display(),
-            if args.eager { "eager" } else { "lazy" },
-            t0.elapsed().as_secs_f64() * 1e3
-        );
-    }
-    let exit = vm.wait();
-    // The process exits without dropping the VM: close disks explicitly
-    // (a VHDX's log must be emptied for other tools to open it).
-    for (i, e) in vm.disks().close() {
-        eprintln!("tern: error: closing disk {i}: {}", chain(&e));
-    }
-    drop(server);
-    exit_status(&exit, &control_path)
+    parts
 }
 
-fn exit_status(exit: &VmExit, _control: &Path) -> i32 {
-    match exit {
-        VmExit::Guest(status) => (*status).min(255) as i32,
-        VmExit::Stopped | VmExit::Reset => exit_code::OK,
-        VmExit::Crashed { vcpu, reason, rip } => {
-            eprintln!("tern: error: guest crashed on vCPU {vcpu} at RIP {rip:#x}: {reason}");
-            exit_code::SOFTWARE
-        }
-    }
-}
-
-/// Parses `--disk path=FILE[,readonly][,max-iops=N][,min-iops=N][,max-bw=BYTES]`.
-pub fn parse_disk(text: &str) -> Result<DiskConfig, String> {
+/// Parses `--disk path=FILE[,format=raw|vhdx][,readonly][,max-iops=N]
+/// [,min-iops=N][,max-bw=BYTES][,poll]`.
+pub fn parse_disk(text: &str) -> Result<DiskSpec, String> {
     let mut path = None;
+    let mut format = None;
     let mut read_only = false;
     let mut poll = false;
     let mut qos = QosLimits::default();
-    for part in text.split(',') {
+    for part in split_options(text) {
         let (key, value) = match part.split_once('=') {
             Some((k, v)) => (k.trim(), Some(v)),
             None => (part.trim(), None),
@@ -329,6 +269,10 @@ pub fn parse_disk(text: &str) -> Result<DiskConfig, String> {
                 Some(v) if !v.is_empty() => path = Some(PathBuf::from(v)),
                 _ => return Err("disk option 'path' needs a file (path=FILE)".into()),
             },
+            "format" => {
+                let v = value.ok_or("disk option 'format' needs a value (format=raw|vhdx)")?;
+                format = Some(v.parse::<DiskFormat>()?);
+            }
             "readonly" | "ro" if value.is_none() => read_only = true,
             "poll" if value.is_none() => poll = true,
             "max-iops" => qos.max_iops = number(value)?,
@@ -340,16 +284,23 @@ pub fn parse_disk(text: &str) -> Result<DiskConfig, String> {
             "" => return Err(format!("empty option in disk spec '{text}'")),
             other => {
                 return Err(format!(
-                    "unknown disk option '{other}' (expected path=FILE, readonly, max-iops=N, min-iops=N, max-bw=BYTES, poll)"
+                    "unknown disk option '{other}' (expected path=FILE, format=raw|vhdx, readonly, max-iops=N, min-iops=N, max-bw=BYTES, poll)"
                 ))
             }
         }
     }
     let path = path.ok_or_else(|| format!("disk spec '{text}' has no path=FILE"))?;
-    qos.validate()
-        .map_err(|e| format!("disk {}: {e}", path.display()))?;
-    Ok(DiskConfig {
+    if qos.max_iops != 0 && qos.min_iops > qos.max_iops {
+        return Err(format!(
+            "disk {}: min-iops {} is above max-iops {}",
+            path.display(),
+            qos.min_iops,
+            qos.max_iops
+        ));
+    }
+    Ok(DiskSpec {
         path,
+        format,
         read_only,
         qos,
         poll,
@@ -365,6 +316,7 @@ mod disk_spec_tests {
         let d = parse_disk("path=/x/a.vhdx,readonly,max-iops=500,min-iops=10,max-bw=1M").unwrap();
         assert_eq!(d.path, PathBuf::from("/x/a.vhdx"));
         assert!(d.read_only);
+        assert_eq!(d.format, None);
         assert_eq!(
             d.qos,
             QosLimits {
@@ -383,8 +335,10 @@ mod disk_spec_tests {
             ("path=a,max-iops=lots", "expected a whole number"),
             ("path=a,max-iops", "needs a value"),
             ("path=a,max-bw=3X", "bad size"),
-            ("path=a,,readonly", "empty option"),
+            ("path=a,", "empty option"),
             ("path=a,readonly=yes", "unknown disk option 'readonly'"),
+            ("path=a,format=qcow2", "unknown disk format 'qcow2'"),
+            ("path=a,format", "needs a value"),
             (
                 "path=a,max-iops=10,min-iops=20",
                 "min-iops 20 is above max-iops 10",
@@ -393,5 +347,79 @@ mod disk_spec_tests {
             let e = parse_disk(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn explicit_format_beats_the_extension() {
+        let d = parse_disk("path=/v/x.img,format=vhdx").unwrap();
+        assert_eq!(d.format, Some(DiskFormat::Vhdx));
+        let d = parse_disk("format=raw,path=/v/x.vhdx").unwrap();
+        assert_eq!(d.format, Some(DiskFormat::Raw));
+    }
+
+    #[test]
+    fn doubled_commas_are_literal_so_paths_hold_any_character() {
+        // The option injections the daemon once allowed: each is one path.
+        for (spec, path) in [
+            ("path=/v/a.raw,,readonly", "/v/a.raw,readonly"),
+            ("path=/v/b,,path=/v/a.raw", "/v/b,path=/v/a.raw"),
+            ("path=/v/c,,poll", "/v/c,poll"),
+            (
+                "path=/v/with space=and=equals.img",
+                "/v/with space=and=equals.img",
+            ),
+            ("path=/v/trailing,,", "/v/trailing,"),
+            ("path=/v/x,,,,y", "/v/x,,y"),
+        ] {
+            let d = parse_disk(spec).unwrap();
+            assert_eq!(d.path, PathBuf::from(path), "{spec}");
+            assert!(!d.read_only && !d.poll, "{spec}");
+        }
+        // A doubled comma then a real option.
+        let d = parse_disk("path=/v/a,,b.img,,,readonly").unwrap();
+        assert_eq!(d.path, PathBuf::from("/v/a,b.img,"));
+        let d = parse_disk("path=/v/a,,b.img,readonly").unwrap();
+        assert_eq!(d.path, PathBuf::from("/v/a,b.img"));
+        assert!(d.read_only);
+    }
+
+    #[test]
+    fn options_become_a_launch_spec() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "tern",
+            "--guest",
+            "probe:hello",
+            "--vcpus",
+            "2",
+            "--memory",
+            "64M",
+            "--disk",
+            "path=/v/a,,b.img,format=vhdx",
+            "--serial",
+            "file:/s",
+            "--incoming",
+            "tcp:127.0.0.1:0",
+            "--memfd",
+        ])
+        .unwrap();
+        let s = spec(cli.run).unwrap();
+        s.validate().unwrap();
+        assert_eq!((s.vcpus, s.memory), (2, 64 << 20));
+        assert_eq!(s.disks[0].path, PathBuf::from("/v/a,b.img"));
+        assert_eq!(s.disks[0].format, Some(DiskFormat::Vhdx));
+        assert_eq!(s.serial, SerialSpec::File { path: "/s".into() });
+        assert!(s.memfd && s.incoming.is_some());
+        // --launch replaces the VM options.
+        assert!(Cli::try_parse_from(["tern", "--launch", "-", "--guest", "probe:hello"]).is_err());
+        assert!(Cli::try_parse_from(["tern", "--launch", "-"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["tern", "--guest", "probe:hello", "--serial", "tty"]).is_err()
+        );
     }
 }

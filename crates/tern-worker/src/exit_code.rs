@@ -1,0 +1,15 @@
+//! Process exit codes scripts can rely on (also listed in README.md).
+
+/// Success, or the guest reported status 0.
+pub const OK: i32 = 0;
+/// Bad command line or configuration (BSD `EX_USAGE`).
+pub const USAGE: i32 = 64;
+/// A saved state, export or other input is damaged, incomplete or from
+/// an incompatible version (`EX_DATAERR`).
+pub const DATA_ERR: i32 = 65;
+/// A needed input file is missing or unreadable (`EX_NOINPUT`).
+pub const NO_INPUT: i32 = 66;
+/// KVM is unavailable (`EX_UNAVAILABLE`).
+pub const UNAVAILABLE: i32 = 69;
+/// The guest crashed or the VMM failed at run time (`EX_SOFTWARE`).
+pub const SOFTWARE: i32 = 70;

@@ -1,0 +1,132 @@
+//! Waiting for an incoming live migration and building the VM it brings.
+
+use std::time::Instant;
+
+use tern_migrate::{Endpoint, IncomingMemory, Listener, Received};
+use tern_vmm::{Vm, VmConfig, VmHooks};
+
+use crate::{error_chain, exit_code};
+
+/// The endpoint as the migration crate takes it.
+pub fn endpoint(ep: &tern_worker_proto::Endpoint) -> Endpoint {
+    match ep {
+        tern_worker_proto::Endpoint::Tcp { host, port } => Endpoint::Tcp(format!("{host}:{port}")),
+        tern_worker_proto::Endpoint::Unix(path) => Endpoint::Unix(path.clone()),
+    }
+}
+
+/// Waits on `ep` until a migration of a VM like `cfg` arrives, builds the
+/// VM around it (disks opened) and waits for the source's commit. Returns
+/// the VM, not started: the caller starts it and [`confirm`]s. Failed or
+/// uncommitted attempts are logged, their VM discarded (it never ran), and
+/// the worker waits for the next one. Returns the exit code on a fatal
+/// error.
+pub fn incoming(
+    ep: &Endpoint,
+    cfg: VmConfig,
+    hooks: impl Fn() -> VmHooks,
+) -> Result<(Vm, Received), i32> {
+    let listener = match Listener::bind(ep) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tern: error: cannot listen on {ep}: {e}");
+            return Err(exit_code::USAGE);
+        }
+    };
+    let local = listener
+        .local()
+        .map_or_else(|_| ep.to_string(), |l| l.to_string());
+    let expect = tern_migrate::config_check(&cfg);
+    // Memory for a stream is made before each wait (an attempt that
+    // fails takes its memory with it), backed as the VM asks; so with
+    // prealloc the source never waits for the allocation.
+    let memory = || -> Result<Option<IncomingMemory>, i32> {
+        if !matches!(listener, Listener::Tcp(_)) {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let m = IncomingMemory::new(cfg.memory, cfg.backing, cfg.prealloc).map_err(|e| {
+            eprintln!("tern: error: {}", error_chain(&e));
+            exit_code::UNAVAILABLE
+        })?;
+        if cfg.prealloc {
+            eprintln!(
+                "tern: {} MiB of guest memory preallocated in {:.0} ms",
+                cfg.memory >> 20,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        Ok(Some(m))
+    };
+    let mut ready = memory()?;
+    eprintln!("tern: waiting for a migration on {local}");
+    let log = |m: &str| eprintln!("tern: {m}");
+    loop {
+        let attempt = tern_migrate::receive(&listener, &expect, ready.take(), &log);
+        let mut received = match attempt {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!(
+                    "tern: incoming migration failed: {}; waiting for another",
+                    error_chain(&e)
+                );
+                ready = memory()?;
+                continue;
+            }
+        };
+        let mut cfg = cfg.clone();
+        // Prealloc'd memory came in `received`; mapping it again here
+        // would only add to the downtime.
+        cfg.prealloc = false;
+        cfg.memory_source = received.memory.clone();
+        let t = Instant::now();
+        let vm = match Vm::restore(cfg, hooks(), &received.state) {
+            Ok(vm) => {
+                eprintln!(
+                    "tern: the migrated VM is built here ({:.1} ms, {} disks opened); waiting for the source's commit",
+                    t.elapsed().as_secs_f64() * 1e3,
+                    vm.disks().len()
+                );
+                vm
+            }
+            Err(e) => {
+                let msg = error_chain(&e);
+                received.fail(&msg);
+                eprintln!("tern: error: cannot restore the migrated VM: {msg}");
+                return Err(exit_code::SOFTWARE);
+            }
+        };
+        match received.await_commit() {
+            Ok(()) => return Ok((vm, received)),
+            Err(e) => {
+                eprintln!(
+                    "tern: the source did not commit the migration ({}); discarding the VM built here and waiting for another",
+                    error_chain(&e)
+                );
+                for (i, e) in vm.disks().close() {
+                    eprintln!("tern: error: closing disk {i}: {}", error_chain(&e));
+                }
+                drop(vm);
+                drop(received);
+                ready = memory()?;
+            }
+        }
+    }
+}
+
+/// After the migrated VM started: tells the source (which committed
+/// already, so the VM runs here whether or not the word arrives).
+pub fn confirm(r: Received) {
+    let (zero_copy, rounds, pages) = (r.zero_copy, r.rounds, r.pages);
+    if let Err(e) = r.confirm() {
+        eprintln!("tern: warning: cannot tell the source the VM runs here ({e}); it runs on");
+    }
+    eprintln!(
+        "tern: migration complete ({}, {rounds} rounds, {pages} pages received); VM running",
+        if zero_copy {
+            "memfd hand-over"
+        } else {
+            "streamed"
+        }
+    );
+}

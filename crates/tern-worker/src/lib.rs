@@ -1,0 +1,183 @@
+//! The VM worker as a library: one process runs one VM.
+//!
+//! [`run`] takes a [`LaunchSpec`] (what `tern run` builds from its command
+//! line, or reads with `--launch`), builds or restores the VM (or waits for
+//! it to arrive by live migration), serves its control socket and returns
+//! the process exit code ([`exit_code`]) when the VM ends.
+//!
+//! A [`Worker`] owns the VM, its checkpoint store and its migration job:
+//! the control server hands it each typed request ([`Worker::handle`]).
+//! The protocol itself is `tern-worker-proto`; this crate knows nothing of
+//! the host daemon or its REST API.
+//!
+//! Files: `launch` (spec to VMM config, exit codes of failures),
+//! `server` (the socket), `handlers` (what each request does), `saved`
+//! (save, checkpoints, export, restore loading), `migration` (the
+//! outgoing job), `incoming` (receiving a migration).
+
+pub mod exit_code;
+mod handlers;
+mod incoming;
+pub mod launch;
+mod migration;
+mod saved;
+mod server;
+
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tern_devices::serial::SerialMode;
+use tern_snapshot::checkpoint::Store;
+use tern_vmm::{Vm, VmHooks};
+use tern_worker_proto::launch::RestoreMode;
+use tern_worker_proto::LaunchSpec;
+
+pub use handlers::{hello, Handled};
+pub use saved::{load_for_restore, RestoreError};
+pub use server::{serve, ServeError, Server};
+
+/// One VM and what the worker keeps beside it.
+pub struct Worker {
+    vm: Arc<Vm>,
+    /// The checkpoint store (`checkpoint_dir` in the spec).
+    store: Option<Mutex<Store>>,
+    /// The current or last outgoing migration.
+    migrations: migration::Migrations,
+}
+
+impl Worker {
+    /// A worker for `vm`, with checkpoints in `store` if given.
+    pub fn new(vm: Arc<Vm>, store: Option<Store>) -> Arc<Worker> {
+        Arc::new(Worker {
+            vm,
+            store: store.map(Mutex::new),
+            migrations: migration::Migrations::default(),
+        })
+    }
+
+    /// The VM.
+    pub fn vm(&self) -> &Arc<Vm> {
+        &self.vm
+    }
+}
+
+/// One line: the error and its sources, outermost first.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Runs the VM `spec` describes until it ends; returns the process exit
+/// code. Diagnostics go to standard error, prefixed `tern:`.
+pub fn run(spec: LaunchSpec) -> i32 {
+    if let Err(e) = spec.validate() {
+        eprintln!("tern: error: {}", error_chain(&e));
+        return exit_code::USAGE;
+    }
+    let t0 = Instant::now();
+    let (cfg, restore) = match &spec.restore {
+        Some(r) => match load_for_restore(&r.dir, r.mode == RestoreMode::Lazy) {
+            Ok(l) => {
+                let mut cfg = l.config;
+                launch::apply_host_settings(&spec, &mut cfg);
+                (cfg, Some(l.state))
+            }
+            Err(e) => {
+                eprintln!("tern: error: cannot restore: {}", error_chain(&e));
+                return exit_code::DATA_ERR;
+            }
+        },
+        None => match launch::vm_config(&spec) {
+            Some(c) => (c, None),
+            None => {
+                eprintln!("tern: error: the launch spec has neither a guest nor a saved VM");
+                return exit_code::USAGE;
+            }
+        },
+    };
+    let store = match &spec.checkpoint_dir {
+        Some(dir) => match Store::open(dir) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("tern: error: {}", error_chain(&e));
+                return exit_code::USAGE;
+            }
+        },
+        None => None,
+    };
+    let hooks = || VmHooks {
+        on_report: Some(Box::new(|line| eprintln!("[probe] {line}"))),
+    };
+    let mut received = None;
+    let built = match (&spec.incoming, &restore) {
+        (Some(ep), _) => match incoming::incoming(&incoming::endpoint(ep), cfg, hooks) {
+            Ok((vm, r)) => {
+                received = Some(r);
+                Ok(vm)
+            }
+            Err(code) => return code,
+        },
+        (None, Some(state)) => Vm::restore(cfg, hooks(), state),
+        (None, None) => Vm::create(cfg, hooks()),
+    };
+    let vm = match built {
+        Ok(vm) => Arc::new(vm),
+        Err(e) => {
+            eprintln!("tern: error: {}", error_chain(&e));
+            return launch::error_code(&e);
+        }
+    };
+    let worker = Worker::new(vm.clone(), store);
+    let control_path = spec
+        .control
+        .clone()
+        .unwrap_or_else(launch::default_control_path);
+    let server = match serve(&control_path, worker) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tern: error: {}", error_chain(&e));
+            return exit_code::USAGE;
+        }
+    };
+    if vm.config().serial == SerialMode::Stdout && std::io::stdin().is_terminal() {
+        tern_devices::serial::spawn_input(vm.serial().clone(), std::io::stdin());
+    }
+    let paused = spec.paused || received.as_ref().is_some_and(|r| r.paused);
+    if let Err(e) = if paused {
+        vm.start_paused()
+    } else {
+        vm.start()
+    } {
+        eprintln!("tern: error: {}", error_chain(&e));
+        return launch::error_code(&e);
+    }
+    if let Some(r) = received {
+        incoming::confirm(r);
+    }
+    if let Some(r) = &spec.restore {
+        eprintln!(
+            "tern: restored from {} ({}), running after {:.1} ms",
+            r.dir.display(),
+            match r.mode {
+                RestoreMode::Lazy => "lazy",
+                RestoreMode::Eager => "eager",
+            },
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    let exit = vm.wait();
+    // The process exits without dropping the VM: close disks explicitly
+    // (a VHDX's log must be emptied for other tools to open it).
+    for (i, e) in vm.disks().close() {
+        eprintln!("tern: error: closing disk {i}: {}", error_chain(&e));
+    }
+    drop(server);
+    launch::exit_status(&exit)
+}
