@@ -916,8 +916,15 @@ async fn volume(cmd: VolumeCmd) -> CmdResult {
             max_iops,
             min_iops,
         } => show(
-            &c.set_disk_qos(&name, &DiskQos { max_iops, min_iops, max_bw: None })
-                .await?,
+            &c.set_disk_qos(
+                &name,
+                &DiskQos {
+                    max_iops,
+                    min_iops,
+                    max_bw: None,
+                },
+            )
+            .await?,
         ),
     }
     Ok(())
