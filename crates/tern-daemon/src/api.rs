@@ -24,6 +24,7 @@ use crate::daemon::Daemon;
 use crate::error::{chain, OpError};
 use crate::registry::RegistryError;
 use crate::worker::WorkerError;
+use tern_worker_proto::ClientError;
 
 type AppState = Arc<Daemon>;
 
@@ -69,7 +70,11 @@ impl From<OpError> for ApiErr {
             // No control socket: the worker has just ended on its own (its
             // guest finished) and the registry has not caught up yet.
             OpError::Worker {
-                source: WorkerError::Control { source, .. },
+                source:
+                    WorkerError::Call {
+                        source: ClientError::Connect { source, .. },
+                        ..
+                    },
                 ..
             } if matches!(
                 source.kind(),
