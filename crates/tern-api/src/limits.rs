@@ -263,10 +263,15 @@ pub fn endpoint_schema() -> Schema {
 
 /// An optional u32 (what serde takes into `Option<u32>`), at least `min`.
 pub fn optional_u32(min: u32, description: &str) -> Schema {
+    optional_u64(min.into(), u32::MAX.into(), description)
+}
+
+/// An optional whole number from `min` to `max` (null: not given).
+pub fn optional_u64(min: u64, max: u64, description: &str) -> Schema {
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
         .minimum(Some(min))
-        .maximum(Some(u32::MAX))
+        .maximum(Some(max))
         .description(Some(description))
         .into()
 }
