@@ -266,7 +266,12 @@ pub fn optional_u32(min: u32, description: &str) -> Schema {
     optional_u64(min.into(), u32::MAX.into(), description)
 }
 
+/// Most bytes per second a disk's `max_bw` may say (the registry stores it
+/// as a signed 64-bit integer).
+pub const MAX_BW: u64 = i64::MAX as u64;
+
 /// An optional whole number from `min` to `max` (null: not given).
+
 pub fn optional_u64(min: u64, max: u64, description: &str) -> Schema {
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))

@@ -180,6 +180,10 @@ mod whole {
         narrow(Whole::deserialize(d)?)
     }
 
+    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Option::<Whole>::deserialize(d).map(|o| o.map(|w| w.0))
+    }
+
     pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         Option::<Whole>::deserialize(d)?.map(narrow).transpose()
     }
@@ -345,9 +349,17 @@ pub struct DiskQos {
     pub min_iops: Option<u32>,
     /// Upper limit on throughput in bytes per second, reads and writes
     /// together (none: unlimited).
-    #[serde(default)]
-    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole::opt_u64")]
+    #[schema(schema_with = max_bw_schema)]
     pub max_bw: Option<u64>,
+}
+
+fn max_bw_schema() -> utoipa::openapi::schema::Schema {
+    limits::optional_u64(
+        1,
+        limits::MAX_BW,
+        "Upper limit on throughput in bytes per second, reads and writes together (none: unlimited).",
+    )
 }
 
 fn max_iops_schema() -> utoipa::openapi::schema::Schema {

@@ -9,6 +9,7 @@ use crate::daemon::{Daemon, IDLE_STATES};
 use crate::error::{chain, OpError};
 use crate::registry::{new_id, RegistryError};
 use crate::validation::{check_name, check_size};
+use tern_api::limits::MAX_BW;
 use tern_worker_proto::requests::{DiskQos as DiskQosRequest, DiskResize};
 
 /// Resolves where a disk file goes and checks it lies inside one of the
@@ -218,7 +219,6 @@ async fn resize_file(d: &Daemon, disk: &Disk, size: u64) -> Result<Disk, OpError
 
 /// The largest bandwidth limit (what the registry stores: a signed 64-bit
 /// integer).
-const MAX_BW: u64 = i64::MAX as u64;
 
 /// `PUT /v1/disks/{disk}/qos`: recorded in the registry, applied to the
 /// running worker at once and given to the next one at start.
