@@ -271,7 +271,6 @@ pub fn optional_u32(min: u32, description: &str) -> Schema {
 pub const MAX_BW: u64 = i64::MAX as u64;
 
 /// An optional whole number from `min` to `max` (null: not given).
-
 pub fn optional_u64(min: u64, max: u64, description: &str) -> Schema {
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
