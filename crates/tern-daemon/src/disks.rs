@@ -217,9 +217,6 @@ async fn resize_file(d: &Daemon, disk: &Disk, size: u64) -> Result<Disk, OpError
     Ok(d.reg.disk(&disk.id)?.0)
 }
 
-/// The largest bandwidth limit (what the registry stores: a signed 64-bit
-/// integer).
-
 /// `PUT /v1/disks/{disk}/qos`: recorded in the registry, applied to the
 /// running worker at once and given to the next one at start.
 pub async fn set_qos(d: &Daemon, key: &str, qos: &DiskQos) -> Result<Disk, OpError> {

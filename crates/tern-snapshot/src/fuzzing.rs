@@ -47,6 +47,7 @@ pub fn state_file_seeds() -> Vec<Vec<u8>> {
     );
     probe.disks.push(tern_vmm::devices::DiskConfig {
         path: "disk.vhdx".into(),
+        format: Some(tern_block::DiskFormat::Vhdx),
         read_only: false,
         qos: Default::default(),
         poll: false,
