@@ -93,6 +93,8 @@ impl Pacer {
             match control.state() {
                 RunState::Running => {}
                 RunState::Paused => {
+                    // A save or checkpoint taken now keeps no WAKE.
+                    self.set(mem, command::NONE);
                     base = None;
                     continue;
                 }
@@ -105,43 +107,67 @@ impl Pacer {
             if s.phase != phase::RUNNING {
                 continue;
             }
-            let want = match rates.get(s.step as usize).copied().flatten() {
-                Some(rate) if rate > 0 => {
-                    let written = s
-                        .generation
-                        .saturating_mul(s.pages)
-                        .saturating_add(s.cursor);
-                    let per_sec = rate.saturating_mul((1 << 20) / PAGE_SIZE);
-                    let now = Instant::now();
-                    let (t0, p0) = *base.get_or_insert((now, written));
-                    let due = p0.saturating_add(
-                        u64::try_from(
-                            now.duration_since(t0).as_micros() * u128::from(per_sec) / 1_000_000,
-                        )
-                        .unwrap_or(u64::MAX),
-                    );
-                    // Went back (a revert), or more than 100 ms behind (the
-                    // host was busy): start the schedule again from here,
-                    // as the probe's own pacing does.
-                    if written < p0 || due.saturating_sub(written) > per_sec / 10 {
-                        base = Some((now, written));
-                    }
-                    if written < due {
-                        command::WAKE
-                    } else {
-                        command::NONE
-                    }
-                }
-                _ => command::WAKE,
+            let Some(rate) = rates
+                .get(s.step as usize)
+                .copied()
+                .flatten()
+                .filter(|&r| r > 0)
+            else {
+                // Any other step that waits is woken for good.
+                self.set(mem, command::WAKE);
+                continue;
             };
-            let _held = self.command_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let at = GuestAddress(STATUS_ADDR + STATUS_COMMAND_OFFSET);
-            let Ok(cmd) = mem.read_obj::<u32>(at) else {
-                return;
+            let written = |s: &tern_probe_abi::Status| {
+                s.generation
+                    .saturating_mul(s.pages)
+                    .saturating_add(s.cursor)
             };
-            if cmd != want && (cmd == command::NONE || cmd == command::WAKE) {
-                let _ = mem.write_obj(want, at);
+            let done = written(&s);
+            let per_sec = rate.saturating_mul((1 << 20) / PAGE_SIZE);
+            let now = Instant::now();
+            let (t0, p0) = *base.get_or_insert((now, done));
+            let due = p0.saturating_add(
+                u64::try_from(now.duration_since(t0).as_micros() * u128::from(per_sec) / 1_000_000)
+                    .unwrap_or(u64::MAX),
+            );
+            // Went back (a revert), or more than 100 ms behind (the host was
+            // busy): start the schedule again from here, as the probe's own
+            // pacing does.
+            if done < p0 || due.saturating_sub(done) > per_sec / 10 {
+                base = Some((now, done));
+                continue;
             }
+            if done >= due {
+                continue;
+            }
+            // Behind: let it write until it is due, watching closely (an
+            // unpaced guest writes thousands of pages a millisecond), then
+            // hold it again.
+            if !self.set(mem, command::WAKE) {
+                continue;
+            }
+            let until = Instant::now() + TICK;
+            while Instant::now() < until {
+                match read_status(mem) {
+                    Ok(s) if written(&s) < due && s.phase == phase::RUNNING => {
+                        std::hint::spin_loop()
+                    }
+                    _ => break,
+                }
+            }
+            self.set(mem, command::NONE);
+        }
+    }
+
+    /// Puts `want` (WAKE or NONE) into the command word unless the word
+    /// holds another command (a STOP); whether it now holds `want`.
+    fn set(&self, mem: &GuestMem, want: u32) -> bool {
+        let _held = self.command_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let at = GuestAddress(STATUS_ADDR + STATUS_COMMAND_OFFSET);
+        match mem.read_obj::<u32>(at) {
+            Ok(cmd) if cmd == want => true,
+            Ok(command::NONE | command::WAKE) => mem.write_obj(want, at).is_ok(),
+            _ => false,
         }
     }
 }
