@@ -95,7 +95,7 @@ if ((fuzz_bad)); then status=1; fi
 # "test result:" line, so the totals below count it.
 echo "== nested tier (scripts/nested/run.sh)"
 set +e
-scripts/nested/run.sh 2>&1 | tee -a "$log"
+scripts/nested/run.sh --bin-dir target/debug 2>&1 | tee -a "$log"
 ((PIPESTATUS[0] == 0)) || status=1
 set -e
 

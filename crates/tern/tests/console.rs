@@ -2,41 +2,13 @@
 //! never reads must not stall the guest, and a client that reads still gets
 //! the guest's output.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-/// Kills the worker when the test ends, by panic too.
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn request(sock: &Path, req: &str) -> Value {
-    let mut s = UnixStream::connect(sock).expect("connect control socket");
-    writeln!(s, "{req}").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
-}
-
-/// The dirty workload's (generation, cursor).
-fn progress(sock: &Path) -> (u64, u64) {
-    let v = request(sock, r#"{"cmd":"status"}"#);
-    (
-        v["probe"]["generation"].as_u64().unwrap_or(0),
-        v["probe"]["cursor"].as_u64().unwrap_or(0),
-    )
-}
+use tern_test_support::{tern_run, Worker};
 
 fn connect(sock: &Path) -> UnixStream {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -76,19 +48,12 @@ fn a_console_client_that_never_reads_does_not_stall_the_guest() {
     let console = dir.path().join("console.sock");
     // `echo` first: the guest echoes every typed line on the console, so its
     // progress past `quit` into `dirty` depends on its output getting out.
-    let _worker = Worker(
-        Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["run", "--vcpus", "2", "--memory", "128M"])
-            .args(["--guest", "probe:echo+dirty,mib=16,rate=64"])
-            .arg("--serial")
-            .arg(format!("socket:{}", console.display()))
-            .arg("--control")
-            .arg(&ctl)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cmd = tern_run();
+    cmd.args(["--vcpus", "2", "--memory", "128M"])
+        .args(["--guest", "probe:echo+dirty,mib=16,rate=64"])
+        .arg("--serial")
+        .arg(format!("socket:{}", console.display()));
+    let worker = Worker::start("console", cmd, &ctl);
     let mut stuck = connect(&console);
     let mut typist = connect(&console);
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -137,13 +102,13 @@ fn a_console_client_that_never_reads_does_not_stall_the_guest() {
 
     // The guest went on into `dirty`, and keeps moving.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while progress(&ctl).0 < 2 {
+    while worker.progress().0 < 2 {
         assert!(Instant::now() < deadline, "dirty workload made no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let before = progress(&ctl);
+    let before = worker.progress();
     std::thread::sleep(Duration::from_millis(500));
-    let after = progress(&ctl);
+    let after = worker.progress();
     assert!(after > before, "guest stalled: {before:?} then {after:?}");
 
     // The stuck client, once it reads, learns that it lost output.
@@ -164,5 +129,5 @@ fn a_console_client_that_never_reads_does_not_stall_the_guest() {
         }
     }
     eprintln!("the stuck client got {} bytes up to the marker", got.len());
-    assert_eq!(request(&ctl, r#"{"cmd":"probe-stop"}"#)["ok"], true);
+    worker.probe_stop();
 }

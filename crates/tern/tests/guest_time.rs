@@ -5,17 +5,16 @@
 //! host honours the saved TSC (a loud SKIP names the figures where it
 //! measurably does not, as KVM PVM; see `docs/saved-state.md`).
 
-use std::io::{BufRead, BufReader, Write};
 use std::mem::offset_of;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 use tern_probe_abi::{Status, STATUS_ADDR};
 use tern_snapshot::file;
 use tern_snapshot::proto::Snapshot;
+use tern_test_support::proto::requests::Save;
+use tern_test_support::proto::VmState;
+use tern_test_support::{tern_run, Worker};
 
 /// IA32_TSC.
 const MSR_IA32_TSC: u32 = 0x10;
@@ -24,98 +23,20 @@ const MSR_IA32_TSC: u32 = 0x10;
 /// 50 MiB/s is a pass every 0.32 s.
 const WORKLOAD: &str = "probe:dirty,mib=16,rate=50+verify";
 
-/// A `tern run` worker, killed when dropped (also when the test panics).
-struct Worker {
-    child: Child,
-    sock: PathBuf,
-    log: PathBuf,
+/// Starts a worker in `cwd` (the harness kills it, and whatever it
+/// started, when the test ends, by panic too).
+fn start(cwd: &Path, args: &[&str]) -> Worker {
+    let mut cmd = tern_run();
+    cmd.current_dir(cwd).args(args).args(["--serial", "null"]);
+    Worker::start("guest-time", cmd, &cwd.join("ctl.sock"))
 }
 
-impl Worker {
-    fn start(cwd: &Path, args: &[&str]) -> Worker {
-        let sock = cwd.join("ctl.sock");
-        let _ = std::fs::remove_file(&sock);
-        let log = cwd.join(format!("worker-{}.log", std::process::id()));
-        let child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .current_dir(cwd)
-            .arg("run")
-            .args(args)
-            .args(["--serial", "null", "--control"])
-            .arg(&sock)
-            .env("TERN_PROBE_IMAGE", tern_test_support::probe_guest())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut w = Worker { child, sock, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&w.sock).is_err() {
-            if let Ok(Some(status)) = w.child.try_wait() {
-                panic!("worker exited with {status}: {}", w.stderr());
-            }
-            assert!(Instant::now() < deadline, "control socket never appeared");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        w
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn ok(&self, req: Value) -> Value {
-        let mut s = UnixStream::connect(&self.sock).expect("connect control socket");
-        writeln!(s, "{req}").unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        let r: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"));
-        assert_eq!(r["ok"], true, "{req} -> {r}\n{}", self.stderr());
-        r
-    }
-
-    /// (generation, cursor) of the dirty workload.
-    fn progress(&self) -> (u64, u64) {
-        let v = self.ok(json!({"cmd": "status"}));
-        (
-            v["probe"]["generation"].as_u64().unwrap(),
-            v["probe"]["cursor"].as_u64().unwrap(),
-        )
-    }
-
-    /// Waits for the worker to exit; returns (code, stderr).
-    fn wait(&mut self) -> (Option<i32>, String) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return (s.code(), self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker did not exit: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Saves into `dir` (which stops the worker).
-    fn save(&mut self, dir: &Path) {
-        let r = self.ok(json!({"cmd": "save", "dir": dir}));
-        assert_eq!(r["state"], "saved", "{r}");
-        let (code, stderr) = self.wait();
-        assert_eq!(code, Some(0), "save must stop the worker: {stderr}");
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Saves into `dir`, which stops the worker.
+fn save(w: &Worker, dir: &Path) {
+    let r = w.call(Save { dir: dir.into() });
+    assert_eq!(r.state, VmState::Saved, "{r:?}");
+    let (code, stderr) = w.finish(Duration::from_secs(60));
+    assert_eq!(code, 0, "save must stop the worker: {stderr}");
 }
 
 fn read_state(dir: &Path) -> Snapshot {
@@ -211,7 +132,7 @@ fn restore_with_tsc(test: &str, direction: &str, shift: impl Fn(u64, u64) -> u64
     }
     let root = tempfile::tempdir().unwrap();
     let first = root.path().join("first");
-    let mut w = Worker::start(
+    let w = start(
         root.path(),
         &["--vcpus", "2", "--memory", "64M", "--guest", WORKLOAD],
     );
@@ -220,7 +141,7 @@ fn restore_with_tsc(test: &str, direction: &str, shift: impl Fn(u64, u64) -> u64
         assert!(Instant::now() < deadline, "no progress: {}", w.stderr());
         std::thread::sleep(Duration::from_millis(10));
     }
-    w.save(&first);
+    save(&w, &first);
     drop(w);
 
     let snap = read_state(&first);
@@ -238,7 +159,7 @@ fn restore_with_tsc(test: &str, direction: &str, shift: impl Fn(u64, u64) -> u64
     // Restore: the guest must move within a second of the worker being up.
     let started = Instant::now();
     let host_before = host_tsc();
-    let mut w = Worker::start(root.path(), &["--restore", first.to_str().unwrap()]);
+    let w = start(root.path(), &["--restore", first.to_str().unwrap()]);
     let up = Instant::now();
     let moved = loop {
         let p = w.progress();
@@ -270,7 +191,7 @@ fn restore_with_tsc(test: &str, direction: &str, shift: impl Fn(u64, u64) -> u64
         std::thread::sleep(Duration::from_millis(10));
     }
     let second = root.path().join("second");
-    w.save(&second);
+    save(&w, &second);
     let ran = started.elapsed();
     let host_now = host_tsc();
     let stderr = w.stderr();
@@ -342,15 +263,8 @@ fn restore_with_tsc(test: &str, direction: &str, shift: impl Fn(u64, u64) -> u64
     }
 
     // The memory is intact: a last restore runs the verify step.
-    let mut w = Worker::start(root.path(), &["--restore", second.to_str().unwrap()]);
-    w.ok(json!({"cmd": "probe-stop"}));
-    let (code, stderr) = w.wait();
-    assert_eq!(code, Some(0), "{stderr}");
-    let verify = stderr
-        .lines()
-        .find(|l| l.contains("verify pages="))
-        .unwrap_or_else(|| panic!("no verify report: {stderr}"));
-    assert!(verify.contains("bad=0 result=pass"), "{verify}");
+    let w = start(root.path(), &["--restore", second.to_str().unwrap()]);
+    w.finish_and_verify();
 }
 
 #[test]
