@@ -2,14 +2,15 @@
 //! never reads must not stall the guest, and a client that reads still gets
 //! the guest's output.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use tern_worker_proto::requests::{ProbeStop, Status};
+use tern_worker_proto::Client;
 
 /// Kills the worker when the test ends, by panic too.
 struct Worker(Child);
@@ -21,21 +22,14 @@ impl Drop for Worker {
     }
 }
 
-fn request(sock: &Path, req: &str) -> Value {
-    let mut s = UnixStream::connect(sock).expect("connect control socket");
-    writeln!(s, "{req}").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
-}
-
 /// The dirty workload's (generation, cursor).
-fn progress(sock: &Path) -> (u64, u64) {
-    let v = request(sock, r#"{"cmd":"status"}"#);
-    (
-        v["probe"]["generation"].as_u64().unwrap_or(0),
-        v["probe"]["cursor"].as_u64().unwrap_or(0),
-    )
+fn progress(ctl: &Client) -> (u64, u64) {
+    let probe = ctl
+        .call(Status {})
+        .expect("status")
+        .probe
+        .unwrap_or_default();
+    (probe.generation, probe.cursor)
 }
 
 fn connect(sock: &Path) -> UnixStream {
@@ -89,6 +83,7 @@ fn a_console_client_that_never_reads_does_not_stall_the_guest() {
             .spawn()
             .unwrap(),
     );
+    let ctl = Client::new(&ctl).with_timeout(Duration::from_secs(10));
     let mut stuck = connect(&console);
     let mut typist = connect(&console);
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -164,5 +159,5 @@ fn a_console_client_that_never_reads_does_not_stall_the_guest() {
         }
     }
     eprintln!("the stuck client got {} bytes up to the marker", got.len());
-    assert_eq!(request(&ctl, r#"{"cmd":"probe-stop"}"#)["ok"], true);
+    ctl.call(ProbeStop {}).expect("probe-stop");
 }
