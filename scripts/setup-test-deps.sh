@@ -11,6 +11,7 @@ wanted=(
   "fio:fio"
   "xz-utils:xz"
   "iproute2:tc"
+  "g++:g++"
   # the nested tier (scripts/nested): L1/L2 initramfs tools and a console client
   "busybox-static:busybox"
   "cpio:cpio"
