@@ -40,7 +40,7 @@ PY
 
 step "1. the probe guest boots (2 vCPUs, 512 MiB), then start-up time (median of 10)"
 $tern run --vcpus 2 --memory 512M --guest probe:hello
-$tern bench boot --runs 10 | tail -n 1
+"$bin/tern-bench" boot --runs 10 | tail -n 1
 
 step "2. two host daemons on this machine, sharing a disk directory"
 mkdir -p "$work/shared"

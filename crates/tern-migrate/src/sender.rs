@@ -34,7 +34,7 @@ const REACQUIRE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Fixed part of the expected downtime: pause, state capture, the
 /// destination building the VM (KVM VM, vCPUs, devices, disks opened),
 /// commit and start. Measured at 8-13 ms with nothing left to send
-/// (`tern bench migrate`, KVM PVM host; 27-30 ms while the last round
+/// (`tern-bench migrate`, KVM PVM host; 27-30 ms while the last round
 /// still waited for a 20 ms tick); kept a little above that, since a
 /// model that promises too little makes the downtime overshoot.
 const FIXED_DOWNTIME: Duration = Duration::from_millis(15);

@@ -6,13 +6,13 @@
 //! anything else.
 
 use crate::exit_code::{NO_INPUT, OK, SOFTWARE, USAGE};
-use crate::size::parse_size;
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use tern_api::parse_size;
 use vhdx::check::Severity;
 use vhdx::convert::Target;
 use vhdx::{CreateOptions, Disk, DiskType, Shrink};

@@ -3,14 +3,10 @@
 //!
 //! Exit codes scripts can rely on are in [`exit_code`] and README.md.
 
-mod bench;
-mod bench_migrate;
-mod bench_save;
 mod disk;
 mod exit_code;
 mod migrate_cli;
 mod run;
-mod size;
 mod snapshot;
 mod vm_cli;
 
@@ -30,9 +26,6 @@ struct Cli {
 enum Command {
     /// Run one VM in the foreground (the VM worker).
     Run(run::RunArgs),
-    /// Benchmarks printing JSON lines.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
     /// Worker-level saved states, checkpoints, export and import (over
     /// a worker's control socket or on directories).
     #[command(subcommand)]
@@ -69,7 +62,6 @@ fn main() {
         Command::Disk(cmd) => disk::run(cmd),
         Command::Worker(cmd) => snapshot::run(cmd),
         Command::Migrate(args) => migrate_cli::run(args),
-        Command::Bench(cmd) => bench::run(cmd),
         Command::Api(cmd) => vm_cli::run(cmd),
     };
     std::process::exit(code);

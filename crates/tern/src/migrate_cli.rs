@@ -15,7 +15,7 @@ use tern_worker_proto::{Client, ClientError, Endpoint};
 
 use crate::exit_code;
 use crate::run::chain;
-use crate::size::parse_size;
+use tern_api::parse_size;
 
 /// Arguments of `tern migrate`.
 #[derive(Args, Debug)]

@@ -9,7 +9,7 @@ use tern_worker_proto::launch::{GuestSpec, MemoryFileSpec, RestoreMode, RestoreS
 use tern_worker_proto::{DiskFormat, DiskSpec, Endpoint, LaunchSpec, LaunchSpecError, QosLimits};
 
 use crate::exit_code;
-use crate::size::parse_size;
+use tern_api::parse_size;
 
 pub use tern_worker::error_chain as chain;
 

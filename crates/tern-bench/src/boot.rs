@@ -1,43 +1,11 @@
-//! `tern bench`: benchmarks that print JSON lines, run on demand.
+//! `tern-bench boot`: start-up time of `tern run --guest probe:hello`.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Subcommand;
 use serde_json::json;
-
-use crate::exit_code;
-use crate::size::parse_size;
-
-/// Benchmarks.
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Start-up time of `tern run --guest probe:hello`: to the guest's first
-    /// serial byte and to the worker's exit.
-    Boot {
-        /// Runs to take the median of.
-        #[arg(long, default_value_t = 10)]
-        runs: usize,
-        /// Guest memory.
-        #[arg(long, default_value = "512M", value_parser = parse_size)]
-        memory: u64,
-    },
-    /// Live migration against QEMU (loopback and a 1 Gbit/s veth).
-    Migrate(crate::bench_migrate::MigrateBench),
-    /// Save and restore times (lazy and eager) and resume latency of
-    /// probe VMs whose memory is in use.
-    Save(crate::bench_save::SaveBench),
-}
-
-/// Runs a benchmark; returns the exit code.
-pub fn run(cmd: BenchCommand) -> i32 {
-    match cmd {
-        BenchCommand::Boot { runs, memory } => boot(runs, memory),
-        BenchCommand::Save(args) => crate::bench_save::run(args),
-        BenchCommand::Migrate(args) => crate::bench_migrate::run(args),
-    }
-}
+use tern_worker::exit_code;
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -53,11 +21,12 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn boot(runs: usize, memory: u64) -> i32 {
-    let exe = match std::env::current_exe() {
+/// Runs `tern-bench boot`; returns the exit code.
+pub fn run(runs: usize, memory: u64) -> i32 {
+    let exe = match crate::tern_exe() {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("tern: error: cannot find my own executable: {e}");
+            eprintln!("tern-bench: error: {e}");
             return exit_code::SOFTWARE;
         }
     };
@@ -74,7 +43,7 @@ fn boot(runs: usize, memory: u64) -> i32 {
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("tern: error: cannot start tern run: {e}");
+                eprintln!("tern-bench: error: cannot start tern run: {e}");
                 return exit_code::SOFTWARE;
             }
         };
@@ -89,7 +58,7 @@ fn boot(runs: usize, memory: u64) -> i32 {
         match status {
             Ok(s) if s.success() && got == 1 => {}
             other => {
-                eprintln!("tern: error: run {i} failed: {other:?}");
+                eprintln!("tern-bench: error: run {i} failed: {other:?}");
                 return exit_code::SOFTWARE;
             }
         }

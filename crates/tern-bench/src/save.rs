@@ -1,4 +1,4 @@
-//! `tern bench save`: save and restore times of probe VMs whose memory is
+//! `tern-bench save`: save and restore times of probe VMs whose memory is
 //! in use, lazy and eager, and the resume latency after a restore.
 //!
 //! Per memory size: a probe VM runs `dirty` over 64 MiB, the rest of its
@@ -21,10 +21,10 @@ use tern_probe_abi::DATA_BASE;
 use tern_vmm::{Guest, Vm, VmConfig, VmHooks};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::exit_code;
-use crate::size::parse_size;
+use tern_api::parse_size;
+use tern_worker::exit_code;
 
-/// Arguments of `tern bench save`.
+/// Arguments of `tern-bench save`.
 #[derive(Args, Debug)]
 pub struct SaveBench {
     /// Guest memory sizes, comma-separated.
@@ -205,7 +205,7 @@ fn one_size(args: &SaveBench, memory: u64, base: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `tern bench save`; returns the exit code.
+/// Runs `tern-bench save`; returns the exit code.
 pub fn run(args: SaveBench) -> i32 {
     let base = args
         .dir
@@ -213,13 +213,13 @@ pub fn run(args: SaveBench) -> i32 {
         .unwrap_or_else(|| PathBuf::from("/var/tmp"))
         .join(format!("tern-bench-save-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&base) {
-        eprintln!("tern: error: {}: {e}", base.display());
+        eprintln!("tern-bench: error: {}: {e}", base.display());
         return exit_code::USAGE;
     }
     let mut code = exit_code::OK;
     for &m in &args.memory {
         if let Err(e) = one_size(&args, m, &base) {
-            eprintln!("tern: error: bench save, {} MiB: {e}", m >> 20);
+            eprintln!("tern-bench: error: bench save, {} MiB: {e}", m >> 20);
             code = exit_code::SOFTWARE;
             break;
         }
