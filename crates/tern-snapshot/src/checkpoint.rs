@@ -251,15 +251,16 @@ impl Store {
         if name.trim().is_empty() {
             return Err(CheckpointError::NoName);
         }
-        let disks: Vec<PathBuf> = vm.disks().status().into_iter().map(|d| d.path).collect();
-        for (index, path) in disks.iter().enumerate() {
-            if tern_block::DiskFormat::from_path(path) != tern_block::DiskFormat::Vhdx {
+        let status = vm.disks().status();
+        for (index, d) in status.iter().enumerate() {
+            if d.format != tern_block::DiskFormat::Vhdx {
                 return Err(CheckpointError::RawDisk {
                     index,
-                    path: path.clone(),
+                    path: d.path.clone(),
                 });
             }
         }
+        let disks: Vec<PathBuf> = status.into_iter().map(|d| d.path).collect();
         vm.disks().flush_all().map_err(CheckpointError::Switch)?;
         let id = self.tree.next_id.max(1);
         let cdir = self.checkpoint_dir(id);

@@ -19,6 +19,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tern_block::DiskFormat;
 use tern_vmm::Vm;
 
 use crate::checkpoint::{Store, TREE_FILE};
@@ -204,10 +205,11 @@ fn walk(dir: &Path) -> Result<Vec<String>, ExportError> {
     Ok(out)
 }
 
-/// Copies a disk image: a VHDX (a differencing chain flattened) into a
+/// Copies a disk image of `format` (the format it is open with, never
+/// guessed from its name): a VHDX (a differencing chain flattened) into a
 /// new dynamic VHDX, a raw image as it is.
-fn copy_disk(src: &Path, dst: &Path) -> Result<(), ExportError> {
-    if tern_block::DiskFormat::from_path(src) == tern_block::DiskFormat::Vhdx {
+fn copy_disk(src: &Path, dst: &Path, format: DiskFormat) -> Result<(), ExportError> {
+    if format == DiskFormat::Vhdx {
         vhdx::convert::convert(src, dst, vhdx::convert::Target::Dynamic, None).map_err(
             |source| ExportError::Disk {
                 path: src.into(),
@@ -220,10 +222,12 @@ fn copy_disk(src: &Path, dst: &Path) -> Result<(), ExportError> {
     Ok(())
 }
 
-fn disk_name(index: usize, src: &Path) -> String {
-    match tern_block::DiskFormat::from_path(src) {
-        tern_block::DiskFormat::Vhdx => format!("disk{index}.vhdx"),
-        tern_block::DiskFormat::Raw => format!("disk{index}.img"),
+/// The exported file's name: its extension says its format to readers
+/// that go by name.
+fn disk_name(index: usize, format: DiskFormat) -> String {
+    match format {
+        DiskFormat::Vhdx => format!("disk{index}.vhdx"),
+        DiskFormat::Raw => format!("disk{index}.img"),
     }
 }
 
@@ -273,8 +277,8 @@ pub fn export(vm: &Vm, dir: &Path, store: Option<&Store>) -> Result<Manifest, Ex
         std::fs::create_dir_all(tmp.join(DISKS_DIR)).map_err(io(&tmp, "create"))?;
         let mut config = saved::config_to_proto(vm.config());
         for (i, d) in vm.disks().status().iter().enumerate() {
-            let name = disk_name(i, &d.path);
-            copy_disk(&d.path, &tmp.join(DISKS_DIR).join(&name))?;
+            let name = disk_name(i, d.format);
+            copy_disk(&d.path, &tmp.join(DISKS_DIR).join(&name), d.format)?;
             if let Some(c) = config.disks.get_mut(i) {
                 c.path = format!("../{DISKS_DIR}/{name}");
             }
@@ -311,8 +315,10 @@ fn export_checkpoints(store: &Store, out: &Path) -> Result<(), ExportError> {
         }
         for (i, d) in c.disks.iter_mut().enumerate() {
             let src = store.resolve(d);
-            let name = format!("c{}-{}", c.id, disk_name(i, &src));
-            copy_disk(&src, &disks.join(&name))?;
+            // Checkpoints hold only VHDX disks (`Store::create` refuses
+            // others), whatever their files are named.
+            let name = format!("c{}-{}", c.id, disk_name(i, DiskFormat::Vhdx));
+            copy_disk(&src, &disks.join(&name), DiskFormat::Vhdx)?;
             *d = format!("{}/{name}", crate::checkpoint::DISKS_DIR);
         }
         tree.checkpoints.push(c);

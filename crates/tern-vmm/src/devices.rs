@@ -129,8 +129,8 @@ pub struct DiskEvent {
 pub struct DiskStatus {
     /// The file.
     pub path: PathBuf,
-    /// `raw` or `vhdx`.
-    pub format: &'static str,
+    /// Its format (of the image it runs on now).
+    pub format: tern_block::DiskFormat,
     /// Read-only.
     pub read_only: bool,
     /// Current size in bytes.
@@ -342,7 +342,7 @@ impl Disks {
             .iter()
             .map(|d| DiskStatus {
                 path: lock(&d.path).clone(),
-                format: d.backend.format().name(),
+                format: d.backend.format(),
                 read_only: d.backend.read_only(),
                 capacity: d.backend.capacity(),
                 qos: lock(&d.qos).limits(),

@@ -88,10 +88,10 @@ pub fn hello() -> HelloReply {
     )
 }
 
-fn format(name: &str) -> DiskFormat {
-    match name {
-        "vhdx" => DiskFormat::Vhdx,
-        _ => DiskFormat::Raw,
+fn format(f: tern_block::DiskFormat) -> DiskFormat {
+    match f {
+        tern_block::DiskFormat::Vhdx => DiskFormat::Vhdx,
+        tern_block::DiskFormat::Raw => DiskFormat::Raw,
     }
 }
 

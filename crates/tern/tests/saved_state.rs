@@ -752,3 +752,55 @@ fn saved_vm_with_a_disk_continues_its_io_on_another_host_and_a_missing_parent_is
     assert!(e.contains("parent"), "{e}");
     assert_eq!(fingerprint(&saved), before);
 }
+
+/// A VHDX whose name does not say so (`disk.img`, attached with
+/// `format=vhdx`) is a VHDX to checkpoints and exports too: the checkpoint
+/// is taken (not refused as a raw disk), and the export holds the disk as
+/// a VHDX (flattened, named `.vhdx`), not a byte copy named `.img`.
+#[test]
+fn a_vhdx_named_img_checkpoints_and_exports_as_vhdx() {
+    if !tern_test_support::kvm_available("a_vhdx_named_img_checkpoints_and_exports_as_vhdx") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("disk.img");
+    new_disk(&base, 32 << 20);
+    let store = root.path().join("store");
+    let w = start(
+        root.path(),
+        &[
+            "--memory",
+            "64M",
+            "--guest",
+            DISK_WORKLOAD,
+            "--disk",
+            &format!("path={},format=vhdx", base.display()),
+            "--checkpoint-dir",
+            store.to_str().unwrap(),
+        ],
+    );
+    wait_step(&w, 1);
+    w.call(Pause {});
+    let c = w.call(checkpoint("named-img", false));
+    assert_eq!(c.checkpoint.name, "named-img");
+    // The VM now writes to a differencing child of disk.img.
+    assert_ne!(disk_path(&w), base);
+    let out = root.path().join("export");
+    w.call(Export { dir: out.clone() });
+    w.call(Resume {});
+    let disks = out.join("disks");
+    let names: Vec<String> = std::fs::read_dir(&disks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "disk0.vhdx"),
+        "exported disks: {names:?}"
+    );
+    // Flattened: a VHDX with no parent, readable on its own.
+    let exported = vhdx::Disk::open(disks.join("disk0.vhdx"), false).unwrap();
+    assert!(
+        exported.parent_path().is_none(),
+        "the exported disk still has a parent"
+    );
+}
