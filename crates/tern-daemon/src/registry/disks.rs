@@ -4,7 +4,7 @@
 use rusqlite::{params, OptionalExtension, Row};
 use tern_api::{Disk, DiskFormat, DiskQos, VmState};
 
-use super::{insert_event, is_unique_violation, vm_row, Registry, RegistryError, VmRow, VM_COLS};
+use super::{insert_event, is_unique_violation, Registry, RegistryError, VmRow};
 
 /// A disk row names a format this daemon does not know (a newer daemon
 /// wrote it); it is never guessed.
@@ -70,22 +70,7 @@ pub(super) fn vm_for_disk_change(
     vm_id: &str,
     from: &[VmState],
 ) -> Result<VmRow, RegistryError> {
-    let vm = tx
-        .query_row(
-            &format!("SELECT {VM_COLS} FROM vms WHERE id = ?1"),
-            [vm_id],
-            vm_row,
-        )
-        .optional()?
-        .ok_or_else(|| RegistryError::NoVm(vm_id.into()))?;
-    if !from.contains(&vm.state) {
-        return Err(RegistryError::WrongState {
-            name: vm.name,
-            state: vm.state,
-            action: "change its disks while it runs".into(),
-        });
-    }
-    Ok(vm)
+    super::vm_in_state(tx, vm_id, from, "change its disks while it runs")
 }
 
 impl Registry {

@@ -411,21 +411,7 @@ impl Registry {
     pub fn transition(&self, id: &str, t: Transition<'_>) -> Result<VmRow, RegistryError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let row = tx
-            .query_row(
-                &format!("SELECT {VM_COLS} FROM vms WHERE id = ?1"),
-                [id],
-                vm_row,
-            )
-            .optional()?
-            .ok_or_else(|| RegistryError::NoVm(id.into()))?;
-        if !t.from.contains(&row.state) {
-            return Err(RegistryError::WrongState {
-                name: row.name,
-                state: row.state,
-                action: t.action.into(),
-            });
-        }
+        let row = vm_in_state(&tx, id, t.from, t.action)?;
         let (pid, pid_start) = match (t.pid, t.to.has_worker()) {
             (Some((p, s)), _) => (Some(p), Some(s)),
             (None, true) => (row.pid, row.pid_start),
@@ -504,21 +490,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let row = tx
-            .query_row(
-                &format!("SELECT {VM_COLS} FROM vms WHERE id = ?1"),
-                [id],
-                vm_row,
-            )
-            .optional()?
-            .ok_or_else(|| RegistryError::NoVm(id.into()))?;
-        if !from.contains(&row.state) {
-            return Err(RegistryError::WrongState {
-                name: row.name,
-                state: row.state,
-                action: "delete it (stop it first)".into(),
-            });
-        }
+        let row = vm_in_state(&tx, id, from, "delete it (stop it first)")?;
         tx.execute(
             "UPDATE disks SET vm_id = NULL, position = NULL WHERE vm_id = ?1",
             [id],
@@ -666,6 +638,32 @@ impl Registry {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+}
+
+/// Reads VM `id` inside `tx` and checks that its state is one of `from`
+/// (`action`: what was attempted, for the refusal).
+pub(super) fn vm_in_state(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    from: &[VmState],
+    action: &str,
+) -> Result<VmRow, RegistryError> {
+    let row = tx
+        .query_row(
+            &format!("SELECT {VM_COLS} FROM vms WHERE id = ?1"),
+            [id],
+            vm_row,
+        )
+        .optional()?
+        .ok_or_else(|| RegistryError::NoVm(id.into()))?;
+    if !from.contains(&row.state) {
+        return Err(RegistryError::WrongState {
+            name: row.name,
+            state: row.state,
+            action: action.into(),
+        });
+    }
+    Ok(row)
 }
 
 #[cfg(test)]
