@@ -225,6 +225,7 @@ impl Daemon {
             migrated_away: false.into(),
             gone,
             gone_tx,
+            guest_ended: false.into(),
         });
         self.insert_worker(&row.id, w.clone());
         w
@@ -232,15 +233,17 @@ impl Daemon {
 
     /// Polls the control socket until the worker answers, or fails if the
     /// worker ends first; a worker whose guest ran to its end before the
-    /// first answer (the registry says `stopped`) started: its row comes
-    /// back.
+    /// first answer (the registry says `stopped`, or `failed` with the
+    /// guest's own status) started: its row comes back.
     pub(crate) async fn wait_ready(&self, id: &str, w: &Worker) -> Result<Option<VmRow>, OpError> {
         let mut gone = w.gone.clone();
         let start = Instant::now();
         loop {
             if *gone.borrow() {
                 let row = self.reg.vm(id)?;
-                if row.state == VmState::Stopped {
+                // Its guest ran to its end (passed or not) before the
+                // first answer: the VM started.
+                if row.state == VmState::Stopped || w.guest_ended.load(Ordering::SeqCst) {
                     return Ok(Some(row));
                 }
                 return Err(OpError::Failed(format!(
@@ -344,6 +347,12 @@ impl Daemon {
                 _ => (VmState::Saved, "saved on request".to_string(), "saved"),
             }
         } else {
+            if status
+                .and_then(|s| s.code())
+                .is_some_and(|c| c < worker::GUEST_STATUS_END)
+            {
+                w.guest_ended.store(true, Ordering::SeqCst);
+            }
             match status {
                 Some(s) if s.success() => (
                     VmState::Stopped,

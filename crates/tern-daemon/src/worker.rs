@@ -464,6 +464,11 @@ impl ConsoleHub {
     }
 }
 
+/// Worker exit codes below this are the guest's own reported status (the
+/// probe guest: 0 pass, 1 fail, 2 bad workload, 3 guest panic); the
+/// worker's own failures use 64 and above (README's exit-code table).
+pub const GUEST_STATUS_END: i32 = 64;
+
 /// A running worker, as the daemon tracks it.
 pub struct Worker {
     /// Process id.
@@ -492,6 +497,9 @@ pub struct Worker {
     pub gone: watch::Receiver<bool>,
     /// Sets `gone`.
     pub gone_tx: watch::Sender<bool>,
+    /// Set when it ended with a status its guest reported (an exit code
+    /// below [`GUEST_STATUS_END`]): the VM ran, whatever the status says.
+    pub guest_ended: AtomicBool,
 }
 
 impl Worker {
