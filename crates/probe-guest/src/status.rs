@@ -41,6 +41,7 @@ field!(/** [`Status::blk_in_use_end`]. */ blk_in_use_end: AtomicU64);
 field!(/** [`Status::tsc`]. */ tsc: AtomicU64);
 field!(/** [`Status::clock_adjust`]. */ clock_adjust: AtomicU64);
 field!(/** [`Status::clock_jumps`]. */ clock_jumps: AtomicU64);
+field!(/** [`Status::clock_last`]. */ clock_last: AtomicU64);
 
 // `start_pass` writes both fields with one 16-byte store.
 const _: () = assert!(offset_of!(Status, generation) as u64 == STATUS_GENERATION_OFFSET);

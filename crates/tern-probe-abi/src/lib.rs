@@ -207,18 +207,24 @@ pub struct Status {
     /// refuses to shrink the disk below it. Set by `blk-verify`
     /// (to the end of what it wrote) and lowered by `blk-trim`.
     pub blk_in_use_end: u64,
-    /// The guest's latest reading of its own TSC (`rdtsc` at CPL 3), as
-    /// its clock last took it: what the guest sees, which may differ from
-    /// the IA32_TSC the VMM saves where the host cannot offset the guest's
-    /// `rdtsc` (see `docs/saved-state.md`).
+    /// The guest's latest reading of its own TSC (`rdtsc` at CPL 3): what
+    /// the guest sees, which may differ from the IA32_TSC the VMM saves
+    /// where the host cannot offset the guest's `rdtsc` (see
+    /// `docs/saved-state.md`). Written for the VMM's eyes; the clock does
+    /// not read it back (0: a probe older than the continuous clock).
     pub tsc: u64,
     /// Added (wrapping) to the raw TSC to give the guest's continuous clock:
-    /// each jump of the raw TSC is taken out of it.
+    /// each jump of the raw TSC is taken out of it. The only word the clock
+    /// both reads and writes at a jump, so a saved image moved to a host
+    /// whose TSC reads differently needs this word changed, nothing else.
     pub clock_adjust: u64,
     /// Jumps of the raw TSC larger than a second (either way) the guest's
     /// clock has taken out: a restore or migration the host did not keep
     /// the guest's TSC across.
     pub clock_jumps: u64,
+    /// The continuous clock's latest value (raw TSC + `clock_adjust`); a
+    /// reading more than a second past it, or before it, is a jump.
+    pub clock_last: u64,
 }
 
 /// Byte offset of [`Status::command`] inside the status page.

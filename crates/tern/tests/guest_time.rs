@@ -62,10 +62,11 @@ fn saved_tscs(snap: &Snapshot) -> Vec<u64> {
 
 /// Makes a saved state look as if it was written on a host whose TSC read
 /// `shift` ticks more than this one's: every vCPU's IA32_TSC moves by
-/// `shift`, and so do the raw TSC readings the guest left in memory (its
-/// clock's last reading, with its correction moved the other way so the
-/// guest's own time and its deadlines stay what they were). Returns the
-/// new IA32_TSC of vCPU 0.
+/// `shift`, and the guest's clock correction the other way (its raw
+/// readings came from that host, so its own time and its deadlines stay
+/// what they were). The correction is the one word of the guest's clock
+/// that pairs with the host's TSC (see `probe-guest/src/clock.rs`).
+/// Returns the new IA32_TSC of vCPU 0.
 fn shift_saved_tsc(dir: &Path, shift: u64) -> u64 {
     let path = dir.join("state.bin");
     let mut snap = read_state(dir);
@@ -82,10 +83,12 @@ fn shift_saved_tsc(dir: &Path, shift: u64) -> u64 {
     let want: Vec<u64> = old.iter().map(|t| t.wrapping_add(shift)).collect();
     assert_eq!(new, want);
 
-    let last = status_u64(dir, offset_of!(Status, tsc));
-    assert_ne!(last, 0, "the guest's clock has a reading");
+    assert_ne!(
+        status_u64(dir, offset_of!(Status, clock_last)),
+        0,
+        "the guest's clock has a reading"
+    );
     let adjust = status_u64(dir, offset_of!(Status, clock_adjust));
-    write_status_u64(dir, offset_of!(Status, tsc), last.wrapping_add(shift));
     write_status_u64(
         dir,
         offset_of!(Status, clock_adjust),

@@ -142,5 +142,6 @@ pub fn read_status(mem: &crate::memory::GuestMem) -> Result<Status, vm_memory::G
         tsc: mem.read_obj(at(offset_of!(Status, tsc)))?,
         clock_adjust: mem.read_obj(at(offset_of!(Status, clock_adjust)))?,
         clock_jumps: mem.read_obj(at(offset_of!(Status, clock_jumps)))?,
+        clock_last: mem.read_obj(at(offset_of!(Status, clock_last)))?,
     })
 }
