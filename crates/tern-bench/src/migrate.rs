@@ -16,7 +16,6 @@
 //! text (files under /usr/share and /usr/lib/python3*), program binaries
 //! (/usr/bin, /usr/lib/x86_64-linux-gnu), /dev/urandom.
 
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -108,33 +107,39 @@ fn tern_case(
         Some(n) => format!("tcp:{}:0", n.addr_b),
         None => "tcp:127.0.0.1:0".into(),
     };
+    let listening = dir.join("tdst.listening");
+    let _ = std::fs::remove_file(&listening);
     dst.args(["run", "--vcpus", "1", "--memory", &mem, "--guest", guest])
-        .args(["--serial", "null", "--incoming", &listen, "--control"])
+        .args([
+            "--serial",
+            "null",
+            "--incoming",
+            &listen,
+            "--listening-file",
+        ])
+        .arg(&listening)
+        .arg("--control")
         .arg(&dst_sock)
         .args(args.prealloc.then_some("--prealloc"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::null());
     let mut dst = Proc(dst.spawn().map_err(|e| e.to_string())?);
-    let mut err = BufReader::new(dst.0.stderr.take().expect("piped"));
-    let mut to = String::new();
-    let mut line = String::new();
-    while to.is_empty() {
-        line.clear();
-        if err.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+    let t = Instant::now();
+    let to = loop {
+        if let Some(l) =
+            tern_worker_proto::Listening::read(&listening).map_err(|e| e.to_string())?
+        {
+            break l.endpoint.to_string();
+        }
+        if dst.0.try_wait().map_err(|e| e.to_string())?.is_some() {
             return Err("destination worker ended before listening".into());
         }
-        if let Some(ep) = line
-            .trim()
-            .strip_prefix("tern: waiting for a migration on ")
-        {
-            to = ep.to_string();
+        if t.elapsed() > Duration::from_secs(60) {
+            return Err("destination worker did not listen within 60 s".into());
         }
-    }
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = err.read_to_string(&mut sink);
-    });
+        std::thread::sleep(Duration::from_millis(2));
+    };
     let mut src = in_ns(net.map(|n| n.a.as_str()), exe);
     src.args(["run", "--vcpus", "1", "--memory", &mem, "--guest", guest])
         .args(["--serial", "null", "--control"])

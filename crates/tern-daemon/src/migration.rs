@@ -519,9 +519,20 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
         let _ = d.reg.forget_disks(&created);
         e
     };
-    let spec = d
+    let listening_file = d.cfg.run_dir().join(format!("{}.listening", row.id));
+    let _ = std::fs::remove_file(&listening_file);
+    let mut spec = d
         .launch_spec(&row, Boot::Incoming(listen))
         .map_err(forget)?;
+    if req.stream {
+        if !d.caps.has(Capability::ListeningFile) {
+            return Err(forget(OpError::not_implemented(
+                &format!("VM {}: a TCP incoming migration", row.name),
+                "capability listening-file",
+            )));
+        }
+        spec.listening_file = Some(listening_file.clone());
+    }
     let launch = d.launch(&row, spec);
     let w = d
         .spawn_tracked(&row, &launch, Some(created.clone()))
@@ -529,33 +540,39 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
     let pid = w.pid;
     // The source may connect once the worker listens.
     let t = Instant::now();
-    let log_path = d.cfg.worker_log(&row.id);
-    let listening = || -> Option<String> {
+    let listening = || -> Result<Option<String>, OpError> {
         if req.stream {
-            let log = std::fs::read_to_string(&log_path).ok()?;
-            log.lines()
-                .find_map(|l| l.split("waiting for a migration on ").nth(1))
-                .map(|ep| ep.trim().to_string())
+            Ok(tern_worker_proto::Listening::read(&listening_file)
+                .map_err(|e| OpError::Failed(chain(&e)))?
+                .map(|l| l.endpoint.to_string()))
         } else {
-            path.exists().then(|| format!("unix:{}", path.display()))
+            Ok(path.exists().then(|| format!("unix:{}", path.display())))
         }
     };
     let endpoint = loop {
-        if let Some(ep) = listening() {
-            break ep;
-        }
-        if *w.gone.borrow() || t.elapsed() > d.cfg.start_timeout {
-            if !*w.gone.borrow() {
-                w.kill_requested.store(true, Ordering::SeqCst);
-                let _ = w.kill();
+        let gone = *w.gone.borrow();
+        match listening() {
+            Ok(Some(ep)) => break ep,
+            Ok(None) if !gone && t.elapsed() <= d.cfg.start_timeout => {}
+            failed => {
+                if !gone {
+                    w.kill_requested.store(true, Ordering::SeqCst);
+                    let _ = w.kill();
+                }
+                let _ = std::fs::remove_file(&listening_file);
+                let log = worker::last_log_line(&d.cfg.worker_log(&row.id)).unwrap_or_default();
+                let why = match failed {
+                    Err(e) => chain(&e),
+                    _ => log,
+                };
+                return Err(OpError::Failed(format!(
+                    "the incoming worker did not listen for the migration: {why}"
+                )));
             }
-            let log = worker::last_log_line(&d.cfg.worker_log(&row.id)).unwrap_or_default();
-            return Err(OpError::Failed(format!(
-                "the incoming worker did not listen for the migration: {log}"
-            )));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
+    let _ = std::fs::remove_file(&listening_file);
     let info = start_record(d, &row, "incoming", &req.source, None);
     let mig_id = info.id.clone();
     // The VM is ours once its worker answers on the control socket.

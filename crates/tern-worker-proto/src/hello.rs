@@ -57,6 +57,9 @@ pub enum Capability {
     /// Started from a [`LaunchSpec`](crate::LaunchSpec) (`tern run
     /// --launch`).
     LaunchSpec,
+    /// The launch spec's `listening_file`: an incoming worker says where
+    /// it listens in a typed document.
+    ListeningFile,
     /// A capability newer than this client.
     #[serde(other)]
     Unknown,

@@ -70,6 +70,12 @@ pub struct LaunchSpec {
     /// of the spec must describe the same VM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incoming: Option<Endpoint>,
+    /// With `incoming`: once listening, write a [`Listening`] document
+    /// here saying on which endpoint (the port the kernel gave for port 0).
+    ///
+    /// [`Listening`]: crate::Listening
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listening_file: Option<PathBuf>,
     /// Initial memory contents from an image file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_file: Option<MemoryFileSpec>,
@@ -230,6 +236,9 @@ pub enum LaunchSpecError {
     /// Two settings that exclude each other.
     #[error("\"{0}\" and \"{1}\" exclude each other (a restored VM's configuration comes from its saved directory)")]
     Conflict(&'static str, &'static str),
+    /// A setting that only means something with another.
+    #[error("\"{0}\" needs \"{1}\"")]
+    Needs(&'static str, &'static str),
     /// No vCPUs.
     #[error("a VM needs at least 1 vCPU (\"vcpus\" is 0)")]
     NoVcpus,
@@ -287,6 +296,7 @@ impl LaunchSpec {
             checkpoint_dir: None,
             restore: None,
             incoming: None,
+            listening_file: None,
             memory_file: None,
             kvm: None,
         }
@@ -340,6 +350,9 @@ impl LaunchSpec {
 
     /// Checks what serde cannot: required combinations and limits.
     pub fn validate(&self) -> Result<(), LaunchSpecError> {
+        if self.listening_file.is_some() && self.incoming.is_none() {
+            return Err(LaunchSpecError::Needs("listening_file", "incoming"));
+        }
         if self.restore.is_some() {
             let conflicts = [
                 (self.guest.is_some(), "guest"),

@@ -11,6 +11,7 @@
 //! - [`Hello`]: protocol version, product version and capabilities; a
 //!   client refuses a worker whose protocol version it does not know.
 //! - [`LaunchSpec`]: the whole VM configuration as one versioned document.
+//! - [`Listening`]: where a worker waiting for a migration listens.
 //! - [`Client`] (blocking) and `AsyncClient` (tokio, feature `async`).
 //!
 //! # Wire
@@ -30,6 +31,7 @@ mod error;
 pub mod fuzzing;
 pub mod hello;
 pub mod launch;
+pub mod listening;
 pub mod migration;
 pub mod requests;
 mod types;
@@ -45,6 +47,7 @@ pub use endpoint::{Endpoint, EndpointError};
 pub use error::{ErrorCode, WorkerError};
 pub use hello::{Capability, Hello, HelloReply, VersionError, PROTOCOL_VERSION};
 pub use launch::{DiskSpec, LaunchSpec, LaunchSpecError, LAUNCH_SPEC_VERSION};
+pub use listening::{Listening, ListeningError};
 pub use types::{DiskFormat, QosLimits, VmState};
 pub use wire::{Call, Request};
 

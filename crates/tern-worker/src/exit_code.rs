@@ -13,3 +13,6 @@ pub const NO_INPUT: i32 = 66;
 pub const UNAVAILABLE: i32 = 69;
 /// The guest crashed or the VMM failed at run time (`EX_SOFTWARE`).
 pub const SOFTWARE: i32 = 70;
+/// An output file the worker was asked to write cannot be created
+/// (`EX_CANTCREAT`), e.g. the launch spec's `listening_file`.
+pub const CANT_CREATE: i32 = 73;

@@ -84,6 +84,7 @@ pub fn hello() -> HelloReply {
             Prealloc,
             ConsoleInput,
             LaunchSpec,
+            ListeningFile,
         ],
     )
 }

@@ -1,5 +1,7 @@
 //! Waiting for an incoming live migration and building the VM it brings.
 
+use std::net::IpAddr;
+use std::path::Path;
 use std::time::Instant;
 
 use tern_migrate::{Endpoint, IncomingMemory, Listener, Received};
@@ -15,14 +17,34 @@ pub fn endpoint(ep: &tern_worker_proto::Endpoint) -> Endpoint {
     }
 }
 
+/// Where `listener` listens, as the worker protocol names it.
+fn listening_endpoint(listener: &Listener) -> std::io::Result<tern_worker_proto::Endpoint> {
+    Ok(match listener {
+        Listener::Tcp(l) => {
+            let addr = l.local_addr()?;
+            let host = match addr.ip() {
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            };
+            tern_worker_proto::Endpoint::Tcp {
+                host,
+                port: addr.port(),
+            }
+        }
+        Listener::Unix(_, path) => tern_worker_proto::Endpoint::Unix(path.clone()),
+    })
+}
+
 /// Waits on `ep` until a migration of a VM like `cfg` arrives, builds the
 /// VM around it (disks opened) and waits for the source's commit. Returns
 /// the VM, not started: the caller starts it and [`confirm`]s. Failed or
 /// uncommitted attempts are logged, their VM discarded (it never ran), and
-/// the worker waits for the next one. Returns the exit code on a fatal
-/// error.
+/// the worker waits for the next one. Once it listens it writes where to
+/// `listening_file` (a [`tern_worker_proto::Listening`] document). Returns
+/// the exit code on a fatal error.
 pub fn incoming(
     ep: &Endpoint,
+    listening_file: Option<&Path>,
     cfg: VmConfig,
     hooks: impl Fn() -> VmHooks,
 ) -> Result<(Vm, Received), i32> {
@@ -33,9 +55,13 @@ pub fn incoming(
             return Err(exit_code::USAGE);
         }
     };
-    let local = listener
-        .local()
-        .map_or_else(|_| ep.to_string(), |l| l.to_string());
+    let local = match listening_endpoint(&listener) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tern: error: cannot tell where {ep} listens: {e}");
+            return Err(exit_code::SOFTWARE);
+        }
+    };
     let expect = tern_migrate::config_check(&cfg);
     // Memory for a stream is made before each wait (an attempt that
     // fails takes its memory with it), backed as the VM asks; so with
@@ -59,6 +85,12 @@ pub fn incoming(
         Ok(Some(m))
     };
     let mut ready = memory()?;
+    if let Some(path) = listening_file {
+        if let Err(e) = tern_worker_proto::Listening::new(local.clone()).write(path) {
+            eprintln!("tern: error: {}", error_chain(&e));
+            return Err(exit_code::CANT_CREATE);
+        }
+    }
     eprintln!("tern: waiting for a migration on {local}");
     let log = |m: &str| eprintln!("tern: {m}");
     loop {

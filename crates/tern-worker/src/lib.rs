@@ -117,7 +117,12 @@ pub fn run(spec: LaunchSpec) -> i32 {
     };
     let mut received = None;
     let built = match (&spec.incoming, &restore) {
-        (Some(ep), _) => match incoming::incoming(&incoming::endpoint(ep), cfg, hooks) {
+        (Some(ep), _) => match incoming::incoming(
+            &incoming::endpoint(ep),
+            spec.listening_file.as_deref(),
+            cfg,
+            hooks,
+        ) {
             Ok((vm, r)) => {
                 received = Some(r);
                 Ok(vm)

@@ -15,7 +15,7 @@ pub use tern_worker::error_chain as chain;
 
 /// Options that describe the VM, which `--launch` replaces (not
 /// `--probe-image`: it may come from the environment).
-const VM_OPTIONS: [&str; 16] = [
+const VM_OPTIONS: [&str; 17] = [
     "vcpus",
     "memory",
     "guest",
@@ -29,6 +29,7 @@ const VM_OPTIONS: [&str; 16] = [
     "restore",
     "checkpoint_dir",
     "incoming",
+    "listening_file",
     "memory_file",
     "paused",
     "prealloc",
@@ -108,6 +109,10 @@ pub struct RunArgs {
     /// describe the same VM (checked before any memory moves).
     #[arg(long, value_name = "ENDPOINT")]
     incoming: Option<Endpoint>,
+    /// With --incoming: once listening, write where (JSON: version and
+    /// endpoint, the real port for port 0) to FILE, atomically.
+    #[arg(long, value_name = "FILE", requires = "incoming")]
+    listening_file: Option<PathBuf>,
     /// Initial memory contents from an image file: PATH[,lazy] (lazy: map
     /// it copy-on-write instead of copying it in). Boot data is written
     /// over it as usual.
@@ -201,6 +206,7 @@ fn spec(args: RunArgs) -> Result<LaunchSpec, String> {
     spec.paused = args.paused;
     spec.checkpoint_dir = args.checkpoint_dir;
     spec.incoming = args.incoming;
+    spec.listening_file = args.listening_file;
     spec.memory_file = args.memory_file;
     spec.kvm = Some(args.kvm);
     Ok(spec)

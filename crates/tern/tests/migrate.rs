@@ -56,15 +56,23 @@ fn destination(
     cmd: Option<Command>,
 ) -> (Worker, String) {
     let mut c = cmd.unwrap_or_else(|| run_args(2, "96M"));
-    c.args(["--incoming", listen]);
+    let listening = dir.join(format!("{name}.listening"));
+    c.args(["--incoming", listen, "--listening-file"])
+        .arg(&listening);
     let w = spawn(name, dir, c);
+    // The typed document, and the log line people read, say the same.
     let line = w.wait_line("waiting for a migration on ", Duration::from_secs(20));
-    let ep = line
-        .split("waiting for a migration on ")
-        .nth(1)
+    let doc = tern_worker_proto::Listening::read(&listening)
         .unwrap()
-        .trim()
-        .to_string();
+        .expect("the listening file is written before the log line");
+    let ep = doc.endpoint.to_string();
+    assert!(line.trim_end().ends_with(&ep), "{line:?} vs {ep}");
+    if listen.starts_with("tcp:") {
+        assert!(
+            !ep.ends_with(":0"),
+            "port 0 asked for; the file names the real port: {ep}"
+        );
+    }
     (w, ep)
 }
 
