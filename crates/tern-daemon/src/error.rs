@@ -79,14 +79,5 @@ pub enum StartError {
     },
 }
 
-/// One line: an error and its sources.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+/// One line: an error and its sources (see [`tern_error::chain`]).
+pub use tern_error::chain;

@@ -263,17 +263,8 @@ pub fn migrate(vm: &Vm, opts: &MigrateOptions, progress: &Progress) -> Result<()
     r
 }
 
-/// One line: the error and its sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+/// One line: an error and its sources (see [`tern_error::chain`]).
+pub use tern_error::chain as error_chain;
 
 fn connect(to: &Endpoint) -> Result<Stream, MigrateError> {
     let s = Stream::connect(to, IO_TIMEOUT).map_err(|source| MigrateError::Connect {

@@ -20,17 +20,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request waits for its reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// An error and its sources, one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
+use tern_error::chain;
 
 /// A `tern run` command line to add arguments to: `tern run`.
 pub fn tern_run() -> Command {

@@ -62,17 +62,8 @@ impl Worker {
     }
 }
 
-/// One line: the error and its sources, outermost first.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+/// One line: an error and its sources (see [`tern_error::chain`]).
+pub use tern_error::chain as error_chain;
 
 /// Runs the VM `spec` describes until it ends; returns the process exit
 /// code. Diagnostics go to standard error, prefixed `tern:`.

@@ -333,17 +333,7 @@ impl Block {
     }
 }
 
-/// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+use tern_error::chain as error_chain;
 
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
