@@ -183,6 +183,65 @@ blk_checks() {
   rm -f $d/raw.img $d/dyn.raw
 }
 
+# Online resize and a QoS cap, seen from inside the guest: vda grows from
+# 64 to 96 MiB while the guest runs (the control socket's disk-resize, as a
+# user would send it); vdb is capped at 2 MiB/s and the guest times 8 MiB of
+# direct reads on each disk.
+blklive_checks() {
+  d=/tmp/blklive
+  mkdir -p $d
+  truncate -s 64M $d/a.img $d/b.img
+  cap=2097152
+  tern run --kernel $K --initrd $I --cmdline "$L2_CMDLINE tier.mode=blklive" --memory $MEM \
+    --disk path=$d/a.img --disk path=$d/b.img,max-bw=$cap \
+    --serial file:$d/con --control $d/ctl >$d/out 2>$d/err &
+  w=$!
+  PIDS="$PIDS $w"
+  resized=
+  if wait_for $d/con '^L2-(LIVE-READY|BLK-UNSUPPORTED|BLK missing)' 240 $w &&
+    tr -d '\r' <$d/con | grep -aq '^L2-LIVE-READY'; then
+    # The worker's documented wire: one JSON request per line.
+    printf '{"cmd":"disk-resize","disk":0,"size":100663296}\n' |
+      socat -t 10 - UNIX-CONNECT:$d/ctl >$d/resize.out 2>&1
+    resized=$(cat $d/resize.out)
+  fi
+  wait_for $d/con '^L2-BLK-DONE' 180 $w
+  wait_exit $w 120
+  stream blklive $d/con
+  info_file blklive $d/err
+  con=$(tr -d '\r' <$d/con)
+  if echo "$con" | grep -aq '^L2-BLK-UNSUPPORTED'; then
+    for c in blk-resize-seen blk-qos-cap; do check $c SKIP "the guest kernel finds no virtio-mmio devices (see blk-raw)"; done
+    rm -f $d/a.img $d/b.img
+    return
+  fi
+  line=$(echo "$con" | grep -a '^L2-RESIZE ' | head -1)
+  if [ "$(field "$line" sectors)" = 196608 ]; then
+    check blk-resize-seen PASS "/sys/block/vda/size went 131072 -> 196608 while the guest ran ($(field "$line" waited) after the request; worker said: $resized)"
+  else
+    check blk-resize-seen FAIL "guest: ${line:-no L2-RESIZE line}; worker said: ${resized:-nothing (the guest never got ready)}; exit $RC"
+  fi
+  rate() {
+    l=$(echo "$con" | grep -a "^L2-RATE dev=$1 " | head -1)
+    [ -n "$l" ] || return 1
+    t=$(($(cs "$(field "$l" t1)") - $(cs "$(field "$l" t0)")))
+    [ $t -gt 0 ] || t=1
+    echo $((8388608 * 100 / t))
+  }
+  free=$(rate vda)
+  capped=$(rate vdb)
+  if [ -z "$capped" ] || [ -z "$free" ]; then
+    check blk-qos-cap FAIL "no timing from the guest (exit $RC)"
+  elif [ "$free" -lt $((cap * 3 / 2)) ]; then
+    check blk-qos-cap SKIP "the uncapped disk reads only $free B/s here, too close to the $cap B/s cap to tell it holds"
+  elif [ "$capped" -le $((cap * 115 / 100)) ]; then
+    check blk-qos-cap PASS "capped at $cap B/s: the guest read $capped B/s (uncapped disk: $free B/s)"
+  else
+    check blk-qos-cap FAIL "capped at $cap B/s, the guest read $capped B/s (uncapped disk: $free B/s)"
+  fi
+  rm -f $d/a.img $d/b.img
+}
+
 console_checks() {
   d=/tmp/console
   mkdir -p $d
@@ -288,10 +347,11 @@ continues() {
   check "$name" PASS "pid $p0 counted on from n=$n0 to n=$n1 (uptime $up0 -> $up1 s) and kept counting"
 }
 
-# wait_listening RUN: until the --incoming worker waits (or 30 s).
+# wait_listening RUN PID: until the --incoming worker has written its
+# --listening-file (or 30 s).
 wait_listening() {
-  wait_for "$LC/$1.err" 'waiting for a migration' 30 "$2" ||
-    echo "TIER-INFO $1: no 'waiting for a migration' line in 30 s; migrating anyway"
+  wait_for "$LC/$1.listening" 'endpoint' 30 "$2" ||
+    echo "TIER-INFO $1: no listening file in 30 s; migrating anyway"
 }
 
 lifecycle_checks() {
@@ -328,7 +388,7 @@ lifecycle_checks() {
   if [ -z "$CUR_PID" ]; then
     check migrate-tcp FAIL "no source guest (the counter guest did not come up)"
   else
-    tern run --incoming tcp:127.0.0.1:47017 --kernel $K --initrd $I --cmdline "$L2_CMDLINE tier.mode=counter" \
+    tern run --incoming tcp:127.0.0.1:47017 --listening-file $LC/c.listening --kernel $K --initrd $I --cmdline "$L2_CMDLINE tier.mode=counter" \
       --memory $MEM --memfd --serial file:$LC/c.con --control $LC/c.ctl >$LC/c.out 2>$LC/c.err &
     dst=$!
     PIDS="$PIDS $dst"
@@ -356,7 +416,7 @@ lifecycle_checks() {
   if [ -z "$CUR_PID" ]; then
     check migrate-memfd FAIL "no source guest (the counter guest did not come up)"
   else
-    tern run --incoming unix:$LC/d.mig --kernel $K --initrd $I --cmdline "$L2_CMDLINE tier.mode=counter" \
+    tern run --incoming unix:$LC/d.mig --listening-file $LC/d.listening --kernel $K --initrd $I --cmdline "$L2_CMDLINE tier.mode=counter" \
       --memory $MEM --memfd --serial file:$LC/d.con --control $LC/d.ctl >$LC/d.out 2>$LC/d.err &
     dst=$!
     PIDS="$PIDS $dst"
@@ -392,12 +452,13 @@ pending_checks() {
 }
 
 if [ "$KVM" != 1 ]; then
-  for g in probe blk console lifecycle; do
+  for g in probe blk blklive console lifecycle; do
     selected $g && skip_group $g "no /dev/kvm in L1 (kvm_amd did not load: QEMU's -cpu max gave no SVM?)"
   done
 else
   selected probe && probe_checks
   selected blk && blk_checks
+  selected blklive && blklive_checks
   selected console && console_checks
   selected lifecycle && lifecycle_checks
 fi

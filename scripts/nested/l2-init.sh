@@ -5,6 +5,8 @@
 # What to do comes from the kernel command line: tier.mode=MODE.
 #   bench    report /init reached and reboot at once
 #   blk      write and read back every virtio-blk disk, then reboot
+#   blklive  wait for vda to grow (the host resizes it), then time direct
+#            reads of vda (no limit) and vdb (a QoS cap), then reboot
 #   counter  a process printing a counter every second, and a shell
 #   shell    a shell on the console (the console-input check types into it)
 # Tern gives no ACPI yet, so the guest cannot power off: it ends with a reset
@@ -81,6 +83,28 @@ case $mode in
       for d in vda vdb; do blk_check "$d"; done
     fi
     sync
+    echo "L2-BLK-DONE"
+    ;;
+  blklive)
+    load_virtio
+    usleep 500000
+    if [ ! -e /sys/module/virtio_mmio/parameters/device ] && [ -z "$(ls /sys/bus/virtio/devices)" ]; then
+      echo "L2-BLK-UNSUPPORTED"
+    elif wait_dev vda && wait_dev vdb; then
+      s0=$(cat /sys/block/vda/size)
+      echo "L2-LIVE-READY sectors=$s0"
+      i=0
+      while [ "$(cat /sys/block/vda/size)" = "$s0" ] && [ $i -lt 600 ]; do usleep 100000; i=$((i + 1)); done
+      echo "L2-RESIZE sectors=$(cat /sys/block/vda/size) waited=$((i / 10))s"
+      for d in vda vdb; do
+        read -r t0 _ </proc/uptime
+        dd if=/dev/$d of=/dev/null bs=64k count=128 iflag=direct 2>/dev/null || echo "L2-BLK-ERR dev=$d read"
+        read -r t1 _ </proc/uptime
+        echo "L2-RATE dev=$d bytes=8388608 t0=$t0 t1=$t1"
+      done
+    else
+      echo "L2-BLK missing vda or vdb"
+    fi
     echo "L2-BLK-DONE"
     ;;
   counter)

@@ -6,7 +6,7 @@
 # docs/nested-tier.md.
 #
 # Usage: scripts/nested/run.sh [--only GROUP,...] [--no-build] [--bin-dir DIR] [--timeout SECONDS]
-#   --only      run only these groups of checks.txt (probe, blk, console,
+#   --only      run only these groups of checks.txt (probe, blk, blklive, console,
 #               lifecycle, pending)
 #   --no-build  use target/release as it is (no cargo build)
 #   --bin-dir   take tern and probe-guest from DIR (e.g. target/debug, which
