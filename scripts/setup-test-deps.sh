@@ -16,6 +16,8 @@ wanted=(
   "busybox-static:busybox"
   "cpio:cpio"
   "socat:socat"
+  # the official Prometheus client's OpenMetrics parser judges ternd's /metrics
+  "python3-prometheus-client:/usr/lib/python3/dist-packages/prometheus_client"
 )
 
 missing=()

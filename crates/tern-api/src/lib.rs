@@ -11,4 +11,6 @@ pub mod openapi;
 pub mod types;
 
 pub use client::{Client, ClientError, Endpoint};
+/// The HTTP method type [`Client::raw`] takes.
+pub use hyper::Method;
 pub use types::*;

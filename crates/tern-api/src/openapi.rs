@@ -61,6 +61,7 @@ use crate::types::*;
         resize_disk,
         set_disk_qos,
         list_events,
+        metrics,
     ),
     components(schemas(
         ApiError, VmState, CreateVm, Vm, VmList, Event, EventList, DiskFormat,
@@ -582,6 +583,13 @@ fn set_disk_qos() {}
         (status = 404, body = ApiError, description = "No VM of this name or id, now or before"),
     ))]
 fn list_events() {}
+
+#[utoipa::path(get, path = "/metrics", tag = "host",
+    responses((status = 200, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        body = String,
+        description = "The host's VMs, workers, disks and migrations for Prometheus \
+            (OpenMetrics text; the names are listed in docs/metrics.md)")))]
+fn metrics() {}
 
 #[cfg(test)]
 mod tests {

@@ -207,7 +207,8 @@ pub fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         .add("DELETE", "/v1/disks/{disk}", delete(delete_disk))
         .add("POST", "/v1/disks/{disk}/resize", post(resize_disk))
         .add("PUT", "/v1/disks/{disk}/qos", put(set_disk_qos))
-        .add("GET", "/v1/events", get(list_events));
+        .add("GET", "/v1/events", get(list_events))
+        .add("GET", "/metrics", get(metrics));
     let mut ops = r.ops;
     ops.sort();
     ops.dedup();
@@ -289,6 +290,11 @@ async fn openapi_json() -> Response {
         tern_api::openapi::document(),
     )
         .into_response()
+}
+
+async fn metrics(State(d): State<AppState>) -> ApiResult<Response> {
+    let text = crate::metrics::scrape(&d).await?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 async fn host_info(State(d): State<AppState>) -> ApiResult<Json<tern_api::HostInfo>> {

@@ -124,6 +124,24 @@ impl Daemon {
             .cloned()
     }
 
+    /// How many workers this daemon supervises now.
+    pub(crate) fn worker_count(&self) -> usize {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The migrations this daemon remembers, as the API shows them.
+    pub(crate) fn migration_infos(&self) -> Vec<Migration> {
+        let mut v: Vec<Migration> = self
+            .migrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|m| m.info.clone())
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
     /// The API view of a VM row.
     pub fn view(&self, row: &VmRow) -> Result<Vm, OpError> {
         Ok(row.to_api(self.reg.vm_disk_names(&row.id)?))

@@ -22,7 +22,8 @@
 //!    recording its end, finding workers again after a restart.
 //! 4. The operations, each on the core and supervision: [`lifecycle`]
 //!    (create, start, stop, pause, save, restore, delete, console),
-//!    [`disks`], [`checkpoints`], [`migration`].
+//!    [`disks`], [`checkpoints`], [`migration`]; and [`metrics`], which
+//!    only reads (the registry, the workers' status, `/proc`).
 //! 5. The edge: [`api`] (HTTP routes onto the operations) and [`server`]
 //!    (listeners, the `ternd` command line).
 //!
@@ -37,6 +38,7 @@ pub mod daemon;
 pub mod disks;
 pub mod error;
 pub mod lifecycle;
+pub mod metrics;
 pub mod migration;
 pub mod registry;
 pub mod server;

@@ -143,6 +143,10 @@ pub struct DiskStatus {
     pub errors: u64,
     /// Times a request waited for a QoS maximum.
     pub throttled: u64,
+    /// Bytes the guest read.
+    pub read_bytes: u64,
+    /// Bytes the guest wrote.
+    pub write_bytes: u64,
 }
 
 struct Disk {
@@ -349,6 +353,8 @@ impl Disks {
                 requests: d.stats.requests.load(Relaxed),
                 errors: d.stats.errors.load(Relaxed),
                 throttled: d.stats.throttled.load(Relaxed),
+                read_bytes: d.stats.read_bytes.load(Relaxed),
+                write_bytes: d.stats.write_bytes.load(Relaxed),
             })
             .collect()
     }

@@ -58,6 +58,12 @@ pub struct DiskStatus {
     pub errors: u64,
     /// Times a request waited for a QoS maximum.
     pub throttled: u64,
+    /// Bytes the guest read (0 from workers that predate the field).
+    #[serde(default)]
+    pub read_bytes: u64,
+    /// Bytes the guest wrote (0 from workers that predate the field).
+    #[serde(default)]
+    pub write_bytes: u64,
 }
 
 /// The probe guest's status page, as [`StatusReply::probe`].

@@ -119,6 +119,8 @@ fn status(vm: &Vm) -> StatusReply {
             requests: d.requests,
             errors: d.errors,
             throttled: d.throttled,
+            read_bytes: d.read_bytes,
+            write_bytes: d.write_bytes,
         })
         .collect();
     let probe = match cfg.guest {

@@ -514,6 +514,20 @@ impl Registry {
         Ok(())
     }
 
+    /// How many events of each kind the registry holds, by kind.
+    pub fn event_counts(&self) -> Result<Vec<(String, u64)>, RegistryError> {
+        let conn = self.lock();
+        let mut st =
+            conn.prepare("SELECT kind, COUNT(*) FROM events GROUP BY kind ORDER BY kind")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, n)| (k, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
     /// Events after `since`, oldest first, optionally of one VM (id).
     pub fn events(
         &self,
