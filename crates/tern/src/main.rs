@@ -4,6 +4,7 @@
 //! Exit codes scripts can rely on are in [`exit_code`] and README.md.
 
 mod disk;
+mod docs;
 mod exit_code;
 mod migrate_cli;
 mod run;
@@ -15,7 +16,7 @@ use clap::{Parser, Subcommand};
 /// Tern: a virtualization platform for Linux/KVM hosts.
 #[derive(Parser)]
 #[command(name = "tern", version, about)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +36,11 @@ enum Command {
     Disk(disk::DiskCommand),
     /// Live-migrate a worker's VM (progress bar; --cancel to stop one).
     Migrate(migrate_cli::MigrateArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell) for tern or ternd.
+    Completions(docs::CompletionsArgs),
+    /// Write man pages for tern, its subcommands and ternd into DIR.
+    Man(docs::ManArgs),
     #[command(flatten)]
     Api(vm_cli::ApiCommand),
 }
@@ -48,7 +54,10 @@ fn main() {
             std::process::exit(code);
         }
     };
-    if matches!(cli.command, Command::Disk(_) | Command::Api(_)) {
+    if matches!(
+        cli.command,
+        Command::Disk(_) | Command::Api(_) | Command::Completions(_) | Command::Man(_)
+    ) {
         // Commands that print for pipes (`tern vm show X | grep -q ...`)
         // end quietly when the reader goes, as other Unix tools do, instead
         // of panicking on a failed print. The worker keeps SIGPIPE ignored:
@@ -62,6 +71,8 @@ fn main() {
         Command::Disk(cmd) => disk::run(cmd),
         Command::Worker(cmd) => snapshot::run(cmd),
         Command::Migrate(args) => migrate_cli::run(args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
         Command::Api(cmd) => vm_cli::run(cmd),
     };
     std::process::exit(code);
