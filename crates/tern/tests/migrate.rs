@@ -401,13 +401,14 @@ fn a_guest_dirtying_faster_than_the_link_converges_by_throttling() {
     c.args(["--vcpus", "2", "--memory", "96M"]);
     c.args(["--guest", "probe:dirty,mib=64,rate=400+verify"]);
     let (dst, ep) = destination(dir.path(), "dest", "tcp:127.0.0.1:0", Some(c));
-    // 400 MiB/s of dirtying against a 100 MiB/s link.
+    // 400 MiB/s of dirtying against a 25 MiB/s link: even a guest the
+    // host starves of CPU (a loaded CI machine) dirties faster than that.
     let (code, stdout, stderr) = migrate(
         &src,
         &ep,
         &[
             "--bandwidth",
-            "100M",
+            "25M",
             "--channels",
             "2",
             "--compression",
