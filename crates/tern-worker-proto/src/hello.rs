@@ -57,6 +57,8 @@ pub enum Capability {
     /// Started from a [`LaunchSpec`](crate::LaunchSpec) (`tern run
     /// --launch`).
     LaunchSpec,
+    /// `power-button` (Linux guests with ACPI).
+    PowerButton,
     /// A capability newer than this client.
     #[serde(other)]
     Unknown,

@@ -50,7 +50,8 @@ pub fn vm_error(e: &VmError) -> WorkerError {
             tern_vmm::control::ControlError::NotRunning
             | tern_vmm::control::ControlError::NotPaused,
         )
-        | VmError::NotPaused(_) => WorkerError::conflict(msg),
+        | VmError::NotPaused(_)
+        | VmError::NoPowerButton => WorkerError::conflict(msg),
         VmError::Disk(d) => disk_error_code(d, msg),
         _ => WorkerError::failed(msg),
     }
@@ -84,6 +85,7 @@ pub fn hello() -> HelloReply {
             Prealloc,
             ConsoleInput,
             LaunchSpec,
+            PowerButton,
         ],
     )
 }
@@ -241,6 +243,7 @@ impl Worker {
                     state: VmState::Stopping,
                 }))
             }
+            Request::PowerButton(_) => Handled::reply(now(vm.power_button())),
             Request::Reports(_) => Handled::reply(Ok(ReportsReply {
                 reports: vm.reports().all(),
             })),
