@@ -273,7 +273,11 @@ impl Vm {
                     &crate::boot::linux::LinuxConfig {
                         kernel: kernel.clone(),
                         initrd: initrd.clone(),
-                        cmdline: format!("{cmdline}{}", disks.cmdline()),
+                        // The DSDT describes the virtio-mmio devices; a
+                        // `virtio_mmio.device=` for each as well would make
+                        // a kernel built with VIRTIO_MMIO_CMDLINE_DEVICES
+                        // register every device twice.
+                        cmdline: cmdline.clone(),
                         acpi: Some(acpi),
                     },
                 )?;
