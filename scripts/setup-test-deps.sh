@@ -12,6 +12,8 @@ wanted=(
   "xz-utils:xz"
   "iproute2:tc"
   "g++:g++"
+  # ACPI tables: iasl disassembles and recompiles them (tern-acpi tests)
+  "acpica-tools:iasl"
   # the nested tier (scripts/nested): L1/L2 initramfs tools and a console client
   "busybox-static:busybox"
   "cpio:cpio"

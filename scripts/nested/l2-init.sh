@@ -3,14 +3,17 @@
 # side of the nested tier's checks. Everything it reports is a line on the
 # serial console starting with L2-; L1's check script reads them.
 # What to do comes from the kernel command line: tier.mode=MODE.
-#   bench    report /init reached and reboot at once
-#   blk      write and read back every virtio-blk disk, then reboot
+#   bench    report /init reached and power off at once
+#   blk      write and read back every virtio-blk disk, then power off
 #   blklive  wait for vda to grow (the host resizes it), then time direct
-#            reads of vda (no limit) and vdb (a QoS cap), then reboot
+#            reads of vda (no limit) and vdb (a QoS cap), then power off
 #   counter  a process printing a counter every second, and a shell
 #   shell    a shell on the console (the console-input check types into it)
-# Tern gives no ACPI yet, so the guest cannot power off: it ends with a reset
-# (reboot -f with reboot=k: the i8042 port 0x64), which ends the worker.
+#   poweroff power off at once (ACPI S5: the worker exits 0)
+#   reboot   reboot at once (the worker exits with its reboot status, 80)
+#   button   wait for the ACPI power button, then power off
+# Every mode but reboot ends with `poweroff -f` (ACPI S5 through Tern's
+# sleep control register), which ends the worker with status 0.
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -24,18 +27,11 @@ done
 read -r up _ </proc/uptime
 echo "L2-INIT mode=$mode up=$up nproc=$(nproc) cpuinfo=$(grep -c ^processor /proc/cpuinfo)"
 
-# virtio-mmio is a module here: the devices Tern put on the command line
-# (virtio_mmio.device=...) are handed to it explicitly (busybox insmod does
-# not read /proc/cmdline).
+# virtio-mmio is a module here; it binds the LNRO0005 devices of Tern's DSDT.
 load_virtio() {
-  devs=
-  for arg in $(cat /proc/cmdline); do
-    case $arg in virtio_mmio.device=*) devs="$devs device=${arg#virtio_mmio.device=}" ;; esac
-  done
   insmod /lib/modules/virtio_ring.ko
   insmod /lib/modules/virtio.ko
-  # shellcheck disable=SC2086 # one word per device
-  insmod /lib/modules/virtio_mmio.ko $devs
+  insmod /lib/modules/virtio_mmio.ko
   insmod /lib/modules/virtio_blk.ko
 }
 
@@ -75,22 +71,15 @@ case $mode in
   blk)
     load_virtio
     usleep 500000
-    if [ ! -e /sys/module/virtio_mmio/parameters/device ] && [ -z "$(ls /sys/bus/virtio/devices)" ]; then
-      # Debian's kernel has no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, and nothing
-      # else (ACPI) describes Tern's virtio-mmio devices.
-      echo "L2-BLK-UNSUPPORTED"
-    else
-      for d in vda vdb; do blk_check "$d"; done
-    fi
+    echo "L2-VIRTIO devices=$(ls /sys/bus/virtio/devices | wc -l)"
+    for d in vda vdb; do blk_check "$d"; done
     sync
     echo "L2-BLK-DONE"
     ;;
   blklive)
     load_virtio
     usleep 500000
-    if [ ! -e /sys/module/virtio_mmio/parameters/device ] && [ -z "$(ls /sys/bus/virtio/devices)" ]; then
-      echo "L2-BLK-UNSUPPORTED"
-    elif wait_dev vda && wait_dev vdb; then
+    if wait_dev vda && wait_dev vdb; then
       s0=$(cat /sys/block/vda/size)
       echo "L2-LIVE-READY sectors=$s0"
       i=0
@@ -129,9 +118,28 @@ EOF
     echo "L2-SHELL-READY"
     sh
     ;;
+  poweroff)
+    ;;
+  reboot)
+    echo "L2-REBOOT"
+    reboot -f
+    ;;
+  button)
+    insmod /lib/modules/evdev.ko
+    insmod /lib/modules/button.ko
+    ev=$(grep -A6 'Name="Power Button"' /proc/bus/input/devices | sed -n 's/.*Handlers=.*\(event[0-9]*\).*/\1/p' | head -1)
+    if [ -z "$ev" ] || [ ! -c "/dev/input/$ev" ]; then
+      echo "L2-BUTTON-MISSING $(grep -c . /proc/bus/input/devices) lines in /proc/bus/input/devices"
+    else
+      echo "L2-BUTTON-READY dev=$ev"
+      # One input event (24 bytes on x86-64): the key press.
+      dd if="/dev/input/$ev" of=/dev/null bs=24 count=1 2>/dev/null
+      echo "L2-BUTTON-PRESSED"
+    fi
+    ;;
   *)
     echo "L2-UNKNOWN-MODE '$mode'"
     ;;
 esac
-echo "L2-REBOOT"
-reboot -f
+echo "L2-POWEROFF"
+poweroff -f

@@ -11,7 +11,8 @@ WORK_DIR=${TERN_NESTED_WORK:-$REPO_DIR/target/nested}
 # L1's modules: kvm-amd needs kvm (which needs irqbypass) and ccp.
 L1_MODULES=(irqbypass ccp kvm kvm_amd)
 # L2's modules: Debian builds virtio-mmio and virtio-blk as modules.
-L2_MODULES=(virtio_ring virtio virtio_mmio virtio_blk)
+# The ACPI power button check needs the button driver and evdev.
+L2_MODULES=(virtio_ring virtio virtio_mmio virtio_blk evdev button)
 
 say() { echo "nested: $*" >&2; }
 
@@ -106,5 +107,5 @@ l1_qemu() {
     -kernel "$KERNEL" -initrd "$initrd" -append "$cmdline")
 }
 
-# The L2 kernel command line (the worker appends virtio_mmio.device= itself).
+# The L2 kernel command line (Tern's DSDT describes its virtio-mmio devices).
 L2_CMDLINE_BASE="console=ttyS0,115200 reboot=k panic=-1 rdinit=/init"

@@ -6,8 +6,8 @@
 # docs/nested-tier.md.
 #
 # Usage: scripts/nested/run.sh [--only GROUP,...] [--no-build] [--bin-dir DIR] [--timeout SECONDS]
-#   --only      run only these groups of checks.txt (probe, blk, blklive, console,
-#               lifecycle, pending)
+#   --only      run only these groups of checks.txt (probe, blk, blklive, acpi,
+#               console, lifecycle, pending)
 #   --no-build  use target/release as it is (no cargo build)
 #   --bin-dir   take tern and probe-guest from DIR (e.g. target/debug, which
 #               test.sh has built already); implies --no-build
@@ -153,6 +153,16 @@ for i in "${!expected[@]}"; do
         record FAIL "$name" "$(echo "$hits" | wc -l) line(s), first: $(echo "$hits" | head -1 | sed "s|$WORK_DIR/||")"
       else
         record PASS "$name" "$(ls "$WORK_DIR"/l2-logs/*.log | wc -l) L2 consoles, no WARNING/BUG/oops/Call Trace"
+      fi
+      ;;
+    l2-no-acpi-error)
+      acpi_bad='ACPI Error|ACPI BIOS Error|ACPI Warning|ACPI BIOS Warning'
+      if ! compgen -G "$WORK_DIR/l2-logs/*.log" >/dev/null; then
+        record SKIP "$name" "no L2 console came out of L1"
+      elif hits=$(grep -aHnE "$acpi_bad" "$WORK_DIR"/l2-logs/*.log); then
+        record FAIL "$name" "$(echo "$hits" | wc -l) line(s), first: $(echo "$hits" | head -1 | sed "s|$WORK_DIR/||")"
+      else
+        record PASS "$name" "$(ls "$WORK_DIR"/l2-logs/*.log | wc -l) L2 consoles, no ACPI error or warning about Tern's tables"
       fi
       ;;
     *)

@@ -349,7 +349,7 @@ impl Daemon {
         } else {
             if status
                 .and_then(|s| s.code())
-                .is_some_and(|c| c < worker::GUEST_STATUS_END)
+                .is_some_and(|c| c < worker::GUEST_STATUS_END || c == worker::GUEST_REBOOTED)
             {
                 w.guest_ended.store(true, Ordering::SeqCst);
             }
@@ -357,6 +357,14 @@ impl Daemon {
                 Some(s) if s.success() => (
                     VmState::Stopped,
                     "the guest finished (exit status 0)".to_string(),
+                    "stopped",
+                ),
+                Some(s) if s.code() == Some(worker::GUEST_REBOOTED) => (
+                    VmState::Stopped,
+                    format!(
+                        "the guest rebooted (exit status {})",
+                        worker::GUEST_REBOOTED
+                    ),
                     "stopped",
                 ),
                 Some(s) => (

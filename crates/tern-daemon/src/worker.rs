@@ -469,6 +469,10 @@ impl ConsoleHub {
 /// worker's own failures use 64 and above (README's exit-code table).
 pub const GUEST_STATUS_END: i32 = 64;
 
+/// The worker's exit code when the guest rebooted
+/// (`tern_worker::exit_code::REBOOT`): the VM ran to its end.
+pub const GUEST_REBOOTED: i32 = 80;
+
 /// A running worker, as the daemon tracks it.
 pub struct Worker {
     /// Process id.

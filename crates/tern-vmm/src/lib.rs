@@ -6,6 +6,7 @@
 //! then controls it (pause, resume, stop, dirty log) and waits for its
 //! [`VmExit`].
 
+pub mod acpi;
 pub mod boot;
 pub mod control;
 pub mod devices;

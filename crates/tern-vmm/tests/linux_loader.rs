@@ -69,6 +69,7 @@ fn debian_bzimage_boot_params() {
         kernel: kernel.clone(),
         cmdline: cmdline.clone(),
         initrd: Some(rd.path().into()),
+        acpi: None,
     };
     let got = load_linux(&ram.mem, &ram.regions, &cfg).unwrap();
 

@@ -60,6 +60,8 @@ pub enum Capability {
     /// The launch spec's `listening_file`: an incoming worker says where
     /// it listens in a typed document.
     ListeningFile,
+    /// `power-button` (Linux guests with ACPI).
+    PowerButton,
     /// A capability newer than this client.
     #[serde(other)]
     Unknown,

@@ -115,6 +115,12 @@ pub struct Resume {}
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shutdown {}
 
+/// `power-button`: press the guest's ACPI power button; an ACPI-aware
+/// guest shuts down and the worker ends with the power-off status. Linux
+/// guests only (a probe guest answers `conflict`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerButton {}
+
 /// `reports`: every probe report so far.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reports {}

@@ -103,6 +103,7 @@ fn every_request_and_reply_round_trips() {
     add(round_trip(Pause {}, state(VmState::Paused)));
     add(round_trip(Resume {}, state(VmState::Running)));
     add(round_trip(Shutdown {}, state(VmState::Stopping)));
+    add(round_trip(PowerButton {}, state(VmState::Running)));
     add(round_trip(
         Reports {},
         ReportsReply {

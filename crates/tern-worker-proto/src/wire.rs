@@ -68,6 +68,8 @@ requests! {
     "resume" => Resume(Resume) -> StateReply;
     /// Stop the VM; the worker exits.
     "shutdown" => Shutdown(Shutdown) -> StateReply;
+    /// Press the guest's ACPI power button.
+    "power-button" => PowerButton(PowerButton) -> StateReply;
     /// The probe guest's reports so far.
     "reports" => Reports(Reports) -> ReportsReply;
     /// Tell the probe to end its open-ended step.

@@ -1,7 +1,13 @@
 //! Process exit codes scripts can rely on (also listed in README.md).
 
-/// Success, or the guest reported status 0.
+/// Success: the guest reported status 0, powered itself off (ACPI S5),
+/// or the VM was stopped on request.
 pub const OK: i32 = 0;
+/// The guest rebooted (the ACPI reset register, the keyboard controller's
+/// reset line, or a KVM reset event; a triple fault is a crash, 70): Tern
+/// does not restart the VM itself, the worker ends with this code so a
+/// supervisor can start it again.
+pub const REBOOT: i32 = 80;
 /// Bad command line or configuration (BSD `EX_USAGE`).
 pub const USAGE: i32 = 64;
 /// A saved state, export or other input is damaged, incomplete or from

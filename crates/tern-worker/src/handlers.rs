@@ -50,7 +50,8 @@ pub fn vm_error(e: &VmError) -> WorkerError {
             tern_vmm::control::ControlError::NotRunning
             | tern_vmm::control::ControlError::NotPaused,
         )
-        | VmError::NotPaused(_) => WorkerError::conflict(msg),
+        | VmError::NotPaused(_)
+        | VmError::NoPowerButton => WorkerError::conflict(msg),
         VmError::Disk(d) => disk_error_code(d, msg),
         _ => WorkerError::failed(msg),
     }
@@ -85,6 +86,7 @@ pub fn hello() -> HelloReply {
             ConsoleInput,
             LaunchSpec,
             ListeningFile,
+            PowerButton,
         ],
     )
 }
@@ -244,6 +246,7 @@ impl Worker {
                     state: VmState::Stopping,
                 }))
             }
+            Request::PowerButton(_) => Handled::reply(now(vm.power_button())),
             Request::Reports(_) => Handled::reply(Ok(ReportsReply {
                 reports: vm.reports().all(),
             })),

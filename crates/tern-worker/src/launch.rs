@@ -135,7 +135,18 @@ pub fn error_code(e: &VmError) -> i32 {
 pub fn exit_status(exit: &VmExit) -> i32 {
     match exit {
         VmExit::Guest(status) => (*status).min(255) as i32,
-        VmExit::Stopped | VmExit::Reset => exit_code::OK,
+        VmExit::Stopped => exit_code::OK,
+        VmExit::PoweredOff => {
+            eprintln!("tern: the guest powered off");
+            exit_code::OK
+        }
+        VmExit::Reset => {
+            eprintln!(
+                "tern: the guest rebooted (worker exit code {})",
+                exit_code::REBOOT
+            );
+            exit_code::REBOOT
+        }
         VmExit::Crashed { vcpu, reason, rip } => {
             eprintln!("tern: error: guest crashed on vCPU {vcpu} at RIP {rip:#x}: {reason}");
             exit_code::SOFTWARE
@@ -147,6 +158,15 @@ pub fn exit_status(exit: &VmExit) -> i32 {
 mod tests {
     use super::*;
     use tern_worker_proto::launch::MemoryFileSpec;
+
+    #[test]
+    fn power_off_and_reboot_have_distinct_statuses() {
+        assert_eq!(exit_status(&VmExit::PoweredOff), exit_code::OK);
+        assert_eq!(exit_status(&VmExit::Stopped), exit_code::OK);
+        assert_eq!(exit_status(&VmExit::Reset), exit_code::REBOOT);
+        assert_ne!(exit_code::REBOOT, exit_code::OK);
+        assert_eq!(exit_status(&VmExit::Guest(3)), 3);
+    }
 
     #[test]
     fn specs_become_vm_configs() {

@@ -13,7 +13,7 @@ use serde_json::json;
 use tern_snapshot::export;
 use tern_worker::load_for_restore;
 use tern_worker_proto::requests::{
-    CheckpointCreate, CheckpointDelete, CheckpointList, CheckpointRevert, Export, Save,
+    CheckpointCreate, CheckpointDelete, CheckpointList, CheckpointRevert, Export, PowerButton, Save,
 };
 use tern_worker_proto::wire::encode_reply;
 use tern_worker_proto::{Call, Client, ClientError};
@@ -58,6 +58,13 @@ pub enum WorkerCommand {
     Inspect {
         /// The saved directory (or an export).
         dir: PathBuf,
+    },
+    /// Press a running worker's guest's ACPI power button (an ACPI-aware
+    /// Linux guest shuts down; the worker then exits 0).
+    PowerButton {
+        /// The worker's control socket.
+        #[arg(long)]
+        control: PathBuf,
     },
     /// Print this binary's worker `hello` (protocol version, product
     /// version, capabilities) as JSON, without starting a VM; with
@@ -143,6 +150,7 @@ pub fn run(cmd: WorkerCommand) -> i32 {
                 dir: absolute(&dir),
             },
         ),
+        WorkerCommand::PowerButton { control } => call(&control, PowerButton {}),
         WorkerCommand::Export { control, dir } => call(
             &control,
             Export {

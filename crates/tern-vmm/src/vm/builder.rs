@@ -161,6 +161,23 @@ impl Vm {
             .expect("fresh bus");
         pio.insert(Arc::new(Mutex::new(ResetPort(control.clone()))), 0x64, 1)
             .expect("fresh bus");
+        // A Linux guest's ACPI sleep/reset registers and its power button
+        // (the tables describing them are written with the kernel).
+        let power_button = if probe_steps {
+            None
+        } else {
+            let ged_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Thread)?;
+            fd.register_irqfd(&ged_irq, crate::acpi::GED_GSI)
+                .map_err(kvm_err("register the ACPI GED interrupt"))?;
+            let (ports, button) = crate::acpi::pm_device(control.clone(), ged_irq);
+            pio.insert(
+                Arc::new(Mutex::new(ports)),
+                crate::acpi::PM_BASE.into(),
+                tern_acpi::pm::LEN.into(),
+            )
+            .expect("fresh bus");
+            Some(button)
+        };
 
         let mem_end = ram
             .regions
@@ -246,13 +263,22 @@ impl Vm {
                 },
                 None,
             ) => {
+                use crate::boot::linux::{ACPI_TABLES_ADDR, ACPI_TABLES_SPACE};
+                let machine = crate::acpi::machine(config.vcpus, &disks.device_infos());
+                let acpi = tern_acpi::build(&machine, ACPI_TABLES_ADDR, ACPI_TABLES_SPACE)
+                    .map_err(VmError::Acpi)?;
                 let entry = crate::boot::linux::load_linux(
                     &ram.mem,
                     &ram.regions,
                     &crate::boot::linux::LinuxConfig {
                         kernel: kernel.clone(),
                         initrd: initrd.clone(),
-                        cmdline: format!("{cmdline}{}", disks.cmdline()),
+                        // The DSDT describes the virtio-mmio devices; a
+                        // `virtio_mmio.device=` for each as well would make
+                        // a kernel built with VIRTIO_MMIO_CMDLINE_DEVICES
+                        // register every device twice.
+                        cmdline: cmdline.clone(),
+                        acpi: Some(acpi),
                     },
                 )?;
                 for v in &vcpus {
@@ -290,6 +316,7 @@ impl Vm {
             disks,
             time_restore: Mutex::new(time_restore),
             pacer,
+            power_button,
         })
     }
 }

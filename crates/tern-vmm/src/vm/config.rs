@@ -80,7 +80,11 @@ pub enum VmExit {
     Guest(u32),
     /// Stopped by request (shutdown).
     Stopped,
-    /// The guest asked for a reset (reboot); Tern stops it.
+    /// The guest powered itself off (ACPI S5 through the sleep control
+    /// register).
+    PoweredOff,
+    /// The guest asked for a reset (reboot: the ACPI reset register, the
+    /// i8042 reset line or a KVM reset event); Tern stops it.
     Reset,
     /// The guest crashed or KVM failed.
     Crashed {
@@ -174,6 +178,15 @@ pub enum VmError {
     /// A disk could not be attached or changed.
     #[error(transparent)]
     Disk(#[from] crate::devices::DiskError),
+    /// The machine cannot be described in ACPI tables.
+    #[error("cannot build the ACPI tables")]
+    Acpi(#[source] tern_acpi::AcpiError),
+    /// The VM has no ACPI power button (a probe guest).
+    #[error("this VM has no ACPI power button (only Linux guests have one)")]
+    NoPowerButton,
+    /// Raising the power button's interrupt failed.
+    #[error("cannot raise the power button interrupt")]
+    PowerButton(#[source] std::io::Error),
 }
 
 /// Host RAM in bytes, from /proc/meminfo.

@@ -91,6 +91,8 @@ pub struct Vm {
     disks: crate::devices::Disks,
     time_restore: Mutex<Option<TimeRestore>>,
     pacer: Arc<pacer::Pacer>,
+    /// The ACPI power button (Linux guests).
+    power_button: Option<crate::acpi::PowerButton>,
 }
 
 impl Vm {
@@ -151,6 +153,17 @@ impl Vm {
     /// Asks the VM to stop; [`Vm::wait`] returns once it has.
     pub fn request_stop(&self) {
         self.shared.control.finish(VmExit::Stopped);
+    }
+
+    /// Presses the guest's ACPI power button: an ACPI-aware guest shuts
+    /// down (and the VM ends with [`VmExit::PoweredOff`]); a guest that
+    /// ignores the button goes on. Linux guests only.
+    pub fn power_button(&self) -> Result<(), VmError> {
+        self.power_button
+            .as_ref()
+            .ok_or(VmError::NoPowerButton)?
+            .press()
+            .map_err(VmError::PowerButton)
     }
 
     /// Current run state.

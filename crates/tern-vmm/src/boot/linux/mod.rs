@@ -15,6 +15,7 @@
 //! | [`BOOT_PARAMS_ADDR`] (4 KiB) | `boot_params` ("zero page") |
 //! | [`CMDLINE_ADDR`] .. + [`CMDLINE_SPACE`] | command line, NUL-terminated |
 //! | [`EBDA_START`] .. 1 MiB | reserved in the e820 map (EBDA/BIOS area) |
+//! | [`ACPI_TABLES_ADDR`] .. + [`ACPI_TABLES_SPACE`] (inside the reserved range above) | ACPI tables when given ([`LinuxConfig::acpi`]): the RSDP first, where the kernel's scan of 0xE0000-0xFFFFF finds it, and `boot_params.acpi_rsdp_addr` points (protocol 2.14+) |
 //! | 1 MiB .. | bzImage protected-mode code, or the ELF segments at their physical addresses |
 //! | top of RAM below `initrd_addr_max` | initrd, page aligned |
 //!
@@ -59,6 +60,13 @@ pub const EBDA_START: u64 = 0x9_fc00;
 // The command line must stay in the RAM part of the legacy area.
 const _: () = assert!(CMDLINE_ADDR + CMDLINE_SPACE <= EBDA_START);
 
+/// Where the ACPI tables go: the start of the BIOS area the kernel scans
+/// for an RSDP, inside the range the e820 map reserves.
+pub const ACPI_TABLES_ADDR: u64 = 0xe_0000;
+/// Room for the ACPI tables: up to 1 MiB.
+pub const ACPI_TABLES_SPACE: u64 = HIGH_MEMORY_START - ACPI_TABLES_ADDR;
+const _: () = assert!(ACPI_TABLES_ADDR >= EBDA_START);
+
 /// Where RAM above the legacy area starts and where the kernel is loaded.
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 
@@ -70,7 +78,8 @@ pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 ///   "Command line:" and "BIOS-e820:" lines reach the serial port even when
 ///   the boot stops before the real console driver loads (as under PVM).
 /// - `reboot=t`: reboot by triple fault, which the VMM sees as a shutdown
-///   exit; Tern emulates no keyboard controller or ACPI reset register.
+///   exit (the kernel's default, the ACPI reset register, works too when
+///   the VM has ACPI tables).
 /// - `panic=-1`: reboot (so the VMM stops) at once after a panic instead of
 ///   hanging.
 pub const DEFAULT_CMDLINE: &str =
@@ -109,6 +118,9 @@ pub struct LinuxConfig {
     pub cmdline: String,
     /// An initial ramdisk, if any.
     pub initrd: Option<PathBuf>,
+    /// ACPI tables, built for [`ACPI_TABLES_ADDR`] within
+    /// [`ACPI_TABLES_SPACE`]; without them the kernel finds no RSDP.
+    pub acpi: Option<tern_acpi::AcpiTables>,
 }
 
 impl LinuxConfig {
@@ -118,6 +130,7 @@ impl LinuxConfig {
             kernel: kernel.into(),
             cmdline: DEFAULT_CMDLINE.to_string(),
             initrd: None,
+            acpi: None,
         }
     }
 }
@@ -269,9 +282,33 @@ pub enum LinuxError {
         #[source]
         source: vm_memory::GuestMemoryError,
     },
+    /// ACPI tables built for another place than [`ACPI_TABLES_ADDR`].
+    #[error("ACPI tables at {start:#x}..{end:#x} are outside {ACPI_TABLES_ADDR:#x}..1 MiB")]
+    AcpiPlacement {
+        /// Their first byte.
+        start: u64,
+        /// One past their last.
+        end: u64,
+    },
     /// Writing `boot_params` failed.
     #[error("cannot write boot_params into guest memory")]
     BootParams(#[source] linux_loader::configurator::Error),
+}
+
+/// Writes `acpi`'s tables into `mem`; returns the RSDP's address.
+fn write_acpi(mem: &GuestMem, acpi: &tern_acpi::AcpiTables) -> Result<u64, LinuxError> {
+    let (start, end) = (acpi.rsdp_addr(), acpi.end());
+    if start < ACPI_TABLES_ADDR || end > ACPI_TABLES_ADDR + ACPI_TABLES_SPACE {
+        return Err(LinuxError::AcpiPlacement { start, end });
+    }
+    for t in acpi.tables() {
+        mem.write_slice(&t.bytes, GuestAddress(t.addr))
+            .map_err(|source| LinuxError::Write {
+                what: "ACPI tables",
+                source,
+            })?;
+    }
+    Ok(start)
 }
 
 /// Loads the kernel, command line and initrd of `cfg` into `mem` (RAM
@@ -344,7 +381,13 @@ pub fn load_linux(
         }
     };
 
-    params::write_boot_params(mem, regions, loaded.hdr, initrd)?;
+    let rsdp = match &cfg.acpi {
+        Some(acpi) => Some(write_acpi(mem, acpi)?),
+        None => None,
+    };
+    // acpi_rsdp_addr is read from protocol 2.14 on; older kernels scan.
+    let rsdp = rsdp.filter(|_| hdr.version >= 0x020e);
+    params::write_boot_params(mem, regions, loaded.hdr, initrd, rsdp)?;
 
     Ok(LinuxEntry {
         entry: loaded.entry,

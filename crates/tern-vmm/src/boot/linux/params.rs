@@ -155,12 +155,13 @@ fn parse_e820_line(rest: &str) -> Option<E820Entry> {
 
 /// Fills in the loader's part of the kernel's setup header `hdr` (command
 /// line, initrd, loader type) and writes `boot_params` with the e820 map of
-/// `regions` at [`BOOT_PARAMS_ADDR`].
+/// `regions` and the ACPI RSDP's address `rsdp` at [`BOOT_PARAMS_ADDR`].
 pub(super) fn write_boot_params(
     mem: &GuestMem,
     regions: &[MemRegion],
     mut hdr: setup_header,
     initrd: Option<MemRegion>,
+    rsdp: Option<u64>,
 ) -> Result<(), LinuxError> {
     let map = e820_map(regions);
     if map.len() > E820_MAX_ENTRIES_ZEROPAGE {
@@ -187,6 +188,7 @@ pub(super) fn write_boot_params(
 
     let mut params = boot_params {
         hdr,
+        acpi_rsdp_addr: rsdp.unwrap_or(0),
         ..Default::default()
     };
     for (slot, e) in params.e820_table.iter_mut().zip(&map) {

@@ -220,6 +220,7 @@ fn loads_an_elf_kernel_with_a_synthesized_header() {
         kernel: k.path().into(),
         cmdline: "hello world".into(),
         initrd: Some(rd.path().into()),
+        acpi: None,
     };
     let got = load_linux(&ram.mem, &ram.regions, &cfg).unwrap();
     assert_eq!(got.format, KernelFormat::Elf);
@@ -471,4 +472,43 @@ fn needs_low_memory() {
         load_linux(&mem, &regions, &LinuxConfig::new("/nonexistent")),
         Err(LinuxError::NoLowMemory)
     ));
+}
+
+#[test]
+fn acpi_tables_go_to_the_reserved_bios_area_and_boot_params_points_at_them() {
+    let ram = GuestRam::new(64 << 20, Backing::Anonymous).unwrap();
+    let k = temp_with(&tiny_bzimage(&[0u8; 1000], 0x10_0000));
+    let machine = crate::acpi::machine(2, &[]);
+    let tables = tern_acpi::build(&machine, ACPI_TABLES_ADDR, ACPI_TABLES_SPACE).unwrap();
+    let cfg = LinuxConfig {
+        acpi: Some(tables.clone()),
+        ..LinuxConfig::new(k.path())
+    };
+    load_linux(&ram.mem, &ram.regions, &cfg).unwrap();
+    let p: boot_params = ram.mem.read_obj(GuestAddress(BOOT_PARAMS_ADDR)).unwrap();
+    assert_eq!({ p.acpi_rsdp_addr }, ACPI_TABLES_ADDR);
+    for t in tables.tables() {
+        let mut back = vec![0u8; t.bytes.len()];
+        ram.mem.read_slice(&mut back, GuestAddress(t.addr)).unwrap();
+        assert_eq!(back, t.bytes);
+    }
+    // The whole range is reserved in the e820 map, never usable RAM.
+    let map = e820_map(&ram.regions);
+    assert!(map.iter().any(|e| e.kind == E820Kind::Reserved
+        && e.addr <= ACPI_TABLES_ADDR
+        && e.addr + e.size >= tables.end()));
+
+    // Tables built for another place are refused; none: no RSDP pointer.
+    let elsewhere = tern_acpi::build(&machine, 0x1000, 0x1000).unwrap();
+    let bad = LinuxConfig {
+        acpi: Some(elsewhere),
+        ..LinuxConfig::new(k.path())
+    };
+    assert!(matches!(
+        load_linux(&ram.mem, &ram.regions, &bad),
+        Err(LinuxError::AcpiPlacement { start: 0x1000, .. })
+    ));
+    load_linux(&ram.mem, &ram.regions, &LinuxConfig::new(k.path())).unwrap();
+    let p: boot_params = ram.mem.read_obj(GuestAddress(BOOT_PARAMS_ADDR)).unwrap();
+    assert_eq!({ p.acpi_rsdp_addr }, 0);
 }
