@@ -52,6 +52,8 @@ fn disk_status() -> DiskStatus {
         requests: 5,
         errors: 1,
         throttled: 2,
+        read_bytes: 4096,
+        write_bytes: 8192,
     }
 }
 
