@@ -89,14 +89,30 @@ struct Boot {
 }
 
 fn boot(dir: &Path, kernel: &Path, memory: &str, cmdline: &str) -> Boot {
-    let serial = dir.join(format!("serial-{memory}.log"));
+    boot_until(dir, kernel, &["--memory", memory], cmdline, &|text| {
+        // The map is complete once a line after it has been printed.
+        parse_cmdline_log(text).is_some() && e820_complete(text)
+    })
+}
+
+/// Boots `kernel` with `args` until `done` holds for the serial log.
+fn boot_until(
+    dir: &Path,
+    kernel: &Path,
+    args: &[&str],
+    cmdline: &str,
+    done: &dyn Fn(&str) -> bool,
+) -> Boot {
+    let name = args.join("");
+    let serial = dir.join(format!("serial-{name}.log"));
     let mut cmd = tern_run();
     cmd.arg("--kernel")
         .arg(kernel)
-        .args(["--memory", memory, "--cmdline", cmdline])
+        .args(args)
+        .args(["--cmdline", cmdline])
         .arg(format!("--serial=file:{}", serial.display()));
     // Killed when dropped, so a failing assertion leaves no VM behind.
-    let worker = Worker::with_control("linux", cmd, &dir.join(format!("control-{memory}.sock")));
+    let worker = Worker::with_control("linux", cmd, &dir.join(format!("control-{name}.sock")));
     let start = Instant::now();
     let mut exited = None;
     let mut text = String::new();
@@ -104,8 +120,7 @@ fn boot(dir: &Path, kernel: &Path, memory: &str, cmdline: &str) -> Boot {
         text = std::fs::read(&serial)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
-        // The map is complete once a line after it has been printed.
-        if parse_cmdline_log(&text).is_some() && e820_complete(&text) {
+        if done(&text) {
             break;
         }
         if let Some(st) = worker.exited() {
@@ -231,4 +246,71 @@ fn debian_bzimage_shows_cmdline_and_e820() {
         return;
     };
     check_boot(test, &kernel, "512M", 512 << 20);
+}
+
+/// The kernel finds Tern's ACPI tables (the RSDP where `boot_params` and the
+/// BIOS-area scan say), accepts their checksums and takes its CPUs and
+/// IOAPIC from the MADT: under PVM the boot gets that far (`setup_arch`).
+#[test]
+fn debian_vmlinux_finds_the_acpi_tables() {
+    let test = "debian_vmlinux_finds_the_acpi_tables";
+    if !tern_test_support::kvm_available(test) {
+        return;
+    }
+    let Some(kernel) = tern_test_support::debian_kernel(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let vmlinux = dir.path().join("vmlinux");
+    if extract_vmlinux(test, &kernel, &vmlinux).is_none() {
+        return;
+    }
+    let cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=t panic=-1";
+    let b = boot_until(
+        dir.path(),
+        &vmlinux,
+        &["--memory", "512M", "--vcpus", "3"],
+        cmdline,
+        &|text| {
+            text.find("smpboot: Allowing")
+                .is_some_and(|at| text[at..].contains('\n'))
+        },
+    );
+    let context = format!(
+        "{test}: after {:.1} s, worker {:?}\n--- stderr ---\n{}\n--- serial (last 4000 bytes) ---\n{}",
+        b.elapsed.as_secs_f64(),
+        b.exited,
+        b.stderr,
+        &b.serial[b.serial.len().saturating_sub(4000)..]
+    );
+    for want in [
+        "ACPI: RSDP 0x00000000000E0000 000024 (v02 TERN  )",
+        "ACPI: XSDT 0x00000000000E0030",
+        "ACPI: FACP 0x00000000000E0070",
+        "ACPI: APIC ",
+        "ACPI: DSDT ",
+        "IOAPIC[0]: apic_id 0, version 17, address 0xfec00000, GSI 0-23",
+        "ACPI: Using ACPI (MADT) for SMP configuration information",
+        "smpboot: Allowing 3 CPUs, 0 hotplug CPUs",
+    ] {
+        assert!(
+            b.serial.contains(want),
+            "no '{want}' in the kernel's log\n{context}"
+        );
+    }
+    for bad in [
+        "ACPI Error",
+        "ACPI BIOS Error",
+        "ACPI Warning",
+        "ACPI BIOS Warning",
+    ] {
+        assert!(
+            !b.serial.contains(bad),
+            "the kernel reported '{bad}'\n{context}"
+        );
+    }
+    eprintln!(
+        "{test}: RSDP, XSDT, FADT, MADT and DSDT found, 3 CPUs from the MADT, after {:.1} s",
+        b.elapsed.as_secs_f64()
+    );
 }

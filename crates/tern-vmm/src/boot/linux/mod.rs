@@ -77,9 +77,10 @@ pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 ///   during `setup_arch`, which replays the log from its start, so the
 ///   "Command line:" and "BIOS-e820:" lines reach the serial port even when
 ///   the boot stops before the real console driver loads (as under PVM).
-/// - `reboot=t`: reboot by triple fault, which the VMM sees as a shutdown
-///   exit (the kernel's default, the ACPI reset register, works too when
-///   the VM has ACPI tables).
+/// - `reboot=t`: reboot by triple fault, which the VMM reports as a crash
+///   (the worker's status 70). With it a panic (below) is told apart from
+///   an orderly reboot; without it the kernel reboots through the FADT's
+///   reset register, which ends the VM as a reboot (status 80).
 /// - `panic=-1`: reboot (so the VMM stops) at once after a panic instead of
 ///   hanging.
 pub const DEFAULT_CMDLINE: &str =
