@@ -147,10 +147,10 @@ impl Disk {
                 Ok(alloc(d, a))
             }
             Command::Read { lba, blocks, .. } => {
-                self.check_range(lba, blocks)?;
                 if blocks > MAX_TRANSFER_BLOCKS {
                     return Err(Sense::illegal(Asc::INVALID_FIELD_IN_CDB).into());
                 }
+                self.check_range(lba, blocks)?;
                 let len = blocks as usize * BLOCK as usize;
                 if ctx.data_in_len < len {
                     return Err(Fail::Overrun);
@@ -163,10 +163,10 @@ impl Disk {
             }
             Command::Write { lba, blocks, fua } => {
                 self.check_writable()?;
-                self.check_range(lba, blocks)?;
                 if blocks > MAX_TRANSFER_BLOCKS {
                     return Err(Sense::illegal(Asc::INVALID_FIELD_IN_CDB).into());
                 }
+                self.check_range(lba, blocks)?;
                 let len = blocks as usize * BLOCK as usize;
                 let Some(data) = ctx.data_out.get(..len) else {
                     return Err(Fail::Overrun);
@@ -184,10 +184,10 @@ impl Disk {
                 blocks,
                 bytchk,
             } => {
-                self.check_range(lba, blocks)?;
                 if blocks > MAX_TRANSFER_BLOCKS {
                     return Err(Sense::illegal(Asc::INVALID_FIELD_IN_CDB).into());
                 }
+                self.check_range(lba, blocks)?;
                 let len = blocks as usize * BLOCK as usize;
                 let expected: Option<&[u8]> = match bytchk {
                     ByteCheck::None => None,

@@ -298,7 +298,14 @@ impl Lun {
                 d.push(0);
                 d.push(((rctd as u8) << 7) | 0x03);
                 d.extend_from_slice(&(c.usage.len() as u16).to_be_bytes());
-                d.extend_from_slice(c.usage);
+                // CDB usage data: the opcode, the service action where there
+                // is one, then the bits the command looks at.
+                d.push(c.opcode);
+                d.push(match c.service_action {
+                    Some(sa) => (c.usage[1] & !0x1F) | sa,
+                    None => c.usage[1],
+                });
+                d.extend_from_slice(&c.usage[2..]);
                 if rctd {
                     d.extend_from_slice(timeouts);
                 }
