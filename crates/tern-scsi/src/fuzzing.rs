@@ -78,7 +78,7 @@ impl BlockBackend for MemDisk {
     fn resize(&self, new_size: u64, policy: &ResizePolicy) -> Result<(), BlockError> {
         let cur = self.capacity();
         policy.check(cur, new_size)?;
-        if new_size > 1 << 20 {
+        if new_size > 16 << 20 {
             return Err(BlockError::BadSize(new_size));
         }
         self.data().resize(new_size as usize, 0);
