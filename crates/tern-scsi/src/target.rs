@@ -556,6 +556,16 @@ impl ScsiTarget {
         }
     }
 
+    /// A LOGICAL UNIT RESET of `lun` (SAM-5 7.8): its initiators get POWER
+    /// ON again and DVD removal prevention ends.
+    pub fn reset_lun(&self, lun: u16) -> Result<(), TargetError> {
+        let l = self.get(lun)?;
+        let mut st = l.state();
+        st.ua.reset();
+        st.dvd.prevent.clear();
+        Ok(())
+    }
+
     /// Runs one command from `nexus` to `lun`. `cdb` may be longer than the
     /// command (transports pad it); `data_out` is what the initiator sent;
     /// `data_in_len` is the size of its data-in buffer. Never panics on
