@@ -566,6 +566,17 @@ impl ScsiTarget {
         Ok(())
     }
 
+    /// An I_T NEXUS RESET (SAM-5 7.12): `nexus` gets POWER ON again on
+    /// every LUN and its medium-removal prevention ends; other initiators
+    /// are not affected.
+    pub fn reset_nexus(&self, nexus: &NexusId) {
+        for l in self.map().values() {
+            let mut st = l.state();
+            st.ua.reset_nexus(nexus);
+            st.dvd.prevent.remove(nexus);
+        }
+    }
+
     /// Runs one command from `nexus` to `lun`. `cdb` may be longer than the
     /// command (transports pad it); `data_out` is what the initiator sent;
     /// `data_in_len` is the size of its data-in buffer. Never panics on

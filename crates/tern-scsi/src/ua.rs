@@ -100,6 +100,12 @@ impl UaQueues {
         self.queues.clear();
     }
 
+    /// A reset of one nexus: it gets POWER ON again.
+    pub fn reset_nexus(&mut self, nexus: &NexusId) {
+        self.seen.remove(nexus);
+        self.queues.remove(nexus);
+    }
+
     /// The condition `nexus` would be told next, without taking it.
     pub fn peek(&mut self, nexus: &NexusId) -> Option<UnitAttention> {
         if !self.seen.contains(nexus) {

@@ -234,12 +234,22 @@ fn saved_state_round_trip() {
 fn logical_unit_reset_touches_one_lun() {
     let a = nexus("a");
     let t = ScsiTarget::new();
-    t.add_disk(0, DiskConfig::new(mem_disk(1 << 20, false))).unwrap();
-    t.add_disk(1, DiskConfig::new(mem_disk(1 << 20, false))).unwrap();
+    t.add_disk(0, DiskConfig::new(mem_disk(1 << 20, false)))
+        .unwrap();
+    t.add_disk(1, DiskConfig::new(mem_disk(1 << 20, false)))
+        .unwrap();
     clear_ua(&t, &a, 0);
     clear_ua(&t, &a, 1);
     t.reset_lun(1).unwrap();
     good(&t, &a, 0, &tur(), &[], 0);
     check(&run(&t, &a, 1, &tur(), &[], 0), 6, Asc::POWER_ON_RESET);
     assert!(matches!(t.reset_lun(2), Err(TargetError::NoSuchLun(2))));
+    // A nexus reset touches only that initiator.
+    let b = nexus("b");
+    clear_ua(&t, &a, 1);
+    clear_ua(&t, &b, 0);
+    t.reset_nexus(&a);
+    good(&t, &b, 0, &tur(), &[], 0);
+    check(&run(&t, &a, 0, &tur(), &[], 0), 6, Asc::POWER_ON_RESET);
+    check(&run(&t, &a, 1, &tur(), &[], 0), 6, Asc::POWER_ON_RESET);
 }

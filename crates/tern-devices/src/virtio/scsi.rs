@@ -22,7 +22,8 @@
 //!
 //! Every command completes before the request is used, so task management
 //! has nothing in flight to abort: ABORT TASK (SET), CLEAR TASK SET and the
-//! QUERY functions complete at once, the resets reset the LUN or target,
+//! QUERY functions complete at once, the resets reset the LUN or this
+//! controller's nexus,
 //! CLEAR ACA is rejected (no ACA).
 
 use std::collections::VecDeque;
@@ -456,7 +457,7 @@ impl Scsi {
                 Err(_) => response::INCORRECT_LUN,
             },
             control::I_T_NEXUS_RESET => {
-                self.target.reset();
+                self.target.reset_nexus(&self.nexus);
                 response::FUNCTION_SUCCEEDED
             }
             _ => response::FUNCTION_REJECTED,
@@ -926,6 +927,7 @@ mod tests {
         };
         for (sub, want) in [
             (control::ABORT_TASK, response::FUNCTION_COMPLETE),
+            (control::I_T_NEXUS_RESET, response::FUNCTION_SUCCEEDED),
             (control::LOGICAL_UNIT_RESET, response::FUNCTION_COMPLETE),
             (control::CLEAR_ACA, response::FUNCTION_REJECTED),
             (99, response::FUNCTION_REJECTED),
