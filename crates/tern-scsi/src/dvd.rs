@@ -53,7 +53,7 @@ impl DvdState {
     }
 
     /// NOT READY with the tray's state (MMC-6 table F.1).
-    fn not_ready(&self) -> Sense {
+    pub fn not_ready(&self) -> Sense {
         let asc = if self.tray_open {
             Asc::MEDIUM_NOT_PRESENT_TRAY_OPEN
         } else {

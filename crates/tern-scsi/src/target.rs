@@ -221,6 +221,9 @@ impl Lun {
                 let mut st = self.state();
                 let sense = match st.ua.take(ctx.nexus) {
                     Some(ua) => ua.sense(),
+                    // An empty drive reports why it is not ready (SPC-4
+                    // 6.39: the sense of the unit's current condition).
+                    None if self.kind() == UnitKind::Dvd && !st.dvd.present() => st.dvd.not_ready(),
                     None => Sense::new(SenseKey::NoSense, Asc::NONE),
                 };
                 Ok(alloc(sense.encode(desc), a))

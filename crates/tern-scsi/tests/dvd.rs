@@ -173,6 +173,9 @@ fn empty_drive_is_not_ready() {
     let a = nexus("a");
     let t = dvd_target(None);
     clear_ua(&t, &a, 0);
+    // REQUEST SENSE describes the condition, with GOOD status.
+    let s = good(&t, &a, 0, &request_sense(false), &[], 252);
+    assert_eq!((s[2], s[12], s[13]), (2, 0x3A, 0x01));
     check(
         &run(&t, &a, 0, &tur(), &[], 0),
         2,
