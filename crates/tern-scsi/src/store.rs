@@ -391,6 +391,32 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_writers_lose_no_change() {
+        // Two "workers" (store instances with their own caches) register
+        // 40 initiators each at the same time: every change must survive,
+        // which needs the exclusive lock and the reread under it.
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("d.vhdx");
+        let threads: Vec<_> = (0..2u32)
+            .map(|w| {
+                let image = image.clone();
+                std::thread::spawn(move || {
+                    let s = FileStore::for_image(&image);
+                    for i in 0..40 {
+                        register(&s, w * 100 + i, (w * 100 + i + 1) as u64);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let s = FileStore::for_image(&image);
+        assert_eq!(read(&s, |s| s.registrations.len()).unwrap(), 80);
+        assert_eq!(read(&s, |s| s.generation).unwrap(), 80);
+    }
+
+    #[test]
     fn corrupt_file_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("d.img");
