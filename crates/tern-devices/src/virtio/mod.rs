@@ -23,6 +23,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod scsi;
 #[cfg(test)]
 mod tests;
 
