@@ -8,6 +8,7 @@
 
 pub mod boot;
 pub mod control;
+pub mod cpuid;
 pub mod devices;
 pub mod memory;
 pub mod state;
@@ -15,6 +16,7 @@ pub mod vm;
 pub mod x86;
 
 pub use control::RunState;
+pub use cpuid::CpuModel;
 pub use memory::{Backing, MemorySource, PreparedRam};
 pub use state::VmState;
 pub use vm::{Guest, Vm, VmConfig, VmError, VmExit, VmHooks};

@@ -5,6 +5,7 @@
 
 mod builder;
 mod config;
+mod msr;
 mod pacer;
 mod probe;
 mod snapshot;
@@ -91,6 +92,8 @@ pub struct Vm {
     disks: crate::devices::Disks,
     time_restore: Mutex<Option<TimeRestore>>,
     pacer: Arc<pacer::Pacer>,
+    /// The CPUID template the vCPUs were given (saved with the state).
+    cpuid: crate::cpuid::GuestCpuid,
 }
 
 impl Vm {
