@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use tern_worker_proto::launch::{GuestSpec, MemoryFileSpec, RestoreMode, RestoreSpec, SerialSpec};
+use tern_worker_proto::launch::{
+    CpuModelSpec, GuestSpec, MemoryFileSpec, RestoreMode, RestoreSpec, SerialSpec,
+};
 use tern_worker_proto::{DiskFormat, DiskSpec, Endpoint, LaunchSpec, LaunchSpecError, QosLimits};
 
 use crate::exit_code;
@@ -15,7 +17,7 @@ pub use tern_worker::error_chain as chain;
 
 /// Options that describe the VM, which `--launch` replaces (not
 /// `--probe-image`: it may come from the environment).
-const VM_OPTIONS: [&str; 16] = [
+const VM_OPTIONS: [&str; 17] = [
     "vcpus",
     "memory",
     "guest",
@@ -32,6 +34,7 @@ const VM_OPTIONS: [&str; 16] = [
     "memory_file",
     "paused",
     "prealloc",
+    "cpu_model",
 ];
 
 /// Arguments of `tern run`.
@@ -121,6 +124,20 @@ pub struct RunArgs {
     /// waiting, so the migration writes into memory that is ready.
     #[arg(long)]
     prealloc: bool,
+    /// The CPU the guest is shown: host (everything this host's KVM
+    /// offers) or compat (a fixed baseline for VMs that move between
+    /// hosts with different CPUs). See docs/cpu-models.md.
+    #[arg(long, value_enum, default_value = "host", conflicts_with = "restore")]
+    cpu_model: CpuModelArg,
+}
+
+/// `--cpu-model`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CpuModelArg {
+    /// Everything this host's KVM offers, normalized.
+    Host,
+    /// x86-64-v2 and KVM's paravirtual basics.
+    Compat,
 }
 
 /// Parses `--serial stdout|null|file:PATH|socket:PATH`.
@@ -203,11 +220,16 @@ fn spec(args: RunArgs) -> Result<LaunchSpec, String> {
     spec.incoming = args.incoming;
     spec.memory_file = args.memory_file;
     spec.kvm = Some(args.kvm);
+    spec.cpu_model = match args.cpu_model {
+        CpuModelArg::Host => CpuModelSpec::Host,
+        CpuModelArg::Compat => CpuModelSpec::Compat,
+    };
     Ok(spec)
 }
 
 /// Runs the worker; returns the process exit code.
 pub fn run(args: RunArgs) -> i32 {
+    init_log();
     let spec = match &args.launch {
         Some(path) => match LaunchSpec::read(path) {
             Ok(s) => s,
@@ -228,6 +250,20 @@ pub fn run(args: RunArgs) -> i32 {
         },
     };
     tern_worker::run(spec)
+}
+
+/// The worker's log on standard error: `TERN_LOG` (tracing's filter
+/// syntax, e.g. `tern_vmm::cpuid=debug` dumps the CPUID), by default
+/// `info` (what the VMM answered for the guest, warnings).
+fn init_log() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(true)
+        .try_init();
 }
 
 /// Splits a `key=value,...` option list; `,,` inside a value is a
