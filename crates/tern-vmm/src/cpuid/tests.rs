@@ -7,6 +7,7 @@ use super::*;
 const SETS: &[(&str, &str)] = &[
     ("pvm-amd-epyc", include_str!("testdata/pvm-amd-epyc.txt")),
     ("intel-avx512", include_str!("testdata/intel-avx512.txt")),
+    ("nested-l1-tcg-max", include_str!("testdata/nested-l1-tcg-max.txt")),
 ];
 
 fn sets() -> Vec<(&'static str, Vec<CpuidEntry>)> {
@@ -122,6 +123,20 @@ fn the_intel_set_keeps_avx512_and_drops_mpx_pkru_and_cet() {
     // Compacted: 576 + 256 + 64 + 512 + 1024 (no alignment flags).
     assert_eq!(g.get(0xd, 1).unwrap().ebx, 2432);
     assert_eq!(g.get(0xd, 9).unwrap().eax, 0);
+}
+
+#[test]
+fn the_nested_l1_set_keeps_avx_and_pkru_with_their_sizes() {
+    // L1's KVM offers AVX and PKU with their components: all stay, and the
+    // standard-format size is PKRU's end (2688 + 8), what Linux computes.
+    let supported = parse_dump(SETS[2].1).unwrap();
+    let g = GuestCpuid::build(&supported, CpuModel::Host, 1).unwrap();
+    assert_eq!(xsave::offered_xcr0(&g.entries), 0x207);
+    assert_eq!(g.get(0xd, 0).unwrap().ecx, 2696);
+    // This host's PVM set lists x87|SSE|AVX|PKRU but offers no XSAVE
+    // (leaf 1 ECX 26): leaf 0xD says nothing.
+    let pvm = GuestCpuid::build(&parse_dump(SETS[0].1).unwrap(), CpuModel::Host, 1).unwrap();
+    assert_eq!(xsave::offered_xcr0(&pvm.entries), 0);
 }
 
 #[test]
