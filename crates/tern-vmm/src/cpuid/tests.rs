@@ -7,7 +7,10 @@ use super::*;
 const SETS: &[(&str, &str)] = &[
     ("pvm-amd-epyc", include_str!("testdata/pvm-amd-epyc.txt")),
     ("intel-avx512", include_str!("testdata/intel-avx512.txt")),
-    ("nested-l1-tcg-max", include_str!("testdata/nested-l1-tcg-max.txt")),
+    (
+        "nested-l1-tcg-max",
+        include_str!("testdata/nested-l1-tcg-max.txt"),
+    ),
 ];
 
 fn sets() -> Vec<(&'static str, Vec<CpuidEntry>)> {
