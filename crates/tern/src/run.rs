@@ -460,5 +460,20 @@ mod disk_spec_tests {
         assert!(
             Cli::try_parse_from(["tern", "--guest", "probe:hello", "--serial", "tty"]).is_err()
         );
+        // The CPU model: host unless asked, compat when asked, nothing else;
+        // not with --restore (the saved VM keeps its CPU) or --launch.
+        assert_eq!(s.cpu_model, CpuModelSpec::Host);
+        let compat = Cli::try_parse_from(["tern", "--guest", "probe:x", "--cpu-model", "compat"]);
+        assert_eq!(
+            spec(compat.unwrap().run).unwrap().cpu_model,
+            CpuModelSpec::Compat
+        );
+        for bad in [
+            &["tern", "--guest", "probe:x", "--cpu-model", "pentium"][..],
+            &["tern", "--restore", "/d", "--cpu-model", "compat"],
+            &["tern", "--launch", "-", "--cpu-model", "compat"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
     }
 }
