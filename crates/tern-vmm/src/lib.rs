@@ -9,6 +9,7 @@
 pub mod acpi;
 pub mod boot;
 pub mod control;
+pub mod cpuid;
 pub mod devices;
 pub mod memory;
 pub mod state;
@@ -16,6 +17,7 @@ pub mod vm;
 pub mod x86;
 
 pub use control::RunState;
+pub use cpuid::CpuModel;
 pub use memory::{Backing, MemorySource, PreparedRam};
 pub use state::VmState;
 pub use vm::{Guest, Vm, VmConfig, VmError, VmExit, VmHooks};

@@ -1,11 +1,11 @@
 //! x86-64 CPU and low-memory setup: GDT, TSS, identity page tables, control
-//! registers, CPUID and the local APIC.
+//! registers and the local APIC (CPUID is [`crate::cpuid`]'s).
 //!
 //! Two entry modes share the tables: the probe guest starts at CPL 3 (the
 //! only privilege level that runs natively under PVM), Linux at CPL 0 with
 //! the selectors its 64-bit boot protocol expects.
 
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, CpuId};
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use tern_probe_abi::{GDT_ADDR, PAGE_TABLES_ADDR};
 use vm_memory::{Bytes, GuestAddress};
@@ -231,23 +231,6 @@ pub fn setup_vcpu(
     };
     vcpu.set_fpu(&fpu).map_err(err("fpu"))?;
     Ok(())
-}
-
-/// CPUID for vCPU `id` of `count`: the host's supported set with this
-/// vCPU's APIC id and the hypervisor bit.
-pub fn vcpu_cpuid(base: &CpuId, id: u32, count: u32) -> CpuId {
-    let mut cpuid = base.clone();
-    for e in cpuid.as_mut_slice() {
-        match e.function {
-            1 => {
-                e.ebx = (e.ebx & 0x0000_ffff) | (id << 24) | (count.min(255) << 16);
-                e.ecx |= 1 << 31;
-            }
-            0xb | 0x1f => e.edx = id,
-            _ => {}
-        }
-    }
-    cpuid
 }
 
 /// Routes LINT0 as ExtINT and LINT1 as NMI, as firmware would, so Linux's

@@ -82,6 +82,28 @@ pub struct LaunchSpec {
     /// KVM device node (absent: `/dev/kvm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kvm: Option<PathBuf>,
+    /// The CPU the guest is shown (absent: `host`; ignored with `restore`
+    /// and `incoming`: the saved VM keeps the CPU it was using).
+    #[serde(default, skip_serializing_if = "CpuModelSpec::is_host")]
+    pub cpu_model: CpuModelSpec,
+}
+
+/// A guest CPU model (docs/cpu-models.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuModelSpec {
+    /// Everything this host's KVM offers, normalized.
+    #[default]
+    Host,
+    /// The fixed baseline for VMs that move between different hosts.
+    Compat,
+}
+
+impl CpuModelSpec {
+    /// Whether this is the default, `host`.
+    pub fn is_host(&self) -> bool {
+        *self == CpuModelSpec::Host
+    }
 }
 
 fn one() -> u32 {
@@ -299,6 +321,7 @@ impl LaunchSpec {
             listening_file: None,
             memory_file: None,
             kvm: None,
+            cpu_model: CpuModelSpec::Host,
         }
     }
 

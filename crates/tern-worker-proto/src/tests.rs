@@ -454,7 +454,20 @@ fn launch_spec_version_1_documents_read_with_their_defaults() {
     assert_eq!(spec.serial, SerialSpec::Stdout);
     assert_eq!(spec.disks, vec![DiskSpec::new("/d/a.img")]);
     let r = LaunchSpec::parse(r#"{"version":1,"restore":{"dir":"/s"}}"#).unwrap();
-    assert_eq!(r.restore.unwrap().mode, RestoreMode::Lazy);
+    assert_eq!(r.restore.unwrap().mode, RestoreMode::Lazy); // The CPU model came later: absent is host, and it is written only
+                                                            // when it is not host, so older workers read specs of host VMs.
+    assert_eq!(spec.cpu_model, crate::launch::CpuModelSpec::Host);
+    assert!(!spec.to_json().contains("cpu_model"));
+    let compat = LaunchSpec::parse(
+        r#"{"version":1,"guest":{"kind":"probe","workload":"hello"},"cpu_model":"compat"}"#,
+    )
+    .unwrap();
+    assert_eq!(compat.cpu_model, crate::launch::CpuModelSpec::Compat);
+    assert_eq!(LaunchSpec::parse(&compat.to_json()).unwrap(), compat);
+    assert!(LaunchSpec::parse(
+        r#"{"version":1,"guest":{"kind":"probe","workload":"hello"},"cpu_model":"486"}"#
+    )
+    .is_err());
 }
 
 #[test]

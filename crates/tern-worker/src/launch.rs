@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use tern_devices::serial::SerialMode;
 use tern_vmm::boot::linux::LinuxError;
+use tern_vmm::cpuid::CpuidError;
 use tern_vmm::devices::{BlockError, DiskConfig, DiskError, QosLimits};
-use tern_vmm::{Backing, Guest, MemorySource, VmConfig, VmError, VmExit};
-use tern_worker_proto::launch::{GuestSpec, SerialSpec};
+use tern_vmm::{Backing, CpuModel, Guest, MemorySource, VmConfig, VmError, VmExit};
+use tern_worker_proto::launch::{CpuModelSpec, GuestSpec, SerialSpec};
 use tern_worker_proto::{DiskFormat, DiskSpec, LaunchSpec};
 
 use crate::exit_code;
@@ -85,6 +86,10 @@ pub fn vm_config(spec: &LaunchSpec) -> Option<VmConfig> {
         },
     };
     let mut cfg = VmConfig::new(spec.vcpus, spec.memory, guest);
+    cfg.cpu_model = match spec.cpu_model {
+        CpuModelSpec::Host => CpuModel::Host,
+        CpuModelSpec::Compat => CpuModel::Compat,
+    };
     apply_host_settings(spec, &mut cfg);
     cfg.disks = spec.disks.iter().map(disk_config).collect();
     if let Some(m) = &spec.memory_file {
@@ -126,6 +131,8 @@ pub fn error_code(e: &VmError) -> i32 {
             _ => exit_code::NO_INPUT,
         },
         VmError::Disk(DiskError::Irq { .. }) => exit_code::SOFTWARE,
+        // A saved guest this host's CPU cannot carry on.
+        VmError::Cpuid(CpuidError::NotOffered { .. }) => exit_code::UNAVAILABLE,
         _ => exit_code::USAGE,
     }
 }

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use tern_worker_proto::launch::{GuestSpec, MemoryFileSpec, RestoreMode, RestoreSpec, SerialSpec};
+use tern_worker_proto::launch::{
+    CpuModelSpec, GuestSpec, MemoryFileSpec, RestoreMode, RestoreSpec, SerialSpec,
+};
 use tern_worker_proto::{DiskFormat, DiskSpec, Endpoint, LaunchSpec, LaunchSpecError, QosLimits};
 
 use crate::exit_code;
@@ -33,6 +35,7 @@ const VM_OPTIONS: [&str; 17] = [
     "memory_file",
     "paused",
     "prealloc",
+    "cpu_model",
 ];
 
 /// Arguments of `tern run`.
@@ -126,6 +129,20 @@ pub struct RunArgs {
     /// waiting, so the migration writes into memory that is ready.
     #[arg(long)]
     prealloc: bool,
+    /// The CPU the guest is shown: host (everything this host's KVM
+    /// offers) or compat (a fixed baseline for VMs that move between
+    /// hosts with different CPUs). See docs/cpu-models.md.
+    #[arg(long, value_enum, default_value = "host", conflicts_with = "restore")]
+    cpu_model: CpuModelArg,
+}
+
+/// `--cpu-model`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CpuModelArg {
+    /// Everything this host's KVM offers, normalized.
+    Host,
+    /// x86-64-v2 and KVM's paravirtual basics.
+    Compat,
 }
 
 /// Parses `--serial stdout|null|file:PATH|socket:PATH`.
@@ -209,11 +226,16 @@ fn spec(args: RunArgs) -> Result<LaunchSpec, String> {
     spec.listening_file = args.listening_file;
     spec.memory_file = args.memory_file;
     spec.kvm = Some(args.kvm);
+    spec.cpu_model = match args.cpu_model {
+        CpuModelArg::Host => CpuModelSpec::Host,
+        CpuModelArg::Compat => CpuModelSpec::Compat,
+    };
     Ok(spec)
 }
 
 /// Runs the worker; returns the process exit code.
 pub fn run(args: RunArgs) -> i32 {
+    init_log();
     let spec = match &args.launch {
         Some(path) => match LaunchSpec::read(path) {
             Ok(s) => s,
@@ -234,6 +256,20 @@ pub fn run(args: RunArgs) -> i32 {
         },
     };
     tern_worker::run(spec)
+}
+
+/// The worker's log on standard error: `TERN_LOG` (tracing's filter
+/// syntax, e.g. `tern_vmm::cpuid=debug` dumps the CPUID), by default
+/// `info` (what the VMM answered for the guest, warnings).
+fn init_log() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(true)
+        .try_init();
 }
 
 /// Splits a `key=value,...` option list; `,,` inside a value is a
@@ -430,5 +466,20 @@ mod disk_spec_tests {
         assert!(
             Cli::try_parse_from(["tern", "--guest", "probe:hello", "--serial", "tty"]).is_err()
         );
+        // The CPU model: host unless asked, compat when asked, nothing else;
+        // not with --restore (the saved VM keeps its CPU) or --launch.
+        assert_eq!(s.cpu_model, CpuModelSpec::Host);
+        let compat = Cli::try_parse_from(["tern", "--guest", "probe:x", "--cpu-model", "compat"]);
+        assert_eq!(
+            spec(compat.unwrap().run).unwrap().cpu_model,
+            CpuModelSpec::Compat
+        );
+        for bad in [
+            &["tern", "--guest", "probe:x", "--cpu-model", "pentium"][..],
+            &["tern", "--restore", "/d", "--cpu-model", "compat"],
+            &["tern", "--launch", "-", "--cpu-model", "compat"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
     }
 }

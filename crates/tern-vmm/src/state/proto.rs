@@ -174,6 +174,40 @@ pub struct VmState {
     /// Whether the guest is the probe guest (test port attached).
     #[prost(bool, tag = "10")]
     pub probe: bool,
+    /// The CPU model and the CPUID the guest saw (absent in states from
+    /// before CPU models: the restoring host's CPUID is used, as then).
+    #[prost(message, optional, tag = "11")]
+    pub cpu: Option<CpuState>,
+}
+
+/// The CPU a guest was shown: its model and CPUID template (before the
+/// per-vCPU APIC ids).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CpuState {
+    /// `host` or `compat`.
+    #[prost(string, tag = "1")]
+    pub model: String,
+    #[prost(message, repeated, tag = "2")]
+    pub cpuid: Vec<CpuidEntry>,
+}
+
+/// One CPUID leaf/subleaf (`kvm_cpuid_entry2` without its padding).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CpuidEntry {
+    #[prost(uint32, tag = "1")]
+    pub function: u32,
+    #[prost(uint32, tag = "2")]
+    pub index: u32,
+    #[prost(uint32, tag = "3")]
+    pub flags: u32,
+    #[prost(uint32, tag = "4")]
+    pub eax: u32,
+    #[prost(uint32, tag = "5")]
+    pub ebx: u32,
+    #[prost(uint32, tag = "6")]
+    pub ecx: u32,
+    #[prost(uint32, tag = "7")]
+    pub edx: u32,
 }
 
 /// One virtqueue's configuration and ring positions.

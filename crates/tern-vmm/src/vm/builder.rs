@@ -26,6 +26,7 @@ use super::{
 };
 use crate::boot::probe;
 use crate::control::Control;
+use crate::cpuid::{self, GuestCpuid};
 use crate::memory::GuestRam;
 use crate::state::VmState;
 use crate::x86::{self, EntryMode};
@@ -123,6 +124,7 @@ impl Vm {
             check_restore_target(st, &config, &ram, probe_steps)?;
         }
         let fd = Arc::new(kvm.create_vm().map_err(kvm_err("create the VM"))?);
+        super::msr::enable(&kvm, &fd);
         fd.set_tss_address(0xfffb_d000)
             .map_err(kvm_err("set the TSS address"))?;
         fd.create_irq_chip()
@@ -187,16 +189,14 @@ impl Vm {
         if restore.is_none() {
             x86::write_tables(&ram.mem, mem_end)?;
         }
-        let base_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("read supported CPUID"))?;
+        let cpuid = guest_cpuid(&kvm, &config, restore)?;
 
         let mut vcpus = Vec::new();
         for id in 0..config.vcpus {
             let v = fd
                 .create_vcpu(id as u64)
                 .map_err(kvm_err("create a vCPU"))?;
-            v.set_cpuid2(&x86::vcpu_cpuid(&base_cpuid, id, config.vcpus))
+            v.set_cpuid2(&cpuid.for_vcpu(id)?)
                 .map_err(kvm_err("set CPUID"))?;
             vcpus.push(v);
         }
@@ -317,6 +317,36 @@ impl Vm {
             time_restore: Mutex::new(time_restore),
             pacer,
             power_button,
+            cpuid,
         })
     }
+}
+
+/// The CPUID template of the VM: a restored guest keeps the one it saw (if
+/// this host can offer it), a new one gets `config.cpu_model` built from
+/// this host's KVM. `TERN_LOG=tern_vmm::cpuid=debug` prints both sets.
+fn guest_cpuid(
+    kvm: &Kvm,
+    config: &VmConfig,
+    restore: Option<&VmState>,
+) -> Result<GuestCpuid, VmError> {
+    let supported = cpuid::from_kvm(
+        &kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("read supported CPUID"))?,
+    );
+    for e in &supported {
+        tracing::debug!(target: "tern_vmm::cpuid", "supported {e}");
+    }
+    let built = match restore.and_then(|st| st.cpu.as_ref()) {
+        Some(saved) => {
+            let saved = GuestCpuid::from_proto(saved)?;
+            saved.check_offered(&GuestCpuid::build(&supported, saved.model, config.vcpus)?)?;
+            saved
+        }
+        None => GuestCpuid::build(&supported, config.cpu_model, config.vcpus)?,
+    };
+    for e in &built.entries {
+        tracing::debug!(target: "tern_vmm::cpuid", "guest {} {e}", built.model);
+    }
+    Ok(built)
 }

@@ -54,6 +54,8 @@ pub struct VmConfig {
     /// Allocate and map all of RAM before the VM runs (QEMU's
     /// `prealloc=on`): no page faults later, all memory committed now.
     pub prealloc: bool,
+    /// The CPU the guest is shown (a restore uses the saved one).
+    pub cpu_model: crate::cpuid::CpuModel,
 }
 
 impl VmConfig {
@@ -69,6 +71,7 @@ impl VmConfig {
             memory_source: MemorySource::Fresh,
             disks: Vec::new(),
             prealloc: false,
+            cpu_model: crate::cpuid::CpuModel::Host,
         }
     }
 }
@@ -148,6 +151,9 @@ pub enum VmError {
     /// CPU setup.
     #[error(transparent)]
     X86(#[from] X86Error),
+    /// The guest's CPUID.
+    #[error(transparent)]
+    Cpuid(#[from] crate::cpuid::CpuidError),
     /// The serial console.
     #[error(transparent)]
     Serial(#[from] tern_devices::serial::SerialError),

@@ -5,6 +5,7 @@
 
 mod builder;
 mod config;
+mod msr;
 mod pacer;
 mod probe;
 mod snapshot;
@@ -93,6 +94,8 @@ pub struct Vm {
     pacer: Arc<pacer::Pacer>,
     /// The ACPI power button (Linux guests).
     power_button: Option<crate::acpi::PowerButton>,
+    /// The CPUID template the vCPUs were given (saved with the state).
+    cpuid: crate::cpuid::GuestCpuid,
 }
 
 impl Vm {

@@ -28,6 +28,7 @@ impl Vm {
                 })
                 .collect(),
             probe: self.shared.probe,
+            cpu: Some(self.cpuid.to_proto()),
             ..Default::default()
         };
         state::save_vm(&self.fd, &mut st)?;

@@ -152,6 +152,14 @@ fn run_once(v: &mut VcpuFd, shared: &Shared) -> Action {
             shared.mmio.write(addr, data);
             Action::Continue
         }
+        VcpuExit::X86Rdmsr(exit) => {
+            super::msr::read(exit);
+            Action::Continue
+        }
+        VcpuExit::X86Wrmsr(exit) => {
+            super::msr::write(exit);
+            Action::Continue
+        }
         VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => Action::Continue,
         VcpuExit::Shutdown => Action::Crash(
             "triple fault (KVM_EXIT_SHUTDOWN): the guest faulted with no usable handler".into(),
