@@ -17,7 +17,7 @@ pub use tern_worker::error_chain as chain;
 
 /// Options that describe the VM, which `--launch` replaces (not
 /// `--probe-image`: it may come from the environment).
-const VM_OPTIONS: [&str; 17] = [
+const VM_OPTIONS: [&str; 18] = [
     "vcpus",
     "memory",
     "guest",
