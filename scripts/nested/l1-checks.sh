@@ -192,10 +192,14 @@ peer_checks() {
     check qemu-peer-boot SKIP "no qemu-system-x86_64 in L1 (build.sh --with-qemu puts it there)"
     return
   fi
+  dmesg >$d/dmesg.before
   timeout 300 qemu-system-x86_64 -machine q35 -accel kvm -cpu host -m $MEM -smp 1 \
-    -nodefaults -no-user-config -display none -serial file:$d/con -no-reboot -pidfile $d/qemu.pid \
+    -nodefaults -no-user-config -display none -serial file:$d/con -no-reboot \
     -L /usr/share/qemu -kernel $K -initrd $I -append "$L2_CMDLINE tier.mode=poweroff" >$d/out 2>$d/err
   RC=$?
+  # What L1's kernel logged while the peer ran is the peer's (nothing else
+  # runs meanwhile): msr_check leaves it out.
+  dmesg | grep -vxFf $d/dmesg.before >$d/dmesg.during
   stream peer-qemu $d/con
   info_file peer-qemu $d/err
   init=$(tr -d '\r' <$d/con | grep -a '^L2-INIT' | head -1)
@@ -556,10 +560,12 @@ acpi_checks() {
 # After every L2 of this L1 has run: L1's KVM logged no MSR access it could
 # not handle (Tern answers them, its workers' logs say which).
 msr_check() {
-  # L1's KVM names the VMM's pid ("kvm [PID]: vcpu0, ..."): the QEMU peer's
-  # guest (QEMU does not answer the AMD counters) is not Tern's.
-  peer=$(cat /tmp/peer/qemu.pid 2>/dev/null || echo none)
-  unhandled=$(dmesg | grep -iE 'unhandled (rd|wr)msr|ignored (rd|wr)msr' | grep -v "kvm \[$peer\]")
+  # What L1's KVM logged while the QEMU peer ran is not Tern's (QEMU does
+  # not answer the AMD counters).
+  # (busybox grep -v -f with no pattern drops every line: one that never
+  # occurs is always there.)
+  { echo 'TERN: no such line'; cat /tmp/peer/dmesg.during 2>/dev/null; } >/tmp/msr.exclude
+  unhandled=$(dmesg | grep -vxFf /tmp/msr.exclude | grep -iE 'unhandled (rd|wr)msr|ignored (rd|wr)msr')
   answered=$(cat /tmp/*/*err 2>/dev/null | grep -a 'answered' | sed 's/.*guest \(.*\) answered.*/\1/' | sort -u | tr '\n' ';')
   if [ -n "$unhandled" ]; then
     echo "$unhandled" | sed 's/^/TIER-INFO L1 dmesg: /'
@@ -578,19 +584,43 @@ pending_checks() {
   done
 }
 
+# run_group GROUP FUNCTION DIR...: runs the group's checks with their
+# output held back, then prints it. Under the emulated L1 a guest now and
+# then dies in early boot in a triple fault that L1's KVM reports after
+# resetting the vCPU (RIP 0xfff0; seen at about 1 in 20 boots, of Tern's and
+# of QEMU's guests alike). A group whose checks failed with that crash runs
+# once more from clean directories; the first attempt's output still comes
+# out (as TIER-RETRY lines) and run.sh lists every retry loudly. A crash that
+# comes back fails the group.
+run_group() {
+  g=$1
+  fn=$2
+  shift 2
+  out=/tmp/group-$g.out
+  $fn >$out 2>&1
+  if grep -q '^TIER-CHECK [^ ]* FAIL' $out && grep -q 'at RIP 0xfff0: triple fault' $out; then
+    echo "TIER-INFO RETRY $g: $(grep -m1 'at RIP 0xfff0: triple fault' $out | sed 's/^TIER-INFO //'); the group runs again"
+    sed 's/^/TIER-RETRY /' $out
+    rm -rf "$@"
+    $fn >$out 2>&1
+  fi
+  cat $out
+  rm -f $out
+}
+
 if [ "$KVM" != 1 ]; then
   for g in probe peer cpu blk blklive acpi console lifecycle; do
     selected $g && skip_group $g "no /dev/kvm in L1 (kvm_amd did not load: QEMU's -cpu max gave no SVM?)"
   done
 else
-  selected probe && probe_checks
-  selected peer && peer_checks
-  selected cpu && cpu_checks
-  selected blk && blk_checks
-  selected blklive && blklive_checks
-  selected acpi && acpi_checks
-  selected console && console_checks
-  selected lifecycle && lifecycle_checks
+  selected probe && run_group probe probe_checks /tmp/probe
+  selected peer && run_group peer peer_checks /tmp/peer
+  selected cpu && run_group cpu cpu_checks /tmp/compat
+  selected blk && run_group blk blk_checks /tmp/blk
+  selected blklive && run_group blklive blklive_checks /tmp/blklive
+  selected acpi && run_group acpi acpi_checks /tmp/acpi-button /tmp/acpi-reboot
+  selected console && run_group console console_checks /tmp/console
+  selected lifecycle && run_group lifecycle lifecycle_checks $LC
   selected blk && msr_check
 fi
 selected pending && pending_checks

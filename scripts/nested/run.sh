@@ -75,8 +75,12 @@ summary() {
       if [[ -n ${TERN_SKIP_LOG:-} ]]; then echo "SKIP nested:$name: $detail" >>"$TERN_SKIP_LOG"; fi
     done <"$results"
   fi
+  if [[ -n ${log:-} ]] && grep -q '^TIER-INFO RETRY ' "$log"; then
+    echo
+    grep '^TIER-INFO RETRY ' "$log" | sed 's/^TIER-INFO RETRY \([^:]*\): /*** RETRY nested:\1: /; s/$/ ***/'
+  fi
   echo
-  echo "nested tier: $pass passed, $fail failed, $skip skipped (wall $(($(date +%s) - t_start)) s${timing:+; $timing})"
+  echo "nested tier: $pass passed, $fail failed, $skip skipped${retries:+, $retries group(s) run twice} (wall $(($(date +%s) - t_start)) s${timing:+; $timing})"
   if [[ -n ${TERN_SKIP_LOG:-} ]]; then
     # test.sh counts skips in "passed" and subtracts its skip log, as it does
     # for cargo tests that return early.
@@ -117,12 +121,14 @@ say "L1: ${L1_CMD[*]} (limit ${limit} s)"
 t=$(date +%s)
 set +e
 timeout -k 10 "$limit" "${L1_CMD[@]}" </dev/null 2>"$WORK_DIR/qemu.err" |
-  sed -u 's/\r$//' | tee "$WORK_DIR/l1.log" | grep --line-buffered -E '^TIER-(CHECK|INFO L1)' >&2
+  sed -u 's/\r$//' | tee "$WORK_DIR/l1.log" | grep --line-buffered -E '^TIER-(CHECK|INFO L1|INFO RETRY)' >&2
 qemu_rc=${PIPESTATUS[0]}
 set -e
 l1_secs=$(($(date +%s) - t))
 timing="${timing:+$timing, }L1 run $l1_secs s"
 log=$WORK_DIR/l1.log
+retries=$(grep -c '^TIER-INFO RETRY ' "$log" || true)
+((retries)) || retries=
 
 if ! grep -q '^TIER-' "$log" && [[ -s $WORK_DIR/qemu.err ]]; then
   # QEMU did not start at all (no L1 output): this machine cannot run it.
