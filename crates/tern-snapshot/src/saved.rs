@@ -170,6 +170,14 @@ pub fn config_to_proto(c: &VmConfig) -> proto::Config {
                 format: d.format.map(|f| f.name().to_string()).unwrap_or_default(),
             })
             .collect(),
+        nics: c
+            .nics
+            .iter()
+            .map(|n| proto::Nic {
+                tap: n.tap.clone(),
+                mac: n.mac.map(|m| m.bytes().to_vec()).unwrap_or_default(),
+            })
+            .collect(),
     }
 }
 
@@ -222,6 +230,23 @@ pub fn config_from_proto(
                     max_bw: d.max_bw,
                 },
                 poll: d.poll,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    c.nics = p
+        .nics
+        .iter()
+        .map(|n| {
+            let mac = match n.mac.len() {
+                0 => None,
+                6 => Some(tern_vmm::devices::nics::Mac(
+                    n.mac.as_slice().try_into().expect("6 bytes"),
+                )),
+                len => return Err(bad(&format!("NIC {}: a MAC of {len} bytes", n.tap))),
+            };
+            Ok(tern_vmm::devices::nics::NicConfig {
+                tap: n.tap.clone(),
+                mac,
             })
         })
         .collect::<Result<_, _>>()?;

@@ -43,6 +43,10 @@ pub struct LaunchSpec {
     /// Disks, in the guest's order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskSpec>,
+    /// NICs, in the guest's order (after the disks in the device slots).
+    /// Added in version 1 with a default: a document without it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicSpec>,
     /// Where the serial console goes.
     #[serde(default)]
     pub serial: SerialSpec,
@@ -144,6 +148,18 @@ impl DiskSpec {
             poll: false,
         }
     }
+}
+
+/// One NIC: a virtio-net device on a host tap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    /// The tap interface (opened, or created when missing).
+    pub tap: String,
+    /// The guest's MAC address (absent: derived from the tap name and the
+    /// NIC's index, the same at every start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<tern_net::Mac>,
 }
 
 /// Where the serial console goes.
@@ -279,6 +295,7 @@ impl LaunchSpec {
             memory: DEFAULT_MEMORY,
             guest: None,
             disks: Vec::new(),
+            nics: Vec::new(),
             serial: SerialSpec::default(),
             control: None,
             memfd: false,

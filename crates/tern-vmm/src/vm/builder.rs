@@ -19,7 +19,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::pacer::Pacer;
 use super::probe::{ProbeSink, Reports};
 use super::snapshot::{
-    check_restore_target, needs_pacing, restore_cpu_state, restore_disk_devices, serial_from_proto,
+    check_restore_target, needs_pacing, restore_cpu_state, restore_disk_devices,
+    restore_nic_devices, serial_from_proto,
 };
 use super::{
     host_memory, kvm_err, set_slot, Guest, Shared, Vm, VmConfig, VmError, VmExit, VmHooks,
@@ -140,6 +141,16 @@ impl Vm {
         if let Some(st) = restore {
             restore_disk_devices(st, &disks)?;
         }
+        let nics = crate::devices::nics::Nics::attach(
+            &config.nics,
+            disks.len(),
+            &ram.mem,
+            &fd,
+            &mut mmio,
+        )?;
+        if let Some(st) = restore {
+            restore_nic_devices(st, &nics)?;
+        }
 
         let parked: Vec<bool> = (0..config.vcpus)
             .map(|id| restore.is_some_and(|st| st.vcpus.get(id as usize).is_some_and(|v| v.parked)))
@@ -218,7 +229,7 @@ impl Vm {
                     config.vcpus,
                     tsc_khz,
                     &ram.regions,
-                    &disks.device_infos(),
+                    &[disks.device_infos(), nics.device_infos()].concat(),
                     workload,
                 )?;
                 for (id, v) in vcpus.iter().enumerate() {
@@ -252,7 +263,13 @@ impl Vm {
                     &crate::boot::linux::LinuxConfig {
                         kernel: kernel.clone(),
                         initrd: initrd.clone(),
-                        cmdline: format!("{cmdline}{}", disks.cmdline()),
+                        cmdline: format!(
+                            "{cmdline}{}",
+                            crate::devices::virtio_cmdline(&crate::devices::mmio_windows(
+                                disks.len(),
+                                nics.len()
+                            ))
+                        ),
                     },
                 )?;
                 for v in &vcpus {
@@ -288,6 +305,7 @@ impl Vm {
             config,
             dirty_logging: false.into(),
             disks,
+            nics,
             time_restore: Mutex::new(time_restore),
             pacer,
         })

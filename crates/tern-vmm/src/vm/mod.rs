@@ -89,6 +89,7 @@ pub struct Vm {
     config: VmConfig,
     dirty_logging: std::sync::atomic::AtomicBool,
     disks: crate::devices::Disks,
+    nics: crate::devices::nics::Nics,
     time_restore: Mutex<Option<TimeRestore>>,
     pacer: Arc<pacer::Pacer>,
 }
@@ -107,6 +108,7 @@ impl Vm {
         // A restored disk may hold requests its driver notified the saved
         // side about: serve them now that this side owns the VM.
         self.disks.kick();
+        self.nics.kick();
         let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         for (id, v) in self.vcpus.iter().enumerate() {
             let (v, shared) = (v.clone(), self.shared.clone());
@@ -199,6 +201,11 @@ impl Vm {
     /// The VM's disks (QoS, resize, events).
     pub fn disks(&self) -> &crate::devices::Disks {
         &self.disks
+    }
+
+    /// The VM's NICs (link state, counters).
+    pub fn nics(&self) -> &crate::devices::nics::Nics {
+        &self.nics
     }
 
     /// Probe guest reports.
