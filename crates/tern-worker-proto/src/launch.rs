@@ -393,3 +393,43 @@ impl LaunchSpec {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod nic_tests {
+    use super::*;
+
+    #[test]
+    fn nics_round_trip_and_older_documents_have_none() {
+        let mut spec = LaunchSpec::new(
+            1,
+            DEFAULT_MEMORY,
+            GuestSpec::Probe {
+                workload: "net".into(),
+                image: None,
+            },
+        );
+        spec.nics = vec![
+            NicSpec {
+                tap: "tn0".into(),
+                mac: Some("52:54:00:00:00:02".parse().unwrap()),
+            },
+            NicSpec {
+                tap: "tn1".into(),
+                mac: None,
+            },
+        ];
+        let text = spec.to_json();
+        assert!(text.contains(r#""mac":"52:54:00:00:00:02""#), "{text}");
+        assert_eq!(LaunchSpec::parse(&text).unwrap(), spec);
+        let old = LaunchSpec::parse(r#"{"version":1,"guest":{"kind":"probe","workload":"hello"}}"#)
+            .unwrap();
+        assert!(old.nics.is_empty());
+        for bad in [
+            r#"{"version":1,"guest":{"kind":"probe","workload":"net"},"nics":[{"tap":"t","mac":"zz"}]}"#,
+            r#"{"version":1,"guest":{"kind":"probe","workload":"net"},"nics":[{"tap":"t","speed":1}]}"#,
+            r#"{"version":1,"guest":{"kind":"probe","workload":"net"},"nics":[{"mac":"52:54:00:00:00:02"}]}"#,
+        ] {
+            assert!(LaunchSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -40,12 +40,18 @@ fn ip(args: &[&str]) {
 }
 
 impl NetNs {
-    fn new(tag: &str) -> NetNs {
+    /// A namespace with only `lo`, up.
+    fn bare(tag: &str) -> NetNs {
         let name = format!("tern-{tag}-{}", std::process::id());
         ip(&["netns", "add", &name]);
         let ns = NetNs { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn new(tag: &str) -> NetNs {
+        let ns = NetNs::bare(tag);
         let n = ns.name.as_str();
-        ip(&["-n", n, "link", "set", "lo", "up"]);
         ip(&[
             "-n", n, "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr",
         ]);
@@ -64,27 +70,39 @@ impl NetNs {
     /// A TCP connection made from inside the namespace (the socket stays
     /// in it wherever it is used).
     fn connect(&self, to: SocketAddr) -> TcpStream {
+        self.inside(move || {
+            TcpStream::connect_timeout(&to, Duration::from_secs(10)).expect("connect")
+        })
+    }
+
+    /// Runs `f` on a thread that entered the namespace; sockets it makes
+    /// stay in the namespace.
+    fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = format!("/run/netns/{}", self.name);
         std::thread::scope(|s| {
             s.spawn(|| {
-                let f = std::fs::File::open(&path).expect("open the namespace");
+                let ns = std::fs::File::open(&path).expect("open the namespace");
                 rustix::thread::move_into_link_name_space(
-                    f.as_fd(),
+                    ns.as_fd(),
                     Some(rustix::thread::LinkNameSpaceType::Network),
                 )
                 .expect("setns");
-                TcpStream::connect_timeout(&to, Duration::from_secs(10)).expect("connect")
+                f()
             })
             .join()
-            .expect("connect thread")
+            .expect("namespace thread")
         })
     }
 
     /// Pings the guest `count` times; (received, average RTT in ms).
     fn ping(&self, count: u32) -> (u32, f64) {
+        self.ping_to(GUEST_IP, count)
+    }
+
+    fn ping_to(&self, to: &str, count: u32) -> (u32, f64) {
         let out = self
             .command("ping")
-            .args(["-c", &count.to_string(), "-i", "0.2", "-W", "2", GUEST_IP])
+            .args(["-c", &count.to_string(), "-i", "0.2", "-W", "2", to])
             .output()
             .expect("run ping");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -160,7 +178,10 @@ fn byte(i: u64) -> u8 {
 /// Sends `total` bytes through the echo and checks every byte back;
 /// returns the throughput in MB/s (each way).
 fn echo(ns: &NetNs, total: u64) -> f64 {
-    let addr: SocketAddr = format!("{GUEST_IP}:{PORT}").parse().unwrap();
+    echo_to(ns, format!("{GUEST_IP}:{PORT}").parse().unwrap(), total)
+}
+
+fn echo_to(ns: &NetNs, addr: SocketAddr, total: u64) -> f64 {
     let mut s = ns.connect(addr);
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut w = s.try_clone().unwrap();
@@ -202,6 +223,41 @@ fn echo(ns: &NetNs, total: u64) -> f64 {
     total as f64 / secs / 1e6
 }
 
+/// The same traffic between two namespaces over a veth pair (the host's
+/// own path, the limit on this machine): (ping average ms, echo MB/s).
+fn veth_baseline(total: u64) -> (f64, f64) {
+    let a = NetNs::bare("veth-a");
+    let b = NetNs::bare("veth-b");
+    ip(&[
+        "link", "add", "tva", "netns", &a.name, "type", "veth", "peer", "name", "tvb", "netns",
+        &b.name,
+    ]);
+    ip(&["-n", &a.name, "addr", "add", "10.98.0.1/24", "dev", "tva"]);
+    ip(&["-n", &b.name, "addr", "add", "10.98.0.2/24", "dev", "tvb"]);
+    ip(&["-n", &a.name, "link", "set", "tva", "up"]);
+    ip(&["-n", &b.name, "link", "set", "tvb", "up"]);
+    let listener = b.inside(|| std::net::TcpListener::bind("10.98.0.2:7").expect("bind in b"));
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let (received, rtt) = a.ping_to("10.98.0.2", 10);
+    assert_eq!(received, 10, "veth pings");
+    let mbs = echo_to(&a, "10.98.0.2:7".parse().unwrap(), total);
+    server.join().expect("echo server");
+    (rtt, mbs)
+}
+
 #[test]
 fn the_host_pings_the_guest_and_a_tcp_echo_returns_every_byte() {
     let test = "the_host_pings_the_guest_and_a_tcp_echo_returns_every_byte";
@@ -214,7 +270,11 @@ fn the_host_pings_the_guest_and_a_tcp_echo_returns_every_byte() {
     let (received, rtt) = ns.ping(10);
     assert_eq!(received, 10, "every ping answered");
     let mbs = echo(&ns, 16 << 20);
-    eprintln!("net: ping 10/10 avg {rtt:.3} ms; 16 MiB TCP echo at {mbs:.1} MB/s each way");
+    let (veth_rtt, veth_mbs) = veth_baseline(16 << 20);
+    eprintln!(
+        "net: guest ping 10/10 avg {rtt:.3} ms, 16 MiB TCP echo {mbs:.1} MB/s each way; \
+         veth between namespaces: ping {veth_rtt:.3} ms, echo {veth_mbs:.1} MB/s"
+    );
     w.probe_stop();
     let line = w.wait_line("net rx_frames=", Duration::from_secs(20));
     assert!(line.contains("result=pass"), "{line}");

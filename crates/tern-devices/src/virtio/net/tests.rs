@@ -530,7 +530,7 @@ fn random_rings_never_panic() {
         d.rx_ready();
         let _ = d.used(qi);
         if round % 37 == 0 {
-            d.w32(rnd() % 0x200 & !3, rnd() as u32);
+            d.w32((rnd() % 0x200) & !3, rnd() as u32);
         }
         d.fake.lock().unwrap().tx.clear();
     }
