@@ -480,10 +480,22 @@ mod tests {
             },
             ..Default::default()
         }];
+        use tern_vmm::devices::nics::{Mac, NicConfig};
+        c.nics = vec![
+            NicConfig {
+                tap: "tn0".into(),
+                mac: Some(Mac([0x52, 0x54, 0, 0, 0, 2])),
+            },
+            NicConfig::new("tn1"),
+        ];
         let p = config_to_proto(&c);
         let back = config_from_proto(&p, Path::new("/s"), Path::new("/s")).unwrap();
         assert_eq!(back.vcpus, 2);
         assert_eq!(back.disks, c.disks);
+        assert_eq!(back.nics, c.nics);
+        let mut bad_mac = p.clone();
+        bad_mac.nics[0].mac = vec![1, 2, 3];
+        assert!(config_from_proto(&bad_mac, Path::new("/s"), Path::new("/s")).is_err());
         assert!(matches!(back.guest, Guest::Linux { initrd: None, .. }));
         let mut broken = p.clone();
         broken.probe = Some(proto::ProbeGuest::default());
