@@ -316,6 +316,16 @@ impl Nics {
         Ok(())
     }
 
+    /// Holds (true) or releases (false) every NIC's queues: while held no
+    /// frame is delivered or sent, so guest memory and the rings stay as
+    /// they are (a paused VM being saved or migrated); frames wait in the
+    /// tap meanwhile (and beyond its queue are lost, as on a real link).
+    pub fn set_frozen(&self, on: bool) {
+        for n in &self.nics {
+            lock(&n.transport).set_frozen(on);
+        }
+    }
+
     /// Lets every NIC process what its driver queued before a restore.
     pub fn kick(&self) {
         for n in &self.nics {

@@ -99,6 +99,7 @@ impl Vm {
     /// [`Vm::resume`] (a VM that was paused when it was migrated).
     pub fn start_paused(&self) -> Result<(), VmError> {
         self.shared.control.hold();
+        self.nics.set_frozen(true);
         self.start()
     }
 
@@ -136,7 +137,11 @@ impl Vm {
 
     /// Pauses all vCPUs (returns once none runs guest code).
     pub fn pause(&self) -> Result<(), VmError> {
-        Ok(self.shared.control.pause(Duration::from_secs(5))?)
+        self.shared.control.pause(Duration::from_secs(5))?;
+        // Frames keep arriving: no NIC may write guest memory or its rings
+        // while the VM is paused (a save or migration copies them now).
+        self.nics.set_frozen(true);
+        Ok(())
     }
 
     /// Resumes after [`Vm::pause`]. Disks handed over by a migration whose
@@ -147,7 +152,9 @@ impl Vm {
             self.disks
                 .reacquire(std::time::Instant::now() + Duration::from_secs(1))?;
         }
-        Ok(self.shared.control.resume()?)
+        self.shared.control.resume()?;
+        self.nics.set_frozen(false);
+        Ok(())
     }
 
     /// Asks the VM to stop; [`Vm::wait`] returns once it has.
