@@ -16,6 +16,7 @@ mod boot;
 mod clock;
 mod io;
 mod mem;
+mod net;
 mod report;
 mod status;
 mod virtio;

@@ -44,6 +44,8 @@ pub const DEVICE_MEM_SIZE: u64 = DATA_BASE - DEVICE_MEM_BASE;
 pub const MAX_DEVICES: usize = 8;
 /// [`DeviceInfo::kind`] of a virtio-mmio block device.
 pub const DEVICE_VIRTIO_BLK: u32 = 2;
+/// [`DeviceInfo::kind`] of a virtio-mmio network device (its virtio id).
+pub const DEVICE_VIRTIO_NET: u32 = 1;
 /// Guest page size used by the probe's workloads.
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -118,7 +120,8 @@ pub struct BootInfo {
     pub device_count: u32,
     /// Padding.
     pub _pad: u32,
-    /// Devices, in the order of the `disk=N` workload parameter.
+    /// Devices: the disks first, in the order of the `disk=N` workload
+    /// parameter, then the NICs, in the order of `nic=N`.
     pub devices: [DeviceInfo; MAX_DEVICES],
 }
 
@@ -126,7 +129,7 @@ pub struct BootInfo {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeviceInfo {
-    /// [`DEVICE_VIRTIO_BLK`].
+    /// [`DEVICE_VIRTIO_BLK`] or [`DEVICE_VIRTIO_NET`].
     pub kind: u32,
     /// The interrupt line (the probe polls, but reports it).
     pub irq: u32,

@@ -37,6 +37,10 @@ pub enum WorkloadKind {
     /// Read lines typed on the serial port and print each back as
     /// `echo: LINE`; the line `quit` ends the step.
     Echo,
+    /// Bring up NIC `nic` at address `ip` (`A.B.C.D/PREFIX`): answer ARP
+    /// and ping, and echo every byte sent to TCP port `port`; until told
+    /// to stop.
+    Net,
 }
 
 /// Access pattern of `blk-iops`.
@@ -72,7 +76,7 @@ impl Mix {
 
 impl WorkloadKind {
     /// Every workload with its name, for help texts.
-    pub const ALL: [WorkloadKind; 10] = [
+    pub const ALL: [WorkloadKind; 11] = [
         WorkloadKind::Hello,
         WorkloadKind::Vcpus,
         WorkloadKind::Dirty,
@@ -83,6 +87,7 @@ impl WorkloadKind {
         WorkloadKind::BlkCapacity,
         WorkloadKind::BlkTrim,
         WorkloadKind::Echo,
+        WorkloadKind::Net,
     ];
 
     /// The name used in workload strings.
@@ -98,6 +103,7 @@ impl WorkloadKind {
             WorkloadKind::BlkCapacity => "blk-capacity",
             WorkloadKind::BlkTrim => "blk-trim",
             WorkloadKind::Echo => "echo",
+            WorkloadKind::Net => "net",
         }
     }
 
@@ -113,6 +119,7 @@ impl WorkloadKind {
             WorkloadKind::BlkIops => &["disk", "bs", "qd", "secs", "mix"],
             WorkloadKind::BlkCapacity => &["disk"],
             WorkloadKind::BlkTrim => &["disk", "from"],
+            WorkloadKind::Net => &["nic", "ip", "port"],
         }
     }
 
@@ -148,6 +155,14 @@ pub struct Step {
     pub mix: Mix,
     /// `blk-trim`: first MiB to discard (default 0).
     pub from: u64,
+    /// `net`: NIC index among the NICs (default 0).
+    pub nic: u64,
+    /// `net`: IPv4 address, big-endian (default 10.0.0.2).
+    pub ip: u32,
+    /// `net`: prefix length of `ip` (default 24).
+    pub prefix: u8,
+    /// `net`: TCP echo port (default 7).
+    pub port: u16,
 }
 
 impl Step {
@@ -165,6 +180,10 @@ impl Step {
             secs: 10,
             mix: Mix::RandRead,
             from: 0,
+            nic: 0,
+            ip: u32::from_be_bytes([10, 0, 0, 2]),
+            prefix: 24,
+            port: 7,
         }
     }
 }
@@ -274,6 +293,10 @@ fn parse_step(text: &str) -> Result<Step, ParseError<'_>> {
                 key,
             });
         };
+        if key_static == "ip" {
+            (step.ip, step.prefix) = parse_cidr(value).ok_or(ParseError::BadValue { param })?;
+            continue;
+        }
         if key_static == "mix" {
             step.mix = Mix::from_name(value).ok_or(ParseError::BadValue { param })?;
             continue;
@@ -290,6 +313,13 @@ fn parse_step(text: &str) -> Result<Step, ParseError<'_>> {
             "qd" => step.qd = value,
             "secs" => step.secs = value,
             "from" => step.from = value,
+            "nic" => step.nic = value,
+            "port" => {
+                step.port = u16::try_from(value)
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or(ParseError::BadValue { param })?
+            }
             _ => unreachable!("keys() lists only the keys above"),
         }
     }
@@ -322,6 +352,24 @@ fn parsed_mib(step_text: &str) -> bool {
         .split(',')
         .skip(1)
         .any(|p| p.trim().starts_with("mib="))
+}
+
+/// `A.B.C.D/PREFIX` (prefix 1..=32; without it, 24): the address as a
+/// big-endian number and the prefix.
+fn parse_cidr(text: &str) -> Option<(u32, u8)> {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, p.parse::<u8>().ok().filter(|p| (1..=32).contains(p))?),
+        None => (text, 24),
+    };
+    let mut b = [0u8; 4];
+    let mut parts = addr.split('.');
+    for x in &mut b {
+        *x = parts.next()?.parse().ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((u32::from_be_bytes(b), prefix))
 }
 
 /// A decimal number with an optional binary suffix `k`, `m` or `g`.
@@ -403,6 +451,36 @@ mod tests {
                 param: "bs=99999999999g"
             })
         );
+    }
+
+    #[test]
+    fn parses_net_workloads() {
+        let s = parse("net,ip=192.168.7.9/16,port=5000,nic=1")
+            .unwrap()
+            .as_slice()[0];
+        assert_eq!(s.kind, WorkloadKind::Net);
+        assert_eq!(s.ip, u32::from_be_bytes([192, 168, 7, 9]));
+        assert_eq!((s.prefix, s.port, s.nic), (16, 5000, 1));
+        let d = parse("net").unwrap().as_slice()[0];
+        assert_eq!((d.ip, d.prefix, d.port), (0x0a00_0002, 24, 7));
+        assert_eq!(parse("net,ip=10.1.2.3").unwrap().as_slice()[0].prefix, 24);
+        for bad in [
+            "ip=10.0.0",
+            "ip=10.0.0.256/24",
+            "ip=10.0.0.1/33",
+            "ip=10.0.0.1/0",
+            "ip=1.2.3.4.5",
+            "port=0",
+            "port=70000",
+        ] {
+            extern crate std;
+            let text = std::format!("net,{bad}");
+            assert_eq!(
+                parse(&text),
+                Err(ParseError::BadValue { param: bad }),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -49,6 +49,20 @@ pub struct Config {
     /// Disks in guest order.
     #[prost(message, repeated, tag = "6")]
     pub disks: Vec<Disk>,
+    /// NICs in guest order.
+    #[prost(message, repeated, tag = "7")]
+    pub nics: Vec<Nic>,
+}
+
+/// One NIC.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Nic {
+    /// The host tap.
+    #[prost(string, tag = "1")]
+    pub tap: String,
+    /// The configured MAC (6 bytes), empty when derived.
+    #[prost(bytes = "vec", tag = "2")]
+    pub mac: Vec<u8>,
 }
 
 /// The probe guest.

@@ -170,6 +170,14 @@ pub fn config_to_proto(c: &VmConfig) -> proto::Config {
                 format: d.format.map(|f| f.name().to_string()).unwrap_or_default(),
             })
             .collect(),
+        nics: c
+            .nics
+            .iter()
+            .map(|n| proto::Nic {
+                tap: n.tap.clone(),
+                mac: n.mac.map(|m| m.bytes().to_vec()).unwrap_or_default(),
+            })
+            .collect(),
     }
 }
 
@@ -222,6 +230,23 @@ pub fn config_from_proto(
                     max_bw: d.max_bw,
                 },
                 poll: d.poll,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    c.nics = p
+        .nics
+        .iter()
+        .map(|n| {
+            let mac = match n.mac.len() {
+                0 => None,
+                6 => Some(tern_vmm::devices::nics::Mac(
+                    n.mac.as_slice().try_into().expect("6 bytes"),
+                )),
+                len => return Err(bad(&format!("NIC {}: a MAC of {len} bytes", n.tap))),
+            };
+            Ok(tern_vmm::devices::nics::NicConfig {
+                tap: n.tap.clone(),
+                mac,
             })
         })
         .collect::<Result<_, _>>()?;
@@ -455,10 +480,22 @@ mod tests {
             },
             ..Default::default()
         }];
+        use tern_vmm::devices::nics::{Mac, NicConfig};
+        c.nics = vec![
+            NicConfig {
+                tap: "tn0".into(),
+                mac: Some(Mac([0x52, 0x54, 0, 0, 0, 2])),
+            },
+            NicConfig::new("tn1"),
+        ];
         let p = config_to_proto(&c);
         let back = config_from_proto(&p, Path::new("/s"), Path::new("/s")).unwrap();
         assert_eq!(back.vcpus, 2);
         assert_eq!(back.disks, c.disks);
+        assert_eq!(back.nics, c.nics);
+        let mut bad_mac = p.clone();
+        bad_mac.nics[0].mac = vec![1, 2, 3];
+        assert!(config_from_proto(&bad_mac, Path::new("/s"), Path::new("/s")).is_err());
         assert!(matches!(back.guest, Guest::Linux { initrd: None, .. }));
         let mut broken = p.clone();
         broken.probe = Some(proto::ProbeGuest::default());

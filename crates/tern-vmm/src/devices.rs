@@ -1,10 +1,14 @@
-//! Disks in the VM: virtio-blk devices on virtio-mmio, their interrupts,
-//! how the guest learns about them, and the handles the worker uses at run
-//! time (QoS limits, online resize, QoS events).
+//! Devices in the VM: the virtio-mmio slots, and the disks (virtio-blk),
+//! their interrupts, how the guest learns about them, and the handles the
+//! worker uses at run time (QoS limits, online resize, QoS events). NICs
+//! are in [`nics`].
 //!
-//! Device `i` has its register window at [`VIRTIO_MMIO_BASE`]` + i * 4 KiB`
+//! Slot `i` has its register window at [`VIRTIO_MMIO_BASE`]` + i * 4 KiB`
 //! (in the MMIO hole) and interrupt GSI [`VIRTIO_GSI_BASE`]` + i` (an
-//! IOAPIC pin, signalled through an irqfd).
+//! IOAPIC pin, signalled through an irqfd). Disks take the first slots,
+//! NICs the ones after them; [`mmio_windows`] lists every slot in use.
+
+pub mod nics;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -19,7 +23,7 @@ use tern_devices::virtio::block::{Block, BlockStats};
 use tern_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW};
 use tern_devices::virtio::Timer;
 use tern_devices::Bus;
-use tern_probe_abi::{DeviceInfo, DEVICE_VIRTIO_BLK, MAX_DEVICES};
+use tern_probe_abi::{DeviceInfo, DEVICE_VIRTIO_BLK};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMem;
@@ -28,8 +32,56 @@ use crate::memory::GuestMem;
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 /// GSI of the first virtio device.
 pub const VIRTIO_GSI_BASE: u32 = 16;
-/// Most disks (IOAPIC pins 16..23, and the probe's device table).
+/// Most virtio devices, disks and NICs together (IOAPIC pins 16..23,
+/// and the probe's device table).
+pub const MAX_DEVICES: usize = tern_probe_abi::MAX_DEVICES;
+/// Most disks.
 pub const MAX_DISKS: usize = MAX_DEVICES;
+
+/// Guest-physical base of virtio-mmio slot `slot`.
+pub fn slot_base(slot: usize) -> u64 {
+    VIRTIO_MMIO_BASE + slot as u64 * MMIO_WINDOW
+}
+
+/// Interrupt GSI of virtio-mmio slot `slot`.
+pub fn slot_gsi(slot: usize) -> u32 {
+    VIRTIO_GSI_BASE + slot as u32
+}
+
+/// One virtio-mmio device's register window and interrupt, as a guest's
+/// firmware tables (ACPI DSDT) or command line describe it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioWindow {
+    /// Guest-physical base.
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Interrupt GSI.
+    pub gsi: u32,
+}
+
+/// Every virtio-mmio window of a VM with `disks` disks and `nics` NICs,
+/// in slot order: the one list the device table, the Linux command line
+/// and the ACPI tables are built from.
+pub fn mmio_windows(disks: usize, nics: usize) -> Vec<MmioWindow> {
+    (0..disks + nics)
+        .map(|slot| MmioWindow {
+            base: slot_base(slot),
+            len: MMIO_WINDOW,
+            gsi: slot_gsi(slot),
+        })
+        .collect()
+}
+
+/// Linux's `virtio_mmio.device=` parameters for `windows`, each with a
+/// leading space: for a kernel built with VIRTIO_MMIO_CMDLINE_DEVICES that
+/// runs without ACPI (`acpi=off`); Tern's own boots rely on the DSDT.
+pub fn virtio_cmdline(windows: &[MmioWindow]) -> String {
+    windows
+        .iter()
+        .map(|w| format!(" virtio_mmio.device=4K@{:#x}:{}", w.base, w.gsi))
+        .collect()
+}
 
 /// A disk to attach.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -169,7 +221,7 @@ pub struct Disks {
     released: std::sync::atomic::AtomicBool,
 }
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -269,7 +321,7 @@ impl Disks {
     }
 
     fn base(index: usize) -> u64 {
-        VIRTIO_MMIO_BASE + index as u64 * MMIO_WINDOW
+        slot_base(index)
     }
 
     /// Number of disks.
@@ -292,12 +344,6 @@ impl Disks {
                 mmio_len: MMIO_WINDOW,
             })
             .collect()
-    }
-
-    /// What Linux needs on its command line to find the devices
-    /// (`virtio_mmio.device=4K@0xd0000000:16 ...`), with a leading space.
-    pub fn cmdline(&self) -> String {
-        cmdline_for(self.disks.len())
     }
 
     fn get(&self, index: usize) -> Result<&Disk, DiskError> {
@@ -632,19 +678,6 @@ impl BlockBackend for ClosedBackend {
     }
 }
 
-/// Linux's `virtio_mmio.device=` parameters for `n` devices.
-fn cmdline_for(n: usize) -> String {
-    (0..n)
-        .map(|i| {
-            format!(
-                " virtio_mmio.device=4K@{:#x}:{}",
-                Disks::base(i),
-                VIRTIO_GSI_BASE + i as u32
-            )
-        })
-        .collect()
-}
-
 fn record_event(log: &Mutex<Vec<DiskEvent>>, disk: usize, event: QosEvent) {
     let time_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -690,7 +723,7 @@ pub fn resize_policy(vm: &crate::Vm, index: usize) -> ResizePolicy {
     }
 }
 
-fn transport_to_proto(
+pub(crate) fn transport_to_proto(
     t: &tern_devices::virtio::mmio::TransportState,
 ) -> crate::state::proto::VirtioMmioState {
     crate::state::proto::VirtioMmioState {
@@ -719,7 +752,7 @@ fn transport_to_proto(
     }
 }
 
-fn transport_from_proto(
+pub(crate) fn transport_from_proto(
     s: &crate::state::proto::VirtioMmioState,
 ) -> Result<tern_devices::virtio::mmio::TransportState, String> {
     let u16_of = |what: &str, v: u32| {
@@ -759,14 +792,17 @@ mod tests {
     fn windows_interrupts_and_cmdline() {
         let d = Disks::default();
         assert!(d.is_empty());
-        assert_eq!(d.cmdline(), "");
+        assert_eq!(virtio_cmdline(&mmio_windows(0, 0)), "");
         assert_eq!(Disks::base(0), 0xd000_0000);
         assert_eq!(Disks::base(7), 0xd000_7000);
         assert!(Disks::base(MAX_DISKS) <= 0xffff_ffff);
         assert_eq!(
-            cmdline_for(2),
+            virtio_cmdline(&mmio_windows(2, 0)),
             " virtio_mmio.device=4K@0xd0000000:16 virtio_mmio.device=4K@0xd0001000:17"
         );
+        let w = mmio_windows(2, 1);
+        assert_eq!(w.len(), 3);
+        assert_eq!((w[2].base, w[2].len, w[2].gsi), (0xd000_2000, 0x1000, 18));
         assert!(matches!(
             d.set_qos(0, QosLimits::default()),
             Err(DiskError::NoSuchDisk(0, 0))

@@ -43,6 +43,10 @@ pub struct LaunchSpec {
     /// Disks, in the guest's order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskSpec>,
+    /// NICs, in the guest's order (after the disks in the device slots).
+    /// Added in version 1 with a default: a document without it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicSpec>,
     /// Where the serial console goes.
     #[serde(default)]
     pub serial: SerialSpec,
@@ -172,6 +176,18 @@ impl DiskSpec {
             poll: false,
         }
     }
+}
+
+/// One NIC: a virtio-net device on a host tap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    /// The tap interface (opened, or created when missing).
+    pub tap: String,
+    /// The guest's MAC address (absent: derived from the tap name and the
+    /// NIC's index, the same at every start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<tern_net::Mac>,
 }
 
 /// Where the serial console goes.
@@ -310,6 +326,7 @@ impl LaunchSpec {
             memory: DEFAULT_MEMORY,
             guest: None,
             disks: Vec::new(),
+            nics: Vec::new(),
             serial: SerialSpec::default(),
             control: None,
             memfd: false,
@@ -410,5 +427,45 @@ impl LaunchSpec {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod nic_tests {
+    use super::*;
+
+    #[test]
+    fn nics_round_trip_and_older_documents_have_none() {
+        let mut spec = LaunchSpec::new(
+            1,
+            DEFAULT_MEMORY,
+            GuestSpec::Probe {
+                workload: "net".into(),
+                image: None,
+            },
+        );
+        spec.nics = vec![
+            NicSpec {
+                tap: "tn0".into(),
+                mac: Some("52:54:00:00:00:02".parse().unwrap()),
+            },
+            NicSpec {
+                tap: "tn1".into(),
+                mac: None,
+            },
+        ];
+        let text = spec.to_json();
+        assert!(text.contains(r#""52:54:00:00:00:02""#), "{text}");
+        assert_eq!(LaunchSpec::parse(&text).unwrap(), spec);
+        let old = LaunchSpec::parse(r#"{"version":1,"guest":{"kind":"probe","workload":"hello"}}"#)
+            .unwrap();
+        assert!(old.nics.is_empty());
+        for bad in [
+            r#"{"version":1,"guest":{"kind":"probe","workload":"net"},"nics":[{"tap":"t","mac":"zz"}]}"#,
+            r#"{"version":1,"guest":{"kind":"probe","workload":"net"},"nics":[{"tap":"t","speed":1}]}"#,
+            r#"{"version":1,"guest":{"kind":"probe","workload":"net"},"nics":[{"mac":"52:54:00:00:00:02"}]}"#,
+        ] {
+            assert!(LaunchSpec::parse(bad).is_err(), "{bad}");
+        }
     }
 }

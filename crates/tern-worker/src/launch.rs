@@ -92,6 +92,14 @@ pub fn vm_config(spec: &LaunchSpec) -> Option<VmConfig> {
     };
     apply_host_settings(spec, &mut cfg);
     cfg.disks = spec.disks.iter().map(disk_config).collect();
+    cfg.nics = spec
+        .nics
+        .iter()
+        .map(|n| tern_vmm::devices::nics::NicConfig {
+            tap: n.tap.clone(),
+            mac: n.mac,
+        })
+        .collect();
     if let Some(m) = &spec.memory_file {
         cfg.memory_source = MemorySource::File {
             path: m.path.clone(),

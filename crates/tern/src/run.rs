@@ -8,7 +8,9 @@ use clap::Args;
 use tern_worker_proto::launch::{
     CpuModelSpec, GuestSpec, MemoryFileSpec, RestoreMode, RestoreSpec, SerialSpec,
 };
-use tern_worker_proto::{DiskFormat, DiskSpec, Endpoint, LaunchSpec, LaunchSpecError, QosLimits};
+use tern_worker_proto::{
+    DiskFormat, DiskSpec, Endpoint, LaunchSpec, LaunchSpecError, NicSpec, QosLimits,
+};
 
 use crate::exit_code;
 use tern_api::parse_size;
@@ -17,7 +19,7 @@ pub use tern_worker::error_chain as chain;
 
 /// Options that describe the VM, which `--launch` replaces (not
 /// `--probe-image`: it may come from the environment).
-const VM_OPTIONS: [&str; 18] = [
+const VM_OPTIONS: [&str; 19] = [
     "vcpus",
     "memory",
     "guest",
@@ -28,6 +30,7 @@ const VM_OPTIONS: [&str; 18] = [
     "control",
     "memfd",
     "disks",
+    "nics",
     "restore",
     "checkpoint_dir",
     "incoming",
@@ -88,13 +91,19 @@ pub struct RunArgs {
     /// spare host core).
     #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
     disks: Vec<DiskSpec>,
+    /// A NIC (repeatable; the guest sees them in this order, after the
+    /// disks): tap=NAME[,mac=MAC]. The tap is opened, or made when
+    /// missing; without mac= the address is derived from the tap's name
+    /// and the NIC's index, the same at every start.
+    #[arg(long = "nic", value_name = "SPEC", value_parser = parse_nic)]
+    nics: Vec<NicSpec>,
     /// Continue a saved VM (a directory written by the `save` request, or
     /// an export) instead of booting; its configuration comes from there.
     /// Nothing in the directory is changed.
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with_all = ["guest", "kernel", "disks", "incoming", "memory_file"]
+        conflicts_with_all = ["guest", "kernel", "disks", "nics", "incoming", "memory_file"]
     )]
     restore: Option<PathBuf>,
     /// With --restore: map the memory image copy-on-write, pages are read
@@ -216,6 +225,7 @@ fn spec(args: RunArgs) -> Result<LaunchSpec, String> {
         _ => return Err("give one of --guest, --kernel, --restore or --launch".into()),
     };
     spec.disks = args.disks;
+    spec.nics = args.nics;
     spec.serial = args.serial;
     spec.control = args.control;
     spec.memfd = args.memfd;
@@ -290,6 +300,31 @@ fn split_options(text: &str) -> Vec<String> {
     parts
 }
 
+/// Parses `--nic tap=NAME[,mac=MAC]` (a `,` in a value written twice).
+pub fn parse_nic(text: &str) -> Result<NicSpec, String> {
+    let mut tap = None;
+    let mut mac = None;
+    for part in split_options(text) {
+        let (key, value) = match part.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (part.as_str(), None),
+        };
+        match (key, value) {
+            ("tap", Some(v)) if !v.is_empty() => tap = Some(v.to_string()),
+            ("tap", _) => return Err("NIC option 'tap' needs an interface name (tap=NAME)".into()),
+            ("mac", Some(v)) => mac = Some(v.parse::<tern_net::Mac>().map_err(|e| e.to_string())?),
+            ("", None) => return Err(format!("empty option in NIC spec '{text}'")),
+            _ => {
+                return Err(format!(
+                    "unknown NIC option '{part}' (expected tap=NAME, mac=MAC)"
+                ))
+            }
+        }
+    }
+    let tap = tap.ok_or_else(|| format!("NIC spec '{text}' has no tap=NAME"))?;
+    Ok(NicSpec { tap, mac })
+}
+
 /// Parses `--disk path=FILE[,format=raw|vhdx][,readonly][,max-iops=N]
 /// [,min-iops=N][,max-bw=BYTES][,poll]`.
 pub fn parse_disk(text: &str) -> Result<DiskSpec, String> {
@@ -350,6 +385,31 @@ pub fn parse_disk(text: &str) -> Result<DiskSpec, String> {
         qos,
         poll,
     })
+}
+
+#[cfg(test)]
+mod nic_spec_tests {
+    use super::*;
+
+    #[test]
+    fn parses_nic_specs() {
+        let n = parse_nic("tap=tern0").unwrap();
+        assert_eq!((n.tap.as_str(), n.mac), ("tern0", None));
+        let n = parse_nic("mac=52:54:00:00:00:07,tap=t1").unwrap();
+        assert_eq!(n.mac.unwrap().to_string(), "52:54:00:00:00:07");
+        for (bad, msg) in [
+            ("", "empty option"),
+            ("tap=", "needs an interface name"),
+            ("tap", "needs an interface name"),
+            ("tap=a,mac=zz", "is not a MAC address"),
+            ("tap=a,mac=01:00:00:00:00:01", "multicast"),
+            ("tap=a,speed=10", "unknown NIC option 'speed=10'"),
+            ("mac=52:54:00:00:00:07", "has no tap=NAME"),
+        ] {
+            let e = parse_nic(bad).unwrap_err();
+            assert!(e.contains(msg), "{bad}: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

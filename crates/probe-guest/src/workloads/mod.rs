@@ -3,6 +3,7 @@
 
 mod blk;
 mod dirty;
+mod net;
 mod touch;
 
 use crate::report::{println, report};
@@ -49,6 +50,7 @@ impl Ctx {
             WorkloadKind::BlkCapacity => blk::capacity(self, step),
             WorkloadKind::BlkTrim => blk::trim(self, step),
             WorkloadKind::Echo => echo(),
+            WorkloadKind::Net => net::net(self, step),
         }
     }
 

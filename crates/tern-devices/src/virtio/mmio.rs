@@ -289,7 +289,12 @@ impl MmioTransport {
             total.used |= out.used;
             total.retry_after = out.retry_after;
             total.broken = out.broken;
-            if out.broken || out.retry_after.is_some() || !self.running() || self.frozen {
+            if out.broken
+                || out.retry_after.is_some()
+                || out.backend_wait
+                || !self.running()
+                || self.frozen
+            {
                 return total;
             }
             let Some(q) = self.queues.get_mut(index).filter(|q| q.ready()) else {

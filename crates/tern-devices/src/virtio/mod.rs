@@ -23,6 +23,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod scsi;
 #[cfg(test)]
 mod tests;
@@ -67,6 +68,10 @@ pub struct QueueOutcome {
     /// The driver broke the queue's rules (e.g. a bad avail index): the
     /// device goes into DEVICE_NEEDS_RESET.
     pub broken: bool,
+    /// The device leaves the available buffers for its backend to fill
+    /// (a NIC's receive queue with no frame waiting): buffers on the ring
+    /// are no reason to process again; the backend's event will be.
+    pub backend_wait: bool,
 }
 
 /// A device model behind a virtio transport.

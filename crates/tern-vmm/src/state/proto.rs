@@ -257,3 +257,21 @@ pub struct VirtioMmioState {
     #[prost(message, repeated, tag = "8")]
     pub queues: Vec<VirtqueueState>,
 }
+
+/// A virtio-net device (the payload of a `DeviceState` of kind
+/// `virtio-net`): its transport, address and link state. A frame read from
+/// the tap and not yet delivered is not kept: the network may lose a
+/// frame, and the guest's stack recovers as from any loss.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VirtioNetState {
+    /// Version of this record (1).
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    #[prost(message, optional, tag = "2")]
+    pub transport: Option<VirtioMmioState>,
+    /// The NIC's MAC address (6 bytes).
+    #[prost(bytes = "vec", tag = "3")]
+    pub mac: Vec<u8>,
+    #[prost(bool, tag = "4")]
+    pub link_up: bool,
+}

@@ -19,7 +19,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::pacer::Pacer;
 use super::probe::{ProbeSink, Reports};
 use super::snapshot::{
-    check_restore_target, needs_pacing, restore_cpu_state, restore_disk_devices, serial_from_proto,
+    check_restore_target, needs_pacing, restore_cpu_state, restore_disk_devices,
+    restore_nic_devices, serial_from_proto,
 };
 use super::{
     host_memory, kvm_err, set_slot, Guest, Shared, Vm, VmConfig, VmError, VmExit, VmHooks,
@@ -142,6 +143,16 @@ impl Vm {
         if let Some(st) = restore {
             restore_disk_devices(st, &disks)?;
         }
+        let nics = crate::devices::nics::Nics::attach(
+            &config.nics,
+            disks.len(),
+            &ram.mem,
+            &fd,
+            &mut mmio,
+        )?;
+        if let Some(st) = restore {
+            restore_nic_devices(st, &nics)?;
+        }
 
         let parked: Vec<bool> = (0..config.vcpus)
             .map(|id| restore.is_some_and(|st| st.vcpus.get(id as usize).is_some_and(|v| v.parked)))
@@ -235,7 +246,7 @@ impl Vm {
                     config.vcpus,
                     tsc_khz,
                     &ram.regions,
-                    &disks.device_infos(),
+                    &[disks.device_infos(), nics.device_infos()].concat(),
                     workload,
                 )?;
                 for (id, v) in vcpus.iter().enumerate() {
@@ -264,7 +275,10 @@ impl Vm {
                 None,
             ) => {
                 use crate::boot::linux::{ACPI_TABLES_ADDR, ACPI_TABLES_SPACE};
-                let machine = crate::acpi::machine(config.vcpus, &disks.device_infos());
+                let machine = crate::acpi::machine(
+                    config.vcpus,
+                    &[disks.device_infos(), nics.device_infos()].concat(),
+                );
                 let acpi = tern_acpi::build(&machine, ACPI_TABLES_ADDR, ACPI_TABLES_SPACE)
                     .map_err(VmError::Acpi)?;
                 let entry = crate::boot::linux::load_linux(
@@ -314,6 +328,7 @@ impl Vm {
             config,
             dirty_logging: false.into(),
             disks,
+            nics,
             time_restore: Mutex::new(time_restore),
             pacer,
             power_button,

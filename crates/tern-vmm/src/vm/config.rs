@@ -51,6 +51,8 @@ pub struct VmConfig {
     pub memory_source: MemorySource,
     /// Disks (virtio-blk), in the order the guest sees them.
     pub disks: Vec<crate::devices::DiskConfig>,
+    /// NICs (virtio-net on taps), in the order the guest sees them.
+    pub nics: Vec<crate::devices::nics::NicConfig>,
     /// Allocate and map all of RAM before the VM runs (QEMU's
     /// `prealloc=on`): no page faults later, all memory committed now.
     pub prealloc: bool,
@@ -70,6 +72,7 @@ impl VmConfig {
             kvm_path: "/dev/kvm".into(),
             memory_source: MemorySource::Fresh,
             disks: Vec::new(),
+            nics: Vec::new(),
             prealloc: false,
             cpu_model: crate::cpuid::CpuModel::Host,
         }
@@ -193,6 +196,9 @@ pub enum VmError {
     /// Raising the power button's interrupt failed.
     #[error("cannot raise the power button interrupt")]
     PowerButton(#[source] std::io::Error),
+    /// A NIC could not be attached or changed.
+    #[error(transparent)]
+    Nic(#[from] crate::devices::nics::NicError),
 }
 
 /// Host RAM in bytes, from /proc/meminfo.

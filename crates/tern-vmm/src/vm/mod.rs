@@ -90,6 +90,7 @@ pub struct Vm {
     config: VmConfig,
     dirty_logging: std::sync::atomic::AtomicBool,
     disks: crate::devices::Disks,
+    nics: crate::devices::nics::Nics,
     time_restore: Mutex<Option<TimeRestore>>,
     pacer: Arc<pacer::Pacer>,
     /// The ACPI power button (Linux guests).
@@ -103,6 +104,7 @@ impl Vm {
     /// [`Vm::resume`] (a VM that was paused when it was migrated).
     pub fn start_paused(&self) -> Result<(), VmError> {
         self.shared.control.hold();
+        self.nics.set_frozen(true);
         self.start()
     }
 
@@ -112,6 +114,7 @@ impl Vm {
         // A restored disk may hold requests its driver notified the saved
         // side about: serve them now that this side owns the VM.
         self.disks.kick();
+        self.nics.kick();
         let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         for (id, v) in self.vcpus.iter().enumerate() {
             let (v, shared) = (v.clone(), self.shared.clone());
@@ -139,7 +142,11 @@ impl Vm {
 
     /// Pauses all vCPUs (returns once none runs guest code).
     pub fn pause(&self) -> Result<(), VmError> {
-        Ok(self.shared.control.pause(Duration::from_secs(5))?)
+        self.shared.control.pause(Duration::from_secs(5))?;
+        // Frames keep arriving: no NIC may write guest memory or its rings
+        // while the VM is paused (a save or migration copies them now).
+        self.nics.set_frozen(true);
+        Ok(())
     }
 
     /// Resumes after [`Vm::pause`]. Disks handed over by a migration whose
@@ -150,7 +157,9 @@ impl Vm {
             self.disks
                 .reacquire(std::time::Instant::now() + Duration::from_secs(1))?;
         }
-        Ok(self.shared.control.resume()?)
+        self.shared.control.resume()?;
+        self.nics.set_frozen(false);
+        Ok(())
     }
 
     /// Asks the VM to stop; [`Vm::wait`] returns once it has.
@@ -215,6 +224,11 @@ impl Vm {
     /// The VM's disks (QoS, resize, events).
     pub fn disks(&self) -> &crate::devices::Disks {
         &self.disks
+    }
+
+    /// The VM's NICs (link state, counters).
+    pub fn nics(&self) -> &crate::devices::nics::Nics {
+        &self.nics
     }
 
     /// Probe guest reports.

@@ -53,6 +53,14 @@ impl Vm {
                 data: prost::Message::encode_to_vec(t),
             })
             .collect();
+        st.devices
+            .extend(self.nics.save().iter().enumerate().map(|(index, n)| {
+                state::proto::DeviceState {
+                    kind: VIRTIO_NET_KIND.into(),
+                    index: index as u32,
+                    data: prost::Message::encode_to_vec(n),
+                }
+            }));
         st.serial = Some(serial_to_proto(
             &self
                 .serial
@@ -91,6 +99,7 @@ impl Vm {
         })?;
         self.ram.load_from(&file, memory)?;
         restore_disk_devices(st, &self.disks)?;
+        restore_nic_devices(st, &self.nics)?;
         let guards: Vec<_> = self
             .vcpus
             .iter()
@@ -173,6 +182,36 @@ pub(super) fn restore_disk_devices(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(disks.restore(&decoded)?)
+}
+
+/// `DeviceState::kind` of a virtio-net device.
+const VIRTIO_NET_KIND: &str = "virtio-net";
+
+/// Continues the NICs from the saved state; a state without any (saved
+/// before NICs existed, or of a VM without them) leaves them fresh, and
+/// the guest's driver finds its device reset.
+pub(super) fn restore_nic_devices(
+    st: &VmState,
+    nics: &crate::devices::nics::Nics,
+) -> Result<(), VmError> {
+    let mut saved: Vec<&state::proto::DeviceState> = st
+        .devices
+        .iter()
+        .filter(|d| d.kind == VIRTIO_NET_KIND)
+        .collect();
+    if saved.is_empty() {
+        return Ok(());
+    }
+    saved.sort_by_key(|d| d.index);
+    let decoded = saved
+        .iter()
+        .map(|d| {
+            <state::proto::VirtioNetState as prost::Message>::decode(d.data.as_slice()).map_err(
+                |e| StateError::Mismatch(format!("virtio-net {} state is corrupt: {e}", d.index)),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(nics.restore(&decoded)?)
 }
 
 /// Refuses a state that does not fit the VM being built.
