@@ -11,6 +11,8 @@ wanted=(
   "fio:fio"
   "xz-utils:xz"
   "iproute2:tc"
+  # the NIC tests ping the guest
+  "iputils-ping:ping"
   "g++:g++"
   # ACPI tables: iasl disassembles and recompiles them (tern-acpi tests)
   "acpica-tools:iasl"
