@@ -593,19 +593,20 @@ pending_checks() {
 # out (as TIER-RETRY lines) and run.sh lists every retry loudly. A crash that
 # comes back fails the group.
 run_group() {
-  g=$1
-  fn=$2
+  # (sh has no locals: these names must not be any check function's.)
+  _rg_group=$1
+  _rg_fn=$2
   shift 2
-  out=/tmp/group-$g.out
-  $fn >$out 2>&1
-  if grep -q '^TIER-CHECK [^ ]* FAIL' $out && grep -q 'at RIP 0xfff0: triple fault' $out; then
-    echo "TIER-INFO RETRY $g: $(grep -m1 'at RIP 0xfff0: triple fault' $out | sed 's/^TIER-INFO //'); the group runs again"
-    sed 's/^/TIER-RETRY /' $out
+  _rg_out=/tmp/group-$_rg_group.out
+  $_rg_fn >$_rg_out 2>&1
+  if grep -q '^TIER-CHECK [^ ]* FAIL' $_rg_out && grep -q 'at RIP 0xfff0: triple fault' $_rg_out; then
+    echo "TIER-INFO RETRY $_rg_group: $(grep -m1 'at RIP 0xfff0: triple fault' $_rg_out | sed 's/^TIER-INFO //'); the group runs again"
+    sed 's/^/TIER-RETRY /' $_rg_out
     rm -rf "$@"
-    $fn >$out 2>&1
+    $_rg_fn >$_rg_out 2>&1
   fi
-  cat $out
-  rm -f $out
+  cat $_rg_out
+  rm -f $_rg_out
 }
 
 if [ "$KVM" != 1 ]; then
