@@ -118,15 +118,32 @@ find_kernel
 cmdline="console=ttyS0,115200 rdinit=/init quiet panic=-1 tier.mode=checks${only:+ tier.only=$only}"
 l1_qemu "$WORK_DIR/l1.cpio" "$cmdline"
 say "L1: ${L1_CMD[*]} (limit ${limit} s)"
-t=$(date +%s)
-set +e
-timeout -k 10 "$limit" "${L1_CMD[@]}" </dev/null 2>"$WORK_DIR/qemu.err" |
-  sed -u 's/\r$//' | tee "$WORK_DIR/l1.log" | grep --line-buffered -E '^TIER-(CHECK|INFO L1|INFO RETRY)' >&2
-qemu_rc=${PIPESTATUS[0]}
-set -e
-l1_secs=$(($(date +%s) - t))
-timing="${timing:+$timing, }L1 run $l1_secs s"
+run_l1() {
+  t=$(date +%s)
+  set +e
+  timeout -k 10 "$limit" "${L1_CMD[@]}" </dev/null 2>"$WORK_DIR/qemu.err" |
+    sed -u 's/\r$//' | tee "$WORK_DIR/l1.log" | grep --line-buffered -E '^TIER-(CHECK|INFO L1|INFO RETRY)' >&2
+  qemu_rc=${PIPESTATUS[0]}
+  set -e
+  l1_secs=$(($(date +%s) - t))
+}
+run_l1
 log=$WORK_DIR/l1.log
+l1_retry=
+# L1's own kernel (the emulated machine's Debian kernel, not Tern) can die
+# under the emulator: a panic there ("BUG: TASK stack guard page was hit" in
+# KVM_RUN, seen once on 2026-12-03) is no verdict on Tern, since nothing in
+# user space may crash a kernel. L1 runs once more; the first attempt's log
+# is kept and the retry is listed loudly. A second panic fails the tier.
+if ! grep -q '^TIER-END' "$log" && grep -v '^TIER-' "$log" | grep -q 'Kernel panic'; then
+  l1_retry=$(grep -v '^TIER-' "$log" | grep -m1 -E 'BUG:|Kernel panic' | sed 's/^\[[ 0-9.]*\] //')
+  cp "$log" "$WORK_DIR/l1-attempt1.log"
+  echo "TIER-INFO RETRY L1: L1's kernel panicked ($l1_retry); L1 runs again (first log: target/nested/l1-attempt1.log)" | tee -a "$WORK_DIR/l1-retry.txt" >&2
+  run_l1
+  cat "$WORK_DIR/l1-retry.txt" >>"$log"
+fi
+rm -f "$WORK_DIR/l1-retry.txt"
+timing="${timing:+$timing, }L1 run $l1_secs s${l1_retry:+ (second attempt)}"
 retries=$(grep -c '^TIER-INFO RETRY ' "$log" || true)
 ((retries)) || retries=
 
