@@ -130,15 +130,18 @@ run_l1() {
 run_l1
 log=$WORK_DIR/l1.log
 l1_retry=
-# L1's own kernel (the emulated machine's Debian kernel, not Tern) can die
-# under the emulator: a panic there ("BUG: TASK stack guard page was hit" in
-# KVM_RUN, seen once on 2026-12-03) is no verdict on Tern, since nothing in
-# user space may crash a kernel. L1 runs once more; the first attempt's log
-# is kept and the retry is listed loudly. A second panic fails the tier.
-if ! grep -q '^TIER-END' "$log" && grep -v '^TIER-' "$log" | grep -q 'Kernel panic'; then
-  l1_retry=$(grep -v '^TIER-' "$log" | grep -m1 -E 'BUG:|Kernel panic' | sed 's/^\[[ 0-9.]*\] //')
+# L1 itself (the emulated machine and its Debian kernel, not Tern) can die
+# under the emulator: a kernel panic in KVM_RUN ("BUG: TASK stack guard page
+# was hit"), or a silent reset (QEMU exits 0 with -no-reboot before
+# TIER-END); each seen once on 2026-12-03. Nothing in user space may crash
+# or reset a kernel, so this is no verdict on Tern: L1 runs once more, the
+# first attempt's log is kept and the retry is listed loudly. A second death
+# fails the tier; running out of time (timeout) is never retried.
+if ! grep -q '^TIER-END' "$log" && ((qemu_rc != 124 && qemu_rc != 137)) && grep -q '^TIER-' "$log"; then
+  l1_retry=$(grep -v '^TIER-' "$log" | grep -m1 -E 'BUG:|Kernel panic' | sed 's/^\[[ 0-9.]*\] //' || true)
+  l1_retry=${l1_retry:-"it reset without a message (QEMU exit $qemu_rc) after: $(grep '^TIER-CHECK' "$log" | tail -1 | cut -c1-80)"}
   cp "$log" "$WORK_DIR/l1-attempt1.log"
-  echo "TIER-INFO RETRY L1: L1's kernel panicked ($l1_retry); L1 runs again (first log: target/nested/l1-attempt1.log)" | tee -a "$WORK_DIR/l1-retry.txt" >&2
+  echo "TIER-INFO RETRY L1: L1 died ($l1_retry); L1 runs again (first log: target/nested/l1-attempt1.log)" | tee "$WORK_DIR/l1-retry.txt" >&2
   run_l1
   cat "$WORK_DIR/l1-retry.txt" >>"$log"
 fi
