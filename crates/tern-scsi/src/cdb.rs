@@ -530,18 +530,8 @@ pub enum Command {
     },
     /// MODE SENSE(6) and (10).
     ModeSense {
-        /// The 10-byte form (8-byte header).
-        ten: bool,
-        /// No block descriptors.
-        dbd: bool,
-        /// Long LBA block descriptors (10-byte form only).
-        llbaa: bool,
-        /// Which values.
-        pc: PageControl,
-        /// Page code (3Fh: all).
-        page: u8,
-        /// Subpage code.
-        subpage: u8,
+        /// What it asks for (form, descriptors, page control, page).
+        req: crate::mode::SenseRequest,
         /// Allocation length.
         alloc: u32,
     },
@@ -768,12 +758,14 @@ pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
                 _ => PageControl::Saved,
             };
             Command::ModeSense {
-                ten,
-                dbd: bit(1, 3),
-                llbaa: ten && bit(1, 4),
-                pc,
-                page: c[2] & 0x3F,
-                subpage: c[3],
+                req: crate::mode::SenseRequest {
+                    ten,
+                    dbd: bit(1, 3),
+                    llbaa: ten && bit(1, 4),
+                    pc,
+                    page: c[2] & 0x3F,
+                    subpage: c[3],
+                },
                 alloc: if ten { be16(c, 7) as u32 } else { c[4] as u32 },
             }
         }

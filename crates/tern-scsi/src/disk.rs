@@ -11,7 +11,7 @@ use crate::dvd::check_power_condition;
 use crate::inquiry::{
     MAX_TRANSFER_BLOCKS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
 };
-use crate::mode::{self, SenseRequest, UnitFacts};
+use crate::mode::{self, UnitFacts};
 use crate::nexus::NexusId;
 use crate::pr::{AccessClass, PrError, PrOutParams};
 use crate::response::{alloc, Fail};
@@ -276,26 +276,10 @@ impl Disk {
                 self.unmap(ctx, len)?;
                 Ok(Vec::new())
             }
-            Command::ModeSense {
-                ten,
-                dbd,
-                llbaa,
-                pc,
-                page,
-                subpage,
-                alloc: a,
-            } => {
+            Command::ModeSense { req, alloc: a } => {
                 let facts = self.facts();
                 let st = lun.state();
-                let r = SenseRequest {
-                    ten,
-                    dbd,
-                    llbaa,
-                    pc,
-                    page,
-                    subpage,
-                };
-                Ok(alloc(mode::sense(&r, &st.mode, &facts)?, a))
+                Ok(alloc(mode::sense(&req, &st.mode, &facts)?, a))
             }
             Command::ModeSelect { ten, sp, len } => {
                 if sp {

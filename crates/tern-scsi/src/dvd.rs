@@ -8,7 +8,7 @@ use tern_block::BlockBackend;
 
 use crate::cdb::{Command, ConfigRequest, TocFormat, UnitKind};
 use crate::inquiry::MAX_TRANSFER_BLOCKS;
-use crate::mode::{self, SenseRequest, UnitFacts};
+use crate::mode::{self, UnitFacts};
 use crate::nexus::NexusId;
 use crate::response::{alloc, Fail};
 use crate::sense::{Asc, Sense, SenseKey};
@@ -153,15 +153,7 @@ impl Dvd {
                     .map_err(|_| Sense::new(SenseKey::MediumError, Asc::UNRECOVERED_READ_ERROR))?;
                 Ok(buf)
             }
-            Command::ModeSense {
-                ten,
-                dbd,
-                llbaa,
-                pc,
-                page,
-                subpage,
-                alloc: a,
-            } => {
+            Command::ModeSense { req, alloc: a } => {
                 let st = lun.state();
                 let facts = UnitFacts {
                     kind: UnitKind::Dvd,
@@ -170,15 +162,7 @@ impl Dvd {
                     write_protected: true,
                     locked: st.dvd.prevented(),
                 };
-                let r = SenseRequest {
-                    ten,
-                    dbd,
-                    llbaa,
-                    pc,
-                    page,
-                    subpage,
-                };
-                Ok(alloc(mode::sense(&r, &st.mode, &facts)?, a))
+                Ok(alloc(mode::sense(&req, &st.mode, &facts)?, a))
             }
             Command::StartStopUnit {
                 power_condition,

@@ -100,7 +100,7 @@ fn page(code: u8, pc: PageControl, st: &ModeState, facts: &UnitFacts) -> Vec<u8>
 }
 
 /// What a MODE SENSE asks for.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SenseRequest {
     /// The 10-byte form.
     pub ten: bool,
