@@ -157,6 +157,30 @@ pub(super) fn needs_pacing(
 /// `DeviceState::kind` of a virtio-blk transport.
 const VIRTIO_BLK_KIND: &str = "virtio-blk";
 
+/// The saved states of every device of `kind`, decoded as `M`, in index
+/// order; `None` when the state has none of them (written before such
+/// devices were saved, or of a VM without them).
+fn saved_devices<M: prost::Message + Default>(
+    st: &VmState,
+    kind: &str,
+) -> Result<Option<Vec<M>>, VmError> {
+    let mut saved: Vec<&state::proto::DeviceState> =
+        st.devices.iter().filter(|d| d.kind == kind).collect();
+    if saved.is_empty() {
+        return Ok(None);
+    }
+    saved.sort_by_key(|d| d.index);
+    let decoded = saved
+        .iter()
+        .map(|d| {
+            M::decode(d.data.as_slice()).map_err(|e| {
+                StateError::Mismatch(format!("{kind} {} state is corrupt: {e}", d.index))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(decoded))
+}
+
 /// Continues the disks' virtio transports from the saved state. A state
 /// written before device state was recorded has none: the disks then start
 /// fresh, as they did when that state was written.
@@ -164,24 +188,10 @@ pub(super) fn restore_disk_devices(
     st: &VmState,
     disks: &crate::devices::Disks,
 ) -> Result<(), VmError> {
-    let mut saved: Vec<&state::proto::DeviceState> = st
-        .devices
-        .iter()
-        .filter(|d| d.kind == VIRTIO_BLK_KIND)
-        .collect();
-    if saved.is_empty() {
-        return Ok(());
+    match saved_devices::<state::proto::VirtioMmioState>(st, VIRTIO_BLK_KIND)? {
+        Some(decoded) => Ok(disks.restore(&decoded)?),
+        None => Ok(()),
     }
-    saved.sort_by_key(|d| d.index);
-    let decoded = saved
-        .iter()
-        .map(|d| {
-            <state::proto::VirtioMmioState as prost::Message>::decode(d.data.as_slice()).map_err(
-                |e| StateError::Mismatch(format!("virtio-blk {} state is corrupt: {e}", d.index)),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(disks.restore(&decoded)?)
 }
 
 /// `DeviceState::kind` of a virtio-net device.
@@ -194,24 +204,10 @@ pub(super) fn restore_nic_devices(
     st: &VmState,
     nics: &crate::devices::nics::Nics,
 ) -> Result<(), VmError> {
-    let mut saved: Vec<&state::proto::DeviceState> = st
-        .devices
-        .iter()
-        .filter(|d| d.kind == VIRTIO_NET_KIND)
-        .collect();
-    if saved.is_empty() {
-        return Ok(());
+    match saved_devices::<state::proto::VirtioNetState>(st, VIRTIO_NET_KIND)? {
+        Some(decoded) => Ok(nics.restore(&decoded)?),
+        None => Ok(()),
     }
-    saved.sort_by_key(|d| d.index);
-    let decoded = saved
-        .iter()
-        .map(|d| {
-            <state::proto::VirtioNetState as prost::Message>::decode(d.data.as_slice()).map_err(
-                |e| StateError::Mismatch(format!("virtio-net {} state is corrupt: {e}", d.index)),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(nics.restore(&decoded)?)
 }
 
 /// Refuses a state that does not fit the VM being built.
