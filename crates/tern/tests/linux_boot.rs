@@ -16,7 +16,7 @@
 //! same loader (`tern_vmm::boot::linux`).
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,20 @@ fn le32(b: &[u8], at: usize) -> u32 {
 /// True on KVM PVM, where guest CPL 0 code is emulated.
 fn is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// The machine's Debian kernel as an ELF `vmlinux` in a scratch directory
+/// (which must live as long as the file is used); `None`, after a recorded
+/// skip, without KVM, the kernel or the decompressor.
+fn debian_vmlinux(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    if !tern_test_support::kvm_available(test) {
+        return None;
+    }
+    let kernel = tern_test_support::debian_kernel(test)?;
+    let dir = tempfile::tempdir().unwrap();
+    let vmlinux = dir.path().join("vmlinux");
+    extract_vmlinux(test, &kernel, &vmlinux)?;
+    Some((dir, vmlinux))
 }
 
 /// Writes the ELF `vmlinux` inside bzImage `kernel` to `out` (`None`, with
@@ -196,17 +210,9 @@ fn check_boot(test: &str, kernel: &Path, memory: &str, bytes: u64) {
 #[test]
 fn debian_vmlinux_shows_cmdline_and_e820() {
     let test = "debian_vmlinux_shows_cmdline_and_e820";
-    if !tern_test_support::kvm_available(test) {
-        return;
-    }
-    let Some(kernel) = tern_test_support::debian_kernel(test) else {
+    let Some((_dir, vmlinux)) = debian_vmlinux(test) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let vmlinux = dir.path().join("vmlinux");
-    if extract_vmlinux(test, &kernel, &vmlinux).is_none() {
-        return;
-    }
     check_boot(test, &vmlinux, "512M", 512 << 20);
 }
 
@@ -215,17 +221,9 @@ fn debian_vmlinux_shows_cmdline_and_e820() {
 #[test]
 fn debian_vmlinux_e820_with_high_memory() {
     let test = "debian_vmlinux_e820_with_high_memory";
-    if !tern_test_support::kvm_available(test) {
-        return;
-    }
-    let Some(kernel) = tern_test_support::debian_kernel(test) else {
+    let Some((_dir, vmlinux)) = debian_vmlinux(test) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let vmlinux = dir.path().join("vmlinux");
-    if extract_vmlinux(test, &kernel, &vmlinux).is_none() {
-        return;
-    }
     check_boot(test, &vmlinux, "5G", 5 << 30);
 }
 
@@ -254,17 +252,9 @@ fn debian_bzimage_shows_cmdline_and_e820() {
 #[test]
 fn debian_vmlinux_finds_the_acpi_tables() {
     let test = "debian_vmlinux_finds_the_acpi_tables";
-    if !tern_test_support::kvm_available(test) {
-        return;
-    }
-    let Some(kernel) = tern_test_support::debian_kernel(test) else {
+    let Some((dir, vmlinux)) = debian_vmlinux(test) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let vmlinux = dir.path().join("vmlinux");
-    if extract_vmlinux(test, &kernel, &vmlinux).is_none() {
-        return;
-    }
     let cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=t panic=-1";
     let b = boot_until(
         dir.path(),

@@ -630,6 +630,24 @@ fn new_disk(path: &Path, size: u64) {
 const DISK_WORKLOAD: &str =
     "probe:blk-verify,disk=0,mib=1+dirty,mib=4,rate=50+blk-verify,disk=0,mib=8+dirty,mib=4,rate=50+verify";
 
+/// A worker running [`DISK_WORKLOAD`] on `--disk disk` with its
+/// checkpoints in `store`.
+fn start_disk_workload(root: &Path, disk: &str, store: &Path) -> Worker {
+    start(
+        root,
+        &[
+            "--memory",
+            "64M",
+            "--guest",
+            DISK_WORKLOAD,
+            "--disk",
+            disk,
+            "--checkpoint-dir",
+            store.to_str().unwrap(),
+        ],
+    )
+}
+
 #[test]
 fn disk_checkpoint_revert_brings_disk_and_memory_back_and_delete_merges() {
     if !tern_test_support::kvm_available(
@@ -641,19 +659,7 @@ fn disk_checkpoint_revert_brings_disk_and_memory_back_and_delete_merges() {
     let base = root.path().join("base.vhdx");
     new_disk(&base, 32 << 20);
     let store = root.path().join("store");
-    let w = start(
-        root.path(),
-        &[
-            "--memory",
-            "64M",
-            "--guest",
-            DISK_WORKLOAD,
-            "--disk",
-            &format!("path={}", base.display()),
-            "--checkpoint-dir",
-            store.to_str().unwrap(),
-        ],
-    );
+    let w = start_disk_workload(root.path(), &format!("path={}", base.display()), &store);
     wait_step(&w, 1);
     w.wait_generation(1);
     w.call(Pause {});
@@ -766,18 +772,10 @@ fn a_vhdx_named_img_checkpoints_and_exports_as_vhdx() {
     let base = root.path().join("disk.img");
     new_disk(&base, 32 << 20);
     let store = root.path().join("store");
-    let w = start(
+    let w = start_disk_workload(
         root.path(),
-        &[
-            "--memory",
-            "64M",
-            "--guest",
-            DISK_WORKLOAD,
-            "--disk",
-            &format!("path={},format=vhdx", base.display()),
-            "--checkpoint-dir",
-            store.to_str().unwrap(),
-        ],
+        &format!("path={},format=vhdx", base.display()),
+        &store,
     );
     wait_step(&w, 1);
     w.call(Pause {});
