@@ -85,3 +85,13 @@ if [[ ! -x $qdir/usr/bin/qemu-system-x86_64 ]]; then
     rm -rf "$dl"
   fi
 fi
+
+# cargo-deb (crates.io; not in Debian) builds the Debian package
+# (scripts/build-deb.sh, crates/tern/tests/package.rs). Pinned; about 3 CPU
+# minutes to build, only when that version is missing.
+CARGO_DEB_VERSION=3.8.0
+cargo_deb=${CARGO_HOME:-$HOME/.cargo}/bin/cargo-deb
+if ! "$cargo_deb" --version 2>/dev/null | grep -qF "$CARGO_DEB_VERSION"; then
+  echo "setup: installing cargo-deb $CARGO_DEB_VERSION"
+  cargo install -q --locked cargo-deb --version "=$CARGO_DEB_VERSION"
+fi

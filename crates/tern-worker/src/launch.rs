@@ -1,7 +1,7 @@
 //! From a [`LaunchSpec`] to the VMM's configuration, and from VMM errors
 //! and VM exits to the worker's exit code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tern_devices::serial::SerialMode;
 use tern_vmm::boot::linux::LinuxError;
@@ -14,15 +14,34 @@ use tern_worker_proto::{DiskFormat, DiskSpec, LaunchSpec};
 use crate::exit_code;
 
 /// Where the worker looks for the probe guest when the spec does not say:
-/// `$TERN_PROBE_IMAGE`, else `probe-guest` beside this executable.
+/// `$TERN_PROBE_IMAGE`, else `probe-guest` beside this executable (a build
+/// tree), else `../lib/tern/probe-guest` from it (where the Debian package
+/// puts it: an image, not a program for `$PATH`).
 pub fn default_probe_image() -> PathBuf {
     if let Some(p) = std::env::var_os("TERN_PROBE_IMAGE") {
         return p.into();
     }
-    std::env::current_exe()
+    let Some(dir) = std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent().map(|d| d.join("probe-guest")))
-        .unwrap_or_else(|| PathBuf::from("probe-guest"))
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    else {
+        return PathBuf::from("probe-guest");
+    };
+    probe_image_near(&dir)
+}
+
+/// The probe image for an executable in `dir`: beside it if there is one
+/// there, else in `dir/../lib/tern/`.
+fn probe_image_near(dir: &Path) -> PathBuf {
+    let beside = dir.join("probe-guest");
+    if beside.exists() {
+        return beside;
+    }
+    let installed = dir.join("../lib/tern/probe-guest");
+    if installed.exists() {
+        return installed;
+    }
+    beside
 }
 
 /// The control socket when the spec does not say:
@@ -173,6 +192,25 @@ pub fn exit_status(exit: &VmExit) -> i32 {
 mod tests {
     use super::*;
     use tern_worker_proto::launch::MemoryFileSpec;
+
+    #[test]
+    fn the_probe_is_found_beside_the_binary_or_in_lib_tern() {
+        let root = tempfile::tempdir().unwrap();
+        let bin = root.path().join("usr/bin");
+        let lib = root.path().join("usr/lib/tern");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&lib).unwrap();
+        // Neither: the name beside the binary, for the error to show.
+        assert_eq!(probe_image_near(&bin), bin.join("probe-guest"));
+        std::fs::write(lib.join("probe-guest"), b"x").unwrap();
+        assert_eq!(
+            probe_image_near(&bin),
+            bin.join("../lib/tern/probe-guest")
+        );
+        // A build tree's own copy wins.
+        std::fs::write(bin.join("probe-guest"), b"x").unwrap();
+        assert_eq!(probe_image_near(&bin), bin.join("probe-guest"));
+    }
 
     #[test]
     fn power_off_and_reboot_have_distinct_statuses() {
