@@ -203,10 +203,7 @@ mod tests {
         // Neither: the name beside the binary, for the error to show.
         assert_eq!(probe_image_near(&bin), bin.join("probe-guest"));
         std::fs::write(lib.join("probe-guest"), b"x").unwrap();
-        assert_eq!(
-            probe_image_near(&bin),
-            bin.join("../lib/tern/probe-guest")
-        );
+        assert_eq!(probe_image_near(&bin), bin.join("../lib/tern/probe-guest"));
         // A build tree's own copy wins.
         std::fs::write(bin.join("probe-guest"), b"x").unwrap();
         assert_eq!(probe_image_near(&bin), bin.join("probe-guest"));
