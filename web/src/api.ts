@@ -72,6 +72,7 @@ async function call<T>(method: string, path: string, body?: unknown, t = token()
   }
   if (r.status === 204) return undefined as T;
   const text = await r.text();
+  if (r.ok && !(r.headers.get("Content-Type") ?? "").startsWith("application/json")) return text as T;
   let json: unknown = null;
   try {
     json = text ? JSON.parse(text) : null;
