@@ -689,3 +689,37 @@ async fn list_events(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(k.clone(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_token_comes_from_the_header_or_a_websocket_subprotocol() {
+        let auth = headers(&[(header::AUTHORIZATION, "Bearer s3cret")]);
+        assert_eq!(bearer(&auth).as_deref(), Some(&b"s3cret"[..]));
+        // base64url("s3cret/+") without padding.
+        let proto = "tern.console, tern.bearer.czNjcmV0Lys";
+        let ws = headers(&[
+            (header::UPGRADE, "websocket"),
+            (header::SEC_WEBSOCKET_PROTOCOL, proto),
+        ]);
+        assert_eq!(bearer(&ws).as_deref(), Some(&b"s3cret/+"[..]));
+        // Only on a WebSocket upgrade.
+        let plain = headers(&[(header::SEC_WEBSOCKET_PROTOCOL, proto)]);
+        assert_eq!(bearer(&plain), None);
+        let garbled = headers(&[
+            (header::UPGRADE, "websocket"),
+            (header::SEC_WEBSOCKET_PROTOCOL, "tern.bearer.***"),
+        ]);
+        assert_eq!(bearer(&garbled), None);
+    }
+}

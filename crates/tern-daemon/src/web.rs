@@ -169,10 +169,77 @@ mod tests {
             .get_file("SOURCES.sha256")
             .and_then(|f| f.contents_utf8())
             .expect("web/dist/SOURCES.sha256 is missing: run scripts/build-web.sh");
-        assert_eq!(
-            recorded, now,
-            "web/dist is not the build of web/'s sources: run scripts/build-web.sh and commit web/dist"
+        // Name the files that changed, were added or went away.
+        let (was, is): (Vec<&str>, Vec<&str>) = (recorded.lines().collect(), now.lines().collect());
+        let changed: Vec<&str> = is
+            .iter()
+            .filter(|l| !was.contains(l))
+            .chain(was.iter().filter(|l| !is.contains(l)))
+            .filter_map(|l| l.split_once("  ").map(|(_, f)| f))
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "web/dist is not the build of web/'s sources (changed: {changed:?}): \
+             run scripts/build-web.sh and commit web/dist"
         );
+    }
+
+    async fn get(path: &str, if_none_match: Option<&str>) -> Response {
+        use tower::ServiceExt;
+        let mut req = axum::http::Request::get(path);
+        if let Some(t) = if_none_match {
+            req = req.header(header::IF_NONE_MATCH, t);
+        }
+        router::<()>()
+            .oneshot(req.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    fn head(r: &Response, name: header::HeaderName) -> &str {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn the_page_is_served_with_types_and_cache_headers() {
+        let r = get("/", None).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(head(&r, header::CONTENT_TYPE), "text/html; charset=utf-8");
+        assert_eq!(head(&r, header::CACHE_CONTROL), "no-cache");
+        let tag = head(&r, header::ETAG).to_string();
+        assert!(tag.starts_with('"'), "{tag}");
+        // Unchanged: 304 without a body.
+        let again = get("/ui/", Some(&tag)).await;
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        let js = DIST
+            .get_dir("assets")
+            .unwrap()
+            .files()
+            .find(|f| f.path().extension().is_some_and(|e| e == "js"))
+            .unwrap();
+        let r = get(&format!("/ui/{}", js.path().display()), None).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            head(&r, header::CONTENT_TYPE),
+            "text/javascript; charset=utf-8"
+        );
+        assert!(head(&r, header::CACHE_CONTROL).contains("immutable"));
+        // Nothing but the page and its assets, and no way out of dist/.
+        for bad in [
+            "/ui/SOURCES.sha256",
+            "/ui/assets/none.js",
+            "/ui/../Cargo.toml",
+            "/ui/assets/../../Cargo.toml",
+        ] {
+            assert_eq!(
+                get(bad, None).await.status(),
+                StatusCode::NOT_FOUND,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

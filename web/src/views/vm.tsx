@@ -101,11 +101,12 @@ export function VmView({ name, data }: { name: string; data: Data }) {
       </div>
       <ErrorLine error={error} />
       {vm.reason && <p class="muted">Last: {vm.reason}</p>}
+      {gone && <p class="muted" data-test="gone">This VM is no longer on this host (migrated or deleted); what follows is how it was.</p>}
       <div class="figures">
         <Figure label="vCPUs" value={vm.vcpus} />
         <Figure label="Memory" value={bytes(vm.memory)} sub={`resident ${bytes(sum(s, "tern_vm_resident_memory_bytes", { vm: vm.id }))}`} />
         <Figure label="CPU time" value={seconds(sum(s, "tern_vm_cpu_seconds_total", { vm: vm.id }))} />
-        <Figure label="Worker" value={vm.pid ?? "–"} sub="process id" />
+        <Figure label="Worker" value={(!gone && vm.pid) || "–"} sub="process id" />
         <Figure label="Guest" value={<code>{vm.guest}</code>} sub={`created ${when(vm.created_at)}`} />
       </div>
       <Section title="Console">
