@@ -22,6 +22,11 @@ wanted=(
   "socat:socat"
   # the official Prometheus client's OpenMetrics parser judges ternd's /metrics
   "python3-prometheus-client:/usr/lib/python3/dist-packages/prometheus_client"
+  # the web page's browser test (crates/tern/tests/web.rs): Playwright (npm,
+  # from web/package-lock.json) drives Debian's Chromium headless
+  "chromium:chromium"
+  "nodejs:node"
+  "npm:npm"
 )
 
 missing=()

@@ -25,7 +25,8 @@ use crate::types::*;
         description = "Manage VMs, disks, checkpoints and migrations on one host. \
             Served on a UNIX socket without authentication (file permissions \
             guard it) and, when asked, on TCP where every request needs \
-            `Authorization: Bearer TOKEN`. Errors are `ApiError` objects.",
+            `Authorization: Bearer TOKEN`. Errors are `ApiError` objects. \
+            The daemon also serves a web page on this API at `/` (docs/web.md).",
         version = "1"
     ),
     paths(
@@ -414,7 +415,10 @@ fn restore_vm() {}
     params(("vm" = String, Path, description = "VM name or id")),
     responses(
         (status = 101, description = "WebSocket: binary frames carry serial output \
-            (recent output first) and keyboard input"),
+            (recent output first) and keyboard input. On TCP a browser, which cannot \
+            set `Authorization` on a WebSocket, may offer the subprotocols \
+            `tern.console` and `tern.bearer.BASE64URL(TOKEN)` (no padding) instead; \
+            the reply then names `tern.console`."),
         (status = 400, body = ApiError, description = "Not a WebSocket upgrade request"),
         (status = 404, body = ApiError),
         (status = 409, body = ApiError, description = "No worker"),

@@ -439,6 +439,15 @@ pub struct Checkpoint {
     pub name: String,
     /// When it was taken (RFC 3339, UTC).
     pub created_at: String,
+    /// The checkpoint it was taken from (its id), making the checkpoints a
+    /// tree; none for a root. Known while the VM's worker runs (it keeps
+    /// the tree), otherwise none.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// The VM runs from this checkpoint now (the last one taken or
+    /// applied). Known while the VM's worker runs.
+    #[serde(default)]
+    pub current: bool,
 }
 
 /// Reply of `GET /v1/vms/{vm}/checkpoints`.
@@ -496,6 +505,17 @@ pub struct Migration {
     pub total_bytes: u64,
     /// Precopy rounds done.
     pub rounds: u32,
+    /// Guest memory sent so far before compression, bytes (zero pages
+    /// included; a page sent again in a later round counts again).
+    #[serde(default)]
+    pub memory_sent_bytes: u64,
+    /// Dirty memory left to send after the last precopy round, bytes.
+    #[serde(default)]
+    pub remaining_bytes: u64,
+    /// The pause expected if the VM switched over now, once a precopy
+    /// round has measured it.
+    #[serde(default)]
+    pub expected_downtime_ms: Option<f64>,
     /// Time the VM was paused for the switch-over, once known.
     pub downtime_ms: Option<f64>,
     /// Total time, once finished.

@@ -215,8 +215,8 @@ pub fn routes() -> (Router<AppState>, Vec<(String, String)>) {
     (r.router, ops)
 }
 
-/// The full API router over `daemon`.
-pub fn router(daemon: Arc<Daemon>) -> Router {
+/// The API routes over `daemon`, with the fallbacks.
+fn api_router(daemon: Arc<Daemon>) -> Router {
     routes()
         .0
         .fallback(no_route)
@@ -224,25 +224,67 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .with_state(daemon)
 }
 
-/// The router for TCP: every request needs `Authorization: Bearer TOKEN`.
+/// The full API router over `daemon`, and the web page.
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    crate::web::router().merge(api_router(daemon))
+}
+
+/// The router for TCP: every API request needs `Authorization: Bearer
+/// TOKEN`; the web page (which asks for the token) does not.
 pub fn router_with_token(daemon: Arc<Daemon>, token: String) -> Router {
     let token = Arc::new(token);
-    router(daemon).layer(axum::middleware::from_fn(
+    let api = api_router(daemon).layer(axum::middleware::from_fn(
         move |req: Request, next: Next| {
             let token = token.clone();
             async move { auth(&token, req, next).await }
         },
-    ))
+    ));
+    crate::web::router().merge(api)
+}
+
+/// The WebSocket subprotocol of the console.
+pub const CONSOLE_PROTOCOL: &str = "tern.console";
+
+/// Prefix of the WebSocket subprotocol that carries the bearer token,
+/// base64url-encoded without padding: a browser cannot set
+/// `Authorization` on a WebSocket.
+pub const BEARER_PROTOCOL_PREFIX: &str = "tern.bearer.";
+
+/// The bearer token of a request: `Authorization: Bearer TOKEN`, or, on a
+/// WebSocket upgrade only, a `tern.bearer.BASE64URL` subprotocol.
+fn bearer(headers: &HeaderMap) -> Option<Vec<u8>> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        return v
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.as_bytes().to_vec());
+    }
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return None;
+    }
+    use base64::Engine as _;
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(BEARER_PROTOCOL_PREFIX))
+        .and_then(|t| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(t)
+                .ok()
+        })
 }
 
 async fn auth(token: &str, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => next.run(req).await,
+    let given = bearer(req.headers());
+    match given.as_deref() {
+        Some(t) if constant_time_eq(t, token.as_bytes()) => next.run(req).await,
         Some(_) => ApiErr(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -381,6 +423,8 @@ async fn console(
             "the console is a WebSocket: send an Upgrade: websocket request ({e})"
         ))
     })?;
+    // Named only when the client offers it (the page does, with its token).
+    let ws = ws.protocols([CONSOLE_PROTOCOL]);
     Ok(ws.on_upgrade(move |socket| bridge(socket, hub)))
 }
 
@@ -468,9 +512,8 @@ async fn list_checkpoints(
     State(d): State<AppState>,
     Path(vm): Path<String>,
 ) -> ApiResult<Json<tern_api::CheckpointList>> {
-    let row = d.reg.vm(&vm)?;
     Ok(Json(tern_api::CheckpointList {
-        checkpoints: d.reg.checkpoints(&row.id, &row.name)?,
+        checkpoints: crate::checkpoints::list(&d, &vm).await?,
     }))
 }
 
@@ -644,5 +687,39 @@ async fn list_events(
             return Ok(Json(EventList { events }));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(k.clone(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_token_comes_from_the_header_or_a_websocket_subprotocol() {
+        let auth = headers(&[(header::AUTHORIZATION, "Bearer s3cret")]);
+        assert_eq!(bearer(&auth).as_deref(), Some(&b"s3cret"[..]));
+        // base64url("s3cret/+") without padding.
+        let proto = "tern.console, tern.bearer.czNjcmV0Lys";
+        let ws = headers(&[
+            (header::UPGRADE, "websocket"),
+            (header::SEC_WEBSOCKET_PROTOCOL, proto),
+        ]);
+        assert_eq!(bearer(&ws).as_deref(), Some(&b"s3cret/+"[..]));
+        // Only on a WebSocket upgrade.
+        let plain = headers(&[(header::SEC_WEBSOCKET_PROTOCOL, proto)]);
+        assert_eq!(bearer(&plain), None);
+        let garbled = headers(&[
+            (header::UPGRADE, "websocket"),
+            (header::SEC_WEBSOCKET_PROTOCOL, "tern.bearer.***"),
+        ]);
+        assert_eq!(bearer(&garbled), None);
     }
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tern_api::{Checkpoint, Vm, VmState};
-use tern_worker_proto::requests::{CheckpointCreate, CheckpointDelete, CheckpointRevert};
+use tern_worker_proto::requests::{
+    CheckpointCreate, CheckpointDelete, CheckpointList, CheckpointRevert,
+};
 use tern_worker_proto::{Call, Capability};
 
 use crate::daemon::Daemon;
@@ -54,12 +56,41 @@ fn check_enabled(d: &Daemon) -> Result<(), OpError> {
     }
 }
 
+/// `GET /v1/vms/{vm}/checkpoints`: the registry's checkpoints, with their
+/// place in the tree (parent, current) from the VM's worker when one runs.
+pub async fn list(d: &Daemon, key: &str) -> Result<Vec<Checkpoint>, OpError> {
+    let row = d.reg.vm(key)?;
+    let mut cps = d.reg.checkpoints(&row.id, &row.name)?;
+    let Some(w) = d.worker(&row.id) else {
+        return Ok(cps);
+    };
+    if cps.is_empty() || !matches!(row.state, VmState::Running | VmState::Paused) {
+        return Ok(cps);
+    }
+    // The tree is a view: a worker that does not answer leaves it flat
+    // rather than failing the list.
+    let tree = match w.call(CheckpointList {}, Duration::from_secs(5)).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!("VM {}: checkpoint tree not known: {e}", row.name);
+            return Ok(cps);
+        }
+    };
+    for c in &mut cps {
+        if let Some(info) = tree.checkpoints.iter().find(|i| i.id.to_string() == c.id) {
+            c.parent = (info.parent != 0).then(|| info.parent.to_string());
+            c.current = tree.current == info.id;
+        }
+    }
+    Ok(cps)
+}
+
 /// `POST /v1/vms/{vm}/checkpoints`.
 pub async fn create(d: &Daemon, key: &str, name: &str) -> Result<Checkpoint, OpError> {
     let row = d.reg.vm(key)?;
     check_name("checkpoint", name)?;
     check_enabled(d)?;
-    let _g = d.op_lock(&row.id).await;
+    let op = d.op_lock(&row.id).await;
     if d.reg.checkpoint(&row.id, name)?.is_some() {
         return Err(RegistryError::NameTaken {
             kind: "checkpoint",
@@ -75,8 +106,9 @@ pub async fn create(d: &Daemon, key: &str, name: &str) -> Result<Checkpoint, OpE
     let what = format!("cannot take checkpoint {name} of VM {}", row.name);
     let n = ask(&w, req, &what).await?.checkpoint.id;
     d.reg.add_checkpoint(&row.id, &row.name, n, name)?;
-    d.reg
-        .checkpoints(&row.id, &row.name)?
+    drop(op);
+    list(d, &row.id)
+        .await?
         .into_iter()
         .find(|c| c.name == name)
         .ok_or_else(|| OpError::Failed("checkpoint recorded but not found".into()))

@@ -24,8 +24,9 @@
 //!    (create, start, stop, pause, save, restore, delete, console),
 //!    [`disks`], [`checkpoints`], [`migration`]; and [`metrics`], which
 //!    only reads (the registry, the workers' status, `/proc`).
-//! 5. The edge: [`api`] (HTTP routes onto the operations) and [`server`]
-//!    (listeners, the `ternd` command line).
+//! 5. The edge: [`api`] (HTTP routes onto the operations), [`web`] (the
+//!    embedded web page) and [`server`] (listeners, the `ternd` command
+//!    line).
 //!
 //! Supervision and the operations are `impl Daemon` blocks in their own
 //! modules (or free functions taking `&Daemon`), so the core stays small and
@@ -44,6 +45,7 @@ pub mod registry;
 pub mod server;
 pub mod supervise;
 pub mod validation;
+pub mod web;
 pub mod worker;
 
 pub use config::Config;

@@ -86,6 +86,9 @@ fn start_record(
         transferred_bytes: 0,
         total_bytes: vm.memory,
         rounds: 0,
+        memory_sent_bytes: 0,
+        remaining_bytes: 0,
+        expected_downtime_ms: None,
         downtime_ms: None,
         total_ms: None,
         error: None,
@@ -247,6 +250,9 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
     Ok(info)
 }
 
+/// Size of the guest pages the worker counts (x86 base pages).
+const PAGE_SIZE: u64 = 4096;
+
 /// Copies the worker's progress into the record.
 fn update(d: &Daemon, mig_id: &str, v: &MigrationStatus) {
     set(d, mig_id, |m| {
@@ -255,6 +261,11 @@ fn update(d: &Daemon, mig_id: &str, v: &MigrationStatus) {
             m.total_bytes = v.memory_bytes;
         }
         m.rounds = v.rounds;
+        m.memory_sent_bytes = v.pages_sent.saturating_mul(PAGE_SIZE);
+        m.remaining_bytes = v.remaining_bytes;
+        if v.rounds > 0 {
+            m.expected_downtime_ms = Some(v.expected_downtime_ms);
+        }
         m.downtime_ms = v.downtime_ms.or(m.downtime_ms);
         if let Some(e) = &v.error {
             m.error = Some(e.clone());

@@ -647,6 +647,8 @@ impl Registry {
                     vm: vm_name.to_string(),
                     name: r.get(1)?,
                     created_at: rfc3339(r.get(2)?),
+                    parent: None,
+                    current: false,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
