@@ -22,6 +22,9 @@ wanted=(
   "socat:socat"
   # the official Prometheus client's OpenMetrics parser judges ternd's /metrics
   "python3-prometheus-client:/usr/lib/python3/dist-packages/prometheus_client"
+  # the iSCSI target is judged by libiscsi's iscsi-test-cu against Debian's tgt
+  "libiscsi-bin:iscsi-test-cu"
+  "tgt:tgtd"
 )
 
 missing=()

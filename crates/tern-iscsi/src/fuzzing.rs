@@ -47,3 +47,22 @@ pub fn seeds() -> Vec<Vec<u8>> {
         b"InitiatorName=iqn.x\0TargetName=iqn.2026-12.org.tern:fuzz\0HeaderDigest=None\0".to_vec();
     vec![p.encode(Digests::default())]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_and_mutations_do_not_panic() {
+        for s in seeds() {
+            pdus(&s);
+            // Every truncation and a flipped byte at each offset.
+            for cut in 0..s.len() {
+                pdus(&s[..cut]);
+                let mut m = s.clone();
+                m[cut] ^= 0xff;
+                pdus(&m);
+            }
+        }
+    }
+}

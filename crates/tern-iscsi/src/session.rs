@@ -39,6 +39,10 @@ mod reject {
     pub const INVALID_FIELD: u8 = 0x09;
 }
 
+/// Room for the longest READ (tern-scsi's maximum transfer of 512-byte
+/// blocks), used to report an overflow residual.
+const MAX_READ_BYTES: usize = tern_scsi::inquiry::MAX_TRANSFER_BLOCKS as usize * 512;
+
 /// Most PDUs queued while a write collects its data.
 const MAX_QUEUED: usize = 64;
 
@@ -303,15 +307,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let nexus = self.nexus.clone();
         let data_in_len = if read { edtl } else { 0 };
         let rsp = tokio::task::spawn_blocking(move || {
-            target.execute(&nexus, lun, &cdb, &data_out, data_in_len)
+            let rsp = target.execute(&nexus, lun, &cdb, &data_out, data_in_len);
+            if rsp.overrun && !write {
+                // RFC 7143 11.4.5.1: a READ longer than the expected
+                // transfer length moves what fits and reports the rest as
+                // an overflow residual. A read changes nothing, so it runs
+                // again with room for the whole transfer.
+                let full = target.execute(&nexus, lun, &cdb, &[], MAX_READ_BYTES);
+                if !full.overrun {
+                    return full;
+                }
+            }
+            rsp
         })
         .await
         .map_err(|_| ConnError::Lost)?;
         let mut data_sn = 0u32;
         let good = rsp.status == Status::Good && rsp.sense.is_empty();
         let chunk = (self.est.params.initiator_max_recv as usize).max(512);
-        let n = rsp.data_in.len();
-        let residual = if read { edtl - n.min(edtl) } else { 0 } as u32;
+        let full_len = rsp.data_in.len();
+        let n = full_len.min(edtl);
+        let overflow = (full_len - n) as u32;
+        let residual = if overflow > 0 {
+            overflow
+        } else if read {
+            (edtl - n) as u32
+        } else {
+            0
+        };
+        let residual_flag = if overflow > 0 { 0x04 } else { 0x02 };
         let mut off = 0;
         while off < n {
             let end = (off + chunk).min(n);
@@ -323,7 +347,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 d.bhs[1] |= 0x01;
                 d.bhs[3] = rsp.status as u8;
                 if residual > 0 {
-                    d.bhs[1] |= 0x02;
+                    d.bhs[1] |= residual_flag;
                     d.set_u32(44, residual);
                 }
             }
@@ -343,8 +367,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut r = Pdu::new(opcode::SCSI_RSP);
         r.bhs[1] = 0x80;
         r.bhs[3] = rsp.status as u8;
-        if read && residual > 0 {
-            r.bhs[1] |= 0x02;
+        if residual > 0 {
+            r.bhs[1] |= residual_flag;
             r.set_u32(44, residual);
         }
         r.set_itt(p.itt());
