@@ -118,6 +118,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.send(r, true).await
     }
 
+    /// True unless `p` is a non-immediate command whose CmdSN is outside
+    /// [ExpCmdSN, MaxCmdSN].
+    fn in_window(&self, p: &Pdu) -> bool {
+        let command = match p.opcode() {
+            opcode::SCSI_CMD | opcode::TASK_MGMT | opcode::TEXT | opcode::LOGOUT => true,
+            opcode::NOP_OUT => p.itt() != 0xffff_ffff,
+            _ => false,
+        };
+        !command || p.immediate() || p.u32_at(24).wrapping_sub(self.est.exp_cmd_sn) < CMD_WINDOW
+    }
+
     /// Counts a non-immediate command's CmdSN.
     fn take_cmd_sn(&mut self, p: &Pdu) {
         if !p.immediate() {
@@ -146,6 +157,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Err(e) => return Err(e.into()),
             };
             let discovery = self.est.kind == SessionType::Discovery;
+            if !self.in_window(&p) {
+                // RFC 7143 4.2.2.1: a non-immediate command outside the
+                // CmdSN window is silently ignored.
+                continue;
+            }
             match p.opcode() {
                 opcode::NOP_OUT => self.nop(p).await?,
                 opcode::SCSI_CMD if !discovery => {
