@@ -39,8 +39,8 @@ mod reject {
     pub const INVALID_FIELD: u8 = 0x09;
 }
 
-/// Room for the longest READ (tern-scsi's maximum transfer of 512-byte
-/// blocks), used to report an overflow residual.
+/// The longest transfer (tern-scsi's maximum of 512-byte blocks): room
+/// for a READ's overflow residual, and the most data a write may bring.
 const MAX_READ_BYTES: usize = tern_scsi::inquiry::MAX_TRANSFER_BLOCKS as usize * 512;
 
 /// Most PDUs queued while a write collects its data.
@@ -309,11 +309,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         {
             return self.reject(&p, reject::PROTOCOL).await;
         }
+        if write && edtl > MAX_READ_BYTES {
+            // More than any command takes (tern-scsi's maximum transfer):
+            // refused before buffering it.
+            return self.reject(&p, reject::INVALID_FIELD).await;
+        }
         let mut data_out = Vec::new();
         let mut r2ts = 0u32;
         if write {
             data_out = p.data.clone();
-            data_out.reserve(edtl - data_out.len());
             while data_out.len() < edtl {
                 r2ts = self.solicit(&p, &mut data_out, edtl, r2ts).await?;
             }
