@@ -27,6 +27,9 @@ wanted=(
   "chromium:chromium"
   "nodejs:node"
   "npm:npm"
+  # the iSCSI target is judged by libiscsi's iscsi-test-cu against Debian's tgt
+  "libiscsi-bin:iscsi-test-cu"
+  "tgt:tgtd"
 )
 
 missing=()

@@ -7,6 +7,7 @@
 
 mod boot;
 mod image;
+mod iscsi;
 mod migrate;
 mod netns;
 mod qemu;
@@ -46,6 +47,9 @@ enum Bench {
     /// Save and restore times (lazy and eager) and resume latency of
     /// probe VMs whose memory is in use.
     Save(save::SaveBench),
+    /// iSCSI read throughput of `tern iscsi serve` against Debian's tgt
+    /// on the same kind of image (libiscsi's iscsi-perf).
+    Iscsi(iscsi::IscsiBench),
 }
 
 /// The `tern` executable the benchmarks run: beside this one.
@@ -79,6 +83,7 @@ fn main() {
         Bench::Boot { runs, memory } => boot::run(runs, memory),
         Bench::Save(args) => save::run(args),
         Bench::Migrate(args) => migrate::run(args),
+        Bench::Iscsi(args) => iscsi::run(args),
     };
     std::process::exit(code);
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tern_block::BlockBackend;
 
 use crate::cdb::{Command, ConfigRequest, TocFormat, UnitKind};
-use crate::inquiry::MAX_TRANSFER_BLOCKS;
+use crate::inquiry::MAX_DVD_TRANSFER_BLOCKS;
 use crate::mode::{self, UnitFacts};
 use crate::nexus::NexusId;
 use crate::response::{alloc, Fail};
@@ -141,7 +141,7 @@ impl Dvd {
                 if end.is_none_or(|e| e > blocks(&*m)) || (n == 0 && lba >= blocks(&*m)) {
                     return Err(Sense::lba_out_of_range().into());
                 }
-                if n > MAX_TRANSFER_BLOCKS {
+                if n > MAX_DVD_TRANSFER_BLOCKS {
                     return Err(Sense::illegal(Asc::INVALID_FIELD_IN_CDB).into());
                 }
                 let len = n as usize * DVD_BLOCK as usize;

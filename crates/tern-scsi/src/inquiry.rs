@@ -9,12 +9,17 @@ use crate::sense::Sense;
 pub const VENDOR: &[u8; 8] = b"TERN    ";
 
 /// The most blocks one READ, WRITE or VERIFY may move (B0h's MAXIMUM
-/// TRANSFER LENGTH): bounds the memory a request takes.
-pub const MAX_TRANSFER_BLOCKS: u32 = 16384;
+/// TRANSFER LENGTH): bounds the memory a request takes (32 MiB of 512-byte
+/// blocks). libiscsi's WRITE SAME tests write 65536 blocks in one command
+/// whenever WRITE SAME allows that many.
+pub const MAX_TRANSFER_BLOCKS: u32 = 65536;
+/// The most 2048-byte blocks one DVD READ may move (32 MiB).
+pub const MAX_DVD_TRANSFER_BLOCKS: u32 = 16384;
 /// The most blocks one WRITE SAME may cover.
 pub const MAX_WRITE_SAME_BLOCKS: u32 = 0x0040_0000;
-/// The most blocks one UNMAP may cover.
-pub const MAX_UNMAP_BLOCKS: u32 = 0x0040_0000;
+/// The most blocks one UNMAP may cover (libiscsi's block-limits test
+/// takes more than 1 Mi blocks as implausible).
+pub const MAX_UNMAP_BLOCKS: u32 = 0x0010_0000;
 /// The most descriptors one UNMAP may carry.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 

@@ -27,7 +27,7 @@ fn inquiry_standard_and_vpd() {
     let id = good(&t, &a, 0, &inquiry(true, 0x83, 255), &[], 255);
     assert_eq!(id[4..8], [1, 3, 0, 8]);
     let b0 = good(&t, &a, 0, &inquiry(true, 0xB0, 255), &[], 255);
-    assert_eq!(be32(&b0[8..12]), 16384, "maximum transfer length");
+    assert_eq!(be32(&b0[8..12]), 65536, "maximum transfer length");
     let b1 = good(&t, &a, 0, &inquiry(true, 0xB1, 255), &[], 255);
     assert_eq!(&b1[4..6], &[0, 1]);
     let b2 = good(&t, &a, 0, &inquiry(true, 0xB2, 255), &[], 255);
@@ -125,7 +125,7 @@ fn read_write_all_sizes_and_ranges() {
     assert!(good(&t, &a, 0, &read10(5, 0), &[], 512).is_empty());
     // More than the block limits allow.
     check(
-        &run(&t, &a, 0, &rw16(0x88, 0, 16385), &[], 64 * MIB),
+        &run(&t, &a, 0, &rw16(0x88, 0, 65537), &[], 64 * MIB),
         5,
         Asc::INVALID_FIELD_IN_CDB,
     );

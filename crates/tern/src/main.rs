@@ -6,6 +6,7 @@
 mod disk;
 mod docs;
 mod exit_code;
+mod iscsi_cli;
 mod migrate_cli;
 mod run;
 mod snapshot;
@@ -34,6 +35,9 @@ enum Command {
     /// Virtual disk tools (VHDX and raw).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// iSCSI target: export a disk (`tern iscsi serve`).
+    #[command(subcommand)]
+    Iscsi(iscsi_cli::IscsiCommand),
     /// Live-migrate a worker's VM (progress bar; --cancel to stop one).
     Migrate(migrate_cli::MigrateArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish,
@@ -70,6 +74,7 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::Disk(cmd) => disk::run(cmd),
         Command::Worker(cmd) => snapshot::run(cmd),
+        Command::Iscsi(cmd) => iscsi_cli::run(cmd),
         Command::Migrate(args) => migrate_cli::run(args),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
