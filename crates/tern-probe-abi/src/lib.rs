@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blk;
+pub mod scsi;
 pub mod stamp;
 pub mod workload;
 

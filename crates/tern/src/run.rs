@@ -387,9 +387,11 @@ pub fn parse_scsi(text: &str) -> Result<ScsiLunSpec, String> {
                 return Err(format!("unknown SCSI disk format '{v}' (raw or vhdx)"))
             }
             (_, "", None) => return Err(format!("empty option in SCSI spec '{text}'")),
-            (ScsiLunKind::Disk, ..) => return Err(format!(
+            (ScsiLunKind::Disk, ..) => {
+                return Err(format!(
                 "unknown SCSI disk option '{part}' (expected ro, shared, format=raw|vhdx, lun=N)"
-            )),
+            ))
+            }
             (ScsiLunKind::Dvd, ..) => {
                 return Err(format!("unknown SCSI DVD option '{part}' (expected lun=N)"))
             }
