@@ -257,7 +257,12 @@ fn dvd_inserted_at_run_time_is_read_and_eject_waits_for_allow() {
     assert!(!r.luns[0].medium_present, "{r:?}");
     assert_eq!(r.luns[0].path, None);
     w.wait_line("scsi-watch event code=0x3 lun=0 reason=0x3a", LINE);
-    w.wait_line("sense=2/3a/01", LINE);
+    // The drive answers NOT READY / MEDIUM NOT PRESENT again (a second
+    // such line: the first was before the insert).
+    let not_ready = "scsi-watch tur lun=0 response=0 status=0x02 sense=2/3a/01";
+    tern_test_support::poll(LINE, "NOT READY after the eject", || {
+        (w.stderr().matches(not_ready).count() >= 2).then_some(())
+    });
     w.probe_stop();
     let (code, err) = w.finish(EXIT);
     assert_eq!(code, 0, "{err}");
