@@ -159,7 +159,7 @@ pub fn eject(vm: &Vm, r: &DvdEject) -> Result<ScsiReply, WorkerError> {
 
 /// `scsi-resize`.
 pub fn resize(vm: &Vm, r: &ScsiResize) -> Result<ScsiReply, WorkerError> {
-    if r.size == 0 || r.size % 512 != 0 {
+    if r.size == 0 || !r.size.is_multiple_of(512) {
         return Err(WorkerError::bad_request(format!(
             "size {} is not a positive multiple of 512",
             r.size

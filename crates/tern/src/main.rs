@@ -8,6 +8,7 @@ mod docs;
 mod exit_code;
 mod migrate_cli;
 mod run;
+mod scsi_cli;
 mod snapshot;
 mod vm_cli;
 

@@ -203,9 +203,16 @@ pub enum VmError {
     /// A NIC could not be attached or changed.
     #[error(transparent)]
     Nic(#[from] crate::devices::nics::NicError),
-    /// The SCSI controller could not be attached or changed.
+    /// The SCSI controller could not be attached or changed (boxed: it
+    /// is the largest error and would make every `VmError` as large).
     #[error(transparent)]
-    Scsi(#[from] crate::devices::scsi::ScsiError),
+    Scsi(Box<crate::devices::scsi::ScsiError>),
+}
+
+impl From<crate::devices::scsi::ScsiError> for VmError {
+    fn from(e: crate::devices::scsi::ScsiError) -> Self {
+        VmError::Scsi(Box::new(e))
+    }
 }
 
 /// Host RAM in bytes, from /proc/meminfo.

@@ -239,7 +239,7 @@ impl Vm {
     pub fn scsi(&self) -> Result<&crate::devices::scsi::ScsiController, VmError> {
         self.scsi
             .as_ref()
-            .ok_or(VmError::Scsi(crate::devices::scsi::ScsiError::NoController))
+            .ok_or_else(|| crate::devices::scsi::ScsiError::NoController.into())
     }
 
     /// True when the VM has a SCSI controller.
