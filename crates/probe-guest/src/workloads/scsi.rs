@@ -279,7 +279,7 @@ pub fn dvd_read(ctx: &mut Ctx, step: &Step) -> bool {
             return false;
         }
     };
-    if bl == 0 || CHUNK % bl != 0 {
+    if bl == 0 || !CHUNK.is_multiple_of(bl) {
         report!("{NAME} lun={lun} result=fail reason=block-size block={bl}");
         return false;
     }
