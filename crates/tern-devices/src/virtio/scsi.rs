@@ -1154,4 +1154,54 @@ mod tests {
             event::PARAM_CHANGE | event::EVENTS_MISSED
         );
     }
+
+    #[test]
+    fn held_event_buffers_and_the_initiator_survive_a_save() {
+        let (t, _) = disk_target();
+        let mut d = Driver::new(t.clone());
+        // The driver posts a buffer; nothing to deliver yet: the device
+        // holds it (off the ring).
+        let w = d.post(queue::EVENT, &[], &[EVENT_LEN]);
+        d.notify(queue::EVENT);
+        assert_eq!(d.used(queue::EVENT).0, 0);
+        let saved = d.host.save_events();
+        assert_eq!(saved.buffers.len(), 1);
+        assert_eq!(
+            saved.nexus,
+            NexusId::Virtio {
+                vm: "test-vm".into(),
+                controller: 0
+            }
+        );
+        let transport = d.t.save();
+        // A fresh device (another process) restored from both.
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (dev, host) = Scsi::new(
+            t,
+            NexusId::Virtio {
+                vm: "other".into(),
+                controller: 0,
+            },
+        );
+        let mut t2 = MmioTransport::new(Box::new(dev), d.mem.clone(), irq);
+        t2.restore(&transport).unwrap();
+        host.restore_events(&saved).unwrap();
+        assert_eq!(host.nexus(), saved.nexus, "the saved initiator wins");
+        // An event now lands in the buffer the old device took.
+        host.media_changed(0, true);
+        let _ = t2.process(queue::EVENT);
+        let e = d.read(w[0], EVENT_LEN);
+        assert_eq!(
+            u32::from_le_bytes(e[0..4].try_into().unwrap()),
+            event::PARAM_CHANGE
+        );
+        assert_eq!(u32::from_le_bytes(e[12..16].try_into().unwrap()), 0x28);
+        // Another version, or more buffers than a queue holds: refused.
+        let mut bad = saved.clone();
+        bad.version = 9;
+        assert!(host.restore_events(&bad).unwrap_err().contains("version 9"));
+        let mut bad = saved;
+        bad.buffers = vec![bad.buffers[0].clone(); QUEUE_SIZE as usize + 1];
+        assert!(host.restore_events(&bad).is_err());
+    }
 }
