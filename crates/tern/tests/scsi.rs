@@ -332,6 +332,35 @@ fn disk_hot_added_resized_and_hot_removed_while_the_guest_runs() {
     w.wait_line("scsi-watch event code=0x1 lun=1 reason=0x2", LINE);
     let e = w.refused(ScsiRemove { lun: 1 });
     assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
+    // The same through the CLI: a clear error, a failing exit code; and a
+    // resize through it goes through.
+    let cli = |args: &[&str]| {
+        Command::new(tern_test_support::tern_exe())
+            .arg("worker")
+            .args(args)
+            .arg("--control")
+            .arg(w.sock())
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["scsi-remove", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("LUN 1 does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["scsi-resize", "0", "8M"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&(8 * MIB).to_string()));
+    w.wait_line(
+        &format!("scsi-watch capacity lun=0 bytes={}", 8 * MIB),
+        LINE,
+    );
     assert_eq!(w.status().scsi.len(), 1);
     w.probe_stop();
     let (code, err) = w.finish(EXIT);
