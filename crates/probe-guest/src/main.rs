@@ -18,6 +18,7 @@ mod io;
 mod mem;
 mod net;
 mod report;
+mod scsi;
 mod status;
 mod virtio;
 mod workloads;

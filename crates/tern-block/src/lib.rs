@@ -7,6 +7,17 @@
 //! in Hyper-V's normalized IOPS and watches minimum reservations;
 //! [`ResizePolicy`] says when a running disk may shrink.
 //!
+//! A shared open ([`OpenOptions::shared`]) lets several workers write one
+//! image at once (a shared disk whose users arbitrate with SCSI
+//! persistent reservations): it takes a shared lock, which conflicts with
+//! every exclusive (read-write) open but not with other shared or
+//! read-only opens. Only images that need no metadata writes can be
+//! shared: raw files, whose size is then fixed (resize is refused, since
+//! the other users would not see it). VHDX images are refused: a
+//! writable VHDX updates its headers at its first write and its BAT and
+//! log when blocks are allocated, and other users' cached copies of them
+//! would go stale (docs/scsi.md).
+//!
 //! Every backend is `Send + Sync` and takes `&self`: the device model, the
 //! control socket (resize) and a QoS timer thread may all hold it.
 
@@ -36,6 +47,12 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
+    /// A shared open of a format that cannot be shared.
+    #[error("disk {} cannot be opened shared: only raw images can (a VHDX writes its headers, BAT and log, which other users cache); convert it with `tern disk convert` to raw", .0.display())]
+    SharedUnsupported(PathBuf),
+    /// Resizing a disk opened shared.
+    #[error("disk {} is open shared and cannot be resized (its other users would not see the new size)", .0.display())]
+    SharedResize(PathBuf),
     /// Another process holds a conflicting lock.
     #[error("disk {} is locked by another process (it is in use by another VM worker on this host)", .0.display())]
     Locked(PathBuf),
@@ -219,6 +236,9 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// Format; `None` decides by file name ([`DiskFormat::from_path`]).
     pub format: Option<DiskFormat>,
+    /// Read-write with a shared lock: other shared opens may write too
+    /// (see the crate docs); raw images only.
+    pub shared: bool,
 }
 
 impl OpenOptions {
@@ -228,7 +248,14 @@ impl OpenOptions {
             path: path.into(),
             read_only: false,
             format: None,
+            shared: false,
         }
+    }
+
+    /// Sets shared (read-write under a shared lock).
+    pub fn shared(mut self, shared: bool) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// Sets read-only.
@@ -243,6 +270,15 @@ pub fn open(opts: &OpenOptions) -> Result<Arc<dyn BlockBackend>, BlockError> {
     let format = opts
         .format
         .unwrap_or_else(|| DiskFormat::from_path(&opts.path));
+    if opts.shared {
+        return match format {
+            DiskFormat::Raw => Ok(Arc::new(raw::RawDisk::open_shared(
+                &opts.path,
+                opts.read_only,
+            )?)),
+            DiskFormat::Vhdx => Err(BlockError::SharedUnsupported(opts.path.clone())),
+        };
+    }
     Ok(match format {
         DiskFormat::Raw => Arc::new(raw::RawDisk::open(&opts.path, opts.read_only)?),
         DiskFormat::Vhdx => Arc::new(vhdx_disk::VhdxDisk::open(&opts.path, opts.read_only)?),

@@ -16,14 +16,27 @@ pub struct RawDisk {
     file: RwLock<(File, u64)>,
     path: PathBuf,
     read_only: bool,
+    /// Opened shared: other workers write it too, its size is fixed.
+    shared: bool,
     id: String,
 }
 
 impl RawDisk {
     /// Opens and locks `path`. Its size is rounded down to whole sectors.
     pub fn open(path: &Path, read_only: bool) -> Result<RawDisk, BlockError> {
+        Self::open_locked(path, read_only, false)
+    }
+
+    /// Opens `path` under a shared lock, read-write unless `read_only`:
+    /// every other shared or read-only open may hold it too, an exclusive
+    /// open may not (see the crate docs).
+    pub fn open_shared(path: &Path, read_only: bool) -> Result<RawDisk, BlockError> {
+        Self::open_locked(path, read_only, true)
+    }
+
+    fn open_locked(path: &Path, read_only: bool, shared: bool) -> Result<RawDisk, BlockError> {
         let file = crate::open_file(path, read_only)?;
-        let kind = if read_only {
+        let kind = if read_only || shared {
             LockKind::Shared
         } else {
             LockKind::Exclusive
@@ -37,6 +50,7 @@ impl RawDisk {
             file: RwLock::new((file, len / SECTOR_SIZE * SECTOR_SIZE)),
             path: path.into(),
             read_only,
+            shared,
             id: crate::id_from_path(path),
         })
     }
@@ -158,6 +172,9 @@ impl BlockBackend for RawDisk {
         if self.read_only {
             return Err(BlockError::ReadOnly);
         }
+        if self.shared {
+            return Err(BlockError::SharedResize(self.path.clone()));
+        }
         let mut g = self.file.write().unwrap_or_else(|p| p.into_inner());
         let old = g.1;
         policy.check(old, new_size)?;
@@ -203,6 +220,38 @@ mod tests {
         let f = File::create(&p).unwrap();
         f.set_len(len).unwrap();
         (dir, p)
+    }
+
+    #[test]
+    fn shared_opens_write_together_and_exclude_exclusive_ones() {
+        let (_d, p) = disk(1 << 20);
+        let a = RawDisk::open_shared(&p, false).unwrap();
+        let b = RawDisk::open_shared(&p, false).unwrap();
+        a.write_at(&[0xA5; 512], 0).unwrap();
+        let mut got = [0u8; 512];
+        b.read_at(&mut got, 0).unwrap();
+        assert_eq!(got, [0xA5; 512], "one user's write is the other's read");
+        b.write_at(&[0x5A; 512], 512).unwrap();
+        assert!(matches!(
+            RawDisk::open(&p, false),
+            Err(BlockError::Locked(_))
+        ));
+        let e = a.resize(2 << 20, &ResizePolicy::default()).unwrap_err();
+        assert!(matches!(e, BlockError::SharedResize(_)), "{e}");
+        drop((a, b));
+        let x = RawDisk::open(&p, false).unwrap();
+        assert!(matches!(
+            RawDisk::open_shared(&p, false),
+            Err(BlockError::Locked(_))
+        ));
+        drop(x);
+        // VHDX cannot be shared: refused by name, before anything is read.
+        let v = p.with_extension("vhdx");
+        let Err(e) = crate::open(&crate::OpenOptions::new(&v).shared(true)) else {
+            panic!("a VHDX opened shared");
+        };
+        assert!(matches!(e, BlockError::SharedUnsupported(_)), "{e}");
+        assert!(e.to_string().contains("only raw images"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blk;
+pub mod scsi;
 pub mod stamp;
 pub mod workload;
 
@@ -46,6 +47,8 @@ pub const MAX_DEVICES: usize = 8;
 pub const DEVICE_VIRTIO_BLK: u32 = 2;
 /// [`DeviceInfo::kind`] of a virtio-mmio network device (its virtio id).
 pub const DEVICE_VIRTIO_NET: u32 = 1;
+/// [`DeviceInfo::kind`] of a virtio-mmio SCSI controller (its virtio id).
+pub const DEVICE_VIRTIO_SCSI: u32 = 8;
 /// Guest page size used by the probe's workloads.
 pub const PAGE_SIZE: u64 = 4096;
 

@@ -41,6 +41,23 @@ pub enum WorkloadKind {
     /// and ping, and echo every byte sent to TCP port `port`; until told
     /// to stop.
     Net,
+    /// Write the pattern of [`crate::blk`] over `mib` MiB (0: all) of SCSI
+    /// LUN `lun` (512-byte blocks), read it back, report mismatches.
+    ScsiVerify,
+    /// Read the whole medium of SCSI DVD drive `lun` and report its size
+    /// and [`crate::scsi::fnv1a64`] hash, for the host to compare with the
+    /// ISO's bytes.
+    ScsiDvdRead,
+    /// Until told to stop: report every virtio-scsi event and every unit
+    /// attention LUN `lun` answers TEST UNIT READY with; `prevent=1` first
+    /// holds PREVENT MEDIUM REMOVAL on it, `prevent=2` allows it again
+    /// at the end.
+    ScsiWatch,
+    /// Run the persistent-reservation operations in `ops` (decimal digits,
+    /// first to last, see [`crate::scsi::PrOp`]) on LUN `lun` with
+    /// reservation key `key` (`other`: the key PREEMPT AND ABORT removes);
+    /// one report line per operation with its SCSI status and sense.
+    ScsiPr,
 }
 
 /// Access pattern of `blk-iops`.
@@ -76,7 +93,7 @@ impl Mix {
 
 impl WorkloadKind {
     /// Every workload with its name, for help texts.
-    pub const ALL: [WorkloadKind; 11] = [
+    pub const ALL: [WorkloadKind; 15] = [
         WorkloadKind::Hello,
         WorkloadKind::Vcpus,
         WorkloadKind::Dirty,
@@ -88,6 +105,10 @@ impl WorkloadKind {
         WorkloadKind::BlkTrim,
         WorkloadKind::Echo,
         WorkloadKind::Net,
+        WorkloadKind::ScsiVerify,
+        WorkloadKind::ScsiDvdRead,
+        WorkloadKind::ScsiWatch,
+        WorkloadKind::ScsiPr,
     ];
 
     /// The name used in workload strings.
@@ -104,6 +125,10 @@ impl WorkloadKind {
             WorkloadKind::BlkTrim => "blk-trim",
             WorkloadKind::Echo => "echo",
             WorkloadKind::Net => "net",
+            WorkloadKind::ScsiVerify => "scsi-verify",
+            WorkloadKind::ScsiDvdRead => "scsi-dvd-read",
+            WorkloadKind::ScsiWatch => "scsi-watch",
+            WorkloadKind::ScsiPr => "scsi-pr",
         }
     }
 
@@ -120,6 +145,10 @@ impl WorkloadKind {
             WorkloadKind::BlkCapacity => &["disk"],
             WorkloadKind::BlkTrim => &["disk", "from"],
             WorkloadKind::Net => &["nic", "ip", "port"],
+            WorkloadKind::ScsiVerify => &["lun", "mib"],
+            WorkloadKind::ScsiDvdRead => &["lun"],
+            WorkloadKind::ScsiWatch => &["lun", "prevent"],
+            WorkloadKind::ScsiPr => &["lun", "key", "other", "ops"],
         }
     }
 
@@ -163,6 +192,17 @@ pub struct Step {
     pub prefix: u8,
     /// `net`: TCP echo port (default 7).
     pub port: u16,
+    /// `scsi-*`: LUN number (default 0).
+    pub lun: u64,
+    /// `scsi-pr`: this initiator's reservation key (default 1).
+    pub key: u64,
+    /// `scsi-pr`: the key PREEMPT AND ABORT removes (default 2).
+    pub other: u64,
+    /// `scsi-pr`: the operations, one decimal digit each (default 1).
+    pub ops: u64,
+    /// `scsi-watch`: 1 holds PREVENT MEDIUM REMOVAL, 2 also allows it
+    /// again at the end (default 0).
+    pub prevent: u64,
 }
 
 impl Step {
@@ -184,6 +224,11 @@ impl Step {
             ip: u32::from_be_bytes([10, 0, 0, 2]),
             prefix: 24,
             port: 7,
+            lun: 0,
+            key: 1,
+            other: 2,
+            ops: 1,
+            prevent: 0,
         }
     }
 }
@@ -314,6 +359,11 @@ fn parse_step(text: &str) -> Result<Step, ParseError<'_>> {
             "secs" => step.secs = value,
             "from" => step.from = value,
             "nic" => step.nic = value,
+            "lun" => step.lun = value,
+            "key" => step.key = value,
+            "other" => step.other = value,
+            "ops" => step.ops = value,
+            "prevent" => step.prevent = value,
             "port" => {
                 step.port = u16::try_from(value)
                     .ok()
@@ -324,7 +374,7 @@ fn parse_step(text: &str) -> Result<Step, ParseError<'_>> {
         }
     }
     // blk-verify's mib=0 means the whole disk; elsewhere sizes must be > 0.
-    let mib = if kind == WorkloadKind::BlkVerify {
+    let mib = if matches!(kind, WorkloadKind::BlkVerify | WorkloadKind::ScsiVerify) {
         1
     } else {
         step.mib
@@ -341,7 +391,7 @@ fn parse_step(text: &str) -> Result<Step, ParseError<'_>> {
             return Err(ParseError::Zero { key });
         }
     }
-    if kind == WorkloadKind::BlkVerify && !parsed_mib(text) {
+    if matches!(kind, WorkloadKind::BlkVerify | WorkloadKind::ScsiVerify) && !parsed_mib(text) {
         step.mib = 0;
     }
     Ok(step)

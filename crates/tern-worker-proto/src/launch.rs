@@ -47,6 +47,17 @@ pub struct LaunchSpec {
     /// Added in version 1 with a default: a document without it has none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<NicSpec>,
+    /// SCSI LUNs on one virtio-scsi controller (in the slot after the
+    /// NICs'; no controller when empty). Added in version 1 with a
+    /// default: a document without it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scsi: Vec<ScsiLunSpec>,
+    /// The initiator name of the VM's SCSI controller: persistent
+    /// reservations on shared disks are kept by it, so two VMs must not
+    /// share one (absent: one is made up at start; a restore or migration
+    /// keeps the saved one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scsi_initiator: Option<String>,
     /// Where the serial console goes.
     #[serde(default)]
     pub serial: SerialSpec,
@@ -190,6 +201,55 @@ pub struct NicSpec {
     pub mac: Option<tern_net::Mac>,
 }
 
+/// What a SCSI LUN is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScsiLunKind {
+    /// A disk (raw or VHDX).
+    Disk,
+    /// A DVD drive on ISO media.
+    Dvd,
+}
+
+/// One SCSI LUN.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScsiLunSpec {
+    /// Disk or DVD drive.
+    pub kind: ScsiLunKind,
+    /// Its LUN number (absent: the next after the LUNs before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lun: Option<u16>,
+    /// A disk's image; a DVD's ISO (absent or empty: an empty drive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// A disk's format (absent: by file name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
+    /// Attach read-only (a DVD always is).
+    #[serde(default)]
+    pub read_only: bool,
+    /// A shared disk: other VMs may attach it too, and reservations are
+    /// kept beside the image for all of them (raw images only).
+    #[serde(default)]
+    pub shared: bool,
+}
+
+impl ScsiLunSpec {
+    /// The LUN numbers of `luns`, in order: each its own or the one after
+    /// the previous.
+    pub fn numbers(luns: &[ScsiLunSpec]) -> Vec<u16> {
+        let mut next = 0u16;
+        luns.iter()
+            .map(|l| {
+                let n = l.lun.unwrap_or(next);
+                next = n.saturating_add(1);
+                n
+            })
+            .collect()
+    }
+}
+
 /// Where the serial console goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
@@ -286,6 +346,15 @@ pub enum LaunchSpecError {
     /// A disk without a path.
     #[error("disk {0} has an empty \"path\"")]
     EmptyDiskPath(usize),
+    /// A SCSI disk without an image.
+    #[error("SCSI LUN {0} is a disk without a \"path\"")]
+    ScsiNoImage(u16),
+    /// Two SCSI LUNs with one number, or one out of range.
+    #[error("SCSI LUN {0} is given twice or is above 16383")]
+    ScsiLun(u16),
+    /// A shared DVD, or a shared read-only disk.
+    #[error("SCSI LUN {0}: only a read-write disk can be \"shared\"")]
+    ScsiShared(u16),
     /// Contradictory QoS limits.
     #[error("disk {index}: min_iops {min} is above max_iops {max}")]
     Qos {
@@ -327,6 +396,8 @@ impl LaunchSpec {
             guest: None,
             disks: Vec::new(),
             nics: Vec::new(),
+            scsi: Vec::new(),
+            scsi_initiator: None,
             serial: SerialSpec::default(),
             control: None,
             memfd: false,
@@ -397,6 +468,7 @@ impl LaunchSpec {
             let conflicts = [
                 (self.guest.is_some(), "guest"),
                 (!self.disks.is_empty(), "disks"),
+                (!self.scsi.is_empty(), "scsi"),
                 (self.incoming.is_some(), "incoming"),
                 (self.memory_file.is_some(), "memory_file"),
             ];
@@ -413,6 +485,19 @@ impl LaunchSpec {
         }
         if self.memory < 1 << 20 {
             return Err(LaunchSpecError::TooLittleMemory(self.memory));
+        }
+        let numbers = ScsiLunSpec::numbers(&self.scsi);
+        for (i, (l, &n)) in self.scsi.iter().zip(&numbers).enumerate() {
+            if n > 0x3FFF || numbers[..i].contains(&n) {
+                return Err(LaunchSpecError::ScsiLun(n));
+            }
+            let has_path = l.path.as_ref().is_some_and(|p| !p.as_os_str().is_empty());
+            if l.kind == ScsiLunKind::Disk && !has_path {
+                return Err(LaunchSpecError::ScsiNoImage(n));
+            }
+            if l.shared && (l.kind == ScsiLunKind::Dvd || l.read_only) {
+                return Err(LaunchSpecError::ScsiShared(n));
+            }
         }
         for (index, d) in self.disks.iter().enumerate() {
             if d.path.as_os_str().is_empty() {
@@ -466,6 +551,84 @@ mod nic_tests {
             r#"{"version":1,"guest":{"kind":"probe","workload":"net"},"nics":[{"mac":"52:54:00:00:00:02"}]}"#,
         ] {
             assert!(LaunchSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod scsi_tests {
+    use super::*;
+
+    #[test]
+    fn scsi_luns_round_trip_and_older_documents_have_none() {
+        let mut spec = LaunchSpec::new(
+            1,
+            DEFAULT_MEMORY,
+            GuestSpec::Probe {
+                workload: "scsi-verify".into(),
+                image: None,
+            },
+        );
+        spec.scsi = vec![
+            ScsiLunSpec {
+                kind: ScsiLunKind::Disk,
+                lun: None,
+                path: Some("/d/a,b=c.vhdx".into()),
+                format: Some(DiskFormat::Vhdx),
+                read_only: false,
+                shared: false,
+            },
+            ScsiLunSpec {
+                kind: ScsiLunKind::Dvd,
+                lun: Some(4),
+                path: None,
+                format: None,
+                read_only: true,
+                shared: false,
+            },
+            ScsiLunSpec {
+                kind: ScsiLunKind::Disk,
+                lun: None,
+                path: Some("/d/shared.img".into()),
+                format: None,
+                read_only: false,
+                shared: true,
+            },
+        ];
+        spec.scsi_initiator = Some("node-a".into());
+        let text = spec.to_json();
+        assert!(text.contains(r#""kind": "dvd""#), "{text}");
+        assert_eq!(LaunchSpec::parse(&text).unwrap(), spec);
+        assert_eq!(ScsiLunSpec::numbers(&spec.scsi), vec![0, 4, 5]);
+        let old = LaunchSpec::parse(r#"{"version":1,"guest":{"kind":"probe","workload":"hello"}}"#)
+            .unwrap();
+        assert!(old.scsi.is_empty());
+        assert_eq!(old.scsi_initiator, None);
+        for (bad, what) in [
+            (r#"[{"kind":"disk"}]"#, "without a \"path\""),
+            (r#"[{"kind":"tape","path":"/x"}]"#, "bad launch spec"),
+            (
+                r#"[{"kind":"disk","path":"/x","lun":1},{"kind":"dvd","lun":1}]"#,
+                "twice",
+            ),
+            (
+                r#"[{"kind":"disk","path":"/x","lun":16384}]"#,
+                "above 16383",
+            ),
+            (
+                r#"[{"kind":"dvd","shared":true}]"#,
+                "only a read-write disk",
+            ),
+            (
+                r#"[{"kind":"disk","path":"/x","size":1}]"#,
+                "bad launch spec",
+            ),
+        ] {
+            let doc = format!(
+                r#"{{"version":1,"guest":{{"kind":"probe","workload":"hello"}},"scsi":{bad}}}"#
+            );
+            let e = LaunchSpec::parse(&doc).unwrap_err();
+            assert!(e.to_string().contains(what), "{bad}: {e}");
         }
     }
 }

@@ -33,6 +33,9 @@ pub struct StatusReply {
     /// The disks, in the guest's order.
     #[serde(default)]
     pub disks: Vec<DiskStatus>,
+    /// The SCSI controller's LUNs (absent from workers without SCSI).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scsi: Vec<ScsiLunStatus>,
     /// The probe guest's progress (probe guests only, once readable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeStatus>,
@@ -375,4 +378,81 @@ pub struct ExportReply {
     pub files: usize,
     /// Their total size, bytes.
     pub bytes: u64,
+}
+
+/// One SCSI LUN in a [`StatusReply`] and the SCSI requests' replies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScsiLunStatus {
+    /// Its number.
+    pub lun: u16,
+    /// Disk or DVD drive.
+    pub kind: crate::launch::ScsiLunKind,
+    /// A disk's image; the ISO in a DVD drive now (absent: empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Attached read-only.
+    #[serde(rename = "readonly")]
+    pub read_only: bool,
+    /// A shared disk.
+    pub shared: bool,
+    /// Size, bytes (a DVD's medium; 0 without one).
+    pub capacity: u64,
+    /// A DVD drive holds a medium with its tray closed.
+    #[serde(default)]
+    pub medium_present: bool,
+}
+
+/// Reply to the SCSI requests: every LUN after the change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScsiReply {
+    /// The controller's initiator name.
+    pub initiator: String,
+    /// The LUNs, ascending.
+    pub luns: Vec<ScsiLunStatus>,
+}
+
+/// `scsi-add`: hot-add a disk or DVD drive to the VM's SCSI controller
+/// (the guest gets a rescan event).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScsiAdd {
+    /// The LUN (its `lun` is required here).
+    pub lun: crate::launch::ScsiLunSpec,
+}
+
+/// `scsi-remove`: hot-remove a LUN.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScsiRemove {
+    /// The LUN.
+    pub lun: u16,
+}
+
+/// `dvd-insert`: put an ISO into a DVD drive (refused while the guest
+/// prevents removal of the medium in it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DvdInsert {
+    /// The drive's LUN.
+    pub lun: u16,
+    /// The ISO image.
+    pub path: PathBuf,
+}
+
+/// `dvd-eject`: take the medium out of a DVD drive; refused (`conflict`)
+/// while the guest prevents medium removal unless `force`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DvdEject {
+    /// The drive's LUN.
+    pub lun: u16,
+    /// Eject even while the guest prevents it.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `scsi-resize`: grow or shrink a SCSI disk of the running VM (the guest
+/// gets CAPACITY DATA HAS CHANGED and a parameter-change event).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScsiResize {
+    /// The disk's LUN.
+    pub lun: u16,
+    /// New size, bytes (a multiple of 512).
+    pub size: u64,
 }

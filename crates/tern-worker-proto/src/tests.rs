@@ -69,6 +69,18 @@ fn checkpoint(id: u64) -> CheckpointInfo {
     }
 }
 
+fn scsi_lun_status() -> ScsiLunStatus {
+    ScsiLunStatus {
+        lun: 1,
+        kind: crate::launch::ScsiLunKind::Dvd,
+        path: Some("/i/x.iso".into()),
+        read_only: true,
+        shared: false,
+        capacity: 2048 * 16,
+        medium_present: true,
+    }
+}
+
 #[test]
 fn every_request_and_reply_round_trips() {
     let state = |state| StateReply { state };
@@ -86,6 +98,7 @@ fn every_request_and_reply_round_trips() {
             memory: 512 << 20,
             pid: 42,
             disks: vec![disk_status()],
+            scsi: vec![scsi_lun_status()],
             probe: Some(ProbeStatus {
                 started: true,
                 phase: 3,
@@ -252,6 +265,45 @@ fn every_request_and_reply_round_trips() {
         },
     ));
     add(round_trip(MigrateCancel {}, Ack {}));
+    let scsi = || ScsiReply {
+        initiator: "node-a".into(),
+        luns: vec![scsi_lun_status()],
+    };
+    add(round_trip(
+        ScsiAdd {
+            lun: crate::launch::ScsiLunSpec {
+                kind: crate::launch::ScsiLunKind::Disk,
+                lun: Some(2),
+                path: Some("/d/x.vhdx".into()),
+                format: None,
+                read_only: false,
+                shared: false,
+            },
+        },
+        scsi(),
+    ));
+    add(round_trip(ScsiRemove { lun: 2 }, scsi()));
+    add(round_trip(
+        DvdInsert {
+            lun: 1,
+            path: "/i/x.iso".into(),
+        },
+        scsi(),
+    ));
+    add(round_trip(
+        DvdEject {
+            lun: 1,
+            force: true,
+        },
+        scsi(),
+    ));
+    add(round_trip(
+        ScsiResize {
+            lun: 0,
+            size: 2 << 20,
+        },
+        scsi(),
+    ));
     let all: BTreeSet<_> = Request::NAMES.iter().copied().collect();
     assert_eq!(seen, all, "every request is round-tripped");
     assert_eq!(all.len(), Request::NAMES.len(), "names are unique");

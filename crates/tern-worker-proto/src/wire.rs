@@ -102,6 +102,16 @@ requests! {
     "migrate-status" => MigrateStatus(MigrateStatus) -> MigrationStatus;
     /// Cancel the running migration; the VM keeps running here.
     "migrate-cancel" => MigrateCancel(MigrateCancel) -> Ack;
+    /// Hot-add a SCSI disk or DVD drive.
+    "scsi-add" => ScsiAdd(ScsiAdd) -> ScsiReply;
+    /// Hot-remove a SCSI LUN.
+    "scsi-remove" => ScsiRemove(ScsiRemove) -> ScsiReply;
+    /// Put an ISO into a SCSI DVD drive.
+    "dvd-insert" => DvdInsert(DvdInsert) -> ScsiReply;
+    /// Take the medium out of a SCSI DVD drive.
+    "dvd-eject" => DvdEject(DvdEject) -> ScsiReply;
+    /// Grow or shrink a SCSI disk.
+    "scsi-resize" => ScsiResize(ScsiResize) -> ScsiReply;
 }
 
 impl Request {

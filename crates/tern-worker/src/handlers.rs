@@ -148,6 +148,7 @@ fn status(vm: &Vm) -> StatusReply {
         memory: cfg.memory,
         pid: std::process::id(),
         disks,
+        scsi: crate::scsi::luns(vm),
         probe,
     }
 }
@@ -288,6 +289,11 @@ impl Worker {
                 }
             }
             Request::MigrateCancel(_) => Handled::reply(self.migrations.cancel()),
+            Request::ScsiAdd(r) => Handled::reply(crate::scsi::add(vm, &r)),
+            Request::ScsiRemove(r) => Handled::reply(crate::scsi::remove(vm, &r)),
+            Request::DvdInsert(r) => Handled::reply(crate::scsi::insert(vm, &r)),
+            Request::DvdEject(r) => Handled::reply(crate::scsi::eject(vm, &r)),
+            Request::ScsiResize(r) => Handled::reply(crate::scsi::resize(vm, &r)),
         }
     }
 }

@@ -119,6 +119,7 @@ pub fn vm_config(spec: &LaunchSpec) -> Option<VmConfig> {
             mac: n.mac,
         })
         .collect();
+    cfg.scsi = crate::scsi::scsi_config(spec);
     if let Some(m) = &spec.memory_file {
         cfg.memory_source = MemorySource::File {
             path: m.path.clone(),

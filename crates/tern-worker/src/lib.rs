@@ -21,6 +21,7 @@ mod incoming;
 pub mod launch;
 mod migration;
 mod saved;
+mod scsi;
 mod server;
 
 use std::io::IsTerminal;
@@ -173,6 +174,11 @@ pub fn run(spec: LaunchSpec) -> i32 {
     // (a VHDX's log must be emptied for other tools to open it).
     for (i, e) in vm.disks().close() {
         eprintln!("tern: error: closing disk {i}: {}", error_chain(&e));
+    }
+    if let Ok(c) = vm.scsi() {
+        for (lun, e) in c.close() {
+            eprintln!("tern: error: closing SCSI LUN {lun}: {}", error_chain(&e));
+        }
     }
     drop(server);
     launch::exit_status(&exit)

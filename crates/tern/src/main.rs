@@ -9,6 +9,7 @@ mod exit_code;
 mod iscsi_cli;
 mod migrate_cli;
 mod run;
+mod scsi_cli;
 mod snapshot;
 mod vm_cli;
 

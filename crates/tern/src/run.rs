@@ -9,7 +9,8 @@ use tern_worker_proto::launch::{
     CpuModelSpec, GuestSpec, MemoryFileSpec, RestoreMode, RestoreSpec, SerialSpec,
 };
 use tern_worker_proto::{
-    DiskFormat, DiskSpec, Endpoint, LaunchSpec, LaunchSpecError, NicSpec, QosLimits,
+    DiskFormat, DiskSpec, Endpoint, LaunchSpec, LaunchSpecError, NicSpec, QosLimits, ScsiLunKind,
+    ScsiLunSpec,
 };
 
 use crate::exit_code;
@@ -19,7 +20,7 @@ pub use tern_worker::error_chain as chain;
 
 /// Options that describe the VM, which `--launch` replaces (not
 /// `--probe-image`: it may come from the environment).
-const VM_OPTIONS: [&str; 19] = [
+const VM_OPTIONS: [&str; 21] = [
     "vcpus",
     "memory",
     "guest",
@@ -31,6 +32,8 @@ const VM_OPTIONS: [&str; 19] = [
     "memfd",
     "disks",
     "nics",
+    "scsi",
+    "scsi_initiator",
     "restore",
     "checkpoint_dir",
     "incoming",
@@ -97,13 +100,24 @@ pub struct RunArgs {
     /// and the NIC's index, the same at every start.
     #[arg(long = "nic", value_name = "SPEC", value_parser = parse_nic)]
     nics: Vec<NicSpec>,
+    /// A SCSI LUN on the VM's virtio-scsi controller (repeatable; LUNs are
+    /// numbered in order from 0 unless lun=N says): disk=IMAGE[,ro]
+    /// [,shared][,format=raw|vhdx][,lun=N] or dvd=[ISO][,lun=N] (no ISO:
+    /// an empty drive). `shared` lets other VMs attach the same raw image,
+    /// with SCSI persistent reservations kept beside it.
+    #[arg(long = "scsi", value_name = "SPEC", value_parser = parse_scsi)]
+    scsi: Vec<ScsiLunSpec>,
+    /// The SCSI controller's initiator name (reservations are kept by it;
+    /// default: made up at start).
+    #[arg(long, value_name = "NAME")]
+    scsi_initiator: Option<String>,
     /// Continue a saved VM (a directory written by the `save` request, or
     /// an export) instead of booting; its configuration comes from there.
     /// Nothing in the directory is changed.
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with_all = ["guest", "kernel", "disks", "nics", "incoming", "memory_file"]
+        conflicts_with_all = ["guest", "kernel", "disks", "nics", "scsi", "incoming", "memory_file"]
     )]
     restore: Option<PathBuf>,
     /// With --restore: map the memory image copy-on-write, pages are read
@@ -226,6 +240,8 @@ fn spec(args: RunArgs) -> Result<LaunchSpec, String> {
     };
     spec.disks = args.disks;
     spec.nics = args.nics;
+    spec.scsi = args.scsi;
+    spec.scsi_initiator = args.scsi_initiator;
     spec.serial = args.serial;
     spec.control = args.control;
     spec.memfd = args.memfd;
@@ -323,6 +339,68 @@ pub fn parse_nic(text: &str) -> Result<NicSpec, String> {
     }
     let tap = tap.ok_or_else(|| format!("NIC spec '{text}' has no tap=NAME"))?;
     Ok(NicSpec { tap, mac })
+}
+
+/// Parses `--scsi disk=IMAGE[,ro][,shared][,format=raw|vhdx][,lun=N]` or
+/// `--scsi dvd=[ISO][,lun=N]` (a `,` in a path written twice).
+pub fn parse_scsi(text: &str) -> Result<ScsiLunSpec, String> {
+    let mut parts = split_options(text).into_iter();
+    let first = parts.next().unwrap_or_default();
+    let (kind, path) = match first.split_once('=') {
+        Some(("disk", p)) if !p.is_empty() => (ScsiLunKind::Disk, Some(PathBuf::from(p))),
+        Some(("disk", _)) => return Err("SCSI disk needs an image (disk=IMAGE)".into()),
+        Some(("dvd", p)) => (ScsiLunKind::Dvd, (!p.is_empty()).then(|| PathBuf::from(p))),
+        _ if first == "dvd" => (ScsiLunKind::Dvd, None),
+        _ => {
+            return Err(format!(
+                "SCSI spec '{text}' must start with disk=IMAGE or dvd=[ISO]"
+            ))
+        }
+    };
+    let mut spec = ScsiLunSpec {
+        kind,
+        lun: None,
+        path,
+        format: None,
+        read_only: false,
+        shared: false,
+    };
+    for part in parts {
+        let (key, value) = match part.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (part.as_str(), None),
+        };
+        match (kind, key, value) {
+            (_, "lun", Some(v)) => {
+                spec.lun = Some(
+                    v.parse::<u16>()
+                        .ok()
+                        .filter(|n| *n <= 0x3FFF)
+                        .ok_or_else(|| format!("SCSI lun '{v}' is not a number 0..=16383"))?,
+                )
+            }
+            (ScsiLunKind::Disk, "ro" | "readonly", None) => spec.read_only = true,
+            (ScsiLunKind::Disk, "shared", None) => spec.shared = true,
+            (ScsiLunKind::Disk, "format", Some("raw")) => spec.format = Some(DiskFormat::Raw),
+            (ScsiLunKind::Disk, "format", Some("vhdx")) => spec.format = Some(DiskFormat::Vhdx),
+            (ScsiLunKind::Disk, "format", Some(v)) => {
+                return Err(format!("unknown SCSI disk format '{v}' (raw or vhdx)"))
+            }
+            (_, "", None) => return Err(format!("empty option in SCSI spec '{text}'")),
+            (ScsiLunKind::Disk, ..) => {
+                return Err(format!(
+                "unknown SCSI disk option '{part}' (expected ro, shared, format=raw|vhdx, lun=N)"
+            ))
+            }
+            (ScsiLunKind::Dvd, ..) => {
+                return Err(format!("unknown SCSI DVD option '{part}' (expected lun=N)"))
+            }
+        }
+    }
+    if spec.shared && spec.read_only {
+        return Err("a SCSI disk cannot be both shared and ro".into());
+    }
+    Ok(spec)
 }
 
 /// Parses `--disk path=FILE[,format=raw|vhdx][,readonly][,max-iops=N]
@@ -451,6 +529,34 @@ mod disk_spec_tests {
         ] {
             let e = parse_disk(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn scsi_specs() {
+        let d = parse_scsi("disk=/v/a,,b.img,shared,lun=3").unwrap();
+        assert_eq!(d.kind, ScsiLunKind::Disk);
+        assert_eq!(d.path.as_deref(), Some(std::path::Path::new("/v/a,b.img")));
+        assert!(d.shared && !d.read_only);
+        assert_eq!(d.lun, Some(3));
+        let d = parse_scsi("disk=/v/x.vhdx,ro,format=vhdx").unwrap();
+        assert!(d.read_only);
+        assert_eq!(d.format, Some(DiskFormat::Vhdx));
+        assert_eq!(parse_scsi("dvd=").unwrap().path, None);
+        assert_eq!(parse_scsi("dvd").unwrap().kind, ScsiLunKind::Dvd);
+        let d = parse_scsi("dvd=/i/x.iso,lun=2").unwrap();
+        assert_eq!(d.path.as_deref(), Some(std::path::Path::new("/i/x.iso")));
+        for (bad, what) in [
+            ("disk=", "needs an image"),
+            ("tape=/x", "must start with"),
+            ("disk=/x,lun=99999", "0..=16383"),
+            ("disk=/x,shared,ro", "both shared and ro"),
+            ("dvd=/x,shared", "unknown SCSI DVD option"),
+            ("disk=/x,format=qcow2", "unknown SCSI disk format"),
+            ("disk=/x,speed=1", "unknown SCSI disk option"),
+        ] {
+            let e = parse_scsi(bad).unwrap_err();
+            assert!(e.contains(what), "{bad}: {e}");
         }
     }
 

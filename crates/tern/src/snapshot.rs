@@ -66,6 +66,9 @@ pub enum WorkerCommand {
         #[arg(long)]
         control: PathBuf,
     },
+    /// The running VM's SCSI controller.
+    #[command(flatten)]
+    Scsi(crate::scsi_cli::ScsiCommand),
     /// Print this binary's worker `hello` (protocol version, product
     /// version, capabilities) as JSON, without starting a VM; with
     /// --control, ask that running worker instead.
@@ -120,7 +123,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Sends `req` to the worker at `control` and prints its reply as the
 /// worker sent it (`{"ok":true,...}`).
-fn call<R: Call>(control: &Path, req: R) -> i32 {
+pub(crate) fn call<R: Call>(control: &Path, req: R) -> i32 {
     print_reply(Client::new(control).call(req))
 }
 
@@ -173,6 +176,7 @@ pub fn run(cmd: WorkerCommand) -> i32 {
             CheckpointCommand::Revert { control, id } => call(&control, CheckpointRevert { id }),
             CheckpointCommand::Delete { control, id } => call(&control, CheckpointDelete { id }),
         },
+        WorkerCommand::Scsi(c) => crate::scsi_cli::run(c),
         WorkerCommand::Hello { control: None } => {
             println!(
                 "{}",

@@ -4,6 +4,7 @@
 mod blk;
 mod dirty;
 mod net;
+mod scsi;
 mod touch;
 
 use crate::report::{println, report};
@@ -51,6 +52,10 @@ impl Ctx {
             WorkloadKind::BlkTrim => blk::trim(self, step),
             WorkloadKind::Echo => echo(),
             WorkloadKind::Net => net::net(self, step),
+            WorkloadKind::ScsiVerify => scsi::verify(self, step),
+            WorkloadKind::ScsiDvdRead => scsi::dvd_read(self, step),
+            WorkloadKind::ScsiWatch => scsi::watch(self, step),
+            WorkloadKind::ScsiPr => scsi::pr(self, step),
         }
     }
 

@@ -16,9 +16,9 @@
 //! event buffers off the ring as they come and fills them when an event
 //! happens; after a change the caller kicks the transport
 //! ([`super::mmio::MmioTransport::kick`]) so that happens at once. Those
-//! held buffers are not in the transport's saved state: a restored
-//! controller has none until the driver posts more (a VMM that saves the
-//! device must drain them first; no VMM wires this device yet).
+//! held buffers and the undelivered events are not in the transport's
+//! saved state: [`ScsiHost::save_events`] and [`ScsiHost::restore_events`]
+//! carry them (and the initiator's name) across a save or migration.
 //!
 //! Every command completes before the request is used, so task management
 //! has nothing in flight to abort: ABORT TASK (SET), CLEAR TASK SET and the
@@ -29,6 +29,8 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
 
 use tern_block::{BlockBackend, ResizePolicy};
 use tern_scsi::{DiskConfig, DvdConfig, NexusId, ScsiTarget, TargetError};
@@ -162,6 +164,10 @@ struct Event {
 #[derive(Debug, Default)]
 struct EventState {
     pending: VecDeque<Event>,
+    /// Event buffers taken off the event queue, oldest first.
+    buffers: VecDeque<EventBuffer>,
+    /// The initiator this controller is to its target.
+    nexus: Option<NexusId>,
     /// Events were dropped: the next one carries EVENTS_MISSED.
     missed: bool,
     /// What the driver accepted (events it did not ask for are not sent).
@@ -208,6 +214,97 @@ impl ScsiHost {
     /// The target (for saved state, media, and direct inspection).
     pub fn target(&self) -> &Arc<ScsiTarget> {
         &self.target
+    }
+
+    /// The initiator this controller is (registrations are kept by it).
+    pub fn nexus(&self) -> NexusId {
+        self.events
+            .lock()
+            .nexus
+            .clone()
+            .unwrap_or_else(default_nexus)
+    }
+
+    /// The device's own state beyond the transport's: the initiator, the
+    /// event buffers it holds and the events not yet delivered. Take it
+    /// with the transport held (the VM paused).
+    pub fn save_events(&self) -> ScsiEventsSaved {
+        let s = self.events.lock();
+        ScsiEventsSaved {
+            version: ScsiEventsSaved::VERSION,
+            nexus: s.nexus.clone().unwrap_or_else(default_nexus),
+            pending: s
+                .pending
+                .iter()
+                .map(|e| EventSaved {
+                    code: e.code,
+                    lun: e.lun,
+                    reason: e.reason,
+                })
+                .collect(),
+            missed: s.missed,
+            buffers: s
+                .buffers
+                .iter()
+                .map(|b| EventBufferSaved {
+                    head: b.head,
+                    parts: b.parts.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Puts [`ScsiHost::save_events`]'s state back (after the transport's
+    /// restore). Refuses another version and more buffers than a queue
+    /// holds; buffer addresses are checked again when an event is written.
+    pub fn restore_events(&self, saved: &ScsiEventsSaved) -> Result<(), String> {
+        if saved.version != ScsiEventsSaved::VERSION {
+            return Err(format!(
+                "saved virtio-scsi event state version {} (this build reads {})",
+                saved.version,
+                ScsiEventsSaved::VERSION
+            ));
+        }
+        if saved.buffers.len() > QUEUE_SIZE as usize || saved.pending.len() > MAX_PENDING_EVENTS {
+            return Err(format!(
+                "saved virtio-scsi state holds {} event buffers and {} events (at most {QUEUE_SIZE} and {MAX_PENDING_EVENTS})",
+                saved.buffers.len(),
+                saved.pending.len()
+            ));
+        }
+        let mut s = self.events.lock();
+        s.nexus = Some(saved.nexus.clone());
+        s.missed = saved.missed;
+        s.pending = saved
+            .pending
+            .iter()
+            .map(|e| Event {
+                code: e.code,
+                lun: e.lun,
+                reason: e.reason,
+            })
+            .collect();
+        s.buffers = saved
+            .buffers
+            .iter()
+            .map(|b| EventBuffer {
+                head: b.head,
+                parts: b.parts.clone(),
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Queues a media-change notice for the driver (a DVD's medium was
+    /// inserted or removed by the host): a PARAM_CHANGE event with
+    /// MEDIUM MAY HAVE CHANGED (ASC 28h) or MEDIUM NOT PRESENT (3Ah).
+    pub fn media_changed(&self, lun: u16, present: bool) {
+        let asc: u32 = if present { 0x28 } else { 0x3A };
+        self.events.push(Event {
+            code: event::PARAM_CHANGE,
+            lun,
+            reason: asc,
+        });
     }
 
     /// Hot-adds a disk at `lun`.
@@ -267,10 +364,57 @@ type R<'a> =
 /// A virtio-scsi device.
 pub struct Scsi {
     target: Arc<ScsiTarget>,
-    nexus: NexusId,
     events: Arc<Events>,
-    /// Event buffers taken off the event queue, oldest first.
-    event_buffers: VecDeque<EventBuffer>,
+}
+
+/// The nexus of a controller that was never named (not reached: `new`
+/// names it).
+fn default_nexus() -> NexusId {
+    NexusId::Virtio {
+        vm: String::new(),
+        controller: 0,
+    }
+}
+
+/// A virtio-scsi device's own saved state (versioned, apart from the
+/// runtime types): see [`ScsiHost::save_events`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScsiEventsSaved {
+    /// Format version ([`ScsiEventsSaved::VERSION`]).
+    pub version: u32,
+    /// The initiator the controller is.
+    pub nexus: NexusId,
+    /// Events not yet delivered, oldest first.
+    pub pending: Vec<EventSaved>,
+    /// The next event carries EVENTS_MISSED.
+    pub missed: bool,
+    /// Event buffers taken off the ring, oldest first.
+    pub buffers: Vec<EventBufferSaved>,
+}
+
+impl ScsiEventsSaved {
+    /// The version this build writes and reads.
+    pub const VERSION: u32 = 1;
+}
+
+/// A pending event, saved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSaved {
+    /// Event code.
+    pub code: u32,
+    /// The LUN.
+    pub lun: u16,
+    /// Reason.
+    pub reason: u32,
+}
+
+/// A held event buffer, saved: its head and writable parts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBufferSaved {
+    /// Descriptor head.
+    pub head: u16,
+    /// (guest address, length) of each writable part.
+    pub parts: Vec<(u64, u32)>,
 }
 
 impl Scsi {
@@ -278,19 +422,12 @@ impl Scsi {
     /// VM: its id and the controller's index). Returns the host's handle.
     pub fn new(target: Arc<ScsiTarget>, nexus: NexusId) -> (Scsi, ScsiHost) {
         let events = Arc::new(Events::default());
+        events.lock().nexus = Some(nexus);
         let host = ScsiHost {
             target: target.clone(),
             events: events.clone(),
         };
-        (
-            Scsi {
-                target,
-                nexus,
-                events,
-                event_buffers: VecDeque::new(),
-            },
-            host,
-        )
+        (Scsi { target, events }, host)
     }
 
     fn config(&self) -> [u8; 36] {
@@ -310,6 +447,14 @@ impl Scsi {
         // max_channel 0, max_target 0, max_lun.
         c[32..36].copy_from_slice(&(MAX_LUN as u32).to_le_bytes());
         c
+    }
+
+    fn nexus(&self) -> NexusId {
+        self.events
+            .lock()
+            .nexus
+            .clone()
+            .unwrap_or_else(default_nexus)
     }
 
     /// Runs one request chain; returns the bytes written to the driver.
@@ -369,9 +514,10 @@ impl Scsi {
         let mut data_out = vec![0u8; out_len];
         r.read_exact(&mut data_out).map_err(|_| response::FAILURE)?;
         let data_in_len = data_in_room.min(MAX_DATA);
+        let nexus = self.nexus();
         let rsp = self
             .target
-            .execute(&self.nexus, lun, cdb, &data_out, data_in_len);
+            .execute(&nexus, lun, cdb, &data_out, data_in_len);
         // For a data-out command the residual is what was not consumed:
         // all of it unless the command succeeded.
         let resid = if out_len > 0 {
@@ -457,7 +603,7 @@ impl Scsi {
                 Err(_) => response::INCORRECT_LUN,
             },
             control::I_T_NEXUS_RESET => {
-                self.target.reset_nexus(&self.nexus);
+                self.target.reset_nexus(&self.nexus());
                 response::FUNCTION_SUCCEEDED
             }
             _ => response::FUNCTION_REJECTED,
@@ -485,16 +631,20 @@ impl Scsi {
                 .filter(|d| d.is_write_only())
                 .map(|d| (d.addr().0, d.len()))
                 .collect();
-            if self.event_buffers.len() >= QUEUE_SIZE as usize {
+            let mut s = self.events.lock();
+            if s.buffers.len() >= QUEUE_SIZE as usize {
                 // More buffers than the queue holds: a broken ring.
                 out.broken = true;
                 return;
             }
-            self.event_buffers.push_back(EventBuffer { head, parts });
+            s.buffers.push_back(EventBuffer { head, parts });
         }
-        while let Some(buf) = self.event_buffers.front() {
+        loop {
             let mut s = self.events.lock();
             let Some(e) = s.pending.front().copied() else {
+                return;
+            };
+            let Some(buf) = s.buffers.pop_front() else {
                 return;
             };
             let mut code = e.code;
@@ -516,9 +666,7 @@ impl Scsi {
                 0
             };
             drop(s);
-            let head = buf.head;
-            self.event_buffers.pop_front();
-            if queue.add_used(mem, head, len).is_err() {
+            if queue.add_used(mem, buf.head, len).is_err() {
                 out.broken = true;
                 return;
             }
@@ -633,8 +781,8 @@ impl VirtioDevice for Scsi {
     }
 
     fn reset(&mut self) {
-        self.event_buffers.clear();
         let mut s = self.events.lock();
+        s.buffers.clear();
         s.pending.clear();
         s.missed = false;
     }
@@ -1005,5 +1153,55 @@ mod tests {
             u32::from_le_bytes(e[0..4].try_into().unwrap()),
             event::PARAM_CHANGE | event::EVENTS_MISSED
         );
+    }
+
+    #[test]
+    fn held_event_buffers_and_the_initiator_survive_a_save() {
+        let (t, _) = disk_target();
+        let mut d = Driver::new(t.clone());
+        // The driver posts a buffer; nothing to deliver yet: the device
+        // holds it (off the ring).
+        let w = d.post(queue::EVENT, &[], &[EVENT_LEN]);
+        d.notify(queue::EVENT);
+        assert_eq!(d.used(queue::EVENT).0, 0);
+        let saved = d.host.save_events();
+        assert_eq!(saved.buffers.len(), 1);
+        assert_eq!(
+            saved.nexus,
+            NexusId::Virtio {
+                vm: "test-vm".into(),
+                controller: 0
+            }
+        );
+        let transport = d.t.save();
+        // A fresh device (another process) restored from both.
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (dev, host) = Scsi::new(
+            t,
+            NexusId::Virtio {
+                vm: "other".into(),
+                controller: 0,
+            },
+        );
+        let mut t2 = MmioTransport::new(Box::new(dev), d.mem.clone(), irq);
+        t2.restore(&transport).unwrap();
+        host.restore_events(&saved).unwrap();
+        assert_eq!(host.nexus(), saved.nexus, "the saved initiator wins");
+        // An event now lands in the buffer the old device took.
+        host.media_changed(0, true);
+        let _ = t2.process(queue::EVENT);
+        let e = d.read(w[0], EVENT_LEN);
+        assert_eq!(
+            u32::from_le_bytes(e[0..4].try_into().unwrap()),
+            event::PARAM_CHANGE
+        );
+        assert_eq!(u32::from_le_bytes(e[12..16].try_into().unwrap()), 0x28);
+        // Another version, or more buffers than a queue holds: refused.
+        let mut bad = saved.clone();
+        bad.version = 9;
+        assert!(host.restore_events(&bad).unwrap_err().contains("version 9"));
+        let mut bad = saved;
+        bad.buffers = vec![bad.buffers[0].clone(); QUEUE_SIZE as usize + 1];
+        assert!(host.restore_events(&bad).is_err());
     }
 }

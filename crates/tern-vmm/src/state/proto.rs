@@ -275,3 +275,19 @@ pub struct VirtioNetState {
     #[prost(bool, tag = "4")]
     pub link_up: bool,
 }
+
+/// A virtio-scsi controller's saved state: its transport and, as one
+/// versioned serde document (`devices::scsi::ScsiSaved`, JSON), its LUNs,
+/// the target's state (unit attentions, tray and prevention, in-memory
+/// reservations) and the device's held event buffers.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VirtioScsiState {
+    /// Version of this record (1).
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    #[prost(message, optional, tag = "2")]
+    pub transport: Option<VirtioMmioState>,
+    /// `devices::scsi::ScsiSaved` as JSON.
+    #[prost(bytes = "vec", tag = "3")]
+    pub controller: Vec<u8>,
+}

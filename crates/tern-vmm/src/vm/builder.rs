@@ -19,8 +19,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::pacer::Pacer;
 use super::probe::{ProbeSink, Reports};
 use super::snapshot::{
-    check_restore_target, needs_pacing, restore_cpu_state, restore_disk_devices,
-    restore_nic_devices, serial_from_proto,
+    check_restore_target, has_scsi_device, needs_pacing, restore_cpu_state, restore_disk_devices,
+    restore_nic_devices, restore_scsi_device, serial_from_proto,
 };
 use super::{
     host_memory, kvm_err, set_slot, Guest, Shared, Vm, VmConfig, VmError, VmExit, VmHooks,
@@ -153,6 +153,25 @@ impl Vm {
         if let Some(st) = restore {
             restore_nic_devices(st, &nics)?;
         }
+        // A saved controller comes back even when the config has no LUN:
+        // its LUNs are in the state.
+        let scsi = crate::devices::scsi::ScsiController::attach(
+            &config.scsi,
+            disks.len() + nics.len(),
+            restore.is_some_and(has_scsi_device),
+            &ram.mem,
+            &fd,
+            &mut mmio,
+        )?;
+        if let (Some(st), Some(c)) = (restore, &scsi) {
+            restore_scsi_device(st, c)?;
+        }
+        let device_infos: Vec<tern_probe_abi::DeviceInfo> = [
+            disks.device_infos(),
+            nics.device_infos(),
+            scsi.iter().map(|c| c.device_info()).collect(),
+        ]
+        .concat();
 
         let parked: Vec<bool> = (0..config.vcpus)
             .map(|id| restore.is_some_and(|st| st.vcpus.get(id as usize).is_some_and(|v| v.parked)))
@@ -246,7 +265,7 @@ impl Vm {
                     config.vcpus,
                     tsc_khz,
                     &ram.regions,
-                    &[disks.device_infos(), nics.device_infos()].concat(),
+                    &device_infos,
                     workload,
                 )?;
                 for (id, v) in vcpus.iter().enumerate() {
@@ -275,10 +294,7 @@ impl Vm {
                 None,
             ) => {
                 use crate::boot::linux::{ACPI_TABLES_ADDR, ACPI_TABLES_SPACE};
-                let machine = crate::acpi::machine(
-                    config.vcpus,
-                    &[disks.device_infos(), nics.device_infos()].concat(),
-                );
+                let machine = crate::acpi::machine(config.vcpus, &device_infos);
                 let acpi = tern_acpi::build(&machine, ACPI_TABLES_ADDR, ACPI_TABLES_SPACE)
                     .map_err(VmError::Acpi)?;
                 let entry = crate::boot::linux::load_linux(
@@ -329,6 +345,7 @@ impl Vm {
             dirty_logging: false.into(),
             disks,
             nics,
+            scsi,
             time_restore: Mutex::new(time_restore),
             pacer,
             power_button,

@@ -53,6 +53,9 @@ pub struct VmConfig {
     pub disks: Vec<crate::devices::DiskConfig>,
     /// NICs (virtio-net on taps), in the order the guest sees them.
     pub nics: Vec<crate::devices::nics::NicConfig>,
+    /// The SCSI controller's LUNs (a controller, in the slot after the
+    /// NICs', when there is any).
+    pub scsi: crate::devices::scsi::ScsiConfig,
     /// Allocate and map all of RAM before the VM runs (QEMU's
     /// `prealloc=on`): no page faults later, all memory committed now.
     pub prealloc: bool,
@@ -73,6 +76,7 @@ impl VmConfig {
             memory_source: MemorySource::Fresh,
             disks: Vec::new(),
             nics: Vec::new(),
+            scsi: Default::default(),
             prealloc: false,
             cpu_model: crate::cpuid::CpuModel::Host,
         }
@@ -199,6 +203,16 @@ pub enum VmError {
     /// A NIC could not be attached or changed.
     #[error(transparent)]
     Nic(#[from] crate::devices::nics::NicError),
+    /// The SCSI controller could not be attached or changed (boxed: it
+    /// is the largest error and would make every `VmError` as large).
+    #[error(transparent)]
+    Scsi(Box<crate::devices::scsi::ScsiError>),
+}
+
+impl From<crate::devices::scsi::ScsiError> for VmError {
+    fn from(e: crate::devices::scsi::ScsiError) -> Self {
+        VmError::Scsi(Box::new(e))
+    }
 }
 
 /// Host RAM in bytes, from /proc/meminfo.

@@ -91,6 +91,7 @@ pub struct Vm {
     dirty_logging: std::sync::atomic::AtomicBool,
     disks: crate::devices::Disks,
     nics: crate::devices::nics::Nics,
+    scsi: Option<crate::devices::scsi::ScsiController>,
     time_restore: Mutex<Option<TimeRestore>>,
     pacer: Arc<pacer::Pacer>,
     /// The ACPI power button (Linux guests).
@@ -115,6 +116,9 @@ impl Vm {
         // side about: serve them now that this side owns the VM.
         self.disks.kick();
         self.nics.kick();
+        if let Some(s) = &self.scsi {
+            s.kick();
+        }
         let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         for (id, v) in self.vcpus.iter().enumerate() {
             let (v, shared) = (v.clone(), self.shared.clone());
@@ -229,6 +233,18 @@ impl Vm {
     /// The VM's NICs (link state, counters).
     pub fn nics(&self) -> &crate::devices::nics::Nics {
         &self.nics
+    }
+
+    /// The VM's SCSI controller (hot add/remove, DVD media, resize).
+    pub fn scsi(&self) -> Result<&crate::devices::scsi::ScsiController, VmError> {
+        self.scsi
+            .as_ref()
+            .ok_or_else(|| crate::devices::scsi::ScsiError::NoController.into())
+    }
+
+    /// True when the VM has a SCSI controller.
+    pub fn has_scsi(&self) -> bool {
+        self.scsi.is_some()
     }
 
     /// Probe guest reports.

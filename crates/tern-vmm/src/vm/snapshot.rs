@@ -61,6 +61,13 @@ impl Vm {
                     data: prost::Message::encode_to_vec(n),
                 }
             }));
+        if let Some(s) = &self.scsi {
+            st.devices.push(state::proto::DeviceState {
+                kind: VIRTIO_SCSI_KIND.into(),
+                index: 0,
+                data: prost::Message::encode_to_vec(&s.save()?),
+            });
+        }
         st.serial = Some(serial_to_proto(
             &self
                 .serial
@@ -100,6 +107,9 @@ impl Vm {
         self.ram.load_from(&file, memory)?;
         restore_disk_devices(st, &self.disks)?;
         restore_nic_devices(st, &self.nics)?;
+        if let Some(s) = &self.scsi {
+            restore_scsi_device(st, s)?;
+        }
         let guards: Vec<_> = self
             .vcpus
             .iter()
@@ -206,6 +216,32 @@ pub(super) fn restore_nic_devices(
 ) -> Result<(), VmError> {
     match saved_devices::<state::proto::VirtioNetState>(st, VIRTIO_NET_KIND)? {
         Some(decoded) => Ok(nics.restore(&decoded)?),
+        None => Ok(()),
+    }
+}
+
+/// `DeviceState::kind` of the virtio-scsi controller.
+const VIRTIO_SCSI_KIND: &str = "virtio-scsi";
+
+/// Whether `st` has a SCSI controller (a VM builds one to restore it).
+pub(super) fn has_scsi_device(st: &VmState) -> bool {
+    st.devices.iter().any(|d| d.kind == VIRTIO_SCSI_KIND)
+}
+
+/// Continues the SCSI controller from the saved state; a state without one
+/// (saved before SCSI existed) leaves it fresh.
+pub(super) fn restore_scsi_device(
+    st: &VmState,
+    scsi: &crate::devices::scsi::ScsiController,
+) -> Result<(), VmError> {
+    match saved_devices::<state::proto::VirtioScsiState>(st, VIRTIO_SCSI_KIND)? {
+        Some(decoded) => match decoded.as_slice() {
+            [one] => Ok(scsi.restore(one)?),
+            more => Err(VmError::State(StateError::Mismatch(format!(
+                "state has {} SCSI controllers, a VM has at most 1",
+                more.len()
+            )))),
+        },
         None => Ok(()),
     }
 }
