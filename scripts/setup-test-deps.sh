@@ -30,6 +30,8 @@ wanted=(
   # the iSCSI target is judged by libiscsi's iscsi-test-cu against Debian's tgt
   "libiscsi-bin:iscsi-test-cu"
   "tgt:tgtd"
+  # the SCSI DVD test reads an ISO made with xorriso
+  "xorriso:xorriso"
 )
 
 missing=()
