@@ -90,7 +90,7 @@ fn debian_package_installs_and_its_unit_serves_the_api() {
         );
         return;
     }
-    for tool in ["dpkg", "unshare"] {
+    for tool in ["dpkg", "unshare", "nsenter"] {
         if tern_test_support::tool(TEST, tool).is_none() {
             return;
         }
@@ -162,14 +162,17 @@ fn debian_package_installs_and_its_unit_serves_the_api() {
     ));
     let mut daemon = Spawned::spawn(&mut cmd, &tag).unwrap();
 
-    // The daemon's socket, seen from outside through the overlay's upper
-    // directory (the namespace's /var/lib/tern).
+    // The installed CLI, run inside the daemon's mount namespace (a UNIX
+    // socket bound on an overlay cannot be reached through its upper
+    // directory from outside).
     let state = scratch.join("up/var/lib/tern");
-    let socket = state.join("ternd.sock");
-    let host = format!("unix:{}", socket.display());
+    let ns_pid = daemon.pid().to_string();
     let tern = |args: &[&str]| {
-        let mut c = Command::new(tern_test_support::tern_exe());
-        c.args(args).env("TERN_HOST", &host).stdin(Stdio::null());
+        let mut c = Command::new("nsenter");
+        c.args(["--mount", "--target", &ns_pid, "--", "/usr/bin/tern"])
+            .args(args)
+            .env("TERN_HOST", "unix:/var/lib/tern/ternd.sock")
+            .stdin(Stdio::null());
         tag.apply(&mut c);
         c.output().unwrap()
     };
