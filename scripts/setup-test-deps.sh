@@ -22,6 +22,8 @@ wanted=(
   "socat:socat"
   # the official Prometheus client's OpenMetrics parser judges ternd's /metrics
   "python3-prometheus-client:/usr/lib/python3/dist-packages/prometheus_client"
+  # Secure Boot (tern-secureboot tests): oracles, the Debian CA, OVMF's keys
+  "sbsigntool:sbverify" "pesign:pesign" "osslsigncode:osslsigncode" "efitools:cert-to-efi-sig-list" "shim-unsigned:/usr/share/shim/debian-uefi-ca.der" "ovmf:/usr/share/ovmf/PkKek-1-snakeoil.key"
 )
 
 missing=()
