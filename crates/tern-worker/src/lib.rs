@@ -21,6 +21,7 @@ mod incoming;
 pub mod launch;
 mod migration;
 mod saved;
+mod secure_boot;
 mod server;
 
 use std::io::IsTerminal;
@@ -93,6 +94,9 @@ pub fn run(spec: LaunchSpec) -> i32 {
             }
         },
     };
+    if let Err(code) = secure_boot::check(&spec) {
+        return code;
+    }
     let store = match &spec.checkpoint_dir {
         Some(dir) => match Store::open(dir) {
             Ok(s) => Some(s),
