@@ -101,3 +101,83 @@ pub fn minimal_pe(cert: &[u8]) -> Vec<u8> {
     }
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A short deterministic run of the fuzz entry over mutated seeds (the
+    /// real fuzzer is `scripts/fuzz.sh secure_boot`): no input panics.
+    #[test]
+    fn mutated_seeds_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for seed in seeds() {
+            image_and_lists(&seed);
+            for _ in 0..300 {
+                let mut m = seed.clone();
+                for _ in 0..1 + next() % 8 {
+                    let at = 1 + (next() as usize) % (m.len() - 1);
+                    m[at] = next() as u8;
+                }
+                if next() % 4 == 0 {
+                    let keep = 1 + (next() as usize) % m.len();
+                    m.truncate(keep);
+                }
+                image_and_lists(&m);
+            }
+        }
+    }
+
+    #[test]
+    fn minimal_images_get_named_verdicts() {
+        use crate::verdict::DenyRule;
+        let policy = Policy::default();
+        let unsigned = verify(&minimal_pe(&[]), &policy);
+        assert_eq!(
+            unsigned.verdict,
+            crate::Verdict::Denied {
+                rule: DenyRule::NoSignature
+            }
+        );
+        // A certificate table whose entry is a certificate, not PKCS#7.
+        let bogus = verify(&minimal_pe(DEBIAN_UEFI_CA), &policy);
+        assert!(
+            matches!(&bogus.verdict, crate::Verdict::Denied { rule: DenyRule::NoTrustedSignature { signatures } }
+                if matches!(signatures[0].problem, crate::verdict::SignatureProblem::Malformed { .. })),
+            "{:?}",
+            bogus.verdict
+        );
+        let truncated = verify(&minimal_pe(&[])[..0x100], &policy);
+        assert!(matches!(
+            truncated.verdict,
+            crate::Verdict::Denied {
+                rule: DenyRule::Malformed { .. }
+            }
+        ));
+        let not_pe = verify(b"hello", &policy);
+        assert!(matches!(
+            not_pe.verdict,
+            crate::Verdict::Denied {
+                rule: DenyRule::Malformed { .. }
+            }
+        ));
+        // The image hash in db allows the unsigned image.
+        let mut db = Database::default();
+        let sha: [u8; 32] = crate::image::Image::parse(&minimal_pe(&[])).unwrap().sha256;
+        db.push("test", 0, 0, Guid([0; 16]), SignatureData::Sha256(sha));
+        let by_hash = verify(
+            &minimal_pe(&[]),
+            &Policy {
+                db,
+                dbx: Database::default(),
+            },
+        );
+        assert!(by_hash.verdict.allowed(), "{:?}", by_hash.verdict);
+    }
+}
