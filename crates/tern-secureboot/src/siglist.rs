@@ -177,7 +177,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<SignatureEntry>, SigListError> {
             })?;
         let body = &rest[body_start..size];
         let sig = sig_size as usize;
-        if sig <= OWNER || body.len() % sig != 0 {
+        if sig <= OWNER || !body.len().is_multiple_of(sig) {
             return Err(SigListError::BadSignatureSize {
                 offset,
                 size: sig_size,
