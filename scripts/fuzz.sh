@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
-targets=(open_read virtio_blk migrate_frames state_file worker_proto api_json scsi_cdb iscsi_pdu)
+targets=(open_read virtio_blk migrate_frames state_file worker_proto api_json scsi_cdb iscsi_pdu secure_boot)
 triple=x86_64-unknown-linux-gnu
 
 usage() {

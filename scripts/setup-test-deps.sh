@@ -32,6 +32,8 @@ wanted=(
   "tgt:tgtd"
   # the SCSI DVD test reads an ISO made with xorriso
   "xorriso:xorriso"
+  # Secure Boot (tern-secureboot tests): oracles, the Debian CA, OVMF's keys
+  "sbsigntool:sbverify" "pesign:pesign" "osslsigncode:osslsigncode" "efitools:cert-to-efi-sig-list" "shim-unsigned:/usr/share/shim/debian-uefi-ca.der" "ovmf:/usr/share/ovmf/PkKek-1-snakeoil.key"
 )
 
 missing=()

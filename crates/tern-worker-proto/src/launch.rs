@@ -101,6 +101,11 @@ pub struct LaunchSpec {
     /// and `incoming`: the saved VM keeps the CPU it was using).
     #[serde(default, skip_serializing_if = "CpuModelSpec::is_host")]
     pub cpu_model: CpuModelSpec,
+    /// Judge a Linux kernel as UEFI Secure Boot would before it runs
+    /// (docs/secure-boot.md); a refused kernel does not boot. Added in
+    /// version 1 with a default: a document without it boots unchecked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<SecureBootSpec>,
 }
 
 /// A guest CPU model (docs/cpu-models.md).
@@ -410,6 +415,7 @@ impl LaunchSpec {
             memory_file: None,
             kvm: None,
             cpu_model: CpuModelSpec::Host,
+            secure_boot: None,
         }
     }
 
@@ -629,6 +635,79 @@ mod scsi_tests {
             );
             let e = LaunchSpec::parse(&doc).unwrap_err();
             assert!(e.to_string().contains(what), "{bad}: {e}");
+/// The Secure Boot policy a direct-booted kernel is judged by: a built-in
+/// `db` template plus `db` and `dbx` files (EFI_SIGNATURE_LISTs, or single
+/// DER/PEM certificates).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureBootSpec {
+    /// The built-in `db` to start from.
+    #[serde(default)]
+    pub template: SecureBootTemplate,
+    /// More `db` files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub db: Vec<PathBuf>,
+    /// `dbx` files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dbx: Vec<PathBuf>,
+}
+
+/// The built-in `db` templates (tern-secureboot's `Template`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecureBootTemplate {
+    /// Debian's Secure Boot CA.
+    Debian,
+    /// Microsoft's third-party UEFI CA 2011 (from OVMF's variable store).
+    MicrosoftUefiCa,
+    /// Nothing built in: the `db` files only.
+    #[default]
+    Custom,
+}
+
+#[cfg(test)]
+mod secure_boot_tests {
+    use super::*;
+
+    #[test]
+    fn secure_boot_round_trips_and_older_documents_have_none() {
+        let mut spec = LaunchSpec::new(
+            1,
+            DEFAULT_MEMORY,
+            GuestSpec::Linux {
+                kernel: "/boot/vmlinuz".into(),
+                initrd: None,
+                cmdline: None,
+            },
+        );
+        spec.secure_boot = Some(SecureBootSpec {
+            template: SecureBootTemplate::MicrosoftUefiCa,
+            db: vec!["db.esl".into()],
+            dbx: vec!["dbx.esl".into()],
+        });
+        let text = spec.to_json();
+        assert!(text.contains(r#""microsoft-uefi-ca""#), "{text}");
+        assert_eq!(LaunchSpec::parse(&text).unwrap(), spec);
+        let old =
+            LaunchSpec::parse(r#"{"version":1,"guest":{"kind":"linux","kernel":"/k"}}"#).unwrap();
+        assert_eq!(old.secure_boot, None);
+        let only_template = LaunchSpec::parse(
+            r#"{"version":1,"guest":{"kind":"linux","kernel":"/k"},"secure_boot":{"template":"debian"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            only_template.secure_boot,
+            Some(SecureBootSpec {
+                template: SecureBootTemplate::Debian,
+                db: vec![],
+                dbx: vec![]
+            })
+        );
+        for bad in [
+            r#"{"version":1,"guest":{"kind":"linux","kernel":"/k"},"secure_boot":{"template":"windows"}}"#,
+            r#"{"version":1,"guest":{"kind":"linux","kernel":"/k"},"secure_boot":{"kek":[]}}"#,
+        ] {
+            assert!(LaunchSpec::parse(bad).is_err(), "{bad}");
         }
     }
 }

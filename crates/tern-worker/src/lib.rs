@@ -22,6 +22,7 @@ pub mod launch;
 mod migration;
 mod saved;
 mod scsi;
+mod secure_boot;
 mod server;
 
 use std::io::IsTerminal;
@@ -94,6 +95,9 @@ pub fn run(spec: LaunchSpec) -> i32 {
             }
         },
     };
+    if let Err(code) = secure_boot::check(&spec) {
+        return code;
+    }
     let store = match &spec.checkpoint_dir {
         Some(dir) => match Store::open(dir) {
             Ok(s) => Some(s),

@@ -3,6 +3,7 @@
 //!
 //! Exit codes scripts can rely on are in [`exit_code`] and README.md.
 
+mod boot_cli;
 mod disk;
 mod docs;
 mod exit_code;
@@ -33,6 +34,9 @@ enum Command {
     /// a worker's control socket or on directories).
     #[command(subcommand)]
     Worker(snapshot::WorkerCommand),
+    /// Boot checks: Secure Boot verification of a kernel or boot loader.
+    #[command(subcommand)]
+    Boot(boot_cli::BootCommand),
     /// Virtual disk tools (VHDX and raw).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
@@ -61,7 +65,11 @@ fn main() {
     };
     if matches!(
         cli.command,
-        Command::Disk(_) | Command::Api(_) | Command::Completions(_) | Command::Man(_)
+        Command::Disk(_)
+            | Command::Boot(_)
+            | Command::Api(_)
+            | Command::Completions(_)
+            | Command::Man(_)
     ) {
         // Commands that print for pipes (`tern vm show X | grep -q ...`)
         // end quietly when the reader goes, as other Unix tools do, instead
@@ -73,6 +81,7 @@ fn main() {
     }
     let code = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Boot(cmd) => boot_cli::run(cmd),
         Command::Disk(cmd) => disk::run(cmd),
         Command::Worker(cmd) => snapshot::run(cmd),
         Command::Iscsi(cmd) => iscsi_cli::run(cmd),

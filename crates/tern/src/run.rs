@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use tern_worker_proto::launch::{
-    CpuModelSpec, GuestSpec, MemoryFileSpec, RestoreMode, RestoreSpec, SerialSpec,
+    CpuModelSpec, GuestSpec, MemoryFileSpec, RestoreMode, RestoreSpec, SecureBootSpec,
+    SecureBootTemplate, SerialSpec,
 };
 use tern_worker_proto::{
     DiskFormat, DiskSpec, Endpoint, LaunchSpec, LaunchSpecError, NicSpec, QosLimits, ScsiLunKind,
@@ -20,7 +21,7 @@ pub use tern_worker::error_chain as chain;
 
 /// Options that describe the VM, which `--launch` replaces (not
 /// `--probe-image`: it may come from the environment).
-const VM_OPTIONS: [&str; 21] = [
+const VM_OPTIONS: [&str; 22] = [
     "vcpus",
     "memory",
     "guest",
@@ -42,6 +43,7 @@ const VM_OPTIONS: [&str; 21] = [
     "paused",
     "prealloc",
     "cpu_model",
+    "secure_boot",
 ];
 
 /// Arguments of `tern run`.
@@ -67,6 +69,12 @@ pub struct RunArgs {
     /// Initial ramdisk for --kernel.
     #[arg(long, requires = "kernel")]
     initrd: Option<PathBuf>,
+    /// Judge --kernel as UEFI Secure Boot would before it runs (refused:
+    /// exit 65): a template (debian, microsoft-uefi-ca, custom) and/or
+    /// `db=FILE`, `dbx=FILE` (repeatable), comma-separated, e.g.
+    /// `debian,dbx=dbx.esl`. See docs/secure-boot.md.
+    #[arg(long, value_name = "TEMPLATE|db=FILE,dbx=FILE", requires = "kernel", value_parser = parse_secure_boot)]
+    secure_boot: Option<SecureBootSpec>,
     /// Kernel command line for --kernel.
     #[arg(long, requires = "kernel")]
     cmdline: Option<String>,
@@ -189,6 +197,44 @@ fn parse_serial(text: &str) -> Result<SerialSpec, String> {
 }
 
 /// Parses `--memory-file PATH[,lazy]`.
+fn parse_secure_boot(text: &str) -> Result<SecureBootSpec, String> {
+    let mut spec = SecureBootSpec {
+        template: SecureBootTemplate::Custom,
+        db: Vec::new(),
+        dbx: Vec::new(),
+    };
+    for part in split_options(text) {
+        let template = match part.split_once('=') {
+            Some(("db", f)) if !f.is_empty() => {
+                spec.db.push(f.into());
+                continue;
+            }
+            Some(("dbx", f)) if !f.is_empty() => {
+                spec.dbx.push(f.into());
+                continue;
+            }
+            Some(("template", t)) => t,
+            None => part.as_str(),
+            Some(_) => {
+                return Err(format!(
+                    "bad secure boot option '{part}': expected TEMPLATE, db=FILE or dbx=FILE"
+                ))
+            }
+        };
+        spec.template = match template {
+            "debian" => SecureBootTemplate::Debian,
+            "microsoft-uefi-ca" => SecureBootTemplate::MicrosoftUefiCa,
+            "custom" => SecureBootTemplate::Custom,
+            other => {
+                return Err(format!(
+                    "unknown secure boot template '{other}' (debian, microsoft-uefi-ca, custom)"
+                ))
+            }
+        };
+    }
+    Ok(spec)
+}
+
 fn parse_memory_file(text: &str) -> Result<MemoryFileSpec, String> {
     let (path, lazy) = match text.strip_suffix(",lazy") {
         Some(p) => (p, true),
@@ -252,6 +298,7 @@ fn spec(args: RunArgs) -> Result<LaunchSpec, String> {
     spec.listening_file = args.listening_file;
     spec.memory_file = args.memory_file;
     spec.kvm = Some(args.kvm);
+    spec.secure_boot = args.secure_boot;
     spec.cpu_model = match args.cpu_model {
         CpuModelArg::Host => CpuModelSpec::Host,
         CpuModelArg::Compat => CpuModelSpec::Compat,

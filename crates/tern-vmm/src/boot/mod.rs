@@ -2,3 +2,4 @@
 
 pub mod linux;
 pub mod probe;
+pub mod secure_boot;
