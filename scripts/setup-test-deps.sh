@@ -22,6 +22,8 @@ wanted=(
   "socat:socat"
   # the official Prometheus client's OpenMetrics parser judges ternd's /metrics
   "python3-prometheus-client:/usr/lib/python3/dist-packages/prometheus_client"
+  # clustering: real etcd members (tests, demo); protoc builds the etcd-client crate
+  "etcd-server:etcd" "etcd-client:etcdctl" "protobuf-compiler:protoc"
 )
 
 missing=()
