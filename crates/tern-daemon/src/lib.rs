@@ -33,6 +33,7 @@
 
 pub mod api;
 pub mod checkpoints;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod disks;

@@ -3,6 +3,7 @@
 //!
 //! Exit codes scripts can rely on are in [`exit_code`] and README.md.
 
+mod cluster_cli;
 mod disk;
 mod docs;
 mod exit_code;
