@@ -102,6 +102,9 @@ requests! {
     "migrate-status" => MigrateStatus(MigrateStatus) -> MigrationStatus;
     /// Cancel the running migration; the VM keeps running here.
     "migrate-cancel" => MigrateCancel(MigrateCancel) -> Ack;
+    /// Renew the cluster ownership deadline; without renewals the worker
+    /// stops the VM by itself.
+    "ownership-renew" => OwnershipRenew(OwnershipRenew) -> OwnershipRenewReply;
 }
 
 impl Request {
