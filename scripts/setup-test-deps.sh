@@ -34,6 +34,8 @@ wanted=(
   "xorriso:xorriso"
   # Secure Boot (tern-secureboot tests): oracles, the Debian CA, OVMF's keys
   "sbsigntool:sbverify" "pesign:pesign" "osslsigncode:osslsigncode" "efitools:cert-to-efi-sig-list" "shim-unsigned:/usr/share/shim/debian-uefi-ca.der" "ovmf:/usr/share/ovmf/PkKek-1-snakeoil.key"
+  # clustering: real etcd members (tests, demo); protoc builds the etcd-client crate
+  "etcd-server:etcd" "etcd-client:etcdctl" "protobuf-compiler:protoc"
 )
 
 missing=()

@@ -360,6 +360,19 @@ impl Client {
         self.get("/v1/host").await
     }
 
+    /// `GET /v1/cluster`.
+    pub async fn cluster(&self) -> Result<crate::types::ClusterInfo, ClientError> {
+        self.get("/v1/cluster").await
+    }
+
+    /// `GET /v1/cluster/nodes`.
+    pub async fn cluster_nodes(&self) -> Result<Vec<crate::types::ClusterNode>, ClientError> {
+        Ok(self
+            .get::<crate::types::ClusterNodeList>("/v1/cluster/nodes")
+            .await?
+            .nodes)
+    }
+
     /// `GET /v1/vms`.
     pub async fn list_vms(&self) -> Result<Vec<Vm>, ClientError> {
         Ok(self.get::<VmList>("/v1/vms").await?.vms)

@@ -63,12 +63,15 @@ use crate::types::*;
         set_disk_qos,
         list_events,
         metrics,
+        cluster_info,
+        cluster_nodes,
     ),
     components(schemas(
         ApiError, VmState, CreateVm, Vm, VmList, Event, EventList, DiskFormat,
         CreateDisk, DiskQos, Disk, DiskList, ResizeDisk, AttachDisk, CreateCheckpoint,
         Checkpoint, CheckpointList, StartMigration, MigrationState, Migration,
-        MigrationList, IncomingMigration, IncomingDisk, IncomingReady, Features, HostInfo
+        MigrationList, IncomingMigration, IncomingDisk, IncomingReady, Features, HostInfo,
+        ClusterNodeState, ClusterNode, ClusterNodeList, ClusterInfo
     )),
     modifiers(&BearerAuth, &CommonResponses, &Links),
     tags(
@@ -77,6 +80,7 @@ use crate::types::*;
         (name = "checkpoints", description = "Checkpoints of a VM"),
         (name = "migration", description = "Live migration between hosts"),
         (name = "host", description = "The host and its events"),
+        (name = "cluster", description = "The failover cluster this host is a node of"),
     )
 )]
 pub struct ApiDoc;
@@ -594,6 +598,16 @@ fn list_events() {}
         description = "The host's VMs, workers, disks and migrations for Prometheus \
             (OpenMetrics text; the names are listed in docs/metrics.md)")))]
 fn metrics() {}
+
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
+    responses((status = 200, body = ClusterInfo),
+        (status = 404, description = "This daemon is not in a cluster", body = ApiError)))]
+fn cluster_info() {}
+
+#[utoipa::path(get, path = "/v1/cluster/nodes", tag = "cluster",
+    responses((status = 200, body = ClusterNodeList),
+        (status = 404, description = "This daemon is not in a cluster", body = ApiError)))]
+fn cluster_nodes() {}
 
 #[cfg(test)]
 mod tests {

@@ -734,3 +734,58 @@ mod tests {
         assert!(parse_size("99999999999T").is_err());
     }
 }
+
+/// A cluster node's state.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterNodeState {
+    /// Alive and taking VMs.
+    Up,
+    /// Alive, draining: takes no VMs.
+    Paused,
+    /// Its lease expired (or it left).
+    Down,
+    /// Kept out of the cluster.
+    Quarantined,
+}
+
+/// A node of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// The node's name (`ternd --node`).
+    pub name: String,
+    /// Its state.
+    pub state: ClusterNodeState,
+    /// Where its REST API answers on TCP, if it does.
+    pub api_url: Option<String>,
+    /// Memory it offers to VMs, in bytes.
+    pub memory: u64,
+    /// vCPUs it offers to VMs.
+    pub vcpus: u32,
+}
+
+/// Reply of `GET /v1/cluster/nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterNodeList {
+    /// Every member, by name.
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// Reply of `GET /v1/cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInfo {
+    /// This node's name.
+    pub node: String,
+    /// The etcd endpoints this node uses.
+    pub endpoints: Vec<String>,
+    /// The lease TTL, in seconds.
+    pub ttl_s: u64,
+    /// Members up or paused.
+    pub nodes_up: u32,
+    /// All members.
+    pub nodes_total: u32,
+    /// Clustered VMs (configuration in etcd).
+    pub vms: u32,
+    /// Clustered VMs that have an owner now.
+    pub vms_owned: u32,
+}

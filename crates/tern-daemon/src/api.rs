@@ -208,7 +208,9 @@ pub fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         .add("POST", "/v1/disks/{disk}/resize", post(resize_disk))
         .add("PUT", "/v1/disks/{disk}/qos", put(set_disk_qos))
         .add("GET", "/v1/events", get(list_events))
-        .add("GET", "/metrics", get(metrics));
+        .add("GET", "/metrics", get(metrics))
+        .add("GET", "/v1/cluster", get(crate::cluster::info))
+        .add("GET", "/v1/cluster/nodes", get(crate::cluster::list_nodes));
     let mut ops = r.ops;
     ops.sort();
     ops.dedup();

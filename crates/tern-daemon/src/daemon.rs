@@ -61,6 +61,8 @@ pub struct Daemon {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) caps: Capabilities,
     pub(crate) migrations: Mutex<HashMap<String, MigrationRecord>>,
+    /// Set once the daemon joined a cluster (`ternd --cluster`).
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Joined>>,
 }
 
 fn mkdir(path: &Path) -> Result<(), StartError> {
@@ -102,6 +104,7 @@ impl Daemon {
             locks: Mutex::new(HashMap::new()),
             caps,
             migrations: Mutex::new(HashMap::new()),
+            cluster: Default::default(),
         }))
     }
 

@@ -34,6 +34,7 @@
 
 pub mod api;
 pub mod checkpoints;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod disks;

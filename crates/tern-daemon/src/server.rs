@@ -42,6 +42,9 @@ pub enum ServeError {
     /// The daemon could not start.
     #[error(transparent)]
     Start(#[from] crate::error::StartError),
+    /// The daemon could not join its cluster.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::JoinError),
 }
 
 /// Binds the UNIX socket (replacing a stale one, refusing a live one),
@@ -122,6 +125,17 @@ pub struct Args {
     /// disks/ in the state directory).
     #[arg(long = "disk-dir")]
     pub disk_dirs: Vec<PathBuf>,
+    /// Join the failover cluster whose etcd members answer at these client
+    /// URLs (comma-separated, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379).
+    #[arg(long, value_delimiter = ',', requires = "node")]
+    pub cluster: Vec<String>,
+    /// This host's node name in the cluster (with --cluster).
+    #[arg(long, requires = "cluster")]
+    pub node: Option<String>,
+    /// Seconds without a lease renewal after which the cluster declares this
+    /// node down (with --cluster; at least 2).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub cluster_ttl: u64,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. Workers keep running after it
@@ -161,6 +175,17 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
         return Err(ServeError::InUse(socket));
     }
     let daemon = Daemon::open(cfg)?;
+    // Joined before serving: a daemon that cannot join exits with nothing
+    // registered in etcd and no socket bound.
+    if let Some(node) = &args.node {
+        let settings = crate::cluster::ClusterSettings {
+            endpoints: args.cluster.clone(),
+            node: node.clone(),
+            ttl: std::time::Duration::from_secs(args.cluster_ttl),
+        };
+        let api_url = args.tcp.as_ref().map(|a| format!("http://{a}"));
+        crate::cluster::join(&daemon, settings, api_url).await?;
+    }
     let found = daemon.reattach().await;
     if found > 0 {
         tracing::info!("found {found} running VM workers again");
@@ -244,6 +269,7 @@ pub fn main() -> i32 {
             match e {
                 ServeError::InUse(_) | ServeError::Listen { .. } => 69,
                 ServeError::NoToken => 64,
+                ServeError::Cluster(_) => 69,
                 _ => 70,
             }
         }

@@ -455,4 +455,25 @@ pub struct ScsiResize {
     pub lun: u16,
     /// New size, bytes (a multiple of 512).
     pub size: u64,
+/// `ownership-renew`: the daemon's proof that this node still owns the VM in
+/// its cluster, sent after each lease renewal etcd confirmed. The worker
+/// keeps its own deadline: if no renewal comes before it, the worker pauses
+/// the VM and then stops it by itself, before the lease (and so the
+/// ownership) can expire and another node start the VM.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnershipRenew {
+    /// The ownership's fencing token (the etcd revision of its claim).
+    pub token: i64,
+    /// Milliseconds from receipt within which the next renewal must come:
+    /// the last confirmed keepalive + TTL - a margin, minus the time since.
+    pub deadline_ms: u64,
+}
+
+/// Reply to [`OwnershipRenew`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnershipRenewReply {
+    /// The token in force.
+    pub token: i64,
+    /// Milliseconds left before the worker stops the VM by itself.
+    pub deadline_ms: u64,
 }

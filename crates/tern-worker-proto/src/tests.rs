@@ -304,6 +304,16 @@ fn every_request_and_reply_round_trips() {
         },
         scsi(),
     ));
+    add(round_trip(
+        OwnershipRenew {
+            token: 42,
+            deadline_ms: 7000,
+        },
+        OwnershipRenewReply {
+            token: 42,
+            deadline_ms: 7000,
+        },
+    ));
     let all: BTreeSet<_> = Request::NAMES.iter().copied().collect();
     assert_eq!(seen, all, "every request is round-tripped");
     assert_eq!(all.len(), Request::NAMES.len(), "names are unique");

@@ -112,6 +112,9 @@ requests! {
     "dvd-eject" => DvdEject(DvdEject) -> ScsiReply;
     /// Grow or shrink a SCSI disk.
     "scsi-resize" => ScsiResize(ScsiResize) -> ScsiReply;
+    /// Renew the cluster ownership deadline; without renewals the worker
+    /// stops the VM by itself.
+    "ownership-renew" => OwnershipRenew(OwnershipRenew) -> OwnershipRenewReply;
 }
 
 impl Request {

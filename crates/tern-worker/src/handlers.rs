@@ -239,6 +239,7 @@ impl Worker {
         match req {
             Request::Hello(_) => Handled::reply(Ok(hello())),
             Request::Status(_) => Handled::reply(Ok(status(vm))),
+            Request::OwnershipRenew(r) => Handled::reply(self.ownership.renew(vm, &r)),
             Request::Pause(_) => Handled::reply(now(vm.pause())),
             Request::Resume(_) => Handled::reply(now(vm.resume())),
             Request::Shutdown(_) => {

@@ -20,6 +20,7 @@ mod handlers;
 mod incoming;
 pub mod launch;
 mod migration;
+mod ownership;
 mod saved;
 mod scsi;
 mod secure_boot;
@@ -46,6 +47,8 @@ pub struct Worker {
     store: Option<Mutex<Store>>,
     /// The current or last outgoing migration.
     migrations: migration::Migrations,
+    /// The cluster ownership deadline (armed by `ownership-renew`).
+    ownership: Arc<ownership::Ownership>,
 }
 
 impl Worker {
@@ -55,6 +58,7 @@ impl Worker {
             vm,
             store: store.map(Mutex::new),
             migrations: migration::Migrations::default(),
+            ownership: Default::default(),
         })
     }
 

@@ -4,6 +4,7 @@
 //! Exit codes scripts can rely on are in [`exit_code`] and README.md.
 
 mod boot_cli;
+mod cluster_cli;
 mod disk;
 mod docs;
 mod exit_code;

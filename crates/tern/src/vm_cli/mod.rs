@@ -21,6 +21,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use tern_api::{Client, ClientError, Endpoint};
 
+pub(crate) use self::{client as api_client, mib as size_text};
 pub use checkpoint::CheckpointCmd;
 pub use host::HostCmd;
 pub use vm::VmCmd;
@@ -64,7 +65,7 @@ pub struct Conn {
     token_file: Option<PathBuf>,
     /// Print JSON (the API's objects) instead of text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// The commands that talk to the daemon.
@@ -78,10 +79,13 @@ pub enum ApiCommand {
     Checkpoint(CheckpointCmd),
     /// Show the host daemon's status.
     Host(HostCmd),
+    /// The failover cluster this daemon is a node of.
+    #[command(subcommand)]
+    Cluster(crate::cluster_cli::ClusterCmd),
 }
 
 /// A failed command: exit code and one line for stderr.
-struct Fail(i32, String);
+pub(crate) struct Fail(i32, String);
 
 impl From<ClientError> for Fail {
     fn from(e: ClientError) -> Fail {
@@ -104,9 +108,9 @@ impl From<ClientError> for Fail {
     }
 }
 
-type CmdResult = Result<(), Fail>;
+pub(crate) type CmdResult = Result<(), Fail>;
 
-fn client(conn: &Conn) -> Result<Client, Fail> {
+pub(crate) fn client(conn: &Conn) -> Result<Client, Fail> {
     let token = match (&conn.token, &conn.token_file) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(f)) => Some(
@@ -124,14 +128,14 @@ fn client(conn: &Conn) -> Result<Client, Fail> {
     Ok(Client::new(endpoint))
 }
 
-fn print_json<T: Serialize>(v: &T) {
+pub(crate) fn print_json<T: Serialize>(v: &T) {
     println!(
         "{}",
         serde_json::to_string_pretty(v).expect("API types serialize")
     );
 }
 
-fn mib(bytes: u64) -> String {
+pub(crate) fn mib(bytes: u64) -> String {
     if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{}G", bytes >> 30)
     } else {
@@ -178,6 +182,7 @@ async fn dispatch(cmd: ApiCommand) -> CmdResult {
         ApiCommand::Volume(v) => volume::run(v).await,
         ApiCommand::Checkpoint(c) => checkpoint::run(c).await,
         ApiCommand::Host(h) => host::run(h).await,
+        ApiCommand::Cluster(c) => crate::cluster_cli::run(c).await,
     }
 }
 

@@ -1,0 +1,199 @@
+//! Clustered VMs: their configuration lives in etcd, so any node can start
+//! them. Runtime types here; the stored form is [`crate::wire::VmConfigDoc`].
+
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+
+use crate::error::{retry, ClusterError, Result};
+use crate::keys;
+use crate::wire::{self, DiskDoc, PriorityDoc, VmConfigDoc};
+
+/// Start priority: the order in which a lost node's VMs are restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Started first.
+    High,
+    /// The default.
+    Medium,
+    /// Started last.
+    Low,
+    /// Never started by the cluster (an operator starts it).
+    NoAutoStart,
+}
+
+impl Priority {
+    /// Parses `high`, `medium`, `low` or `no-auto-start`.
+    pub fn parse(text: &str) -> Option<Priority> {
+        Some(match text {
+            "high" => Priority::High,
+            "medium" => Priority::Medium,
+            "low" => Priority::Low,
+            "no-auto-start" => Priority::NoAutoStart,
+            _ => return None,
+        })
+    }
+
+    /// The name [`Priority::parse`] reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Medium => "medium",
+            Priority::Low => "low",
+            Priority::NoAutoStart => "no-auto-start",
+        }
+    }
+}
+
+/// A clustered VM's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterVm {
+    /// The VM's name (one key segment).
+    pub name: String,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    /// The guest (`probe:WORKLOAD`).
+    pub guest: String,
+    /// Disk images on shared storage (absolute paths).
+    pub disks: Vec<String>,
+    /// Start priority.
+    pub priority: Priority,
+    /// Nodes to prefer, best first.
+    pub preferred_owners: Vec<String>,
+    /// VMs of one class are kept apart while room allows.
+    pub anti_affinity: Option<String>,
+}
+
+impl ClusterVm {
+    fn to_doc(&self) -> VmConfigDoc {
+        VmConfigDoc {
+            version: wire::VERSION,
+            vcpus: self.vcpus,
+            memory: self.memory,
+            guest: self.guest.clone(),
+            disks: self
+                .disks
+                .iter()
+                .map(|p| DiskDoc { path: p.clone() })
+                .collect(),
+            priority: match self.priority {
+                Priority::High => PriorityDoc::High,
+                Priority::Medium => PriorityDoc::Medium,
+                Priority::Low => PriorityDoc::Low,
+                Priority::NoAutoStart => PriorityDoc::NoAutoStart,
+            },
+            preferred_owners: self.preferred_owners.clone(),
+            anti_affinity: self.anti_affinity.clone(),
+        }
+    }
+
+    fn from_doc(name: String, doc: VmConfigDoc) -> ClusterVm {
+        ClusterVm {
+            name,
+            vcpus: doc.vcpus,
+            memory: doc.memory,
+            guest: doc.guest,
+            disks: doc.disks.into_iter().map(|d| d.path).collect(),
+            priority: match doc.priority {
+                PriorityDoc::High => Priority::High,
+                PriorityDoc::Medium => Priority::Medium,
+                PriorityDoc::Low => Priority::Low,
+                PriorityDoc::NoAutoStart => Priority::NoAutoStart,
+            },
+            preferred_owners: doc.preferred_owners,
+            anti_affinity: doc.anti_affinity,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        keys::check_name("vm", &self.name)?;
+        for n in &self.preferred_owners {
+            keys::check_name("node", n)?;
+        }
+        if self.disks.iter().any(|d| !d.starts_with('/')) {
+            return Err(ClusterError::BadSetting(
+                "a clustered VM's disks must be absolute paths on shared storage",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Stores (creates or replaces) a clustered VM's configuration.
+pub async fn put_vm(client: &Client, vm: &ClusterVm) -> Result<()> {
+    vm.check()?;
+    let (key, doc) = (keys::vm_config(&vm.name), wire::encode(&vm.to_doc()));
+    retry("put vm config", || {
+        let (mut c, k, d) = (client.clone(), key.clone(), doc.clone());
+        async move { c.put(k, d, None).await }
+    })
+    .await?;
+    Ok(())
+}
+
+/// One clustered VM, or [`ClusterError::UnknownVm`].
+pub async fn get_vm(client: &Client, name: &str) -> Result<ClusterVm> {
+    keys::check_name("vm", name)?;
+    let key = keys::vm_config(name);
+    let got = retry("get vm config", || {
+        let (mut c, k) = (client.clone(), key.clone());
+        async move { c.get(k, None).await }
+    })
+    .await?;
+    let kv = got
+        .kvs()
+        .first()
+        .ok_or_else(|| ClusterError::UnknownVm(name.to_owned()))?;
+    Ok(ClusterVm::from_doc(
+        name.to_owned(),
+        wire::decode(kv.key(), kv.value())?,
+    ))
+}
+
+/// Every clustered VM, by name.
+pub async fn list_vms(client: &Client) -> Result<Vec<ClusterVm>> {
+    let got = crate::membership::get_prefix(client, "list vms", keys::VMS).await?;
+    let mut out = Vec::new();
+    for kv in got.kvs() {
+        let Ok(key) = std::str::from_utf8(kv.key()) else {
+            continue;
+        };
+        if let Some(keys::VmKey::Config(name)) = keys::parse_vm_key(key) {
+            out.push(ClusterVm::from_doc(
+                name.to_owned(),
+                wire::decode(kv.key(), kv.value())?,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes a clustered VM's configuration; refused while a node owns it.
+pub async fn delete_vm(client: &Client, name: &str) -> Result<()> {
+    keys::check_name("vm", name)?;
+    let owner_key = keys::vm_owner(name);
+    let txn = Txn::new()
+        .when([Compare::create_revision(
+            owner_key.clone(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then([TxnOp::delete(keys::vm_config(name), None)])
+        .or_else([TxnOp::get(owner_key, None)]);
+    let done = retry("delete vm", || {
+        let (mut c, t) = (client.clone(), txn.clone());
+        async move { c.txn(t).await }
+    })
+    .await?;
+    if done.succeeded() {
+        return Ok(());
+    }
+    match crate::ownership::owner(client, name).await? {
+        Some(claim) => Err(ClusterError::Owned {
+            vm: name.to_owned(),
+            owner: claim.node,
+            token: claim.token,
+        }),
+        None => Err(ClusterError::UnknownVm(name.to_owned())),
+    }
+}
