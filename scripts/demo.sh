@@ -10,11 +10,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The demo talks to worker control sockets and reads JSON with python3.
-if ! command -v python3 >/dev/null; then
+# The demo talks to worker control sockets and reads JSON with python3; the
+# build needs protoc (the etcd-client crate compiles etcd's protobufs).
+missing=()
+command -v python3 >/dev/null || missing+=(python3)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 cargo build --release --workspace
