@@ -25,6 +25,7 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod scsi;
+pub mod vsock;
 #[cfg(test)]
 mod tests;
 
