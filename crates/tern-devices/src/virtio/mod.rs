@@ -25,9 +25,9 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod scsi;
-pub mod vsock;
 #[cfg(test)]
 mod tests;
+pub mod vsock;
 
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;

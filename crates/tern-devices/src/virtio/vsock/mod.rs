@@ -235,8 +235,8 @@ impl Vsock {
             let m = std::fs::symlink_metadata(&config.socket).map_err(VsockError::Setup)?;
             (m.dev(), m.ino())
         };
-        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
-            .map_err(|e| VsockError::Setup(e.into()))?;
+        let ep =
+            epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| VsockError::Setup(e.into()))?;
         epoll::add(
             &ep,
             &listener,
@@ -303,7 +303,10 @@ impl Vsock {
     fn local_port(&mut self, peer: u32) -> u32 {
         loop {
             let p = self.next_local_port;
-            self.next_local_port = self.next_local_port.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
+            self.next_local_port = self
+                .next_local_port
+                .checked_add(1)
+                .unwrap_or(FIRST_LOCAL_PORT);
             if !self.by_ports.contains_key(&(p, peer)) {
                 return p;
             }
@@ -356,7 +359,10 @@ impl Vsock {
         }
         self.by_ports.insert((c.local_port, c.peer_port), token);
         self.conns.insert(token, c);
-        self.handle.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.handle
+            .stats
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
         self.sync_interest(token);
         Some(token)
     }
@@ -368,7 +374,10 @@ impl Vsock {
         if !c.host_gone {
             let _ = epoll::delete(&*self.epoll, &c.stream);
         }
-        self.handle.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        self.handle
+            .stats
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
         Some(c)
     }
 
@@ -589,7 +598,10 @@ impl Vsock {
                     let mut h = Header::to_guest(cid, c.local_port, c.peer_port, op::RW);
                     h.len = n as u32;
                     c.stamp(&mut h);
-                    self.handle.stats.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    self.handle
+                        .stats
+                        .rx_bytes
+                        .fetch_add(n as u64, Ordering::Relaxed);
                     self.handle.stats.progress.fetch_add(1, Ordering::Relaxed);
                     let more = n == max || c.host_gone;
                     let stalled = !c.wants_read();
@@ -647,7 +659,10 @@ impl Vsock {
                 .ok()
                 .filter(|w| w.available_bytes() >= HDR_LEN);
             let Some(mut w) = w else {
-                self.handle.stats.bad_packets.fetch_add(1, Ordering::Relaxed);
+                self.handle
+                    .stats
+                    .bad_packets
+                    .fetch_add(1, Ordering::Relaxed);
                 self.log("RX chain unusable (unmapped, read-only or shorter than a header)");
                 if queue.add_used(mem, head, 0).is_err() {
                     out.broken = true;
@@ -715,7 +730,10 @@ impl Vsock {
     }
 
     fn bad(&mut self, e: &str) {
-        self.handle.stats.bad_packets.fetch_add(1, Ordering::Relaxed);
+        self.handle
+            .stats
+            .bad_packets
+            .fetch_add(1, Ordering::Relaxed);
         self.log(e);
     }
 
@@ -766,7 +784,10 @@ impl Vsock {
                 if c.stream.write_all(line.as_bytes()).is_err() {
                     return self.reset_conn(token);
                 }
-                self.handle.stats.host_connections.fetch_add(1, Ordering::Relaxed);
+                self.handle
+                    .stats
+                    .host_connections
+                    .fetch_add(1, Ordering::Relaxed);
                 self.sync_interest(token);
                 self.mark_ready(token);
             }
@@ -782,14 +803,16 @@ impl Vsock {
             _ if connecting => self.reset_conn(token),
             op::RW => {
                 let len = h.len as usize;
-                self.handle.stats
+                self.handle
+                    .stats
                     .tx_bytes
                     .fetch_add(len as u64, Ordering::Relaxed);
                 let r = c.from_guest(&self.scratch[..len]);
                 match r {
                     Ok(()) => {}
                     Err(GuestWrite::CreditExceeded { len, room }) => {
-                        self.handle.stats
+                        self.handle
+                            .stats
                             .credit_violations
                             .fetch_add(1, Ordering::Relaxed);
                         self.log(&format!(
@@ -799,7 +822,11 @@ impl Vsock {
                     }
                     Err(GuestWrite::Closed(_)) => return self.reset_conn(token),
                 }
-                if self.conns.get(&token).is_some_and(|c| c.credit_update_due()) {
+                if self
+                    .conns
+                    .get(&token)
+                    .is_some_and(|c| c.credit_update_due())
+                {
                     self.queue_control(token, op::CREDIT_UPDATE, 0);
                 }
                 // Its header may have brought credit back too.
@@ -844,12 +871,8 @@ impl Vsock {
     fn guest_connect(&mut self, h: &Header) {
         let refuse = |s: &mut Self| {
             s.handle.stats.refused.fetch_add(1, Ordering::Relaxed);
-            s.control.push_back(Header::to_guest(
-                s.cid,
-                h.dst_port,
-                h.src_port,
-                op::RST,
-            ));
+            s.control
+                .push_back(Header::to_guest(s.cid, h.dst_port, h.src_port, op::RST));
         };
         if self.conns.len() >= MAX_CONNECTIONS {
             return refuse(self);
@@ -862,7 +885,8 @@ impl Vsock {
         let mut c = Conn::new(stream, h.dst_port, h.src_port, State::Established);
         c.update_peer(h);
         if let Some(t) = self.add_conn(c) {
-            self.handle.stats
+            self.handle
+                .stats
                 .guest_connections
                 .fetch_add(1, Ordering::Relaxed);
             self.queue_control(t, op::RESPONSE, 0);
@@ -902,7 +926,8 @@ impl Vsock {
         let used = match written {
             true => {
                 self.reset_event = false;
-                self.handle.stats
+                self.handle
+                    .stats
                     .transport_resets
                     .fetch_add(1, Ordering::Relaxed);
                 id.len() as u32

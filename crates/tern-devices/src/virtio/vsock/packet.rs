@@ -246,9 +246,7 @@ mod tests {
         assert_eq!(h.check_from_guest(3, 100), Err(BadHeader::Op(0)));
         // Longer than the chain, longer than the limit, empty RW.
         assert!(rw(101).check_from_guest(3, 100).is_err());
-        assert!(rw(MAX_PAYLOAD + 1)
-            .check_from_guest(3, usize::MAX)
-            .is_err());
+        assert!(rw(MAX_PAYLOAD + 1).check_from_guest(3, usize::MAX).is_err());
         assert!(rw(0).check_from_guest(3, 0).is_err());
         // A payload on a control packet.
         h = rw(4);

@@ -287,7 +287,11 @@ fn host_connect(d: &mut Drv, port: u32) -> (UnixStream, Header) {
     let mut s = UnixStream::connect(&d.socket).unwrap();
     s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
     let p = d.rx_until(|p| has_op(p, op::REQUEST));
-    let req = p.iter().find(|p| p.h.op == op::REQUEST).expect("a REQUEST").h;
+    let req = p
+        .iter()
+        .find(|p| p.h.op == op::REQUEST)
+        .expect("a REQUEST")
+        .h;
     assert_eq!(
         (req.src_cid, req.dst_cid, req.dst_port),
         (HOST_CID, CID, port)
@@ -342,7 +346,9 @@ fn identifies_and_shows_the_guest_cid() {
         },
         Box::new(|_| {}),
     );
-    let Err(e) = r else { panic!("a file was taken for a socket") };
+    let Err(e) = r else {
+        panic!("a file was taken for a socket")
+    };
     assert!(e.to_string().contains("is not a socket"), "{e}");
     assert_eq!(std::fs::read(&file).unwrap(), b"keep");
 }
@@ -522,7 +528,11 @@ fn transport_reset_drops_connections_and_tells_the_guest() {
     assert_eq!(used, vec![(0, 4)]);
     let mut id = [0xffu8; 4];
     d.mem.read_slice(&mut id, GuestAddress(EVENT_BUF)).unwrap();
-    assert_eq!(u32::from_le_bytes(id), 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
+    assert_eq!(
+        u32::from_le_bytes(id),
+        0,
+        "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET"
+    );
     assert_eq!(d.stat(|s| &s.transport_resets), 1);
     let mut b = [0u8; 1];
     assert_eq!(s.read(&mut b).unwrap(), 0, "the host stream closed");
@@ -628,7 +638,12 @@ fn random_rings_never_panic() {
         // first are reached too.
         let mut h = guest(
             (rnd() % 4) as u32,
-            (rnd() % 4) as u32 + if rnd() % 2 == 0 { super::FIRST_LOCAL_PORT } else { 0 },
+            (rnd() % 4) as u32
+                + if rnd() % 2 == 0 {
+                    super::FIRST_LOCAL_PORT
+                } else {
+                    0
+                },
             (rnd() % 9) as u16,
             rnd() as u32,
         );

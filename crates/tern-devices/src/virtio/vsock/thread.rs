@@ -86,9 +86,9 @@ impl VsockThread {
     ) -> std::io::Result<VsockThread> {
         let stop = Arc::new(new_eventfd()?);
         let s = stop.clone();
-        let thread = std::thread::Builder::new().name(name).spawn(move || {
-            run(&epoll, &signal, &handle.stats().progress, &s, &transport)
-        })?;
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(&epoll, &signal, &handle.stats().progress, &s, &transport))?;
         Ok(VsockThread {
             stop,
             thread: Some(thread),
