@@ -9,6 +9,7 @@
 //! NICs the ones after them; [`mmio_windows`] lists every slot in use.
 
 pub mod nics;
+pub mod vsock;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -47,6 +47,10 @@ pub struct LaunchSpec {
     /// Added in version 1 with a default: a document without it has none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<NicSpec>,
+    /// The vsock device (after the disks and NICs). Added in version 1
+    /// with a default: a document without it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockSpec>,
     /// Where the serial console goes.
     #[serde(default)]
     pub serial: SerialSpec,
@@ -190,6 +194,18 @@ pub struct NicSpec {
     pub mac: Option<tern_net::Mac>,
 }
 
+/// The vsock device: the guest's CID and the host-side UNIX socket
+/// (docs/vsock.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockSpec {
+    /// The guest's context id (3 or more, below 2^32 - 1).
+    pub cid: u64,
+    /// Host programs connect here (`CONNECT <port>`); guest connections
+    /// to port P go to `<socket>_P`.
+    pub socket: PathBuf,
+}
+
 /// Where the serial console goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
@@ -286,6 +302,12 @@ pub enum LaunchSpecError {
     /// A disk without a path.
     #[error("disk {0} has an empty \"path\"")]
     EmptyDiskPath(usize),
+    /// A reserved vsock CID.
+    #[error("vsock \"cid\" {0} is reserved (a guest's CID is 3 or more, below 2^32 - 1)")]
+    VsockCid(u64),
+    /// A vsock device without a socket.
+    #[error("vsock has an empty \"socket\"")]
+    EmptyVsockSocket,
     /// Contradictory QoS limits.
     #[error("disk {index}: min_iops {min} is above max_iops {max}")]
     Qos {
@@ -327,6 +349,7 @@ impl LaunchSpec {
             guest: None,
             disks: Vec::new(),
             nics: Vec::new(),
+            vsock: None,
             serial: SerialSpec::default(),
             control: None,
             memfd: false,
@@ -397,6 +420,7 @@ impl LaunchSpec {
             let conflicts = [
                 (self.guest.is_some(), "guest"),
                 (!self.disks.is_empty(), "disks"),
+                (self.vsock.is_some(), "vsock"),
                 (self.incoming.is_some(), "incoming"),
                 (self.memory_file.is_some(), "memory_file"),
             ];
@@ -413,6 +437,14 @@ impl LaunchSpec {
         }
         if self.memory < 1 << 20 {
             return Err(LaunchSpecError::TooLittleMemory(self.memory));
+        }
+        if let Some(v) = &self.vsock {
+            if v.cid <= 2 || v.cid >= u64::from(u32::MAX) {
+                return Err(LaunchSpecError::VsockCid(v.cid));
+            }
+            if v.socket.as_os_str().is_empty() {
+                return Err(LaunchSpecError::EmptyVsockSocket);
+            }
         }
         for (index, d) in self.disks.iter().enumerate() {
             if d.path.as_os_str().is_empty() {
@@ -464,6 +496,42 @@ mod nic_tests {
             r#"{"version":1,"guest":{"kind":"probe","workload":"net"},"nics":[{"tap":"t","mac":"zz"}]}"#,
             r#"{"version":1,"guest":{"kind":"probe","workload":"net"},"nics":[{"tap":"t","speed":1}]}"#,
             r#"{"version":1,"guest":{"kind":"probe","workload":"net"},"nics":[{"mac":"52:54:00:00:00:02"}]}"#,
+        ] {
+            assert!(LaunchSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod vsock_tests {
+    use super::*;
+
+    #[test]
+    fn vsock_round_trips_and_older_documents_have_none() {
+        let mut spec = LaunchSpec::new(
+            1,
+            DEFAULT_MEMORY,
+            GuestSpec::Probe {
+                workload: "vsock".into(),
+                image: None,
+            },
+        );
+        spec.vsock = Some(VsockSpec {
+            cid: 3,
+            socket: "/run/tern/v.sock".into(),
+        });
+        let text = spec.to_json();
+        assert!(text.contains(r#""cid": 3"#), "{text}");
+        assert_eq!(LaunchSpec::parse(&text).unwrap(), spec);
+        let old = LaunchSpec::parse(r#"{"version":1,"guest":{"kind":"probe","workload":"hello"}}"#)
+            .unwrap();
+        assert_eq!(old.vsock, None);
+        for bad in [
+            r#"{"version":1,"guest":{"kind":"probe","workload":"x"},"vsock":{"cid":2,"socket":"s"}}"#,
+            r#"{"version":1,"guest":{"kind":"probe","workload":"x"},"vsock":{"cid":3,"socket":""}}"#,
+            r#"{"version":1,"guest":{"kind":"probe","workload":"x"},"vsock":{"cid":3}}"#,
+            r#"{"version":1,"guest":{"kind":"probe","workload":"x"},"vsock":{"cid":3,"socket":"s","port":1}}"#,
+            r#"{"version":1,"restore":{"dir":"d"},"vsock":{"cid":3,"socket":"s"}}"#,
         ] {
             assert!(LaunchSpec::parse(bad).is_err(), "{bad}");
         }

@@ -46,7 +46,7 @@ pub use client::{Client, ClientError, Connection};
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::{ErrorCode, WorkerError};
 pub use hello::{Capability, Hello, HelloReply, VersionError, PROTOCOL_VERSION};
-pub use launch::{DiskSpec, LaunchSpec, LaunchSpecError, NicSpec, LAUNCH_SPEC_VERSION};
+pub use launch::{DiskSpec, LaunchSpec, LaunchSpecError, NicSpec, VsockSpec, LAUNCH_SPEC_VERSION};
 pub use listening::{Listening, ListeningError};
 pub use types::{DiskFormat, QosLimits, VmState};
 pub use wire::{Call, Request};

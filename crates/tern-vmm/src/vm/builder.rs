@@ -20,7 +20,7 @@ use super::pacer::Pacer;
 use super::probe::{ProbeSink, Reports};
 use super::snapshot::{
     check_restore_target, needs_pacing, restore_cpu_state, restore_disk_devices,
-    restore_nic_devices, serial_from_proto,
+    restore_nic_devices, restore_vsock_device, serial_from_proto,
 };
 use super::{
     host_memory, kvm_err, set_slot, Guest, Shared, Vm, VmConfig, VmError, VmExit, VmHooks,
@@ -153,6 +153,23 @@ impl Vm {
         if let Some(st) = restore {
             restore_nic_devices(st, &nics)?;
         }
+        let vsock = config
+            .vsock
+            .as_ref()
+            .map(|c| {
+                crate::devices::vsock::VsockDevice::attach(
+                    c,
+                    disks.len() + nics.len(),
+                    &ram.mem,
+                    &fd,
+                    &mut mmio,
+                )
+            })
+            .transpose()?;
+        if let Some(st) = restore {
+            restore_vsock_device(st, vsock.as_ref())?;
+        }
+        let vsock_infos: Vec<_> = vsock.iter().map(|v| v.device_info()).collect();
 
         let parked: Vec<bool> = (0..config.vcpus)
             .map(|id| restore.is_some_and(|st| st.vcpus.get(id as usize).is_some_and(|v| v.parked)))
@@ -246,7 +263,12 @@ impl Vm {
                     config.vcpus,
                     tsc_khz,
                     &ram.regions,
-                    &[disks.device_infos(), nics.device_infos()].concat(),
+                    &[
+                        disks.device_infos(),
+                        nics.device_infos(),
+                        vsock_infos.clone(),
+                    ]
+                    .concat(),
                     workload,
                 )?;
                 for (id, v) in vcpus.iter().enumerate() {
@@ -277,7 +299,12 @@ impl Vm {
                 use crate::boot::linux::{ACPI_TABLES_ADDR, ACPI_TABLES_SPACE};
                 let machine = crate::acpi::machine(
                     config.vcpus,
-                    &[disks.device_infos(), nics.device_infos()].concat(),
+                    &[
+                        disks.device_infos(),
+                        nics.device_infos(),
+                        vsock_infos.clone(),
+                    ]
+                    .concat(),
                 );
                 let acpi = tern_acpi::build(&machine, ACPI_TABLES_ADDR, ACPI_TABLES_SPACE)
                     .map_err(VmError::Acpi)?;
@@ -329,6 +356,7 @@ impl Vm {
             dirty_logging: false.into(),
             disks,
             nics,
+            vsock,
             time_restore: Mutex::new(time_restore),
             pacer,
             power_button,

@@ -53,6 +53,8 @@ pub struct VmConfig {
     pub disks: Vec<crate::devices::DiskConfig>,
     /// NICs (virtio-net on taps), in the order the guest sees them.
     pub nics: Vec<crate::devices::nics::NicConfig>,
+    /// The vsock device (after the disks and NICs), if any.
+    pub vsock: Option<crate::devices::vsock::VsockConfig>,
     /// Allocate and map all of RAM before the VM runs (QEMU's
     /// `prealloc=on`): no page faults later, all memory committed now.
     pub prealloc: bool,
@@ -73,6 +75,7 @@ impl VmConfig {
             memory_source: MemorySource::Fresh,
             disks: Vec::new(),
             nics: Vec::new(),
+            vsock: None,
             prealloc: false,
             cpu_model: crate::cpuid::CpuModel::Host,
         }
@@ -199,6 +202,9 @@ pub enum VmError {
     /// A NIC could not be attached or changed.
     #[error(transparent)]
     Nic(#[from] crate::devices::nics::NicError),
+    /// The vsock device could not be attached.
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::vsock::VsockError),
 }
 
 /// Host RAM in bytes, from /proc/meminfo.

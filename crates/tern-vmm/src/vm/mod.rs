@@ -91,6 +91,7 @@ pub struct Vm {
     dirty_logging: std::sync::atomic::AtomicBool,
     disks: crate::devices::Disks,
     nics: crate::devices::nics::Nics,
+    vsock: Option<crate::devices::vsock::VsockDevice>,
     time_restore: Mutex<Option<TimeRestore>>,
     pacer: Arc<pacer::Pacer>,
     /// The ACPI power button (Linux guests).
@@ -105,6 +106,7 @@ impl Vm {
     pub fn start_paused(&self) -> Result<(), VmError> {
         self.shared.control.hold();
         self.nics.set_frozen(true);
+        self.vsock_frozen(true);
         self.start()
     }
 
@@ -115,6 +117,9 @@ impl Vm {
         // side about: serve them now that this side owns the VM.
         self.disks.kick();
         self.nics.kick();
+        if let Some(v) = &self.vsock {
+            v.kick();
+        }
         let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         for (id, v) in self.vcpus.iter().enumerate() {
             let (v, shared) = (v.clone(), self.shared.clone());
@@ -146,7 +151,15 @@ impl Vm {
         // Frames keep arriving: no NIC may write guest memory or its rings
         // while the VM is paused (a save or migration copies them now).
         self.nics.set_frozen(true);
+        self.vsock_frozen(true);
         Ok(())
+    }
+
+    /// Holds or releases the vsock device's queues with the NICs'.
+    fn vsock_frozen(&self, on: bool) {
+        if let Some(v) = &self.vsock {
+            v.set_frozen(on);
+        }
     }
 
     /// Resumes after [`Vm::pause`]. Disks handed over by a migration whose
@@ -159,6 +172,7 @@ impl Vm {
         }
         self.shared.control.resume()?;
         self.nics.set_frozen(false);
+        self.vsock_frozen(false);
         Ok(())
     }
 
@@ -229,6 +243,11 @@ impl Vm {
     /// The VM's NICs (link state, counters).
     pub fn nics(&self) -> &crate::devices::nics::Nics {
         &self.nics
+    }
+
+    /// The VM's vsock device, if it has one.
+    pub fn vsock(&self) -> Option<&crate::devices::vsock::VsockDevice> {
+        self.vsock.as_ref()
     }
 
     /// Probe guest reports.

@@ -61,6 +61,14 @@ impl Vm {
                     data: prost::Message::encode_to_vec(n),
                 }
             }));
+        st.devices
+            .extend(crate::devices::vsock::save(self.vsock.as_ref()).map(|v| {
+                state::proto::DeviceState {
+                    kind: VIRTIO_VSOCK_KIND.into(),
+                    index: 0,
+                    data: prost::Message::encode_to_vec(&v),
+                }
+            }));
         st.serial = Some(serial_to_proto(
             &self
                 .serial
@@ -100,6 +108,7 @@ impl Vm {
         self.ram.load_from(&file, memory)?;
         restore_disk_devices(st, &self.disks)?;
         restore_nic_devices(st, &self.nics)?;
+        restore_vsock_device(st, self.vsock.as_ref())?;
         let guards: Vec<_> = self
             .vcpus
             .iter()
@@ -208,6 +217,20 @@ pub(super) fn restore_nic_devices(
         Some(decoded) => Ok(nics.restore(&decoded)?),
         None => Ok(()),
     }
+}
+
+/// `DeviceState::kind` of the virtio-vsock device.
+const VIRTIO_VSOCK_KIND: &str = "virtio-vsock";
+
+/// Continues the vsock device from the saved state (with a transport
+/// reset for the guest); a state without one leaves it fresh.
+pub(super) fn restore_vsock_device(
+    st: &VmState,
+    dev: Option<&crate::devices::vsock::VsockDevice>,
+) -> Result<(), VmError> {
+    let saved = saved_devices::<state::proto::VirtioVsockState>(st, VIRTIO_VSOCK_KIND)?;
+    let first = saved.as_ref().and_then(|v| v.first());
+    Ok(crate::devices::vsock::restore(dev, first)?)
 }
 
 /// Refuses a state that does not fit the VM being built.
