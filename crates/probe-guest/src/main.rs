@@ -20,6 +20,7 @@ mod net;
 mod report;
 mod status;
 mod virtio;
+mod vsock;
 mod workloads;
 
 use core::arch::asm;

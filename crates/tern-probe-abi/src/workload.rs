@@ -41,6 +41,11 @@ pub enum WorkloadKind {
     /// and ping, and echo every byte sent to TCP port `port`; until told
     /// to stop.
     Net,
+    /// Bring up the vsock device: listen on port `port` and echo every
+    /// byte on every connection (many at once); with `connect=P`, also
+    /// connect to the host (CID 2) port P and echo there, again after
+    /// each transport reset; until told to stop.
+    Vsock,
 }
 
 /// Access pattern of `blk-iops`.
@@ -76,7 +81,7 @@ impl Mix {
 
 impl WorkloadKind {
     /// Every workload with its name, for help texts.
-    pub const ALL: [WorkloadKind; 11] = [
+    pub const ALL: [WorkloadKind; 12] = [
         WorkloadKind::Hello,
         WorkloadKind::Vcpus,
         WorkloadKind::Dirty,
@@ -88,6 +93,7 @@ impl WorkloadKind {
         WorkloadKind::BlkTrim,
         WorkloadKind::Echo,
         WorkloadKind::Net,
+        WorkloadKind::Vsock,
     ];
 
     /// The name used in workload strings.
@@ -104,6 +110,7 @@ impl WorkloadKind {
             WorkloadKind::BlkTrim => "blk-trim",
             WorkloadKind::Echo => "echo",
             WorkloadKind::Net => "net",
+            WorkloadKind::Vsock => "vsock",
         }
     }
 
@@ -120,6 +127,7 @@ impl WorkloadKind {
             WorkloadKind::BlkCapacity => &["disk"],
             WorkloadKind::BlkTrim => &["disk", "from"],
             WorkloadKind::Net => &["nic", "ip", "port"],
+            WorkloadKind::Vsock => &["port", "connect"],
         }
     }
 
@@ -161,8 +169,10 @@ pub struct Step {
     pub ip: u32,
     /// `net`: prefix length of `ip` (default 24).
     pub prefix: u8,
-    /// `net`: TCP echo port (default 7).
+    /// `net`: TCP echo port; `vsock`: the port listened on (default 7).
     pub port: u16,
+    /// `vsock`: the host port to connect to (0, the default: none).
+    pub connect: u32,
 }
 
 impl Step {
@@ -184,6 +194,7 @@ impl Step {
             ip: u32::from_be_bytes([10, 0, 0, 2]),
             prefix: 24,
             port: 7,
+            connect: 0,
         }
     }
 }
@@ -314,6 +325,12 @@ fn parse_step(text: &str) -> Result<Step, ParseError<'_>> {
             "secs" => step.secs = value,
             "from" => step.from = value,
             "nic" => step.nic = value,
+            "connect" => {
+                step.connect = u32::try_from(value)
+                    .ok()
+                    .filter(|&p| p != u32::MAX)
+                    .ok_or(ParseError::BadValue { param })?
+            }
             "port" => {
                 step.port = u16::try_from(value)
                     .ok()
@@ -475,6 +492,24 @@ mod tests {
         ] {
             extern crate std;
             let text = std::format!("net,{bad}");
+            assert_eq!(
+                parse(&text),
+                Err(ParseError::BadValue { param: bad }),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_vsock_workloads() {
+        let s = parse("vsock,port=1234,connect=5000").unwrap().as_slice()[0];
+        assert_eq!(s.kind, WorkloadKind::Vsock);
+        assert_eq!((s.port, s.connect), (1234, 5000));
+        let d = parse("vsock").unwrap().as_slice()[0];
+        assert_eq!((d.port, d.connect), (7, 0));
+        for bad in ["connect=4294967295", "connect=x", "port=0"] {
+            extern crate std;
+            let text = std::format!("vsock,{bad}");
             assert_eq!(
                 parse(&text),
                 Err(ParseError::BadValue { param: bad }),

@@ -5,6 +5,7 @@ mod blk;
 mod dirty;
 mod net;
 mod touch;
+mod vsock;
 
 use crate::report::{println, report};
 use crate::{boot, clock, io, status};
@@ -51,6 +52,7 @@ impl Ctx {
             WorkloadKind::BlkTrim => blk::trim(self, step),
             WorkloadKind::Echo => echo(),
             WorkloadKind::Net => net::net(self, step),
+            WorkloadKind::Vsock => vsock::vsock(self, step),
         }
     }
 
