@@ -170,7 +170,7 @@ impl Conn {
 
     /// Takes `data` the guest sent: straight into the host socket when
     /// nothing waits before it, the rest into the buffer.
-    pub fn from_guest(&mut self, data: &[u8]) -> Result<(), GuestWrite> {
+    pub fn take_from_guest(&mut self, data: &[u8]) -> Result<(), GuestWrite> {
         let room = BUF_ALLOC as usize - self.pending.len().min(BUF_ALLOC as usize);
         if data.len() > room {
             return Err(GuestWrite::CreditExceeded {
@@ -353,7 +353,7 @@ mod tests {
         let chunk = vec![1u8; 64 << 10];
         let mut sent = 0usize;
         loop {
-            match c.from_guest(&chunk) {
+            match c.take_from_guest(&chunk) {
                 Ok(()) => sent += chunk.len(),
                 Err(GuestWrite::CreditExceeded { room, .. }) => {
                     assert!(room < chunk.len());

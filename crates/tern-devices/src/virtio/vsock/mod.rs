@@ -751,11 +751,11 @@ impl Vsock {
         if len > 0 && r.read_exact(&mut self.scratch[..len]).is_err() {
             return self.bad("TX payload unreadable");
         }
-        self.from_guest(&h);
+        self.handle_guest(&h);
     }
 
     /// Acts on one checked packet from the guest (payload in scratch).
-    fn from_guest(&mut self, h: &Header) {
+    fn handle_guest(&mut self, h: &Header) {
         let key = (h.dst_port, h.src_port);
         let Some(&token) = self.by_ports.get(&key) else {
             match h.op {
@@ -807,7 +807,7 @@ impl Vsock {
                     .stats
                     .tx_bytes
                     .fetch_add(len as u64, Ordering::Relaxed);
-                let r = c.from_guest(&self.scratch[..len]);
+                let r = c.take_from_guest(&self.scratch[..len]);
                 match r {
                     Ok(()) => {}
                     Err(GuestWrite::CreditExceeded { len, room }) => {
