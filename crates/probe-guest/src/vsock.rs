@@ -738,10 +738,10 @@ impl Vsock {
                         if self.control(slot, op::RST, 0) {
                             self.conns[slot] = Conn::FREE;
                         }
-                    } else if c.credit_asked || c.fwd_cnt.wrapping_sub(c.fwd_sent) >= CONN_BUF / 2 {
-                        if self.control(slot, op::CREDIT_UPDATE, 0) {
-                            self.conns[slot].credit_asked = false;
-                        }
+                    } else if (c.credit_asked || c.fwd_cnt.wrapping_sub(c.fwd_sent) >= CONN_BUF / 2)
+                        && self.control(slot, op::CREDIT_UPDATE, 0)
+                    {
+                        self.conns[slot].credit_asked = false;
                     }
                     break;
                 }
