@@ -21,6 +21,7 @@ mod report;
 mod scsi;
 mod status;
 mod virtio;
+mod vsock;
 mod workloads;
 
 use core::arch::asm;

@@ -49,6 +49,9 @@ pub const DEVICE_VIRTIO_BLK: u32 = 2;
 pub const DEVICE_VIRTIO_NET: u32 = 1;
 /// [`DeviceInfo::kind`] of a virtio-mmio SCSI controller (its virtio id).
 pub const DEVICE_VIRTIO_SCSI: u32 = 8;
+/// [`DeviceInfo::kind`] of a virtio-mmio socket (vsock) device (its
+/// virtio id).
+pub const DEVICE_VIRTIO_VSOCK: u32 = 19;
 /// Guest page size used by the probe's workloads.
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -132,7 +135,7 @@ pub struct BootInfo {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeviceInfo {
-    /// [`DEVICE_VIRTIO_BLK`] or [`DEVICE_VIRTIO_NET`].
+    /// [`DEVICE_VIRTIO_BLK`], [`DEVICE_VIRTIO_NET`] or [`DEVICE_VIRTIO_VSOCK`].
     pub kind: u32,
     /// The interrupt line (the probe polls, but reports it).
     pub irq: u32,

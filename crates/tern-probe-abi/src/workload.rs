@@ -58,6 +58,11 @@ pub enum WorkloadKind {
     /// reservation key `key` (`other`: the key PREEMPT AND ABORT removes);
     /// one report line per operation with its SCSI status and sense.
     ScsiPr,
+    /// Bring up the vsock device: listen on port `port` and echo every
+    /// byte on every connection (many at once); with `connect=P`, also
+    /// connect to the host (CID 2) port P and echo there, again after
+    /// each transport reset; until told to stop.
+    Vsock,
 }
 
 /// Access pattern of `blk-iops`.
@@ -93,7 +98,7 @@ impl Mix {
 
 impl WorkloadKind {
     /// Every workload with its name, for help texts.
-    pub const ALL: [WorkloadKind; 15] = [
+    pub const ALL: [WorkloadKind; 16] = [
         WorkloadKind::Hello,
         WorkloadKind::Vcpus,
         WorkloadKind::Dirty,
@@ -109,6 +114,7 @@ impl WorkloadKind {
         WorkloadKind::ScsiDvdRead,
         WorkloadKind::ScsiWatch,
         WorkloadKind::ScsiPr,
+        WorkloadKind::Vsock,
     ];
 
     /// The name used in workload strings.
@@ -129,6 +135,7 @@ impl WorkloadKind {
             WorkloadKind::ScsiDvdRead => "scsi-dvd-read",
             WorkloadKind::ScsiWatch => "scsi-watch",
             WorkloadKind::ScsiPr => "scsi-pr",
+            WorkloadKind::Vsock => "vsock",
         }
     }
 
@@ -149,6 +156,7 @@ impl WorkloadKind {
             WorkloadKind::ScsiDvdRead => &["lun"],
             WorkloadKind::ScsiWatch => &["lun", "prevent"],
             WorkloadKind::ScsiPr => &["lun", "key", "other", "ops"],
+            WorkloadKind::Vsock => &["port", "connect"],
         }
     }
 
@@ -190,8 +198,10 @@ pub struct Step {
     pub ip: u32,
     /// `net`: prefix length of `ip` (default 24).
     pub prefix: u8,
-    /// `net`: TCP echo port (default 7).
+    /// `net`: TCP echo port; `vsock`: the port listened on (default 7).
     pub port: u16,
+    /// `vsock`: the host port to connect to (0, the default: none).
+    pub connect: u32,
     /// `scsi-*`: LUN number (default 0).
     pub lun: u64,
     /// `scsi-pr`: this initiator's reservation key (default 1).
@@ -224,6 +234,7 @@ impl Step {
             ip: u32::from_be_bytes([10, 0, 0, 2]),
             prefix: 24,
             port: 7,
+            connect: 0,
             lun: 0,
             key: 1,
             other: 2,
@@ -359,6 +370,12 @@ fn parse_step(text: &str) -> Result<Step, ParseError<'_>> {
             "secs" => step.secs = value,
             "from" => step.from = value,
             "nic" => step.nic = value,
+            "connect" => {
+                step.connect = u32::try_from(value)
+                    .ok()
+                    .filter(|&p| p != u32::MAX)
+                    .ok_or(ParseError::BadValue { param })?
+            }
             "lun" => step.lun = value,
             "key" => step.key = value,
             "other" => step.other = value,
@@ -525,6 +542,24 @@ mod tests {
         ] {
             extern crate std;
             let text = std::format!("net,{bad}");
+            assert_eq!(
+                parse(&text),
+                Err(ParseError::BadValue { param: bad }),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_vsock_workloads() {
+        let s = parse("vsock,port=1234,connect=5000").unwrap().as_slice()[0];
+        assert_eq!(s.kind, WorkloadKind::Vsock);
+        assert_eq!((s.port, s.connect), (1234, 5000));
+        let d = parse("vsock").unwrap().as_slice()[0];
+        assert_eq!((d.port, d.connect), (7, 0));
+        for bad in ["connect=4294967295", "connect=x", "port=0"] {
+            extern crate std;
+            let text = std::format!("vsock,{bad}");
             assert_eq!(
                 parse(&text),
                 Err(ParseError::BadValue { param: bad }),

@@ -52,6 +52,20 @@ pub struct Config {
     /// NICs in guest order.
     #[prost(message, repeated, tag = "7")]
     pub nics: Vec<Nic>,
+    /// The vsock device, if any.
+    #[prost(message, optional, tag = "8")]
+    pub vsock: Option<Vsock>,
+}
+
+/// The vsock device.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Vsock {
+    /// The guest's CID.
+    #[prost(uint64, tag = "1")]
+    pub cid: u64,
+    /// The host-side socket (absolute).
+    #[prost(string, tag = "2")]
+    pub socket: String,
 }
 
 /// One NIC.

@@ -178,6 +178,13 @@ pub fn config_to_proto(c: &VmConfig) -> proto::Config {
                 mac: n.mac.map(|m| m.bytes().to_vec()).unwrap_or_default(),
             })
             .collect(),
+        vsock: c.vsock.as_ref().map(|v| proto::Vsock {
+            cid: v.cid,
+            socket: std::path::absolute(&v.socket)
+                .unwrap_or_else(|_| v.socket.clone())
+                .display()
+                .to_string(),
+        }),
     }
 }
 
@@ -250,6 +257,14 @@ pub fn config_from_proto(
             })
         })
         .collect::<Result<_, _>>()?;
+    c.vsock = match &p.vsock {
+        None => None,
+        Some(v) if v.socket.is_empty() => return Err(bad("vsock without a socket")),
+        Some(v) => Some(tern_vmm::devices::vsock::VsockConfig {
+            cid: v.cid,
+            socket: v.socket.clone().into(),
+        }),
+    };
     Ok(c)
 }
 
@@ -488,11 +503,19 @@ mod tests {
             },
             NicConfig::new("tn1"),
         ];
+        c.vsock = Some(tern_vmm::devices::vsock::VsockConfig {
+            cid: 7,
+            socket: "/run/v.sock".into(),
+        });
         let p = config_to_proto(&c);
         let back = config_from_proto(&p, Path::new("/s"), Path::new("/s")).unwrap();
         assert_eq!(back.vcpus, 2);
         assert_eq!(back.disks, c.disks);
         assert_eq!(back.nics, c.nics);
+        assert_eq!(back.vsock, c.vsock);
+        let mut no_socket = p.clone();
+        no_socket.vsock.as_mut().unwrap().socket.clear();
+        assert!(config_from_proto(&no_socket, Path::new("/s"), Path::new("/s")).is_err());
         let mut bad_mac = p.clone();
         bad_mac.nics[0].mac = vec![1, 2, 3];
         assert!(config_from_proto(&bad_mac, Path::new("/s"), Path::new("/s")).is_err());

@@ -10,6 +10,7 @@
 
 pub mod nics;
 pub mod scsi;
+pub mod vsock;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -47,6 +47,10 @@ pub struct LaunchSpec {
     /// Added in version 1 with a default: a document without it has none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<NicSpec>,
+    /// The vsock device (after the disks and NICs). Added in version 1
+    /// with a default: a document without it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockSpec>,
     /// SCSI LUNs on one virtio-scsi controller (in the slot after the
     /// NICs'; no controller when empty). Added in version 1 with a
     /// default: a document without it has none.
@@ -255,6 +259,18 @@ impl ScsiLunSpec {
     }
 }
 
+/// The vsock device: the guest's CID and the host-side UNIX socket
+/// (docs/vsock.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockSpec {
+    /// The guest's context id (3 or more, below 2^32 - 1).
+    pub cid: u64,
+    /// Host programs connect here (`CONNECT <port>`); guest connections
+    /// to port P go to `<socket>_P`.
+    pub socket: PathBuf,
+}
+
 /// Where the serial console goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
@@ -351,6 +367,12 @@ pub enum LaunchSpecError {
     /// A disk without a path.
     #[error("disk {0} has an empty \"path\"")]
     EmptyDiskPath(usize),
+    /// A reserved vsock CID.
+    #[error("vsock \"cid\" {0} is reserved (a guest's CID is 3 or more, below 2^32 - 1)")]
+    VsockCid(u64),
+    /// A vsock device without a socket.
+    #[error("vsock has an empty \"socket\"")]
+    EmptyVsockSocket,
     /// A SCSI disk without an image.
     #[error("SCSI LUN {0} is a disk without a \"path\"")]
     ScsiNoImage(u16),
@@ -403,6 +425,7 @@ impl LaunchSpec {
             nics: Vec::new(),
             scsi: Vec::new(),
             scsi_initiator: None,
+            vsock: None,
             serial: SerialSpec::default(),
             control: None,
             memfd: false,
@@ -475,6 +498,7 @@ impl LaunchSpec {
                 (self.guest.is_some(), "guest"),
                 (!self.disks.is_empty(), "disks"),
                 (!self.scsi.is_empty(), "scsi"),
+                (self.vsock.is_some(), "vsock"),
                 (self.incoming.is_some(), "incoming"),
                 (self.memory_file.is_some(), "memory_file"),
             ];
@@ -503,6 +527,14 @@ impl LaunchSpec {
             }
             if l.shared && (l.kind == ScsiLunKind::Dvd || l.read_only) {
                 return Err(LaunchSpecError::ScsiShared(n));
+            }
+        }
+        if let Some(v) = &self.vsock {
+            if v.cid <= 2 || v.cid >= u64::from(u32::MAX) {
+                return Err(LaunchSpecError::VsockCid(v.cid));
+            }
+            if v.socket.as_os_str().is_empty() {
+                return Err(LaunchSpecError::EmptyVsockSocket);
             }
         }
         for (index, d) in self.disks.iter().enumerate() {
@@ -635,6 +667,10 @@ mod scsi_tests {
             );
             let e = LaunchSpec::parse(&doc).unwrap_err();
             assert!(e.to_string().contains(what), "{bad}: {e}");
+        }
+    }
+}
+
 /// The Secure Boot policy a direct-booted kernel is judged by: a built-in
 /// `db` template plus `db` and `dbx` files (EFI_SIGNATURE_LISTs, or single
 /// DER/PEM certificates).
@@ -706,6 +742,42 @@ mod secure_boot_tests {
         for bad in [
             r#"{"version":1,"guest":{"kind":"linux","kernel":"/k"},"secure_boot":{"template":"windows"}}"#,
             r#"{"version":1,"guest":{"kind":"linux","kernel":"/k"},"secure_boot":{"kek":[]}}"#,
+        ] {
+            assert!(LaunchSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod vsock_tests {
+    use super::*;
+
+    #[test]
+    fn vsock_round_trips_and_older_documents_have_none() {
+        let mut spec = LaunchSpec::new(
+            1,
+            DEFAULT_MEMORY,
+            GuestSpec::Probe {
+                workload: "vsock".into(),
+                image: None,
+            },
+        );
+        spec.vsock = Some(VsockSpec {
+            cid: 3,
+            socket: "/run/tern/v.sock".into(),
+        });
+        let text = spec.to_json();
+        assert!(text.contains(r#""cid": 3"#), "{text}");
+        assert_eq!(LaunchSpec::parse(&text).unwrap(), spec);
+        let old = LaunchSpec::parse(r#"{"version":1,"guest":{"kind":"probe","workload":"hello"}}"#)
+            .unwrap();
+        assert_eq!(old.vsock, None);
+        for bad in [
+            r#"{"version":1,"guest":{"kind":"probe","workload":"x"},"vsock":{"cid":2,"socket":"s"}}"#,
+            r#"{"version":1,"guest":{"kind":"probe","workload":"x"},"vsock":{"cid":3,"socket":""}}"#,
+            r#"{"version":1,"guest":{"kind":"probe","workload":"x"},"vsock":{"cid":3}}"#,
+            r#"{"version":1,"guest":{"kind":"probe","workload":"x"},"vsock":{"cid":3,"socket":"s","port":1}}"#,
+            r#"{"version":1,"restore":{"dir":"d"},"vsock":{"cid":3,"socket":"s"}}"#,
         ] {
             assert!(LaunchSpec::parse(bad).is_err(), "{bad}");
         }

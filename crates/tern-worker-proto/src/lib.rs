@@ -47,7 +47,8 @@ pub use endpoint::{Endpoint, EndpointError};
 pub use error::{ErrorCode, WorkerError};
 pub use hello::{Capability, Hello, HelloReply, VersionError, PROTOCOL_VERSION};
 pub use launch::{
-    DiskSpec, LaunchSpec, LaunchSpecError, NicSpec, ScsiLunKind, ScsiLunSpec, LAUNCH_SPEC_VERSION,
+    DiskSpec, LaunchSpec, LaunchSpecError, NicSpec, ScsiLunKind, ScsiLunSpec, VsockSpec,
+    LAUNCH_SPEC_VERSION,
 };
 pub use listening::{Listening, ListeningError};
 pub use types::{DiskFormat, QosLimits, VmState};

@@ -455,6 +455,8 @@ pub struct ScsiResize {
     pub lun: u16,
     /// New size, bytes (a multiple of 512).
     pub size: u64,
+}
+
 /// `ownership-renew`: the daemon's proof that this node still owns the VM in
 /// its cluster, sent after each lease renewal etcd confirmed. The worker
 /// keeps its own deadline: if no renewal comes before it, the worker pauses

@@ -120,6 +120,13 @@ pub fn vm_config(spec: &LaunchSpec) -> Option<VmConfig> {
         })
         .collect();
     cfg.scsi = crate::scsi::scsi_config(spec);
+    cfg.vsock = spec
+        .vsock
+        .as_ref()
+        .map(|v| tern_vmm::devices::vsock::VsockConfig {
+            cid: v.cid,
+            socket: v.socket.clone(),
+        });
     if let Some(m) = &spec.memory_file {
         cfg.memory_source = MemorySource::File {
             path: m.path.clone(),

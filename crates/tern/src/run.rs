@@ -11,7 +11,7 @@ use tern_worker_proto::launch::{
 };
 use tern_worker_proto::{
     DiskFormat, DiskSpec, Endpoint, LaunchSpec, LaunchSpecError, NicSpec, QosLimits, ScsiLunKind,
-    ScsiLunSpec,
+    ScsiLunSpec, VsockSpec,
 };
 
 use crate::exit_code;
@@ -21,7 +21,7 @@ pub use tern_worker::error_chain as chain;
 
 /// Options that describe the VM, which `--launch` replaces (not
 /// `--probe-image`: it may come from the environment).
-const VM_OPTIONS: [&str; 22] = [
+const VM_OPTIONS: [&str; 23] = [
     "vcpus",
     "memory",
     "guest",
@@ -31,6 +31,7 @@ const VM_OPTIONS: [&str; 22] = [
     "serial",
     "control",
     "memfd",
+    "vsock",
     "disks",
     "nics",
     "scsi",
@@ -119,13 +120,19 @@ pub struct RunArgs {
     /// default: made up at start).
     #[arg(long, value_name = "NAME")]
     scsi_initiator: Option<String>,
+    /// A vsock device (after the disks, NICs and SCSI controller):
+    /// cid=N,socket=PATH. Host programs connect to PATH and write
+    /// `CONNECT <port>\n`; guest connections to the host (CID 2) port P go
+    /// to PATH_P.
+    #[arg(long, value_name = "SPEC", value_parser = parse_vsock)]
+    vsock: Option<VsockSpec>,
     /// Continue a saved VM (a directory written by the `save` request, or
     /// an export) instead of booting; its configuration comes from there.
     /// Nothing in the directory is changed.
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with_all = ["guest", "kernel", "disks", "nics", "scsi", "incoming", "memory_file"]
+        conflicts_with_all = ["guest", "kernel", "disks", "nics", "scsi", "vsock", "incoming", "memory_file"]
     )]
     restore: Option<PathBuf>,
     /// With --restore: map the memory image copy-on-write, pages are read
@@ -288,6 +295,7 @@ fn spec(args: RunArgs) -> Result<LaunchSpec, String> {
     spec.nics = args.nics;
     spec.scsi = args.scsi;
     spec.scsi_initiator = args.scsi_initiator;
+    spec.vsock = args.vsock;
     spec.serial = args.serial;
     spec.control = args.control;
     spec.memfd = args.memfd;
@@ -450,6 +458,36 @@ pub fn parse_scsi(text: &str) -> Result<ScsiLunSpec, String> {
     Ok(spec)
 }
 
+/// Parses `--vsock cid=N,socket=PATH` (a `,` in the path written twice).
+pub fn parse_vsock(text: &str) -> Result<VsockSpec, String> {
+    let (mut cid, mut socket) = (None, None);
+    for part in split_options(text) {
+        match part.split_once('=') {
+            Some(("cid", v)) => {
+                cid = Some(
+                    v.parse::<u64>()
+                        .ok()
+                        .filter(|c| *c > 2 && *c < u64::from(u32::MAX))
+                        .ok_or_else(|| {
+                            format!("vsock cid '{v}' is not a guest CID (3 up to 4294967294)")
+                        })?,
+                )
+            }
+            Some(("socket", v)) if !v.is_empty() => socket = Some(PathBuf::from(v)),
+            Some(("socket", _)) => return Err("vsock option 'socket' needs a path".into()),
+            _ => {
+                return Err(format!(
+                    "unknown vsock option '{part}' (expected cid=N, socket=PATH)"
+                ))
+            }
+        }
+    }
+    Ok(VsockSpec {
+        cid: cid.ok_or_else(|| format!("vsock spec '{text}' has no cid=N"))?,
+        socket: socket.ok_or_else(|| format!("vsock spec '{text}' has no socket=PATH"))?,
+    })
+}
+
 /// Parses `--disk path=FILE[,format=raw|vhdx][,readonly][,max-iops=N]
 /// [,min-iops=N][,max-bw=BYTES][,poll]`.
 pub fn parse_disk(text: &str) -> Result<DiskSpec, String> {
@@ -510,6 +548,37 @@ pub fn parse_disk(text: &str) -> Result<DiskSpec, String> {
         qos,
         poll,
     })
+}
+
+#[cfg(test)]
+mod vsock_spec_tests {
+    use super::*;
+
+    #[test]
+    fn parses_vsock_specs() {
+        assert_eq!(
+            parse_vsock("cid=3,socket=/tmp/v.sock").unwrap(),
+            VsockSpec {
+                cid: 3,
+                socket: "/tmp/v.sock".into()
+            }
+        );
+        assert_eq!(
+            parse_vsock("socket=/tmp/a,,b,cid=9").unwrap().socket,
+            PathBuf::from("/tmp/a,b")
+        );
+        for (bad, needle) in [
+            ("cid=2,socket=s", "is not a guest CID"),
+            ("cid=x,socket=s", "is not a guest CID"),
+            ("socket=s", "no cid=N"),
+            ("cid=3", "no socket=PATH"),
+            ("cid=3,socket=", "needs a path"),
+            ("cid=3,socket=s,port=1", "unknown vsock option 'port=1'"),
+        ] {
+            let e = parse_vsock(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod dirty;
 mod net;
 mod scsi;
 mod touch;
+mod vsock;
 
 use crate::report::{println, report};
 use crate::{boot, clock, io, status};
@@ -56,6 +57,7 @@ impl Ctx {
             WorkloadKind::ScsiDvdRead => scsi::dvd_read(self, step),
             WorkloadKind::ScsiWatch => scsi::watch(self, step),
             WorkloadKind::ScsiPr => scsi::pr(self, step),
+            WorkloadKind::Vsock => vsock::vsock(self, step),
         }
     }
 

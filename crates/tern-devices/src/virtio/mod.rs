@@ -27,6 +27,7 @@ pub mod net;
 pub mod scsi;
 #[cfg(test)]
 mod tests;
+pub mod vsock;
 
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;

@@ -291,3 +291,18 @@ pub struct VirtioScsiState {
     #[prost(bytes = "vec", tag = "3")]
     pub controller: Vec<u8>,
 }
+
+/// A virtio-vsock device: its transport and the guest's CID. Connections
+/// are not kept (their host streams stay with the saved process): the
+/// restored device sends the guest a transport-reset event.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VirtioVsockState {
+    /// Version of this record (1).
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    #[prost(message, optional, tag = "2")]
+    pub transport: Option<VirtioMmioState>,
+    /// The guest's context id.
+    #[prost(uint64, tag = "3")]
+    pub cid: u64,
+}

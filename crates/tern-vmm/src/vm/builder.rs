@@ -20,7 +20,7 @@ use super::pacer::Pacer;
 use super::probe::{ProbeSink, Reports};
 use super::snapshot::{
     check_restore_target, has_scsi_device, needs_pacing, restore_cpu_state, restore_disk_devices,
-    restore_nic_devices, restore_scsi_device, serial_from_proto,
+    restore_nic_devices, restore_scsi_device, restore_vsock_device, serial_from_proto,
 };
 use super::{
     host_memory, kvm_err, set_slot, Guest, Shared, Vm, VmConfig, VmError, VmExit, VmHooks,
@@ -166,10 +166,28 @@ impl Vm {
         if let (Some(st), Some(c)) = (restore, &scsi) {
             restore_scsi_device(st, c)?;
         }
+        let vsock = config
+            .vsock
+            .as_ref()
+            .map(|c| {
+                crate::devices::vsock::VsockDevice::attach(
+                    c,
+                    disks.len() + nics.len() + scsi.iter().count(),
+                    &ram.mem,
+                    &fd,
+                    &mut mmio,
+                )
+            })
+            .transpose()?;
+        if let Some(st) = restore {
+            restore_vsock_device(st, vsock.as_ref())?;
+        }
+        // Slots in this order: disks, NICs, the SCSI controller, vsock.
         let device_infos: Vec<tern_probe_abi::DeviceInfo> = [
             disks.device_infos(),
             nics.device_infos(),
             scsi.iter().map(|c| c.device_info()).collect(),
+            vsock.iter().map(|v| v.device_info()).collect(),
         ]
         .concat();
 
@@ -346,6 +364,7 @@ impl Vm {
             disks,
             nics,
             scsi,
+            vsock,
             time_restore: Mutex::new(time_restore),
             pacer,
             power_button,

@@ -56,6 +56,8 @@ pub struct VmConfig {
     /// The SCSI controller's LUNs (a controller, in the slot after the
     /// NICs', when there is any).
     pub scsi: crate::devices::scsi::ScsiConfig,
+    /// The vsock device (after the disks and NICs), if any.
+    pub vsock: Option<crate::devices::vsock::VsockConfig>,
     /// Allocate and map all of RAM before the VM runs (QEMU's
     /// `prealloc=on`): no page faults later, all memory committed now.
     pub prealloc: bool,
@@ -77,6 +79,7 @@ impl VmConfig {
             disks: Vec::new(),
             nics: Vec::new(),
             scsi: Default::default(),
+            vsock: None,
             prealloc: false,
             cpu_model: crate::cpuid::CpuModel::Host,
         }
@@ -207,6 +210,9 @@ pub enum VmError {
     /// is the largest error and would make every `VmError` as large).
     #[error(transparent)]
     Scsi(Box<crate::devices::scsi::ScsiError>),
+    /// The vsock device could not be attached.
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::vsock::VsockError),
 }
 
 impl From<crate::devices::scsi::ScsiError> for VmError {

@@ -92,6 +92,7 @@ pub struct Vm {
     disks: crate::devices::Disks,
     nics: crate::devices::nics::Nics,
     scsi: Option<crate::devices::scsi::ScsiController>,
+    vsock: Option<crate::devices::vsock::VsockDevice>,
     time_restore: Mutex<Option<TimeRestore>>,
     pacer: Arc<pacer::Pacer>,
     /// The ACPI power button (Linux guests).
@@ -106,6 +107,7 @@ impl Vm {
     pub fn start_paused(&self) -> Result<(), VmError> {
         self.shared.control.hold();
         self.nics.set_frozen(true);
+        self.vsock_frozen(true);
         self.start()
     }
 
@@ -118,6 +120,9 @@ impl Vm {
         self.nics.kick();
         if let Some(s) = &self.scsi {
             s.kick();
+        }
+        if let Some(v) = &self.vsock {
+            v.kick();
         }
         let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         for (id, v) in self.vcpus.iter().enumerate() {
@@ -150,7 +155,15 @@ impl Vm {
         // Frames keep arriving: no NIC may write guest memory or its rings
         // while the VM is paused (a save or migration copies them now).
         self.nics.set_frozen(true);
+        self.vsock_frozen(true);
         Ok(())
+    }
+
+    /// Holds or releases the vsock device's queues with the NICs'.
+    fn vsock_frozen(&self, on: bool) {
+        if let Some(v) = &self.vsock {
+            v.set_frozen(on);
+        }
     }
 
     /// Resumes after [`Vm::pause`]. Disks handed over by a migration whose
@@ -163,6 +176,7 @@ impl Vm {
         }
         self.shared.control.resume()?;
         self.nics.set_frozen(false);
+        self.vsock_frozen(false);
         Ok(())
     }
 
@@ -245,6 +259,11 @@ impl Vm {
     /// True when the VM has a SCSI controller.
     pub fn has_scsi(&self) -> bool {
         self.scsi.is_some()
+    }
+
+    /// The VM's vsock device, if it has one.
+    pub fn vsock(&self) -> Option<&crate::devices::vsock::VsockDevice> {
+        self.vsock.as_ref()
     }
 
     /// Probe guest reports.

@@ -68,6 +68,14 @@ impl Vm {
                 data: prost::Message::encode_to_vec(&s.save()?),
             });
         }
+        st.devices
+            .extend(crate::devices::vsock::save(self.vsock.as_ref()).map(|v| {
+                state::proto::DeviceState {
+                    kind: VIRTIO_VSOCK_KIND.into(),
+                    index: 0,
+                    data: prost::Message::encode_to_vec(&v),
+                }
+            }));
         st.serial = Some(serial_to_proto(
             &self
                 .serial
@@ -110,6 +118,7 @@ impl Vm {
         if let Some(s) = &self.scsi {
             restore_scsi_device(st, s)?;
         }
+        restore_vsock_device(st, self.vsock.as_ref())?;
         let guards: Vec<_> = self
             .vcpus
             .iter()
@@ -244,6 +253,20 @@ pub(super) fn restore_scsi_device(
         },
         None => Ok(()),
     }
+}
+
+/// `DeviceState::kind` of the virtio-vsock device.
+const VIRTIO_VSOCK_KIND: &str = "virtio-vsock";
+
+/// Continues the vsock device from the saved state (with a transport
+/// reset for the guest); a state without one leaves it fresh.
+pub(super) fn restore_vsock_device(
+    st: &VmState,
+    dev: Option<&crate::devices::vsock::VsockDevice>,
+) -> Result<(), VmError> {
+    let saved = saved_devices::<state::proto::VirtioVsockState>(st, VIRTIO_VSOCK_KIND)?;
+    let first = saved.as_ref().and_then(|v| v.first());
+    Ok(crate::devices::vsock::restore(dev, first)?)
 }
 
 /// Refuses a state that does not fit the VM being built.
