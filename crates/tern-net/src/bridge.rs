@@ -217,7 +217,10 @@ impl Netlink {
                 LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::VlanFiltering(true)])),
             ]))
             .build();
-        match self.handle.link().set(msg).execute().await {
+        // RTM_SETLINK ignores link-kind data: it takes RTM_NEWLINK on the
+        // existing link (no CREATE/EXCL), as `ip link set type bridge` does.
+        let flags = rtnetlink::packet_core::NLM_F_REQUEST | rtnetlink::packet_core::NLM_F_ACK;
+        match self.handle.link().add(msg).set_flags(flags).execute().await {
             Err(rtnetlink::Error::NetlinkError(e))
                 if e.to_io().raw_os_error() == Some(libc::EOPNOTSUPP) =>
             {

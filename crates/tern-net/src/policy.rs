@@ -15,7 +15,7 @@ use nftables::batch::Batch;
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, SetItem};
 use nftables::helper::{self, NftablesError};
 use nftables::schema::{Chain, NfListObject, Rule, Table};
-use nftables::stmt::{Counter, Drop, Match, Operator, Statement};
+use nftables::stmt::{Counter, Drop, Limit, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::Mac;
@@ -31,12 +31,16 @@ pub struct Guards {
     /// Drop router advertisements and redirects (ICMPv6 and ICMPv4
     /// redirect) sent from the port: a VM cannot act as a rogue router.
     pub router: bool,
+    /// Police what the port sends to this many bytes per second (the
+    /// other direction is shaped by tc, see [`crate::shaping`]; this
+    /// kernel has no tc police action, nftables' `limit` does the same).
+    pub max_bw_from_port: Option<u32>,
 }
 
 impl Guards {
-    /// Whether any guard is on.
+    /// Whether any rule is on.
     pub fn any(&self) -> bool {
-        self.mac || self.dhcp || self.router
+        self.mac || self.dhcp || self.router || self.max_bw_from_port.is_some()
     }
 }
 
@@ -141,6 +145,18 @@ fn rules(port: &str, mac: Mac, guards: Guards) -> Vec<Vec<Statement<'static>>> {
             Expression::String("redirect".into()),
         )]);
     }
+    if let Some(rate) = guards.max_bw_from_port {
+        // About 10 ms of traffic, at least a 64 KiB GSO frame.
+        let burst = (rate / 100).max(64 << 10) + 1514;
+        rule(vec![Statement::Limit(Limit {
+            rate,
+            rate_unit: Some("bytes".into()),
+            per: Some("second".into()),
+            burst: Some(burst),
+            burst_unit: Some("bytes".into()),
+            inv: Some(true),
+        })]);
+    }
     out
 }
 
@@ -207,9 +223,10 @@ mod tests {
             mac: true,
             dhcp: true,
             router: true,
+            max_bw_from_port: Some(1_000_000),
         };
         let r = rules("tp0", Mac([2, 0, 0, 0, 0, 1]), all);
-        assert_eq!(r.len(), 5);
+        assert_eq!(r.len(), 6);
         let j = serde_json::to_string(&ruleset("tp0", Mac([2, 0, 0, 0, 0, 1]), all)).unwrap();
         assert!(j.contains("\"02:00:00:00:00:01\""), "{j}");
         assert!(j.contains("nd-router-advert"), "{j}");

@@ -8,7 +8,9 @@
 //! Directions are the port's: a tap's *egress* is what the bridge sends to
 //! the guest, its *ingress* what the guest sends. The cap shapes egress
 //! with a token-bucket filter (`tbf`, which backpressures local senders
-//! smoothly) and polices ingress (`clsact` + `matchall` + `police`).
+//! smoothly); ingress is policed by the port's nftables table
+//! ([`crate::policy::Guards::max_bw_from_port`]), as this kernel has no tc
+//! police action.
 //! Mirroring copies both directions to the monitor port with `mirred
 //! egress mirror` on the port's `clsact` hooks.
 
@@ -69,18 +71,7 @@ pub enum Tc {
         /// Device.
         dev: String,
     },
-    /// `tc filter add dev D HOOK pref P matchall action police rate R burst B drop`.
-    Police {
-        /// Device.
-        dev: String,
-        /// Hook.
-        hook: Hook,
-        /// Bytes per second.
-        rate: u64,
-        /// Bucket size in bytes.
-        burst: u64,
-    },
-    /// `tc filter add dev D HOOK pref P matchall action mirred egress mirror dev M`.
+    /// `tc filter add dev D HOOK pref P u32 match u32 0 0 action mirred egress mirror dev M`.
     Mirror {
         /// Device.
         dev: String,
@@ -98,8 +89,7 @@ pub enum Tc {
     },
 }
 
-/// Filter preferences, so a port's police and mirror filters coexist.
-const PREF_POLICE: &str = "10";
+/// The mirror filters' preference.
 const PREF_MIRROR: &str = "20";
 
 impl Tc {
@@ -132,29 +122,6 @@ impl Tc {
                 dev.clone(),
                 "clsact".into(),
             ],
-            Tc::Police {
-                dev,
-                hook,
-                rate,
-                burst,
-            } => vec![
-                "filter".into(),
-                "replace".into(),
-                "dev".into(),
-                dev.clone(),
-                hook.arg().into(),
-                "pref".into(),
-                PREF_POLICE.into(),
-                "matchall".into(),
-                "action".into(),
-                "police".into(),
-                "rate".into(),
-                format!("{}bps", rate),
-                "burst".into(),
-                burst.to_string(),
-                "conform-exceed".into(),
-                "drop".into(),
-            ],
             Tc::Mirror { dev, hook, to } => vec![
                 "filter".into(),
                 "replace".into(),
@@ -163,7 +130,12 @@ impl Tc {
                 hook.arg().into(),
                 "pref".into(),
                 PREF_MIRROR.into(),
-                "matchall".into(),
+                // Matches every frame (this kernel has no matchall).
+                "u32".into(),
+                "match".into(),
+                "u32".into(),
+                "0".into(),
+                "0".into(),
                 "action".into(),
                 "mirred".into(),
                 "egress".into(),
@@ -206,7 +178,7 @@ impl Tc {
 /// A port's traffic settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortShaping {
-    /// Maximum bandwidth each way, bytes per second.
+    /// Maximum bandwidth to the port, bytes per second.
     pub max_bw: Option<u64>,
     /// The monitor port that gets a copy of both directions.
     pub mirror_to: Option<String>,
@@ -228,16 +200,8 @@ pub fn commands(port: &str, s: &PortShaping) -> Vec<Tc> {
             latency_ms: 50,
         });
     }
-    if s.max_bw.is_some() || s.mirror_to.is_some() {
+    if s.mirror_to.is_some() {
         v.push(Tc::Clsact { dev: port.into() });
-    }
-    if let Some(rate) = s.max_bw {
-        v.push(Tc::Police {
-            dev: port.into(),
-            hook: Hook::Ingress,
-            rate,
-            burst: burst(rate),
-        });
     }
     if let Some(to) = &s.mirror_to {
         for hook in [Hook::Ingress, Hook::Egress] {
@@ -264,7 +228,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cap_shapes_egress_and_polices_ingress() {
+    fn a_cap_shapes_egress_and_a_mirror_copies_both_ways() {
         let c = commands(
             "tp0",
             &PortShaping {
@@ -272,17 +236,18 @@ mod tests {
                 mirror_to: Some("mon0".into()),
             },
         );
-        assert_eq!(c.len(), 5);
+        assert_eq!(c.len(), 4);
         let tbf = c[0].args();
         assert_eq!(tbf[7], "10000000bps");
+        assert!(matches!(&c[1], Tc::Clsact { .. }));
         assert!(matches!(
             &c[2],
-            Tc::Police {
+            Tc::Mirror {
                 hook: Hook::Ingress,
                 ..
             }
         ));
-        assert_eq!(c[4].args().last().unwrap(), "mon0");
+        assert_eq!(c[3].args().last().unwrap(), "mon0");
         assert!(commands("tp0", &PortShaping::default()).is_empty());
     }
 }
