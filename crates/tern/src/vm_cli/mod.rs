@@ -10,6 +10,7 @@ mod checkpoint;
 mod console;
 mod host;
 mod migrate;
+mod switch;
 mod vm;
 mod volume;
 
@@ -23,6 +24,7 @@ use tern_api::{Client, ClientError, Endpoint};
 
 pub use checkpoint::CheckpointCmd;
 pub use host::HostCmd;
+pub use switch::SwitchCmd;
 pub use vm::VmCmd;
 pub use volume::VolumeCmd;
 
@@ -78,6 +80,8 @@ pub enum ApiCommand {
     Checkpoint(CheckpointCmd),
     /// Show the host daemon's status.
     Host(HostCmd),
+    /// Manage virtual switches (external, internal, private).
+    Switch(SwitchCmd),
 }
 
 /// A failed command: exit code and one line for stderr.
@@ -178,6 +182,7 @@ async fn dispatch(cmd: ApiCommand) -> CmdResult {
         ApiCommand::Volume(v) => volume::run(v).await,
         ApiCommand::Checkpoint(c) => checkpoint::run(c).await,
         ApiCommand::Host(h) => host::run(h).await,
+        ApiCommand::Switch(s) => switch::run(s).await,
     }
 }
 
