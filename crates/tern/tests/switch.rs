@@ -255,11 +255,11 @@ fn an_external_switch_records_its_uplink_going_down_and_up() {
     ]);
     assert_eq!(sw["uplink"], "up0");
     let events = |kind: &str| {
-        let ev = d.json(&["vm", "events"]);
-        ev["events"]
-            .as_array()
-            .unwrap()
-            .iter()
+        // One JSON event per line.
+        let out = d.tern(&["vm", "events", "--json"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|e| e["kind"] == kind)
             .count()
     };
