@@ -24,9 +24,9 @@ pub struct CarrierChange {
 }
 
 /// Starts watching every link's carrier; the receiver gets a change each
-/// time a link's carrier (or admin state) flips, named by interface.
-/// `initial` holds the known states; a link not in it is reported from
-/// its second state on.
+/// time a link's carrier (or admin state) flips, named by interface. The
+/// first message for a link after starting is reported only if it differs
+/// from `initial`.
 pub fn watch(
     initial: HashMap<String, bool>,
 ) -> Result<mpsc::UnboundedReceiver<CarrierChange>, BridgeError> {
@@ -49,10 +49,9 @@ pub fn watch(
                 continue;
             }
             let up = s.up && s.carrier;
-            // A link first seen here (not in `initial`) sets its baseline
-            // silently: enslaving an uplink announces it without a change.
-            let changed = matches!(last.insert(s.name.clone(), up), Some(prev) if prev != up);
-            if changed && tx.send(CarrierChange { name: s.name, up }).is_err() {
+            if last.insert(s.name.clone(), up) != Some(up)
+                && tx.send(CarrierChange { name: s.name, up }).is_err()
+            {
                 break;
             }
         }
