@@ -13,6 +13,9 @@ wanted=(
   "iproute2:tc"
   # the NIC tests ping the guest
   "iputils-ping:ping"
+  # virtual switches: port guards are nftables rules, tests watch ports with tcpdump
+  "nftables:nft"
+  "tcpdump:tcpdump"
   "g++:g++"
   # ACPI tables: iasl disassembles and recompiles them (tern-acpi tests)
   "acpica-tools:iasl"

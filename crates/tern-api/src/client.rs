@@ -499,6 +499,40 @@ impl Client {
         self.delete(&format!("/v1/disks/{}", seg(disk))).await
     }
 
+    /// `GET /v1/switches`.
+    pub async fn list_switches(&self) -> Result<Vec<Switch>, ClientError> {
+        Ok(self.get::<SwitchList>("/v1/switches").await?.switches)
+    }
+
+    /// `POST /v1/switches`.
+    pub async fn create_switch(&self, spec: &CreateSwitch) -> Result<Switch, ClientError> {
+        self.post("/v1/switches", Some(spec)).await
+    }
+
+    /// `GET /v1/switches/{switch}`.
+    pub async fn get_switch(&self, switch: &str) -> Result<Switch, ClientError> {
+        self.get(&format!("/v1/switches/{}", seg(switch))).await
+    }
+
+    /// `DELETE /v1/switches/{switch}`.
+    pub async fn delete_switch(&self, switch: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/switches/{}", seg(switch))).await
+    }
+
+    /// `GET /v1/vms/{vm}/nics`.
+    pub async fn list_nics(&self, vm: &str) -> Result<Vec<Nic>, ClientError> {
+        Ok(self
+            .get::<NicList>(&format!("/v1/vms/{}/nics", seg(vm)))
+            .await?
+            .nics)
+    }
+
+    /// `POST /v1/vms/{vm}/nics`.
+    pub async fn add_nic(&self, vm: &str, nic: &CreateNic) -> Result<Nic, ClientError> {
+        self.post(&format!("/v1/vms/{}/nics", seg(vm)), Some(nic))
+            .await
+    }
+
     /// `POST /v1/disks/{disk}/resize`.
     pub async fn resize_disk(&self, disk: &str, size: u64) -> Result<Disk, ClientError> {
         self.post(

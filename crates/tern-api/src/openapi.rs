@@ -65,13 +65,20 @@ use crate::types::*;
         metrics,
         cluster_info,
         cluster_nodes,
+        list_switches,
+        create_switch,
+        get_switch,
+        delete_switch,
+        list_nics,
+        add_nic,
     ),
     components(schemas(
         ApiError, VmState, CreateVm, Vm, VmList, Event, EventList, DiskFormat,
         CreateDisk, DiskQos, Disk, DiskList, ResizeDisk, AttachDisk, CreateCheckpoint,
         Checkpoint, CheckpointList, StartMigration, MigrationState, Migration,
         MigrationList, IncomingMigration, IncomingDisk, IncomingReady, Features, HostInfo,
-        ClusterNodeState, ClusterNode, ClusterNodeList, ClusterInfo
+        ClusterNodeState, ClusterNode, ClusterNodeList, ClusterInfo,
+        SwitchType, CreateSwitch, Switch, SwitchList, CreateNic, Nic, NicList
     )),
     modifiers(&BearerAuth, &CommonResponses, &Links),
     tags(
@@ -81,6 +88,7 @@ use crate::types::*;
         (name = "migration", description = "Live migration between hosts"),
         (name = "host", description = "The host and its events"),
         (name = "cluster", description = "The failover cluster this host is a node of"),
+        (name = "switches", description = "Virtual switches and VMs' NICs"),
     )
 )]
 pub struct ApiDoc;
@@ -704,3 +712,46 @@ mod tests {
         }
     }
 }
+
+#[utoipa::path(get, path = "/v1/switches", tag = "switches",
+    responses((status = 200, body = SwitchList)))]
+fn list_switches() {}
+
+#[utoipa::path(post, path = "/v1/switches", tag = "switches", request_body = CreateSwitch,
+    responses(
+        (status = 201, body = Switch, description = "Created: its bridge exists and is up"),
+        (status = 400, body = ApiError, description = "Bad name, type options or address; \
+            or the uplink does not exist"),
+        (status = 409, body = ApiError, description = "The name is taken"),
+        (status = 500, body = ApiError, description = "The bridge could not be made"),
+    ))]
+fn create_switch() {}
+
+#[utoipa::path(get, path = "/v1/switches/{switch}", tag = "switches",
+    params(("switch" = String, Path, description = "Switch name or id")),
+    responses((status = 200, body = Switch), (status = 404, body = ApiError)))]
+fn get_switch() {}
+
+#[utoipa::path(delete, path = "/v1/switches/{switch}", tag = "switches",
+    params(("switch" = String, Path, description = "Switch name or id")),
+    responses(
+        (status = 204, description = "Deleted with its bridge"),
+        (status = 404, body = ApiError),
+        (status = 409, body = ApiError, description = "NICs are attached to it"),
+    ))]
+fn delete_switch() {}
+
+#[utoipa::path(get, path = "/v1/vms/{vm}/nics", tag = "switches",
+    params(("vm" = String, Path, description = "VM name or id")),
+    responses((status = 200, body = NicList), (status = 404, body = ApiError)))]
+fn list_nics() {}
+
+#[utoipa::path(post, path = "/v1/vms/{vm}/nics", tag = "switches", request_body = CreateNic,
+    params(("vm" = String, Path, description = "VM name or id")),
+    responses(
+        (status = 201, body = Nic, description = "Added; the port is made at each start"),
+        (status = 400, body = ApiError, description = "Bad MAC, bandwidth or mirror port"),
+        (status = 404, body = ApiError, description = "No such VM or switch"),
+        (status = 409, body = ApiError, description = "The VM runs"),
+    ))]
+fn add_nic() {}

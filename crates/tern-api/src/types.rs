@@ -789,3 +789,133 @@ pub struct ClusterInfo {
     /// Clustered VMs that have an owner now.
     pub vms_owned: u32,
 }
+
+/// A virtual switch's type (Hyper-V's three).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SwitchType {
+    /// Bridged to a host interface (the uplink): VMs reach its network.
+    External,
+    /// VMs and the host (the bridge's own address) reach each other.
+    Internal,
+    /// Only the VMs on it reach each other.
+    Private,
+}
+
+impl SwitchType {
+    /// The name the API and the registry use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchType::External => "external",
+            SwitchType::Internal => "internal",
+            SwitchType::Private => "private",
+        }
+    }
+}
+
+/// Body of `POST /v1/switches`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSwitch {
+    /// Unique name (as a VM name).
+    #[schema(schema_with = limits::name_schema)]
+    pub name: String,
+    /// The switch's type.
+    #[serde(rename = "type")]
+    pub kind: SwitchType,
+    /// The host interface an external switch bridges (external only).
+    #[serde(default)]
+    pub uplink: Option<String>,
+    /// The host's address on an internal switch, `A.B.C.D/LEN` (internal
+    /// only; absent: the bridge has none and the host configures it).
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// A virtual switch.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Switch {
+    /// Stable id (16 hex digits).
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: SwitchType,
+    /// The bridged host interface (external).
+    pub uplink: Option<String>,
+    /// The host's address on it (internal).
+    pub address: Option<String>,
+    /// The Linux bridge that is the switch.
+    pub bridge: String,
+    /// Whether the uplink has carrier (external; absent when unknown).
+    pub link_up: Option<bool>,
+    /// The NICs on it, as `VM/INDEX`.
+    pub nics: Vec<String>,
+}
+
+/// Reply of `GET /v1/switches`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SwitchList {
+    /// Every switch, by name.
+    pub switches: Vec<Switch>,
+}
+
+/// Body of `POST /v1/vms/{vm}/nics`: a NIC on a switch, with its port's
+/// policies.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNic {
+    /// The switch, by name or id.
+    pub switch: String,
+    /// The guest's MAC address (absent: generated once from the VM's id
+    /// and the NIC's index, and kept).
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Maximum bandwidth each way, bytes per second.
+    #[serde(default)]
+    pub max_bw: Option<u64>,
+    /// Drop frames from the guest whose source MAC is not the NIC's.
+    #[serde(default)]
+    pub mac_guard: bool,
+    /// Drop DHCP server messages from the guest.
+    #[serde(default)]
+    pub dhcp_guard: bool,
+    /// Drop router advertisements and redirects from the guest.
+    #[serde(default)]
+    pub router_guard: bool,
+    /// A port on the same host that gets a copy of the NIC's traffic (an
+    /// interface name, e.g. another VM's tap).
+    #[serde(default)]
+    pub mirror: Option<String>,
+}
+
+/// A VM's NIC.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Nic {
+    /// Position on the VM (0 first).
+    pub index: u32,
+    /// The switch's name.
+    pub switch: String,
+    /// The guest's MAC address.
+    pub mac: String,
+    /// The host tap that is its switch port.
+    pub tap: String,
+    /// Maximum bandwidth each way, bytes per second.
+    pub max_bw: Option<u64>,
+    /// MAC-spoofing guard.
+    pub mac_guard: bool,
+    /// DHCP guard.
+    pub dhcp_guard: bool,
+    /// Router guard.
+    pub router_guard: bool,
+    /// The monitor port, if mirrored.
+    pub mirror: Option<String>,
+}
+
+/// Reply of `GET /v1/vms/{vm}/nics`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NicList {
+    /// The VM's NICs, by index.
+    pub nics: Vec<Nic>,
+}

@@ -23,6 +23,7 @@ use tern_api::{
 use crate::daemon::Daemon;
 use crate::error::{chain, OpError};
 use crate::registry::RegistryError;
+use crate::switches::handlers as sw;
 use crate::worker::WorkerError;
 use tern_worker_proto::ClientError;
 
@@ -56,12 +57,13 @@ impl From<OpError> for ApiErr {
         let (status, code) = match &e {
             OpError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             OpError::Registry(r) => match r {
-                RegistryError::NoVm(_) | RegistryError::NoDisk(_) => {
+                RegistryError::NoVm(_) | RegistryError::NoDisk(_) | RegistryError::NoSwitch(_) => {
                     (StatusCode::NOT_FOUND, "not_found")
                 }
                 RegistryError::NameTaken { .. }
                 | RegistryError::WrongState { .. }
-                | RegistryError::DiskBusy(_) => (StatusCode::CONFLICT, "conflict"),
+                | RegistryError::DiskBusy(_)
+                | RegistryError::SwitchBusy(_) => (StatusCode::CONFLICT, "conflict"),
                 RegistryError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             OpError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
@@ -210,7 +212,13 @@ pub fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         .add("GET", "/v1/events", get(list_events))
         .add("GET", "/metrics", get(metrics))
         .add("GET", "/v1/cluster", get(crate::cluster::info))
-        .add("GET", "/v1/cluster/nodes", get(crate::cluster::list_nodes));
+        .add("GET", "/v1/cluster/nodes", get(crate::cluster::list_nodes))
+        .add("GET", "/v1/switches", get(sw::list_switches))
+        .add("POST", "/v1/switches", post(sw::create_switch))
+        .add("GET", "/v1/switches/{switch}", get(sw::get_switch))
+        .add("DELETE", "/v1/switches/{switch}", delete(sw::delete_switch))
+        .add("GET", "/v1/vms/{vm}/nics", get(sw::list_nics))
+        .add("POST", "/v1/vms/{vm}/nics", post(sw::add_nic));
     let mut ops = r.ops;
     ops.sort();
     ops.dedup();

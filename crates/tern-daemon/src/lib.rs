@@ -45,6 +45,7 @@ pub mod migration;
 pub mod registry;
 pub mod server;
 pub mod supervise;
+pub mod switches;
 pub mod validation;
 pub mod web;
 pub mod worker;

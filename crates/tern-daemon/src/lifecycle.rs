@@ -73,6 +73,15 @@ impl Daemon {
                 return Err(e);
             }
         };
+        // Its switch ports (taps with their policies), made anew each start.
+        let mut spec = spec;
+        match self.nic_specs(&row).await {
+            Ok(nics) => spec.nics = nics,
+            Err(e) => {
+                self.fail(&id, &chain(&e))?;
+                return Err(e);
+            }
+        }
         self.run_worker(&row, spec, VmState::Starting, "started")
             .await
     }

@@ -190,6 +190,7 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
     if found > 0 {
         tracing::info!("found {found} running VM workers again");
     }
+    daemon.restore_switches().await;
     let unix = bind_unix(&socket)?;
     let mut tasks = tokio::task::JoinSet::new();
     let app = crate::api::router(daemon.clone());

@@ -150,6 +150,18 @@ impl Tap {
         Ok(tap)
     }
 
+    /// Makes the tap outlive this handle (`TUNSETPERSIST`): the daemon
+    /// creates a VM's tap and enslaves it to a bridge before the worker
+    /// opens it by name; `false` lets the kernel remove it when the last
+    /// handle closes.
+    pub fn set_persist(&self, persist: bool) -> Result<(), TapError> {
+        // SAFETY: TUNSETPERSIST takes its argument by value (0 or 1); no
+        // memory is passed.
+        let r =
+            unsafe { libc::ioctl(self.fd(), libc::TUNSETPERSIST, libc::c_ulong::from(persist)) };
+        self.check(r, "TUNSETPERSIST")
+    }
+
     fn fd(&self) -> libc::c_int {
         self.file.as_raw_fd()
     }

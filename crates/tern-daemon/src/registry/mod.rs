@@ -13,10 +13,12 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 mod disks;
 mod schema;
+mod switches;
 use disks::bw;
 pub use disks::UnknownFormat;
 use schema::migrate;
 pub use schema::OpenError;
+pub use switches::{NicRow, SwitchRow, MAX_NICS};
 use tern_api::{rfc3339, Disk, Event, VmState};
 
 /// Errors of the registry.
@@ -52,6 +54,12 @@ pub enum RegistryError {
     /// The disk is attached elsewhere or its file is already registered.
     #[error("{0}")]
     DiskBusy(String),
+    /// No such switch.
+    #[error("no switch named '{0}'")]
+    NoSwitch(String),
+    /// The switch has NICs on it.
+    #[error("{0}")]
+    SwitchBusy(String),
 }
 
 /// A VM row.

@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS saved_states (
 ";
 
 /// The schema version this daemon writes (`PRAGMA user_version`).
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// Changes from each version to the next: `(to, sql)`, in order. A fresh
 /// database gets [`SCHEMA`] (version 1) and then every step, so that new and
@@ -75,6 +75,30 @@ pub(super) const SCHEMA_VERSION: i64 = 2;
 const MIGRATIONS: &[(i64, &str)] = &[
     // 2: the bandwidth limit of a disk's QoS.
     (2, "ALTER TABLE disks ADD COLUMN max_bw INTEGER;"),
+    // 3: virtual switches and VMs' NICs on them.
+    (
+        3,
+        "CREATE TABLE switches (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            uplink TEXT,
+            address TEXT,
+            created_ms INTEGER NOT NULL
+        );
+        CREATE TABLE nics (
+            vm_id TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            switch_id TEXT NOT NULL REFERENCES switches(id),
+            mac TEXT NOT NULL,
+            max_bw INTEGER,
+            mac_guard INTEGER NOT NULL,
+            dhcp_guard INTEGER NOT NULL,
+            router_guard INTEGER NOT NULL,
+            mirror TEXT,
+            PRIMARY KEY (vm_id, idx)
+        );",
+    ),
 ];
 
 /// Brings the database at `conn` to [`SCHEMA_VERSION`], each step in a

@@ -10,6 +10,7 @@ mod checkpoint;
 mod console;
 mod host;
 mod migrate;
+mod switch;
 mod vm;
 mod volume;
 
@@ -24,6 +25,7 @@ use tern_api::{Client, ClientError, Endpoint};
 pub(crate) use self::{client as api_client, mib as size_text};
 pub use checkpoint::CheckpointCmd;
 pub use host::HostCmd;
+pub use switch::SwitchCmd;
 pub use vm::VmCmd;
 pub use volume::VolumeCmd;
 
@@ -82,6 +84,8 @@ pub enum ApiCommand {
     /// The failover cluster this daemon is a node of.
     #[command(subcommand)]
     Cluster(crate::cluster_cli::ClusterCmd),
+    /// Manage virtual switches (external, internal, private).
+    Switch(SwitchCmd),
 }
 
 /// A failed command: exit code and one line for stderr.
@@ -183,6 +187,7 @@ async fn dispatch(cmd: ApiCommand) -> CmdResult {
         ApiCommand::Checkpoint(c) => checkpoint::run(c).await,
         ApiCommand::Host(h) => host::run(h).await,
         ApiCommand::Cluster(c) => crate::cluster_cli::run(c).await,
+        ApiCommand::Switch(s) => switch::run(s).await,
     }
 }
 

@@ -35,6 +35,10 @@ enum VmAction {
         /// Disk to attach (by name; repeat for several).
         #[arg(long = "disk")]
         disks: Vec<String>,
+        /// NIC on a switch (repeat for several):
+        /// switch=NAME[,mac=M,max-bw=SIZE,mac-guard,dhcp-guard,router-guard,mirror=PORT].
+        #[arg(long = "nic", value_parser = super::switch::parse_nic)]
+        nics: Vec<tern_api::CreateNic>,
         /// Start it right away.
         #[arg(long)]
         start: bool,
@@ -213,6 +217,7 @@ pub(super) async fn run(cmd: VmCmd) -> CmdResult {
             memory,
             guest,
             disks,
+            nics,
             start,
         } => {
             let vm = c
@@ -224,6 +229,14 @@ pub(super) async fn run(cmd: VmCmd) -> CmdResult {
                     disks,
                 })
                 .await?;
+            for nic in &nics {
+                // A NIC the daemon refuses (no such switch, a bad MAC)
+                // undoes the create: the VM is made whole or not at all.
+                if let Err(e) = c.add_nic(&vm.id, nic).await {
+                    let _ = c.delete_vm(&vm.id).await;
+                    return Err(e.into());
+                }
+            }
             if start {
                 return vm_op(&c, json, &vm.name, "start", "starting").await;
             }
@@ -243,10 +256,15 @@ pub(super) async fn run(cmd: VmCmd) -> CmdResult {
         }
         VmAction::Show { name } => {
             let vm = c.get_vm(&name).await?;
+            let nics = c.list_nics(&vm.id).await?;
             if json {
-                print_json(&vm);
+                // The VM's object with its NICs added beside its fields.
+                let mut v = serde_json::to_value(&vm).expect("API types serialize");
+                v["nics"] = serde_json::to_value(&nics).expect("API types serialize");
+                print_json(&v);
             } else {
                 print_vm(&vm);
+                super::switch::print_nics(&nics);
             }
         }
         VmAction::Start { name } => vm_op(&c, json, &name, "start", "starting").await?,

@@ -1,0 +1,60 @@
+//! Watching links' carrier over netlink (RTNLGRP_LINK): an external
+//! switch's uplink losing or regaining carrier.
+
+use std::collections::HashMap;
+
+use futures_util::StreamExt;
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::sys::{AsyncSocket, SocketAddr};
+use tokio::sync::mpsc;
+
+use crate::bridge::{BridgeError, LinkState};
+
+/// The multicast group of link changes.
+const RTNLGRP_LINK: u32 = 1;
+
+/// A change of a watched link's carrier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CarrierChange {
+    /// The interface.
+    pub name: String,
+    /// Whether it has carrier now (up and lower layer up).
+    pub up: bool,
+}
+
+/// Starts watching every link's carrier; the receiver gets a change each
+/// time a link's carrier (or admin state) flips, named by interface. The
+/// first message for a link after starting is reported only if it differs
+/// from `initial`.
+pub fn watch(
+    initial: HashMap<String, bool>,
+) -> Result<mpsc::UnboundedReceiver<CarrierChange>, BridgeError> {
+    let (mut conn, _handle, mut messages) =
+        rtnetlink::new_connection().map_err(BridgeError::Socket)?;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, 1 << (RTNLGRP_LINK - 1)))
+        .map_err(BridgeError::Socket)?;
+    tokio::spawn(conn);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut last = initial;
+        while let Some((msg, _)) = messages.next().await {
+            let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) = msg.payload else {
+                continue;
+            };
+            let s = LinkState::from_message(&m);
+            if s.name.is_empty() {
+                continue;
+            }
+            let up = s.up && s.carrier;
+            if last.insert(s.name.clone(), up) != Some(up)
+                && tx.send(CarrierChange { name: s.name, up }).is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
