@@ -24,9 +24,11 @@ pub struct CarrierChange {
 }
 
 /// Starts watching every link's carrier; the receiver gets a change each
-/// time a link's carrier (or admin state) flips, named by interface. The
-/// first message for a link after starting is reported only if it differs
-/// from `initial`.
+/// time a link's carrier (or admin state) flips, named by interface. A link
+/// in `initial` is reported when its first message differs from it; a link
+/// first seen later (an uplink enslaved by a switch created after the
+/// start) is learnt silently from its first message, so that the flaps of
+/// its own enslaving are not taken for the network going down.
 pub fn watch(
     initial: HashMap<String, bool>,
 ) -> Result<mpsc::UnboundedReceiver<CarrierChange>, BridgeError> {
@@ -49,9 +51,10 @@ pub fn watch(
                 continue;
             }
             let up = s.up && s.carrier;
-            if last.insert(s.name.clone(), up) != Some(up)
-                && tx.send(CarrierChange { name: s.name, up }).is_err()
-            {
+            let changed = last
+                .insert(s.name.clone(), up)
+                .is_some_and(|before| before != up);
+            if changed && tx.send(CarrierChange { name: s.name, up }).is_err() {
                 break;
             }
         }
