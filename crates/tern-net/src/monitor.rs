@@ -2,6 +2,9 @@
 //! switch's uplink losing or regaining carrier.
 
 use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::StreamExt;
 use rtnetlink::packet_core::NetlinkPayload;
@@ -23,12 +26,17 @@ pub struct CarrierChange {
     pub up: bool,
 }
 
+/// How long a link's carrier must stay as it is before a change counts:
+/// enslaving an uplink to a bridge flaps it down and up within
+/// milliseconds, and a flap that short is no network going away.
+pub const SETTLE: Duration = Duration::from_millis(300);
+
 /// Starts watching every link's carrier; the receiver gets a change each
-/// time a link's carrier (or admin state) flips, named by interface. A link
-/// in `initial` is reported when its first message differs from it; a link
-/// first seen later (an uplink enslaved by a switch created after the
-/// start) is learnt silently from its first message, so that the flaps of
-/// its own enslaving are not taken for the network going down.
+/// time a link's carrier (or admin state) flips and stays flipped for
+/// [`SETTLE`], named by interface. A link in `initial` is reported when its
+/// settled state differs from it; a link first seen later (an uplink
+/// enslaved by a switch created after the start) is learnt silently from
+/// its first settled state.
 pub fn watch(
     initial: HashMap<String, bool>,
 ) -> Result<mpsc::UnboundedReceiver<CarrierChange>, BridgeError> {
@@ -41,8 +49,32 @@ pub fn watch(
     tokio::spawn(conn);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut last = initial;
-        while let Some((msg, _)) = messages.next().await {
+        let mut reported = initial;
+        // The newest state of each link that changed since the last settle.
+        let mut latest: HashMap<String, bool> = HashMap::new();
+        let mut settle_at: Option<Instant> = None;
+        loop {
+            let next = match settle_at {
+                None => messages.next().await,
+                Some(at) => match tokio::time::timeout_at(at, messages.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        settle_at = None;
+                        for (name, up) in latest.drain() {
+                            let changed = reported
+                                .insert(name.clone(), up)
+                                .is_some_and(|before| before != up);
+                            if changed && tx.send(CarrierChange { name, up }).is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                },
+            };
+            let Some((msg, _)) = next else {
+                return;
+            };
             let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) = msg.payload else {
                 continue;
             };
@@ -51,11 +83,12 @@ pub fn watch(
                 continue;
             }
             let up = s.up && s.carrier;
-            let changed = last
-                .insert(s.name.clone(), up)
-                .is_some_and(|before| before != up);
-            if changed && tx.send(CarrierChange { name: s.name, up }).is_err() {
-                break;
+            let before = latest.get(&s.name).or(reported.get(&s.name)).copied();
+            latest.insert(s.name, up);
+            // A change (not a repeat, nor another attribute) restarts the
+            // wait: the state must hold for SETTLE.
+            if before != Some(up) {
+                settle_at = Some(Instant::now() + SETTLE);
             }
         }
     });
