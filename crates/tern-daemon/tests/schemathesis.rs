@@ -31,6 +31,13 @@ const CONFIG: &str = r#"
 include-operation-id = ["create_disk", "incoming_migration", "set_disk_qos", "resize_disk"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "5xx"]
 
+# Switches and NICs: whether an uplink or address fits the switch's type,
+# whether the uplink interface exists on this host, and whether a MAC is
+# unicast are refused with 400 naming them.
+[[operations]]
+include-operation-id = ["create_switch", "add_nic"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "5xx"]
+
 # The console is a WebSocket, which schemathesis does not speak: its plain
 # GET is refused with 400 (documented) asking for the upgrade.
 [[operations]]

@@ -96,9 +96,28 @@ impl Tag {
             self.var,
             self.var
         );
-        std::fs::write(&script, text).expect("write the tagged wrapper");
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+        // Written here but put in place by a child process: a file this
+        // (multithreaded) process held open for writing could be inherited
+        // by a child another test thread forks at that moment, and then
+        // exec of the wrapper fails with ETXTBSY until that child execs.
+        let draft = dir.join(format!(
+            ".{}.draft",
+            script
+                .file_name()
+                .and_then(OsStr::to_str)
+                .unwrap_or("tagged")
+        ));
+        std::fs::write(&draft, text).expect("write the tagged wrapper");
+        std::fs::set_permissions(&draft, std::fs::Permissions::from_mode(0o755))
             .expect("make the tagged wrapper executable");
+        let installed = Command::new("install")
+            .args(["-m", "755"])
+            .arg(&draft)
+            .arg(&script)
+            .status()
+            .expect("run install for the tagged wrapper");
+        assert!(installed.success(), "install of the tagged wrapper failed");
+        let _ = std::fs::remove_file(&draft);
         script
     }
 
