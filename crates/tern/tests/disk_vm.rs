@@ -5,12 +5,15 @@
 //! Each test skips loudly (never passes silently) without /dev/kvm or a
 //! host tool it needs.
 
+#[path = "support/qemu_img.rs"]
+mod qemu_img;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tern_probe_abi::blk::sector_bytes;
+use qemu_img::check_pattern_with_qemu_img;
 use tern_test_support::proto::requests::{
     DiskQos, DiskResize, Events, ProbeStatus, QosEventKind, StatusReply,
 };
@@ -78,34 +81,6 @@ fn vhdx_disk(dir: &Path, name: &str, size: u64) -> PathBuf {
 
 fn spec(p: &Path, extra: &str) -> String {
     format!("path={}{extra}", p.display())
-}
-
-/// Converts `img` to raw with qemu-img and checks every sector of the
-/// first `len` bytes holds the probe's pattern.
-fn check_pattern_with_qemu_img(qemu_img: &Path, img: &Path, fmt: &str, len: u64) -> Vec<u8> {
-    let out = img.with_extension("converted.raw");
-    let st = Command::new(qemu_img)
-        .args(["convert", "-f", fmt, "-O", "raw"])
-        .arg(img)
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "qemu-img convert {}: {}",
-        img.display(),
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let data = std::fs::read(&out).unwrap();
-    for s in 0..len / 512 {
-        let got = &data[(s * 512) as usize..(s * 512 + 512) as usize];
-        assert!(
-            got == sector_bytes(s),
-            "{}: sector {s} does not hold the guest's pattern",
-            img.display()
-        );
-    }
-    data
 }
 
 #[test]

@@ -7,12 +7,15 @@
 //! Each test skips loudly (never passes silently) without /dev/kvm or a
 //! host tool it needs.
 
+#[path = "support/qemu_img.rs"]
+mod qemu_img;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use tern_probe_abi::blk::sector_bytes;
+use qemu_img::check_pattern_with_qemu_img;
 use tern_probe_abi::scsi::{fnv1a64, FNV_START};
 use tern_test_support::proto::requests::{
     DvdEject, DvdInsert, Save, ScsiAdd, ScsiRemove, ScsiResize,
@@ -77,27 +80,7 @@ fn judge(qemu_img: &Path, img: &Path, fmt: &str, len: u64) {
             String::from_utf8_lossy(&st.stderr)
         );
     }
-    let out = img.with_extension("converted.raw");
-    let st = Command::new(qemu_img)
-        .args(["convert", "-f", fmt, "-O", "raw"])
-        .arg(img)
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "qemu-img convert {}: {}",
-        img.display(),
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let data = std::fs::read(&out).unwrap();
-    for s in 0..len / 512 {
-        assert!(
-            data[(s * 512) as usize..(s * 512 + 512) as usize] == sector_bytes(s),
-            "{}: sector {s} does not hold the guest's pattern",
-            img.display()
-        );
-    }
+    check_pattern_with_qemu_img(qemu_img, img, fmt, len);
 }
 
 #[test]
