@@ -9,7 +9,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,95 +17,27 @@ use tern_net::monitor;
 use tern_net::policy::{self, Guards};
 use tern_net::shaping::{self, PortShaping};
 use tern_net::Mac;
+use tern_test_support::netns::{ip, NetNs as Ns};
 use tern_test_support::skip;
 
 const A_IP: &str = "10.97.0.1";
 const C_IP: &str = "10.97.0.2";
 const A_MAC: Mac = Mac([0x02, 0, 0, 0x97, 0, 0x0a]);
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs the async `f` on a runtime inside `ns`.
+fn run_in<T: Send, F: std::future::Future<Output = T>>(ns: &Ns, f: impl FnOnce() -> F + Send) -> T {
+    ns.inside(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f())
+    })
 }
 
-/// A named network namespace, deleted (with its interfaces) when dropped.
-struct Ns {
-    name: String,
-}
-
-impl Ns {
-    fn new(tag: &str) -> Ns {
-        let name = format!("tsw-{tag}-{}", std::process::id());
-        ip(&["netns", "add", &name]);
-        let ns = Ns { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Runs `f` on a thread inside the namespace (children it spawns, such
-    /// as `nft` and `tc`, and sockets it makes are in it too).
-    fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = std::fs::File::open(&path).expect("open the namespace");
-                rustix::thread::move_into_link_name_space(
-                    ns.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .expect("setns");
-                f()
-            })
-            .join()
-            .expect("namespace thread")
-        })
-    }
-
-    /// Runs the async `f` on a runtime inside the namespace.
-    fn run<T: Send, F: std::future::Future<Output = T>>(&self, f: impl FnOnce() -> F + Send) -> T {
-        self.inside(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(f())
-        })
-    }
-
-    fn command(&self, prog: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, prog]);
-        c
-    }
-
-    /// Pings `to` `count` times; how many answered.
-    fn ping(&self, to: &str, count: u32) -> u32 {
-        let out = self
-            .command("ping")
-            .args(["-c", &count.to_string(), "-i", "0.2", "-W", "1", to])
-            .output()
-            .expect("run ping");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        text.lines()
-            .find(|l| l.contains("received"))
-            .and_then(|l| l.split(", ").nth(1))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// Pings `to` `count` times from `ns`; how many answered.
+fn pings(ns: &Ns, to: &str, count: u32) -> u32 {
+    ns.ping(to, count, 1).received
 }
 
 /// Whether this host can run the tests; records a skip otherwise.
@@ -143,12 +74,23 @@ struct Lab {
 /// `addr`/24.
 fn plug(sw: &Ns, ep: &Ns, port: &str, dev: &str, addr: Option<&str>) {
     ip(&[
-        "-n", &sw.name, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", &ep.name,
+        "-n",
+        sw.name(),
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        dev,
+        "netns",
+        ep.name(),
     ]);
     if let Some(addr) = addr {
         ip(&[
             "-n",
-            &ep.name,
+            ep.name(),
             "addr",
             "add",
             &format!("{addr}/24"),
@@ -156,20 +98,20 @@ fn plug(sw: &Ns, ep: &Ns, port: &str, dev: &str, addr: Option<&str>) {
             dev,
         ]);
     }
-    ip(&["-n", &ep.name, "link", "set", dev, "up"]);
+    ip(&["-n", ep.name(), "link", "set", dev, "up"]);
 }
 
 impl Lab {
     fn new(tag: &str) -> Lab {
         let lab = Lab {
-            sw: Ns::new(&format!("{tag}-sw")),
-            a: Ns::new(&format!("{tag}-a")),
-            c: Ns::new(&format!("{tag}-c")),
+            sw: Ns::new("tsw", &format!("{tag}-sw")),
+            a: Ns::new("tsw", &format!("{tag}-a")),
+            c: Ns::new("tsw", &format!("{tag}-c")),
         };
         plug(&lab.sw, &lab.a, "a0", "a1", Some(A_IP));
         ip(&[
             "-n",
-            &lab.a.name,
+            lab.a.name(),
             "link",
             "set",
             "a1",
@@ -177,7 +119,7 @@ impl Lab {
             &A_MAC.to_string(),
         ]);
         plug(&lab.sw, &lab.c, "c0", "c1", Some(C_IP));
-        lab.sw.run(|| async {
+        run_in(&lab.sw, || async {
             let nl = Netlink::new().unwrap();
             nl.ensure_bridge("br0").await.unwrap();
             nl.enslave("a0", "br0").await.unwrap();
@@ -223,8 +165,8 @@ fn a_bridge_joins_its_ports_and_deleting_it_cuts_them() {
         return;
     }
     let lab = Lab::new("join");
-    assert_eq!(lab.a.ping(C_IP, 3), 3, "A reaches C through the bridge");
-    lab.sw.run(|| async {
+    assert_eq!(pings(&lab.a, C_IP, 3), 3, "A reaches C through the bridge");
+    run_in(&lab.sw, || async {
         let nl = Netlink::new().unwrap();
         // A second ensure is a no-op on an existing bridge.
         nl.ensure_bridge("br0").await.unwrap();
@@ -237,7 +179,7 @@ fn a_bridge_joins_its_ports_and_deleting_it_cuts_them() {
             Err(BridgeError::NoSuchLink(n)) if n == "nope0"
         ));
     });
-    assert_eq!(lab.a.ping(C_IP, 2), 0, "no bridge, no path");
+    assert_eq!(pings(&lab.a, C_IP, 2), 0, "no bridge, no path");
 }
 
 #[test]
@@ -253,13 +195,13 @@ fn the_mac_guard_drops_frames_with_a_foreign_source_mac() {
     };
     // The port's own MAC passes.
     lab.guard("a0", A_MAC, mac_only);
-    assert_eq!(lab.a.ping(C_IP, 3), 3, "A with its own MAC");
+    assert_eq!(pings(&lab.a, C_IP, 3), 3, "A with its own MAC");
     // A spoofs: the port expects another MAC than it sends from.
     lab.guard("a0", Mac([0x02, 0, 0, 0x97, 0, 0x0b]), mac_only);
-    assert_eq!(lab.a.ping(C_IP, 3), 0, "A with a foreign source MAC");
+    assert_eq!(pings(&lab.a, C_IP, 3), 0, "A with a foreign source MAC");
     // Removing the guard lets it through again.
     lab.sw.inside(|| policy::remove("a0")).unwrap();
-    assert_eq!(lab.a.ping(C_IP, 3), 3, "A without the guard");
+    assert_eq!(pings(&lab.a, C_IP, 3), 3, "A without the guard");
 }
 
 /// Sends `n` UDP datagrams from A's port 67 (a DHCP server) to C's port
@@ -296,7 +238,7 @@ fn the_dhcp_guard_drops_dhcp_offers_from_the_port() {
         return;
     }
     let lab = Lab::new("dhcp");
-    assert!(lab.a.ping(C_IP, 3) >= 1, "ARP settled");
+    assert!(pings(&lab.a, C_IP, 3) >= 1, "ARP settled");
     assert_eq!(dhcp_offers(&lab, 5), 5, "offers pass without the guard");
     lab.guard(
         "a0",
@@ -307,7 +249,7 @@ fn the_dhcp_guard_drops_dhcp_offers_from_the_port() {
         },
     );
     assert_eq!(dhcp_offers(&lab, 5), 0, "offers from a guarded port");
-    assert_eq!(lab.a.ping(C_IP, 2), 2, "other traffic still passes");
+    assert_eq!(pings(&lab.a, C_IP, 2), 2, "other traffic still passes");
 }
 
 /// A minimal router advertisement (ICMPv6 type 134) sent three times to
@@ -388,7 +330,7 @@ fn the_router_guard_drops_router_advertisements() {
         },
     );
     assert_eq!(router_adverts(&lab), 0, "adverts from a guarded port");
-    assert_eq!(lab.a.ping(C_IP, 2), 2, "other traffic still passes");
+    assert_eq!(pings(&lab.a, C_IP, 2), 2, "other traffic still passes");
 }
 
 #[test]
@@ -398,16 +340,16 @@ fn a_mirror_port_sees_the_traffic_of_the_mirrored_port() {
         return;
     }
     let lab = Lab::new("mirror");
-    let m = Ns::new("mirror-m");
+    let m = Ns::new("tsw", "mirror-m");
     plug(&lab.sw, &m, "m0", "m1", None);
-    lab.sw.run(|| async {
+    run_in(&lab.sw, || async {
         Netlink::new().unwrap().enslave("m0", "br0").await.unwrap();
     });
     // Learned addresses: from now on the pings are unicast, which the
     // bridge does not flood to the monitor.
-    assert_eq!(lab.a.ping(C_IP, 3), 3);
+    assert_eq!(pings(&lab.a, C_IP, 3), 3);
     let echoes = || {
-        capture(&m, "m1", "icmp", || assert_eq!(lab.a.ping(C_IP, 10), 10))
+        capture(&m, "m1", "icmp", || assert_eq!(pings(&lab.a, C_IP, 10), 10))
             .iter()
             .filter(|l| l.contains("ICMP echo"))
             .count()
@@ -519,13 +461,22 @@ fn the_carrier_monitor_sees_an_uplink_go_down_and_up() {
     if !can_run(test) {
         return;
     }
-    let sw = Ns::new("carrier");
+    let sw = Ns::new("tsw", "carrier");
     ip(&[
-        "-n", &sw.name, "link", "add", "up0", "type", "veth", "peer", "name", "up1",
+        "-n",
+        sw.name(),
+        "link",
+        "add",
+        "up0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "up1",
     ]);
-    ip(&["-n", &sw.name, "link", "set", "up1", "up"]);
-    let name = sw.name.clone();
-    sw.run(|| async move {
+    ip(&["-n", sw.name(), "link", "set", "up1", "up"]);
+    let name = sw.name().to_string();
+    run_in(&sw, || async move {
         let nl = Netlink::new().unwrap();
         nl.ensure_bridge("br0").await.unwrap();
         nl.enslave("up0", "br0").await.unwrap();
@@ -555,8 +506,8 @@ fn vlan_ports_need_bridge_vlan_filtering() {
     if !can_run(test) {
         return;
     }
-    let sw = Ns::new("vlan");
-    let r = sw.run(|| async {
+    let sw = Ns::new("tsw", "vlan");
+    let r = run_in(&sw, || async {
         let nl = Netlink::new().unwrap();
         nl.ensure_bridge("br0").await.unwrap();
         nl.enable_vlan_filtering("br0").await

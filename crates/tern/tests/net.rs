@@ -9,12 +9,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tern_test_support::netns::{ip, NetNs};
 use tern_test_support::proto::requests::Save;
 use tern_test_support::proto::VmState;
 use tern_test_support::{skip, Worker};
@@ -24,113 +23,29 @@ const GUEST_IP: &str = "10.99.0.2";
 const PORT: u16 = 7;
 const TAP: &str = "tn0";
 
-/// A network namespace with a persistent vnet_hdr tap `tn0` at
-/// [`HOST_IP`]/24; deleted (with the tap) when dropped.
-struct NetNs {
-    name: String,
+/// A network namespace (`tern-TAG-PID`) with a persistent vnet_hdr tap
+/// `tn0` at [`HOST_IP`]/24; deleted (with the tap) when dropped.
+fn tap_ns(tag: &str) -> NetNs {
+    let ns = NetNs::new("tern", tag);
+    let n = ns.name();
+    ip(&[
+        "-n", n, "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr",
+    ]);
+    ip(&["-n", n, "addr", "add", &format!("{HOST_IP}/24"), "dev", TAP]);
+    ip(&["-n", n, "link", "set", TAP, "up"]);
+    ns
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A TCP connection made from inside `ns` (the socket stays in it
+/// wherever it is used).
+fn connect_in(ns: &NetNs, to: SocketAddr) -> TcpStream {
+    ns.inside(move || TcpStream::connect_timeout(&to, Duration::from_secs(10)).expect("connect"))
 }
 
-impl NetNs {
-    /// A namespace with only `lo`, up.
-    fn bare(tag: &str) -> NetNs {
-        let name = format!("tern-{tag}-{}", std::process::id());
-        ip(&["netns", "add", &name]);
-        let ns = NetNs { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn new(tag: &str) -> NetNs {
-        let ns = NetNs::bare(tag);
-        let n = ns.name.as_str();
-        ip(&[
-            "-n", n, "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr",
-        ]);
-        ip(&["-n", n, "addr", "add", &format!("{HOST_IP}/24"), "dev", TAP]);
-        ip(&["-n", n, "link", "set", TAP, "up"]);
-        ns
-    }
-
-    /// `PROG ARGS` run inside the namespace.
-    fn command(&self, prog: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(prog);
-        c
-    }
-
-    /// A TCP connection made from inside the namespace (the socket stays
-    /// in it wherever it is used).
-    fn connect(&self, to: SocketAddr) -> TcpStream {
-        self.inside(move || {
-            TcpStream::connect_timeout(&to, Duration::from_secs(10)).expect("connect")
-        })
-    }
-
-    /// Runs `f` on a thread that entered the namespace; sockets it makes
-    /// stay in the namespace.
-    fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = std::fs::File::open(&path).expect("open the namespace");
-                rustix::thread::move_into_link_name_space(
-                    ns.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .expect("setns");
-                f()
-            })
-            .join()
-            .expect("namespace thread")
-        })
-    }
-
-    /// Pings the guest `count` times; (received, average RTT in ms).
-    fn ping(&self, count: u32) -> (u32, f64) {
-        self.ping_to(GUEST_IP, count)
-    }
-
-    fn ping_to(&self, to: &str, count: u32) -> (u32, f64) {
-        let out = self
-            .command("ping")
-            .args(["-c", &count.to_string(), "-i", "0.2", "-W", "2", to])
-            .output()
-            .expect("run ping");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let received = text
-            .lines()
-            .find(|l| l.contains("received"))
-            .and_then(|l| l.split(", ").nth(1))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        let avg = text
-            .lines()
-            .find(|l| l.starts_with("rtt"))
-            .and_then(|l| l.split(" = ").nth(1))
-            .and_then(|v| v.split('/').nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN);
-        (received, avg)
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// Pings the guest `count` times from `ns`; (received, average RTT in ms).
+fn ping_guest(ns: &NetNs, count: u32) -> (u32, f64) {
+    let p = ns.ping(GUEST_IP, count, 2);
+    (p.received, p.avg_ms)
 }
 
 /// Whether this host can run the tests; records a skip otherwise.
@@ -205,7 +120,7 @@ fn echo(ns: &NetNs, stream: &Stream) -> f64 {
 /// byte); the throughput in MB/s each way, timing only the transfer.
 fn echo_to(ns: &NetNs, addr: SocketAddr, stream: &Stream) -> f64 {
     let total = stream.data.len();
-    let mut s = ns.connect(addr);
+    let mut s = connect_in(ns, addr);
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut w = s.try_clone().unwrap();
     let data = stream.data.clone();
@@ -234,16 +149,26 @@ fn echo_to(ns: &NetNs, addr: SocketAddr, stream: &Stream) -> f64 {
 /// The same traffic between two namespaces over a veth pair (the host's
 /// own path, the limit on this machine): (ping average ms, echo MB/s).
 fn veth_baseline(stream: &Stream) -> (f64, f64) {
-    let a = NetNs::bare("veth-a");
-    let b = NetNs::bare("veth-b");
+    let a = NetNs::new("tern", "veth-a");
+    let b = NetNs::new("tern", "veth-b");
     ip(&[
-        "link", "add", "tva", "netns", &a.name, "type", "veth", "peer", "name", "tvb", "netns",
-        &b.name,
+        "link",
+        "add",
+        "tva",
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "tvb",
+        "netns",
+        b.name(),
     ]);
-    ip(&["-n", &a.name, "addr", "add", "10.98.0.1/24", "dev", "tva"]);
-    ip(&["-n", &b.name, "addr", "add", "10.98.0.2/24", "dev", "tvb"]);
-    ip(&["-n", &a.name, "link", "set", "tva", "up"]);
-    ip(&["-n", &b.name, "link", "set", "tvb", "up"]);
+    ip(&["-n", a.name(), "addr", "add", "10.98.0.1/24", "dev", "tva"]);
+    ip(&["-n", b.name(), "addr", "add", "10.98.0.2/24", "dev", "tvb"]);
+    ip(&["-n", a.name(), "link", "set", "tva", "up"]);
+    ip(&["-n", b.name(), "link", "set", "tvb", "up"]);
     let listener = b.inside(|| std::net::TcpListener::bind("10.98.0.2:7").expect("bind in b"));
     let server = std::thread::spawn(move || {
         let (mut c, _) = listener.accept().expect("accept");
@@ -259,7 +184,8 @@ fn veth_baseline(stream: &Stream) -> (f64, f64) {
             }
         }
     });
-    let (received, rtt) = a.ping_to("10.98.0.2", 10);
+    let veth = a.ping("10.98.0.2", 10, 2);
+    let (received, rtt) = (veth.received, veth.avg_ms);
     assert_eq!(received, 10, "veth pings");
     let mbs = echo_to(&a, "10.98.0.2:7".parse().unwrap(), stream);
     server.join().expect("echo server");
@@ -273,9 +199,9 @@ fn the_host_pings_the_guest_and_a_tcp_echo_returns_every_byte() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ns = NetNs::new("ping");
+    let ns = tap_ns("ping");
     let w = boot(&ns, dir.path());
-    let (received, rtt) = ns.ping(10);
+    let (received, rtt) = ping_guest(&ns, 10);
     assert_eq!(received, 10, "every ping answered");
     let stream = Stream::new(16 << 20);
     let mbs = echo(&ns, &stream);
@@ -305,9 +231,9 @@ fn a_restored_guest_answers_ping_again() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ns = NetNs::new("restore");
+    let ns = tap_ns("restore");
     let w = boot(&ns, dir.path());
-    assert_eq!(ns.ping(3).0, 3);
+    assert_eq!(ping_guest(&ns, 3).0, 3);
     let saved = dir.path().join("saved");
     let r = w.call(Save { dir: saved.clone() });
     assert_eq!(r.state, VmState::Saved);
@@ -317,7 +243,7 @@ fn a_restored_guest_answers_ping_again() {
     let w = start(&ns, dir2.path(), &["--restore", saved.to_str().unwrap()]);
     // The guest's stack goes on where it was: it answers again at once.
     let t0 = Instant::now();
-    let (received, rtt) = ns.ping(5);
+    let (received, rtt) = ping_guest(&ns, 5);
     eprintln!(
         "net: after restore {received}/5 pings answered, avg {rtt:.3} ms, {:.1} s",
         t0.elapsed().as_secs_f64()

@@ -9,59 +9,23 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tern_test_support::netns::{self, ip, NetNs};
 use tern_test_support::{skip, Ternd};
 
 const HOST_IP: &str = "10.96.0.1";
 const GUEST_IP: &str = "10.96.0.2";
 
-/// A named network namespace that the current thread has entered; deleted
-/// when dropped (the thread leaves it when the test ends).
-struct Ns {
-    name: String,
-}
-
-impl Ns {
-    fn enter(tag: &str) -> Ns {
-        let name = format!("tsw-{tag}-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip netns add {name}");
-        let ns = Ns { name };
-        let f = std::fs::File::open(format!("/run/netns/{}", ns.name)).expect("open the namespace");
-        rustix::thread::move_into_link_name_space(
-            f.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .expect("setns");
-        ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A network namespace the calling thread has entered (`tsw-TAG-PID`);
+/// deleted when dropped (the thread leaves it when the test ends).
+fn enter_ns(tag: &str) -> NetNs {
+    let ns = NetNs::new("tsw", tag);
+    ns.enter();
+    ns
 }
 
 fn can_run(test: &str) -> bool {
@@ -79,17 +43,7 @@ fn can_run(test: &str) -> bool {
 
 /// Pings `to` `count` times from this thread's namespace; how many answered.
 fn ping(to: &str, count: u32) -> u32 {
-    let out = Command::new("ping")
-        .args(["-c", &count.to_string(), "-i", "0.2", "-W", "1", to])
-        .output()
-        .expect("run ping");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.contains("received"))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    netns::ping(to, count, 1).received
 }
 
 /// Waits for the guest at `to` to answer a ping (its stack is up).
@@ -153,7 +107,7 @@ fn the_host_pings_a_guest_through_an_internal_switch_that_survives_a_restart() {
     if !can_run(test) {
         return;
     }
-    let _ns = Ns::enter("internal");
+    let _ns = enter_ns("internal");
     let dir = tempfile::tempdir().unwrap();
     let mut d = Ternd::start(dir.path());
     let sw = d.json(&[
@@ -233,7 +187,7 @@ fn an_external_switch_records_its_uplink_going_down_and_up() {
     if !can_run(test) {
         return;
     }
-    let _ns = Ns::enter("external");
+    let _ns = enter_ns("external");
     ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
     ip(&["link", "set", "up1", "up"]);
     let dir = tempfile::tempdir().unwrap();
