@@ -26,6 +26,8 @@ pub mod mmio;
 pub mod net;
 pub mod scsi;
 #[cfg(test)]
+mod test_driver;
+#[cfg(test)]
 mod tests;
 pub mod vsock;
 

@@ -17,18 +17,13 @@ use super::{status, Mem, Timed, Timer, VIRTIO_F_VERSION_1};
 use crate::bus::BusDevice;
 
 const QSIZE: u16 = 16;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
+use super::test_driver::{self as drv, DriverQueue, F_NEXT};
 
 struct Drv {
     mem: Mem,
     t: Arc<Mutex<MmioTransport>>,
     irq: EventFd,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    avail_idx: u16,
-    used_seen: u16,
+    q: DriverQueue,
     stats: Arc<BlockStats>,
     events: Arc<Mutex<Vec<QosEvent>>>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -72,16 +67,11 @@ impl Drv {
             irq.try_clone().unwrap(),
         )));
         // Rings apart from each other and from the request buffers.
-        let (desc, avail, used) = (0x1000, 0x2000, 0x3000);
         Drv {
             mem: m,
             t,
             irq,
-            desc,
-            avail,
-            used,
-            avail_idx: 0,
-            used_seen: 0,
+            q: DriverQueue::new(0x1000, 0x2000, 0x3000, QSIZE),
             stats,
             events,
             errors,
@@ -98,13 +88,11 @@ impl Drv {
     }
 
     fn r32(&mut self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.t().read(off, &mut b);
-        u32::from_le_bytes(b)
+        drv::r32(&self.t, off)
     }
 
     fn w32(&mut self, off: u64, v: u32) {
-        self.t().write(off, &v.to_le_bytes());
+        drv::w32(&self.t, off, v)
     }
 
     fn config_u64(&mut self, off: u64) -> u64 {
@@ -131,19 +119,10 @@ impl Drv {
             status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
         );
         assert_ne!(self.r32(reg::STATUS) & status::FEATURES_OK, 0);
-        self.w32(reg::QUEUE_SEL, 0);
-        assert_eq!(self.r32(reg::QUEUE_NUM_MAX), block::QUEUE_SIZE as u32);
-        self.w32(reg::QUEUE_NUM, QSIZE as u32);
-        for (lo, v) in [
-            (reg::QUEUE_DESC_LOW, self.desc),
-            (reg::QUEUE_DRIVER_LOW, self.avail),
-            (reg::QUEUE_DEVICE_LOW, self.used),
-        ] {
-            self.w32(lo, v as u32);
-            self.w32(lo + 4, (v >> 32) as u32);
-        }
-        self.w32(reg::QUEUE_READY, 1);
-        assert_eq!(self.r32(reg::QUEUE_READY), 1);
+        assert_eq!(
+            drv::setup_queue(&self.t, 0, &self.q),
+            block::QUEUE_SIZE as u32
+        );
         self.w32(
             reg::STATUS,
             status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
@@ -153,23 +132,7 @@ impl Drv {
 
     /// Puts a chain on the avail ring (descriptor slots by ring position).
     fn submit(&mut self, descs: &[(u64, u32, bool)]) -> u16 {
-        let base = (self.avail_idx % (QSIZE / 4)) * 4;
-        for (i, &(addr, len, write)) in descs.iter().enumerate() {
-            let last = i + 1 == descs.len();
-            let flags = if write { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
-            let d =
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, base + i as u16 + 1));
-            self.mem
-                .write_obj(d, GuestAddress(self.desc + (base as u64 + i as u64) * 16))
-                .unwrap();
-        }
-        let slot = self.avail + 4 + 2 * (self.avail_idx % QSIZE) as u64;
-        self.mem.write_obj(base, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(self.avail + 2))
-            .unwrap();
-        base
+        self.q.submit(&self.mem, descs)
     }
 
     fn notify(&mut self) {
@@ -178,28 +141,12 @@ impl Drv {
 
     /// Used entries since the last call: (head, len).
     fn used(&mut self) -> Vec<(u32, u32)> {
-        let idx: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();
-        assert!(
-            idx.wrapping_sub(self.used_seen) <= QSIZE,
-            "used idx {idx} moved back from {}",
-            self.used_seen
-        );
-        let mut out = vec![];
-        while self.used_seen != idx {
-            let at = self.used + 4 + 8 * (self.used_seen % QSIZE) as u64;
-            let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-            out.push((id, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
+        self.q.take_used(&self.mem)
     }
 
     /// Catches up with the used index without checking the entries.
     fn used_unchecked(&mut self) -> u16 {
-        let idx: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();
-        self.used_seen = idx;
-        idx
+        self.q.skip_used(&self.mem)
     }
 
     /// One request through the ring: header at `buf`, data after it, the
@@ -303,11 +250,11 @@ fn write_read_flush_get_id() {
     // A driver that polls says so: no interrupt then.
     d.w32(reg::INTERRUPT_ACK, INT_VRING);
     let _ = d.irq.read();
-    d.mem.write_obj(1u16, GuestAddress(d.avail)).unwrap();
+    d.mem.write_obj(1u16, GuestAddress(d.q.avail)).unwrap();
     assert_eq!(d.request(req::FLUSH, 0, None, BUF), (0, 1));
     assert_eq!(d.t().read_interrupt_status(), 0);
     assert!(d.irq.read().is_err(), "no eventfd signal");
-    d.mem.write_obj(0u16, GuestAddress(d.avail)).unwrap();
+    d.mem.write_obj(0u16, GuestAddress(d.q.avail)).unwrap();
     assert_eq!(std::fs::read(&d.path).unwrap()[8192..16384], data[..]);
     assert_eq!(d.request(req::GET_ID, 0, Some((20, true)), BUF), (0, 21));
     let mut id = [0u8; 20];
@@ -380,13 +327,13 @@ fn bad_requests_get_ioerr_and_the_device_goes_on() {
     // A descriptor chain that loops on itself ends (virtio-queue's TTL).
     let loop_desc = RawDescriptor::from(SplitDescriptor::new(BUF, 16, F_NEXT, 8));
     d.mem
-        .write_obj(loop_desc, GuestAddress(d.desc + 8 * 16))
+        .write_obj(loop_desc, GuestAddress(d.q.desc + 8 * 16))
         .unwrap();
-    let slot = d.avail + 4 + 2 * (d.avail_idx % QSIZE) as u64;
+    let slot = d.q.avail + 4 + 2 * (d.q.avail_idx % QSIZE) as u64;
     d.mem.write_obj(8u16, GuestAddress(slot)).unwrap();
-    d.avail_idx += 1;
+    d.q.avail_idx += 1;
     d.mem
-        .write_obj(d.avail_idx, GuestAddress(d.avail + 2))
+        .write_obj(d.q.avail_idx, GuestAddress(d.q.avail + 2))
         .unwrap();
     d.notify();
     assert_eq!(d.used().len(), 1);
@@ -406,7 +353,7 @@ fn broken_avail_index_needs_reset_then_recovers() {
     d.init();
     // The driver claims far more entries than the queue holds.
     d.mem
-        .write_obj(QSIZE * 3, GuestAddress(d.avail + 2))
+        .write_obj(QSIZE * 3, GuestAddress(d.q.avail + 2))
         .unwrap();
     d.notify();
     assert_ne!(d.r32(reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
@@ -415,10 +362,10 @@ fn broken_avail_index_needs_reset_then_recovers() {
     d.notify();
     d.w32(reg::STATUS, 0);
     assert_eq!(d.r32(reg::STATUS), 0);
-    d.avail_idx = 0;
-    d.used_seen = 0;
-    d.mem.write_obj(0u16, GuestAddress(d.avail + 2)).unwrap();
-    d.mem.write_obj(0u16, GuestAddress(d.used + 2)).unwrap();
+    d.q.avail_idx = 0;
+    d.q.used_seen = 0;
+    d.mem.write_obj(0u16, GuestAddress(d.q.avail + 2)).unwrap();
+    d.mem.write_obj(0u16, GuestAddress(d.q.used + 2)).unwrap();
     d.init();
     assert_eq!(d.request(req::IN, 0, Some((512, true)), BUF), (0, 513));
 }
@@ -619,7 +566,7 @@ fn threaded_device_polls_with_notifications_off_then_sleeps() {
             std::thread::yield_now();
         }
     };
-    let flags = |d: &Drv| d.mem.read_obj::<u16>(GuestAddress(d.used)).unwrap();
+    let flags = |d: &Drv| d.mem.read_obj::<u16>(GuestAddress(d.q.used)).unwrap();
     for round in 0..20u64 {
         let mut hdr = [0u8; 16];
         hdr[8..16].copy_from_slice(&round.to_le_bytes());
@@ -663,9 +610,9 @@ fn random_rings_never_panic() {
         if d.r32(reg::STATUS) & status::DRIVER_OK == 0
             || d.r32(reg::STATUS) & status::DEVICE_NEEDS_RESET != 0
         {
-            d.avail_idx = 0;
-            d.used_seen = 0;
-            d.mem.write_obj(0u16, GuestAddress(d.avail + 2)).unwrap();
+            d.q.avail_idx = 0;
+            d.q.used_seen = 0;
+            d.mem.write_obj(0u16, GuestAddress(d.q.avail + 2)).unwrap();
             d.init();
         }
         for i in 0..QSIZE as u64 {
@@ -684,7 +631,7 @@ fn random_rings_never_panic() {
             let next = (rnd() % (QSIZE as u64 + 2)) as u16;
             let desc = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
             d.mem
-                .write_obj(desc, GuestAddress(d.desc + i * 16))
+                .write_obj(desc, GuestAddress(d.q.desc + i * 16))
                 .unwrap();
         }
         // Request headers of every type at the buffers.
@@ -694,18 +641,18 @@ fn random_rings_never_panic() {
         d.mem.write_slice(&hdr, GuestAddress(BUF)).unwrap();
         let n = rnd() % 5;
         for _ in 0..n {
-            let slot = d.avail + 4 + 2 * (d.avail_idx % QSIZE) as u64;
+            let slot = d.q.avail + 4 + 2 * (d.q.avail_idx % QSIZE) as u64;
             d.mem
                 .write_obj((rnd() % (QSIZE as u64 + 1)) as u16, GuestAddress(slot))
                 .unwrap();
-            d.avail_idx = d.avail_idx.wrapping_add(1);
+            d.q.avail_idx = d.q.avail_idx.wrapping_add(1);
         }
         if round % 50 == 49 {
             // Now and then an index that jumps too far.
-            d.avail_idx = d.avail_idx.wrapping_add(rnd() as u16);
+            d.q.avail_idx = d.q.avail_idx.wrapping_add(rnd() as u16);
         }
         d.mem
-            .write_obj(d.avail_idx, GuestAddress(d.avail + 2))
+            .write_obj(d.q.avail_idx, GuestAddress(d.q.avail + 2))
             .unwrap();
         d.notify();
         let _ = d.used_unchecked();
@@ -721,10 +668,10 @@ fn random_rings_never_panic() {
     eprintln!("random rings: {reqs} requests completed, {errs} failed");
     assert!(reqs > 500 && errs > 100, "the garbage reached the device");
     // Still a working device after a reset.
-    d.avail_idx = 0;
-    d.used_seen = 0;
-    d.mem.write_obj(0u16, GuestAddress(d.avail + 2)).unwrap();
-    d.mem.write_obj(0u16, GuestAddress(d.used + 2)).unwrap();
+    d.q.avail_idx = 0;
+    d.q.used_seen = 0;
+    d.mem.write_obj(0u16, GuestAddress(d.q.avail + 2)).unwrap();
+    d.mem.write_obj(0u16, GuestAddress(d.q.used + 2)).unwrap();
     d.init();
     assert_eq!(d.request(req::IN, 0, Some((512, true)), BUF).0, 0);
 }

@@ -19,8 +19,7 @@ use crate::virtio::mmio::{reg, MmioTransport};
 use crate::virtio::{status, Mem, VIRTIO_F_VERSION_1};
 
 const QSIZE: u16 = 16;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
+use crate::virtio::test_driver::{self as drv, DriverQueue, F_WRITE};
 const BUF: u64 = 0x10_0000;
 
 #[derive(Default)]
@@ -56,18 +55,10 @@ impl NetBackend for FakeBackend {
     }
 }
 
-struct Q {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
 struct Drv {
     mem: Mem,
     t: Arc<Mutex<MmioTransport>>,
-    q: [Q; 2],
+    q: [DriverQueue; 2],
     fake: Arc<Mutex<Fake>>,
     stats: Arc<NetStats>,
     signal: Arc<RxSignal>,
@@ -94,12 +85,13 @@ impl Drv {
             mem.clone(),
             irq.try_clone().unwrap(),
         )));
-        let q = |i: u64| Q {
-            desc: 0x1000 + i * 0x4000,
-            avail: 0x2000 + i * 0x4000,
-            used: 0x3000 + i * 0x4000,
-            avail_idx: 0,
-            used_seen: 0,
+        let q = |i: u64| {
+            DriverQueue::new(
+                0x1000 + i * 0x4000,
+                0x2000 + i * 0x4000,
+                0x3000 + i * 0x4000,
+                QSIZE,
+            )
         };
         Drv {
             mem,
@@ -113,22 +105,17 @@ impl Drv {
     }
 
     fn r32(&self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.t.lock().unwrap().read(off, &mut b);
-        u32::from_le_bytes(b)
+        drv::r32(&self.t, off)
     }
 
     fn w32(&self, off: u64, v: u32) {
-        self.t.lock().unwrap().write(off, &v.to_le_bytes());
+        drv::w32(&self.t, off, v)
     }
 
     /// Initializes the device accepting `features` (of those offered).
     fn init(&mut self, features: u64) -> u64 {
         for q in &mut self.q {
-            q.avail_idx = 0;
-            q.used_seen = 0;
-            self.mem.write_obj(0u16, GuestAddress(q.avail + 2)).unwrap();
-            self.mem.write_obj(0u16, GuestAddress(q.used + 2)).unwrap();
+            q.reset(&self.mem);
         }
         self.w32(reg::STATUS, 0);
         self.w32(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
@@ -146,18 +133,7 @@ impl Drv {
             status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
         );
         for (i, q) in self.q.iter().enumerate() {
-            self.w32(reg::QUEUE_SEL, i as u32);
-            assert_eq!(self.r32(reg::QUEUE_NUM_MAX), QUEUE_SIZE as u32);
-            self.w32(reg::QUEUE_NUM, QSIZE as u32);
-            for (lo, v) in [
-                (reg::QUEUE_DESC_LOW, q.desc),
-                (reg::QUEUE_DRIVER_LOW, q.avail),
-                (reg::QUEUE_DEVICE_LOW, q.used),
-            ] {
-                self.w32(lo, v as u32);
-                self.w32(lo + 4, (v >> 32) as u32);
-            }
-            self.w32(reg::QUEUE_READY, 1);
+            assert_eq!(drv::setup_queue(&self.t, i as u32, q), QUEUE_SIZE as u32);
         }
         self.w32(
             reg::STATUS,
@@ -169,24 +145,7 @@ impl Drv {
 
     /// Puts a chain on queue `qi` (descriptor slots by ring position).
     fn submit(&mut self, qi: usize, descs: &[(u64, u32, bool)]) -> u16 {
-        let q = &mut self.q[qi];
-        let base = (q.avail_idx % (QSIZE / 4)) * 4;
-        for (i, &(addr, len, write)) in descs.iter().enumerate() {
-            let last = i + 1 == descs.len();
-            let flags = if write { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
-            let d =
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, base + i as u16 + 1));
-            self.mem
-                .write_obj(d, GuestAddress(q.desc + (base as u64 + i as u64) * 16))
-                .unwrap();
-        }
-        let slot = q.avail + 4 + 2 * (q.avail_idx % QSIZE) as u64;
-        self.mem.write_obj(base, GuestAddress(slot)).unwrap();
-        q.avail_idx = q.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(q.avail_idx, GuestAddress(q.avail + 2))
-            .unwrap();
-        base
+        self.q[qi].submit(&self.mem, descs)
     }
 
     fn notify(&self, qi: usize) {
@@ -194,17 +153,7 @@ impl Drv {
     }
 
     fn used(&mut self, qi: usize) -> Vec<(u32, u32)> {
-        let q = &mut self.q[qi];
-        let idx: u16 = self.mem.read_obj(GuestAddress(q.used + 2)).unwrap();
-        let mut out = vec![];
-        while q.used_seen != idx {
-            let at = q.used + 4 + 8 * (q.used_seen % QSIZE) as u64;
-            let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-            out.push((id, len));
-            q.used_seen = q.used_seen.wrapping_add(1);
-        }
-        out
+        self.q[qi].take_used(&self.mem)
     }
 
     /// Sends `frame` (header added) from one readable descriptor.

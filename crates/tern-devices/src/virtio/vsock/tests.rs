@@ -18,13 +18,11 @@ use vmm_sys_util::eventfd::EventFd;
 use super::conn::BUF_ALLOC;
 use super::packet::{op, Header, HDR_LEN, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{Vsock, VsockConfig, VsockHandle, EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
-use crate::bus::BusDevice;
 use crate::virtio::mmio::{reg, MmioTransport};
+use crate::virtio::test_driver::{self as drv, DriverQueue};
 use crate::virtio::{status, Mem, VIRTIO_F_VERSION_1};
 
 const QSIZE: u16 = 64;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 const CID: u64 = 3;
 /// Receive buffers: QSIZE of RX_BUF bytes each.
 const RX_BUFS: u64 = 0x10_0000;
@@ -33,18 +31,10 @@ const RX_BUF: u64 = 8192;
 const TX_AREA: u64 = 0x40_0000;
 const EVENT_BUF: u64 = 0x50_0000;
 
-struct Q {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
 struct Drv {
     mem: Mem,
     t: Arc<Mutex<MmioTransport>>,
-    q: [Q; 3],
+    q: [DriverQueue; 3],
     handle: Arc<VsockHandle>,
     socket: PathBuf,
     _dir: tempfile::TempDir,
@@ -80,12 +70,13 @@ impl Drv {
             mem.clone(),
             irq.try_clone().unwrap(),
         )));
-        let q = |i: u64| Q {
-            desc: 0x1000 + i * 0x4000,
-            avail: 0x2000 + i * 0x4000,
-            used: 0x3000 + i * 0x4000,
-            avail_idx: 0,
-            used_seen: 0,
+        let q = |i: u64| {
+            DriverQueue::new(
+                0x1000 + i * 0x4000,
+                0x2000 + i * 0x4000,
+                0x3000 + i * 0x4000,
+                QSIZE,
+            )
         };
         let mut d = Drv {
             mem,
@@ -102,21 +93,16 @@ impl Drv {
     }
 
     fn r32(&self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.t.lock().unwrap().read(off, &mut b);
-        u32::from_le_bytes(b)
+        drv::r32(&self.t, off)
     }
 
     fn w32(&self, off: u64, v: u32) {
-        self.t.lock().unwrap().write(off, &v.to_le_bytes());
+        drv::w32(&self.t, off, v)
     }
 
     fn init(&mut self) {
         for q in &mut self.q {
-            q.avail_idx = 0;
-            q.used_seen = 0;
-            self.mem.write_obj(0u16, GuestAddress(q.avail + 2)).unwrap();
-            self.mem.write_obj(0u16, GuestAddress(q.used + 2)).unwrap();
+            q.reset(&self.mem);
         }
         self.w32(reg::STATUS, 0);
         self.w32(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
@@ -125,17 +111,7 @@ impl Drv {
         let ok = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
         self.w32(reg::STATUS, ok);
         for (i, q) in self.q.iter().enumerate() {
-            self.w32(reg::QUEUE_SEL, i as u32);
-            self.w32(reg::QUEUE_NUM, QSIZE as u32);
-            for (lo, v) in [
-                (reg::QUEUE_DESC_LOW, q.desc),
-                (reg::QUEUE_DRIVER_LOW, q.avail),
-                (reg::QUEUE_DEVICE_LOW, q.used),
-            ] {
-                self.w32(lo, v as u32);
-                self.w32(lo + 4, (v >> 32) as u32);
-            }
-            self.w32(reg::QUEUE_READY, 1);
+            drv::setup_queue(&self.t, i as u32, q);
         }
         self.w32(reg::STATUS, ok | status::DRIVER_OK);
         assert_eq!(self.r32(reg::STATUS) & status::DRIVER_OK, status::DRIVER_OK);
@@ -147,22 +123,7 @@ impl Drv {
 
     /// Puts a chain at descriptors `base..` on queue `qi`.
     fn submit(&mut self, qi: usize, base: u16, descs: &[(u64, u32, bool)]) {
-        let q = &mut self.q[qi];
-        for (i, &(addr, len, write)) in descs.iter().enumerate() {
-            let last = i + 1 == descs.len();
-            let flags = if write { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
-            let d =
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, base + i as u16 + 1));
-            self.mem
-                .write_obj(d, GuestAddress(q.desc + (base as u64 + i as u64) * 16))
-                .unwrap();
-        }
-        let slot = q.avail + 4 + 2 * (q.avail_idx % QSIZE) as u64;
-        self.mem.write_obj(base, GuestAddress(slot)).unwrap();
-        q.avail_idx = q.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(q.avail_idx, GuestAddress(q.avail + 2))
-            .unwrap();
+        self.q[qi].submit_at(&self.mem, base, descs);
     }
 
     fn post_rx(&mut self, i: u16) {
@@ -174,17 +135,7 @@ impl Drv {
     }
 
     fn used(&mut self, qi: usize) -> Vec<(u32, u32)> {
-        let q = &mut self.q[qi];
-        let idx: u16 = self.mem.read_obj(GuestAddress(q.used + 2)).unwrap();
-        let mut out = vec![];
-        while q.used_seen != idx {
-            let at = q.used + 4 + 8 * (q.used_seen % QSIZE) as u64;
-            let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-            out.push((id, len));
-            q.used_seen = q.used_seen.wrapping_add(1);
-        }
-        out
+        self.q[qi].take_used(&self.mem)
     }
 
     /// What the device's thread does when the host side is ready.
