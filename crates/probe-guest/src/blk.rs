@@ -14,9 +14,8 @@
 //! [`Error::Timeout`], never a hang, and a VM paused meanwhile does not.
 
 use crate::clock;
-use crate::virtio::{
-    reg, status, Buf, Mmio, QueueMem, SplitQueue, Timeout, INT_CONFIG, MAGIC, VIRTIO_F_VERSION_1,
-};
+use crate::setup::{self, SetupError};
+use crate::virtio::{reg, status, Buf, Mmio, QueueMem, SplitQueue, Timeout, INT_CONFIG};
 use core::fmt;
 use core::hint::spin_loop;
 use core::ptr;
@@ -85,20 +84,8 @@ pub enum Error {
     NoDevice { count: u32 },
     /// The device at this index is not a virtio-blk device (boot info kind).
     NotBlock { kind: u32 },
-    /// MagicValue is not "virt".
-    BadMagic(u32),
-    /// Version is not 2 (modern virtio-mmio).
-    BadVersion(u32),
-    /// DeviceID is not 2 (block).
-    WrongDeviceId(u32),
-    /// The device does not offer VIRTIO_F_VERSION_1.
-    NoVersion1 { offered: u64 },
-    /// The device cleared FEATURES_OK.
-    FeaturesRefused { offered: u64, wanted: u64 },
-    /// Queue 0 does not exist or is too small.
-    QueueUnavailable { max: u32 },
-    /// Queue 0 is still enabled after a reset.
-    QueueBusy,
+    /// The device could not be brought up.
+    Setup(SetupError),
     /// The device set DEVICE_NEEDS_RESET (it judged the driver wrong).
     NeedsReset { status: u32 },
     /// The device did not answer in time.
@@ -118,20 +105,7 @@ impl fmt::Display for Error {
         match *self {
             Error::NoDevice { count } => write!(f, "reason=no-device devices={count}"),
             Error::NotBlock { kind } => write!(f, "reason=not-block kind={kind}"),
-            Error::BadMagic(v) => write!(f, "reason=bad-magic magic={v:#x}"),
-            Error::BadVersion(v) => write!(f, "reason=bad-version version={v}"),
-            Error::WrongDeviceId(v) => write!(f, "reason=not-block device_id={v}"),
-            Error::NoVersion1 { offered } => {
-                write!(f, "reason=no-version-1 offered={offered:#x}")
-            }
-            Error::FeaturesRefused { offered, wanted } => write!(
-                f,
-                "reason=features-refused offered={offered:#x} wanted={wanted:#x}"
-            ),
-            Error::QueueUnavailable { max } => {
-                write!(f, "reason=queue-unavailable queue_num_max={max}")
-            }
-            Error::QueueBusy => write!(f, "reason=queue-busy"),
+            Error::Setup(e) => e.fmt(f),
             Error::NeedsReset { status } => {
                 write!(f, "reason=needs-reset device_status={status:#x}")
             }
@@ -149,6 +123,12 @@ impl fmt::Display for Error {
             Error::ReadOnly => write!(f, "reason=read-only"),
             Error::DiscardUnsupported => write!(f, "reason=discard-unsupported"),
         }
+    }
+}
+
+impl From<SetupError> for Error {
+    fn from(e: SetupError) -> Error {
+        Error::Setup(e)
     }
 }
 
@@ -216,56 +196,18 @@ impl Blk {
             return Err(Error::NotBlock { kind: dev.kind });
         }
         let mmio = Mmio::new(dev.mmio_base);
-        let magic = mmio.read(reg::MAGIC_VALUE);
-        if magic != MAGIC {
-            return Err(Error::BadMagic(magic));
-        }
-        let version = mmio.read(reg::VERSION);
-        if version != 2 {
-            return Err(Error::BadVersion(version));
-        }
-        let id = mmio.read(reg::DEVICE_ID);
-        if id != DEVICE_ID_BLOCK {
-            return Err(Error::WrongDeviceId(id));
-        }
-        reset(mmio, ticks_per_sec)?;
+        setup::begin(mmio, DEVICE_ID_BLOCK, ticks_per_sec)?;
         let result = Self::init(mmio, ticks_per_sec);
         if result.is_err() {
-            // Tell the device the driver gave up (§3.1.1, step 8).
-            let s = mmio.read(reg::STATUS);
-            mmio.write(reg::STATUS, s | status::FAILED);
+            setup::fail(mmio);
         }
         result
     }
 
     fn init(mmio: Mmio, ticks_per_sec: u64) -> Result<Blk, Error> {
-        mmio.write(reg::STATUS, status::ACKNOWLEDGE);
-        mmio.write(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        let offered = mmio.device_features();
-        if offered & 1 << VIRTIO_F_VERSION_1 == 0 {
-            return Err(Error::NoVersion1 { offered });
-        }
         let usable =
             1 << feature::RO | 1 << feature::BLK_SIZE | 1 << feature::FLUSH | 1 << feature::DISCARD;
-        let wanted = 1 << VIRTIO_F_VERSION_1 | offered & usable;
-        mmio.set_driver_features(wanted);
-        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-        mmio.write(reg::STATUS, s);
-        if mmio.read(reg::STATUS) & status::FEATURES_OK == 0 {
-            return Err(Error::FeaturesRefused { offered, wanted });
-        }
-
-        mmio.write(reg::QUEUE_SEL, 0);
-        if mmio.read(reg::QUEUE_READY) != 0 {
-            return Err(Error::QueueBusy);
-        }
-        let max = mmio.read(reg::QUEUE_NUM_MAX);
-        let limit = max.min(MAX_QUEUE);
-        if limit < 4 {
-            return Err(Error::QueueUnavailable { max });
-        }
-        // Split queues have power-of-two sizes.
-        let size = 1u32 << (31 - limit.leading_zeros());
+        let wanted = setup::negotiate(mmio, usable)?;
         let mem = QueueMem {
             desc: DESC_AREA,
             avail: AVAIL_AREA,
@@ -275,20 +217,9 @@ impl Blk {
         // reserves for drivers, sized for MAX_QUEUE entries (asserted
         // above); only this driver uses it, one device at a time, and the
         // device was reset, so it holds no old queue there.
-        let queue = unsafe { SplitQueue::new(mem, size as u16) };
-        mmio.write(reg::QUEUE_NUM, size);
-        mmio.write64(reg::QUEUE_DESC_LOW, mem.desc);
-        mmio.write64(reg::QUEUE_DRIVER_LOW, mem.avail);
-        mmio.write64(reg::QUEUE_DEVICE_LOW, mem.used);
-        mmio.write(reg::QUEUE_READY, 1);
-        mmio.write(reg::STATUS, s | status::DRIVER_OK);
-        let now = mmio.read(reg::STATUS);
-        if now & status::DEVICE_NEEDS_RESET != 0 || now & status::DRIVER_OK == 0 {
-            return Err(Error::NeedsReset { status: now });
-        }
-        if mmio.read(reg::QUEUE_READY) != 1 {
-            return Err(Error::QueueUnavailable { max });
-        }
+        let (queue, size) = unsafe { setup::queue(mmio, 0, mem, MAX_QUEUE, 4) }?;
+        let size = u32::from(size);
+        setup::driver_ok(mmio)?;
         Ok(Blk {
             mmio,
             queue,
@@ -583,18 +514,6 @@ impl Drop for Blk {
     fn drop(&mut self) {
         // Stops the device using the queue memory; a device that does not
         // confirm within the timeout is left as it is.
-        let _ = reset(self.mmio, self.ticks_per_sec);
-    }
-}
-
-/// Writes 0 to Status and waits until it reads back 0, as a driver must
-/// before it sets the device up again.
-fn reset(mmio: Mmio, ticks_per_sec: u64) -> Result<(), Error> {
-    mmio.write(reg::STATUS, 0);
-    let timeout = Timeout::ms(ticks_per_sec, TIMEOUT_MS);
-    if crate::virtio::spin_until(timeout, || mmio.read(reg::STATUS) == 0) {
-        Ok(())
-    } else {
-        Err(Error::Timeout { what: "reset" })
+        let _ = setup::reset(self.mmio, self.ticks_per_sec);
     }
 }

@@ -19,6 +19,7 @@ mod mem;
 mod net;
 mod report;
 mod scsi;
+mod setup;
 mod status;
 mod virtio;
 mod vsock;

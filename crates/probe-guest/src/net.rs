@@ -16,9 +16,8 @@
 //! and RX only when the device may have run out of buffers (every buffer
 //! it had was seen used since the last notification).
 
-use crate::virtio::{
-    reg, status, Buf, Mmio, QueueMem, SplitQueue, Timeout, MAGIC, VIRTIO_F_VERSION_1,
-};
+use crate::setup::{self, SetupError};
+use crate::virtio::{reg, Buf, Mmio, QueueMem, SplitQueue};
 use core::fmt;
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
@@ -37,8 +36,6 @@ const MAX_QUEUE: u32 = 256;
 const BUF_LEN: u64 = 2048;
 /// Largest frame handed to smoltcp (Ethernet header + 1500).
 pub const MTU: usize = 1514;
-/// Longest wait for a reset.
-const TIMEOUT_MS: u64 = 10_000;
 
 const RX_DESC: u64 = DEVICE_MEM_BASE;
 const RX_AVAIL: u64 = DEVICE_MEM_BASE + 0x1000;
@@ -60,36 +57,21 @@ const _: () = assert!(SOCKET_AREA < tern_probe_abi::DATA_BASE);
 pub enum Error {
     /// The boot info has no NIC with this index.
     NoDevice { nics: u32 },
-    /// MagicValue, Version or DeviceID are wrong.
-    NotNet { magic: u32, version: u32, id: u32 },
-    /// The device refused the features.
-    FeaturesRefused { offered: u64 },
-    /// A queue is missing or too small.
-    QueueUnavailable { queue: u32, max: u32 },
-    /// The device set DEVICE_NEEDS_RESET or refused DRIVER_OK.
-    NeedsReset { status: u32 },
-    /// The device did not finish a reset in time.
-    Timeout,
+    /// The device could not be brought up.
+    Setup(SetupError),
+}
+
+impl From<SetupError> for Error {
+    fn from(e: SetupError) -> Error {
+        Error::Setup(e)
+    }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Error::NoDevice { nics } => write!(f, "reason=no-device nics={nics}"),
-            Error::NotNet { magic, version, id } => {
-                write!(
-                    f,
-                    "reason=not-net magic={magic:#x} version={version} id={id}"
-                )
-            }
-            Error::FeaturesRefused { offered } => {
-                write!(f, "reason=features-refused offered={offered:#x}")
-            }
-            Error::QueueUnavailable { queue, max } => {
-                write!(f, "reason=queue-unavailable queue={queue} max={max}")
-            }
-            Error::NeedsReset { status } => write!(f, "reason=needs-reset status={status:#x}"),
-            Error::Timeout => write!(f, "reason=timeout what=reset"),
+            Error::Setup(e) => e.fmt(f),
         }
     }
 }
@@ -136,16 +118,6 @@ pub struct Net {
     counters: Counters,
 }
 
-fn reset(mmio: Mmio, ticks_per_sec: u64) -> Result<(), Error> {
-    mmio.write(reg::STATUS, 0);
-    let t = Timeout::ms(ticks_per_sec, TIMEOUT_MS);
-    if crate::virtio::spin_until(t, || mmio.read(reg::STATUS) == 0) {
-        Ok(())
-    } else {
-        Err(Error::Timeout)
-    }
-}
-
 fn buf(base: u64, i: u16) -> u64 {
     base + u64::from(i) * BUF_LEN
 }
@@ -163,57 +135,23 @@ impl Net {
             .and_then(|i| nics.clone().nth(i))
             .ok_or(Error::NoDevice { nics: n })?;
         let mmio = Mmio::new(dev.mmio_base);
-        let (magic, version, id) = (
-            mmio.read(reg::MAGIC_VALUE),
-            mmio.read(reg::VERSION),
-            mmio.read(reg::DEVICE_ID),
-        );
-        if magic != MAGIC || version != 2 || id != DEVICE_ID_NET {
-            return Err(Error::NotNet { magic, version, id });
-        }
-        reset(mmio, ticks_per_sec)?;
+        setup::begin(mmio, DEVICE_ID_NET, ticks_per_sec)?;
         let r = Self::init(mmio);
         if r.is_err() {
-            let s = mmio.read(reg::STATUS);
-            mmio.write(reg::STATUS, s | status::FAILED);
+            setup::fail(mmio);
         }
         r
     }
 
     fn queue(mmio: Mmio, index: u32, mem: QueueMem) -> Result<(SplitQueue, u16), Error> {
-        mmio.write(reg::QUEUE_SEL, index);
-        let max = mmio.read(reg::QUEUE_NUM_MAX);
-        let limit = max.min(MAX_QUEUE);
-        if limit < 2 || mmio.read(reg::QUEUE_READY) != 0 {
-            return Err(Error::QueueUnavailable { queue: index, max });
-        }
-        let size = 1u32 << (31 - limit.leading_zeros());
         // SAFETY: the areas lie in the device memory area reserved for
         // drivers, sized for MAX_QUEUE entries (asserted above); only this
         // driver uses it while its step runs, and the device was reset.
-        let q = unsafe { SplitQueue::new(mem, size as u16) };
-        mmio.write(reg::QUEUE_NUM, size);
-        mmio.write64(reg::QUEUE_DESC_LOW, mem.desc);
-        mmio.write64(reg::QUEUE_DRIVER_LOW, mem.avail);
-        mmio.write64(reg::QUEUE_DEVICE_LOW, mem.used);
-        mmio.write(reg::QUEUE_READY, 1);
-        Ok((q, size as u16))
+        Ok(unsafe { setup::queue(mmio, index, mem, MAX_QUEUE, 2) }?)
     }
 
     fn init(mmio: Mmio) -> Result<Net, Error> {
-        mmio.write(reg::STATUS, status::ACKNOWLEDGE);
-        mmio.write(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        let offered = mmio.device_features();
-        if offered & 1 << VIRTIO_F_VERSION_1 == 0 {
-            return Err(Error::FeaturesRefused { offered });
-        }
-        let wanted = 1 << VIRTIO_F_VERSION_1 | offered & (1 << F_MAC | 1 << F_MRG_RXBUF);
-        mmio.set_driver_features(wanted);
-        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-        mmio.write(reg::STATUS, s);
-        if mmio.read(reg::STATUS) & status::FEATURES_OK == 0 {
-            return Err(Error::FeaturesRefused { offered });
-        }
+        let wanted = setup::negotiate(mmio, 1 << F_MAC | 1 << F_MRG_RXBUF)?;
         let mut mac = [0x02, 0, 0, 0, 0, 1];
         if wanted & 1 << F_MAC != 0 {
             let lo = mmio.config32(0).to_le_bytes();
@@ -263,11 +201,7 @@ impl Net {
         for i in 0..rx_size {
             net.rx.post(i);
         }
-        mmio.write(reg::STATUS, s | status::DRIVER_OK);
-        let now = mmio.read(reg::STATUS);
-        if now & status::DEVICE_NEEDS_RESET != 0 || now & status::DRIVER_OK == 0 {
-            return Err(Error::NeedsReset { status: now });
-        }
+        setup::driver_ok(mmio)?;
         net.rx.starved = false;
         Ok(net)
     }

@@ -7,9 +7,8 @@
 //! queue `q` at `DEVICE_MEM_BASE + q * 0x3000`, headers and event buffers
 //! after them, data buffers from [`DATA_AREA`].
 
-use crate::virtio::{
-    reg, status, Buf, Mmio, QueueMem, SplitQueue, Timeout, MAGIC, VIRTIO_F_VERSION_1,
-};
+use crate::setup::{self, SetupError};
+use crate::virtio::{reg, status, Buf, Mmio, QueueMem, SplitQueue, Timeout};
 use core::fmt;
 use core::hint::spin_loop;
 use core::ptr;
@@ -46,12 +45,8 @@ pub const DATA_AREA_LEN: u64 = DATA_BASE - DATA_AREA;
 pub enum Error {
     /// No virtio-scsi device in the boot info.
     NoDevice,
-    /// Not a modern virtio-mmio SCSI device.
-    NotScsi { magic: u32, version: u32, id: u32 },
-    /// The device refused the features.
-    FeaturesRefused,
-    /// A queue is missing or too small.
-    QueueUnavailable { queue: u32, max: u32 },
+    /// The device could not be brought up.
+    Setup(SetupError),
     /// The device set DEVICE_NEEDS_RESET.
     NeedsReset { status: u32 },
     /// The device did not answer in time.
@@ -64,14 +59,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Error::NoDevice => write!(f, "reason=no-device"),
-            Error::NotScsi { magic, version, id } => write!(
-                f,
-                "reason=not-scsi magic={magic:#x} version={version} device_id={id}"
-            ),
-            Error::FeaturesRefused => write!(f, "reason=features-refused"),
-            Error::QueueUnavailable { queue, max } => {
-                write!(f, "reason=queue-unavailable queue={queue} max={max}")
-            }
+            Error::Setup(e) => e.fmt(f),
             Error::NeedsReset { status } => {
                 write!(f, "reason=needs-reset device_status={status:#x}")
             }
@@ -82,6 +70,12 @@ impl fmt::Display for Error {
 }
 
 /// How a command ended.
+impl From<SetupError> for Error {
+    fn from(e: SetupError) -> Error {
+        Error::Setup(e)
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
     /// virtio-scsi response code (0: OK, the command ran).
@@ -166,70 +160,28 @@ impl Scsi {
             .find(|d| d.kind == DEVICE_VIRTIO_SCSI)
             .ok_or(Error::NoDevice)?;
         let mmio = Mmio::new(dev.mmio_base);
-        let (magic, version, id) = (
-            mmio.read(reg::MAGIC_VALUE),
-            mmio.read(reg::VERSION),
-            mmio.read(reg::DEVICE_ID),
-        );
-        if magic != MAGIC || version != 2 || id != DEVICE_ID_SCSI {
-            return Err(Error::NotScsi { magic, version, id });
-        }
-        mmio.write(reg::STATUS, 0);
-        if !crate::virtio::spin_until(Timeout::ms(ticks_per_sec, TIMEOUT_MS), || {
-            mmio.read(reg::STATUS) == 0
-        }) {
-            return Err(Error::Timeout { what: "reset" });
-        }
+        setup::begin(mmio, DEVICE_ID_SCSI, ticks_per_sec)?;
         let r = Self::init(mmio, ticks_per_sec);
         if r.is_err() {
-            let s = mmio.read(reg::STATUS);
-            mmio.write(reg::STATUS, s | status::FAILED);
+            setup::fail(mmio);
         }
         r
     }
 
     fn init(mmio: Mmio, ticks_per_sec: u64) -> Result<Scsi, Error> {
-        mmio.write(reg::STATUS, status::ACKNOWLEDGE);
-        mmio.write(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        let offered = mmio.device_features();
-        if offered & 1 << VIRTIO_F_VERSION_1 == 0 {
-            return Err(Error::FeaturesRefused);
-        }
-        let wanted = 1 << VIRTIO_F_VERSION_1 | offered & (1 << F_HOTPLUG | 1 << F_CHANGE);
-        mmio.set_driver_features(wanted);
-        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-        mmio.write(reg::STATUS, s);
-        if mmio.read(reg::STATUS) & status::FEATURES_OK == 0 {
-            return Err(Error::FeaturesRefused);
-        }
+        setup::negotiate(mmio, 1 << F_HOTPLUG | 1 << F_CHANGE)?;
         let mut qs: [Option<SplitQueue>; 3] = [None, None, None];
         for (q, slot) in qs.iter_mut().enumerate() {
-            mmio.write(reg::QUEUE_SEL, q as u32);
-            let max = mmio.read(reg::QUEUE_NUM_MAX);
-            if max < u32::from(QUEUE) {
-                return Err(Error::QueueUnavailable {
-                    queue: q as u32,
-                    max,
-                });
-            }
-            let mem = qmem(q as u64);
             // SAFETY: the queue's three areas lie in the device memory
             // area the ABI reserves for drivers (0x3000 per queue, below
             // the headers at 0x9000); only this driver uses it, and the
             // device was reset, so it holds no old queue there.
-            let queue = unsafe { SplitQueue::new(mem, QUEUE) };
-            mmio.write(reg::QUEUE_NUM, u32::from(QUEUE));
-            mmio.write64(reg::QUEUE_DESC_LOW, mem.desc);
-            mmio.write64(reg::QUEUE_DRIVER_LOW, mem.avail);
-            mmio.write64(reg::QUEUE_DEVICE_LOW, mem.used);
-            mmio.write(reg::QUEUE_READY, 1);
+            let (queue, _) = unsafe {
+                setup::queue(mmio, q as u32, qmem(q as u64), QUEUE.into(), QUEUE.into())
+            }?;
             *slot = Some(queue);
         }
-        mmio.write(reg::STATUS, s | status::DRIVER_OK);
-        let now = mmio.read(reg::STATUS);
-        if now & status::DEVICE_NEEDS_RESET != 0 {
-            return Err(Error::NeedsReset { status: now });
-        }
+        setup::driver_ok(mmio)?;
         let [Some(control), Some(events), Some(request)] = qs else {
             unreachable!("every queue was set up above");
         };

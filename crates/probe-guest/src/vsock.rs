@@ -20,9 +20,8 @@
 //! header, a packet for a connection that does not exist, more data than
 //! the credit given: each is counted and dropped (or answered with RST).
 
-use crate::virtio::{
-    reg, status, Buf, Mmio, QueueMem, SplitQueue, Timeout, MAGIC, VIRTIO_F_VERSION_1,
-};
+use crate::setup::{self, SetupError};
+use crate::virtio::{reg, Buf, Mmio, QueueMem, SplitQueue};
 use core::fmt;
 use core::ptr;
 use tern_probe_abi::{BootInfo, DEVICE_MEM_BASE, DEVICE_VIRTIO_VSOCK};
@@ -45,8 +44,6 @@ const TX_BUF: u64 = 32 << 10;
 pub const MAX_CONNS: usize = 72;
 /// Each connection's receive ring (its `buf_alloc`).
 pub const CONN_BUF: u32 = 32 << 10;
-/// Longest wait for a reset.
-const TIMEOUT_MS: u64 = 10_000;
 
 const RX_DESC: u64 = DEVICE_MEM_BASE;
 const RX_AVAIL: u64 = DEVICE_MEM_BASE + 0x1000;
@@ -84,34 +81,21 @@ const TYPE_STREAM: u16 = 1;
 pub enum Error {
     /// The boot info has no vsock device.
     NoDevice,
-    /// MagicValue, Version or DeviceID are wrong.
-    NotVsock { magic: u32, version: u32, id: u32 },
-    /// The device refused the features.
-    FeaturesRefused { offered: u64 },
-    /// A queue is missing or too small.
-    QueueUnavailable { queue: u32, max: u32 },
-    /// The device set DEVICE_NEEDS_RESET or refused DRIVER_OK.
-    NeedsReset { status: u32 },
-    /// The device did not finish a reset in time.
-    Timeout,
+    /// The device could not be brought up.
+    Setup(SetupError),
+}
+
+impl From<SetupError> for Error {
+    fn from(e: SetupError) -> Error {
+        Error::Setup(e)
+    }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Error::NoDevice => write!(f, "reason=no-device"),
-            Error::NotVsock { magic, version, id } => write!(
-                f,
-                "reason=not-vsock magic={magic:#x} version={version} id={id}"
-            ),
-            Error::FeaturesRefused { offered } => {
-                write!(f, "reason=features-refused offered={offered:#x}")
-            }
-            Error::QueueUnavailable { queue, max } => {
-                write!(f, "reason=queue-unavailable queue={queue} max={max}")
-            }
-            Error::NeedsReset { status } => write!(f, "reason=needs-reset status={status:#x}"),
-            Error::Timeout => write!(f, "reason=timeout what=reset"),
+            Error::Setup(e) => e.fmt(f),
         }
     }
 }
@@ -273,16 +257,6 @@ pub struct Vsock {
     pub counters: Counters,
 }
 
-fn reset(mmio: Mmio, ticks_per_sec: u64) -> Result<(), Error> {
-    mmio.write(reg::STATUS, 0);
-    let t = Timeout::ms(ticks_per_sec, TIMEOUT_MS);
-    if crate::virtio::spin_until(t, || mmio.read(reg::STATUS) == 0) {
-        Ok(())
-    } else {
-        Err(Error::Timeout)
-    }
-}
-
 fn ring(slot: usize) -> u64 {
     CONN_RINGS + slot as u64 * CONN_BUF as u64
 }
@@ -296,54 +270,24 @@ impl Vsock {
             .find(|d| d.kind == DEVICE_VIRTIO_VSOCK)
             .ok_or(Error::NoDevice)?;
         let mmio = Mmio::new(dev.mmio_base);
-        let (magic, version, id) = (
-            mmio.read(reg::MAGIC_VALUE),
-            mmio.read(reg::VERSION),
-            mmio.read(reg::DEVICE_ID),
-        );
-        if magic != MAGIC || version != 2 || id != DEVICE_ID_VSOCK {
-            return Err(Error::NotVsock { magic, version, id });
-        }
-        reset(mmio, ticks_per_sec)?;
+        setup::begin(mmio, DEVICE_ID_VSOCK, ticks_per_sec)?;
         let r = Self::init(mmio);
         if r.is_err() {
-            let s = mmio.read(reg::STATUS);
-            mmio.write(reg::STATUS, s | status::FAILED);
+            setup::fail(mmio);
         }
         r
     }
 
     fn queue(mmio: Mmio, index: u32, mem: QueueMem, want: u16) -> Result<SplitQueue, Error> {
-        mmio.write(reg::QUEUE_SEL, index);
-        let max = mmio.read(reg::QUEUE_NUM_MAX);
-        if max < u32::from(want) || mmio.read(reg::QUEUE_READY) != 0 {
-            return Err(Error::QueueUnavailable { queue: index, max });
-        }
         // SAFETY: the areas lie in the device memory area reserved for
         // drivers (asserted above); only this driver uses it while its
         // step runs, and the device was reset.
-        let q = unsafe { SplitQueue::new(mem, want) };
-        mmio.write(reg::QUEUE_NUM, u32::from(want));
-        mmio.write64(reg::QUEUE_DESC_LOW, mem.desc);
-        mmio.write64(reg::QUEUE_DRIVER_LOW, mem.avail);
-        mmio.write64(reg::QUEUE_DEVICE_LOW, mem.used);
-        mmio.write(reg::QUEUE_READY, 1);
+        let (q, _) = unsafe { setup::queue(mmio, index, mem, want.into(), want.into()) }?;
         Ok(q)
     }
 
     fn init(mmio: Mmio) -> Result<Vsock, Error> {
-        mmio.write(reg::STATUS, status::ACKNOWLEDGE);
-        mmio.write(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        let offered = mmio.device_features();
-        if offered & 1 << VIRTIO_F_VERSION_1 == 0 {
-            return Err(Error::FeaturesRefused { offered });
-        }
-        mmio.set_driver_features(1 << VIRTIO_F_VERSION_1);
-        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-        mmio.write(reg::STATUS, s);
-        if mmio.read(reg::STATUS) & status::FEATURES_OK == 0 {
-            return Err(Error::FeaturesRefused { offered });
-        }
+        setup::negotiate(mmio, 0)?;
         let qm = |desc, avail, used| QueueMem { desc, avail, used };
         let rx = Self::queue(mmio, 0, qm(RX_DESC, RX_AVAIL, RX_USED), RX_COUNT)?;
         let tx = Self::queue(mmio, 1, qm(TX_DESC, TX_AVAIL, TX_USED), TX_COUNT)?;
@@ -384,11 +328,7 @@ impl Vsock {
         for i in 0..EV_COUNT {
             v.post_ev(i);
         }
-        mmio.write(reg::STATUS, s | status::DRIVER_OK);
-        let now = mmio.read(reg::STATUS);
-        if now & status::DEVICE_NEEDS_RESET != 0 || now & status::DRIVER_OK == 0 {
-            return Err(Error::NeedsReset { status: now });
-        }
+        setup::driver_ok(mmio)?;
         v.cid = v.read_cid();
         Ok(v)
     }
