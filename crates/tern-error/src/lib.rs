@@ -17,6 +17,20 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Makes a panic on any thread end the whole process once the panic
+/// message is printed, as `panic = "abort"` does, whatever profile the
+/// binary was built with. A worker whose vCPU or device thread panicked
+/// must not run on half-alive, nor a daemon with a dead task thread; the
+/// test build (which must unwind for its harness) then behaves like the
+/// release build. Call it first thing in `main`.
+pub fn abort_on_panic() {
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        print(info);
+        std::process::abort();
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

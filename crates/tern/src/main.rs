@@ -56,6 +56,7 @@ enum Command {
 }
 
 fn main() {
+    tern_error::abort_on_panic();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

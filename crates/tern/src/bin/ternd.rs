@@ -5,5 +5,6 @@
 //! (built by the same package), which it runs as `tern run` for each VM.
 
 fn main() {
+    tern_error::abort_on_panic();
     std::process::exit(tern_daemon::server::main());
 }
