@@ -35,6 +35,8 @@ wanted=(
   "tgt:tgtd"
   # the SCSI DVD test reads an ISO made with xorriso
   "xorriso:xorriso"
+  # boot sources (tern-bootsrc tests): GPT disks with an ESP and an ext4 /boot
+  "gdisk:sgdisk" "dosfstools:mkfs.vfat" "mtools:mcopy" "e2fsprogs:mkfs.ext4"
   # Secure Boot (tern-secureboot tests): oracles, the Debian CA, OVMF's keys
   "sbsigntool:sbverify" "pesign:pesign" "osslsigncode:osslsigncode" "efitools:cert-to-efi-sig-list" "shim-unsigned:/usr/share/shim/debian-uefi-ca.der" "ovmf:/usr/share/ovmf/PkKek-1-snakeoil.key"
   # clustering: real etcd members (tests, demo); protoc builds the etcd-client crate
