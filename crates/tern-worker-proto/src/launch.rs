@@ -162,6 +162,30 @@ pub enum GuestSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cmdline: Option<String>,
     },
+    /// Boot from the VM's own media as a firmware's boot manager would:
+    /// each device in order until one yields a kernel (and, with Secure
+    /// Boot, one the policy accepts). Added in this release; an older
+    /// worker refuses the kind (docs/boot-sources.md).
+    Boot {
+        /// The devices, first tried first.
+        order: Vec<BootDevice>,
+    },
+}
+
+/// A device a VM may boot from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum BootDevice {
+    /// Virtio disk `index` (in `disks` order).
+    Disk {
+        /// Index into `disks`.
+        index: usize,
+    },
+    /// SCSI DVD drive `index` (the n-th DVD in `scsi`).
+    Dvd {
+        /// Which DVD drive, from 0.
+        index: usize,
+    },
 }
 
 /// One disk.
@@ -778,6 +802,32 @@ mod vsock_tests {
             r#"{"version":1,"guest":{"kind":"probe","workload":"x"},"vsock":{"cid":3}}"#,
             r#"{"version":1,"guest":{"kind":"probe","workload":"x"},"vsock":{"cid":3,"socket":"s","port":1}}"#,
             r#"{"version":1,"restore":{"dir":"d"},"vsock":{"cid":3,"socket":"s"}}"#,
+        ] {
+            assert!(LaunchSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod boot_order_tests {
+    use super::*;
+
+    #[test]
+    fn boot_orders_round_trip_and_bad_ones_are_refused() {
+        let spec = LaunchSpec::new(
+            1,
+            512 << 20,
+            GuestSpec::Boot {
+                order: vec![BootDevice::Dvd { index: 0 }, BootDevice::Disk { index: 1 }],
+            },
+        );
+        let text = serde_json::to_string(&spec).unwrap();
+        assert!(text.contains(r#""guest":{"kind":"boot","order":[{"kind":"dvd","index":0},{"kind":"disk","index":1}]}"#), "{text}");
+        assert_eq!(LaunchSpec::parse(&text).unwrap(), spec);
+        for bad in [
+            r#"{"version":1,"guest":{"kind":"boot","order":[{"kind":"floppy","index":0}]}}"#,
+            r#"{"version":1,"guest":{"kind":"boot","order":[{"kind":"disk"}]}}"#,
+            r#"{"version":1,"guest":{"kind":"boot"}}"#,
         ] {
             assert!(LaunchSpec::parse(bad).is_err(), "{bad}");
         }

@@ -66,14 +66,19 @@ pub fn serial_mode(s: &SerialSpec) -> SerialMode {
     }
 }
 
+/// The block layer's name for a spec's disk format.
+pub fn block_format(f: DiskFormat) -> tern_block::DiskFormat {
+    match f {
+        DiskFormat::Raw => tern_block::DiskFormat::Raw,
+        DiskFormat::Vhdx => tern_block::DiskFormat::Vhdx,
+    }
+}
+
 /// A disk of the spec as the VMM attaches it.
 pub fn disk_config(d: &DiskSpec) -> DiskConfig {
     DiskConfig {
         path: d.path.clone(),
-        format: d.format.map(|f| match f {
-            DiskFormat::Raw => tern_block::DiskFormat::Raw,
-            DiskFormat::Vhdx => tern_block::DiskFormat::Vhdx,
-        }),
+        format: d.format.map(block_format),
         read_only: d.read_only,
         qos: QosLimits {
             max_iops: d.qos.max_iops,
@@ -102,6 +107,14 @@ pub fn vm_config(spec: &LaunchSpec) -> Option<VmConfig> {
             cmdline: cmdline
                 .clone()
                 .unwrap_or_else(|| tern_vmm::boot::linux::DEFAULT_CMDLINE.to_string()),
+        },
+        // Still a boot order only where no kernel is loaded (an incoming
+        // migration: the guest arrives running); `boot_order::resolve`
+        // turned every booting one into a kernel.
+        GuestSpec::Boot { .. } => Guest::Linux {
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline: tern_vmm::boot::linux::DEFAULT_CMDLINE.to_string(),
         },
     };
     let mut cfg = VmConfig::new(spec.vcpus, spec.memory, guest);

@@ -15,6 +15,7 @@
 //! (save, checkpoints, export, restore loading), `migration` (the
 //! outgoing job), `incoming` (receiving a migration).
 
+mod boot_order;
 pub mod exit_code;
 mod handlers;
 mod incoming;
@@ -79,6 +80,11 @@ pub fn run(spec: LaunchSpec) -> i32 {
         return exit_code::USAGE;
     }
     let t0 = Instant::now();
+    // Kept until the process ends: the loader reads the kernel from them.
+    let (spec, _boot_files) = match boot_order::resolve(spec) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
     let (cfg, restore) = match &spec.restore {
         Some(r) => match load_for_restore(&r.dir, r.mode == RestoreMode::Lazy) {
             Ok(l) => {

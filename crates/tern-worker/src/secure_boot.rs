@@ -2,8 +2,11 @@
 //! incoming migration: that VM already booted): the check runs before the
 //! VM is built, so a refused kernel runs no guest instruction.
 
-use tern_vmm::boot::secure_boot::{check_kernel, policy};
-use tern_worker_proto::launch::{GuestSpec, SecureBootTemplate};
+use std::path::Path;
+
+use tern_secureboot::Report;
+use tern_vmm::boot::secure_boot::{check_kernel, policy, SecureBootError};
+use tern_worker_proto::launch::{GuestSpec, SecureBootSpec, SecureBootTemplate};
 use tern_worker_proto::LaunchSpec;
 
 use crate::exit_code;
@@ -19,12 +22,7 @@ pub fn check(spec: &LaunchSpec) -> Result<(), i32> {
     ) else {
         return Ok(());
     };
-    let template = match sb.template {
-        SecureBootTemplate::Debian => tern_secureboot::Template::Debian,
-        SecureBootTemplate::MicrosoftUefiCa => tern_secureboot::Template::MicrosoftUefiCa,
-        SecureBootTemplate::Custom => tern_secureboot::Template::Custom,
-    };
-    match policy(template, &sb.db, &sb.dbx).and_then(|p| check_kernel(kernel, &p)) {
+    match judge(sb, kernel) {
         Ok(report) => {
             eprintln!("tern: secure boot: {}", report.verdict);
             Ok(())
@@ -34,4 +32,14 @@ pub fn check(spec: &LaunchSpec) -> Result<(), i32> {
             Err(exit_code::DATA_ERR)
         }
     }
+}
+
+/// Judges `image` by the spec's policy: the report when it would boot.
+pub fn judge(sb: &SecureBootSpec, image: &Path) -> Result<Report, SecureBootError> {
+    let template = match sb.template {
+        SecureBootTemplate::Debian => tern_secureboot::Template::Debian,
+        SecureBootTemplate::MicrosoftUefiCa => tern_secureboot::Template::MicrosoftUefiCa,
+        SecureBootTemplate::Custom => tern_secureboot::Template::Custom,
+    };
+    policy(template, &sb.db, &sb.dbx).and_then(|p| check_kernel(image, &p))
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use tern_worker_proto::launch::{
-    CpuModelSpec, GuestSpec, MemoryFileSpec, RestoreMode, RestoreSpec, SecureBootSpec,
+    BootDevice, CpuModelSpec, GuestSpec, MemoryFileSpec, RestoreMode, RestoreSpec, SecureBootSpec,
     SecureBootTemplate, SerialSpec,
 };
 use tern_worker_proto::{
@@ -21,7 +21,7 @@ pub use tern_worker::error_chain as chain;
 
 /// Options that describe the VM, which `--launch` replaces (not
 /// `--probe-image`: it may come from the environment).
-const VM_OPTIONS: [&str; 23] = [
+const VM_OPTIONS: [&str; 24] = [
     "vcpus",
     "memory",
     "guest",
@@ -45,6 +45,7 @@ const VM_OPTIONS: [&str; 23] = [
     "prealloc",
     "cpu_model",
     "secure_boot",
+    "boot",
 ];
 
 /// Arguments of `tern run`.
@@ -62,19 +63,26 @@ pub struct RunArgs {
     memory: u64,
     /// Built-in guest: `probe:WORKLOAD` (e.g. probe:hello, probe:vcpus,
     /// probe:dirty,mib=64,rate=100+verify).
-    #[arg(long, conflicts_with = "kernel", required_unless_present_any = ["kernel", "restore", "launch"])]
+    #[arg(long, conflicts_with_all = ["kernel", "boot"], required_unless_present_any = ["kernel", "boot", "restore", "launch"])]
     guest: Option<String>,
     /// Linux kernel (bzImage or ELF vmlinux).
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Boot from the VM's own media, as a firmware would: devices tried
+    /// in order, comma-separated: `disk[:N]` (virtio disk N, from 0) and
+    /// `dvd[:N]` (SCSI DVD drive N); e.g. `--boot dvd,disk`. The kernel,
+    /// initrd and command line come from the medium's boot loader
+    /// configuration (docs/boot-sources.md).
+    #[arg(long, conflicts_with = "kernel", value_parser = parse_boot_order)]
+    boot: Option<BootOrder>,
     /// Initial ramdisk for --kernel.
     #[arg(long, requires = "kernel")]
     initrd: Option<PathBuf>,
-    /// Judge --kernel as UEFI Secure Boot would before it runs (refused:
-    /// exit 65): a template (debian, microsoft-uefi-ca, custom) and/or
+    /// Judge --kernel (or what --boot finds) as UEFI Secure Boot would
+    /// before it runs (refused: exit 65): a template (debian, microsoft-uefi-ca, custom) and/or
     /// `db=FILE`, `dbx=FILE` (repeatable), comma-separated, e.g.
     /// `debian,dbx=dbx.esl`. See docs/secure-boot.md.
-    #[arg(long, value_name = "TEMPLATE|db=FILE,dbx=FILE", requires = "kernel", value_parser = parse_secure_boot)]
+    #[arg(long, value_name = "TEMPLATE|db=FILE,dbx=FILE", value_parser = parse_secure_boot)]
     secure_boot: Option<SecureBootSpec>,
     /// Kernel command line for --kernel.
     #[arg(long, requires = "kernel")]
@@ -204,6 +212,30 @@ fn parse_serial(text: &str) -> Result<SerialSpec, String> {
 }
 
 /// Parses `--memory-file PATH[,lazy]`.
+/// A `--boot` list.
+#[derive(Clone, Debug)]
+struct BootOrder(Vec<BootDevice>);
+
+/// `disk[:N],dvd[:N],...`.
+fn parse_boot_order(text: &str) -> Result<BootOrder, String> {
+    text.split(',')
+        .map(|item| {
+            let (kind, n) = item.split_once(':').unwrap_or((item, "0"));
+            let index: usize = n
+                .parse()
+                .map_err(|_| format!("boot device '{item}': '{n}' is not an index"))?;
+            match kind {
+                "disk" => Ok(BootDevice::Disk { index }),
+                "dvd" => Ok(BootDevice::Dvd { index }),
+                _ => Err(format!(
+                    "boot device '{item}': expected disk[:N] or dvd[:N]"
+                )),
+            }
+        })
+        .collect::<Result<_, _>>()
+        .map(BootOrder)
+}
+
 fn parse_secure_boot(text: &str) -> Result<SecureBootSpec, String> {
     let mut spec = SecureBootSpec {
         template: SecureBootTemplate::Custom,
@@ -289,7 +321,14 @@ fn spec(args: RunArgs) -> Result<LaunchSpec, String> {
                 cmdline: args.cmdline.clone(),
             },
         ),
-        _ => return Err("give one of --guest, --kernel, --restore or --launch".into()),
+        (None, None, None) if args.boot.is_some() => LaunchSpec::new(
+            args.vcpus,
+            args.memory,
+            GuestSpec::Boot {
+                order: args.boot.clone().map(|b| b.0).unwrap_or_default(),
+            },
+        ),
+        _ => return Err("give one of --guest, --kernel, --boot, --restore or --launch".into()),
     };
     spec.disks = args.disks;
     spec.nics = args.nics;
@@ -306,6 +345,9 @@ fn spec(args: RunArgs) -> Result<LaunchSpec, String> {
     spec.listening_file = args.listening_file;
     spec.memory_file = args.memory_file;
     spec.kvm = Some(args.kvm);
+    if args.secure_boot.is_some() && args.kernel.is_none() && args.boot.is_none() {
+        return Err("--secure-boot judges a kernel: give --kernel or --boot".into());
+    }
     spec.secure_boot = args.secure_boot;
     spec.cpu_model = match args.cpu_model {
         CpuModelArg::Host => CpuModelSpec::Host,

@@ -118,12 +118,23 @@ fn boot_until(
     done: &dyn Fn(&str) -> bool,
 ) -> Boot {
     let name = args.join("");
+    let mut all: Vec<std::ffi::OsString> = vec!["--kernel".into(), kernel.into()];
+    all.extend(args.iter().map(Into::into));
+    all.extend(["--cmdline".into(), cmdline.into()]);
+    run_until(dir, &name, &all, done)
+}
+
+/// Runs `tern run ARGS` (serial to a file) until `done` holds for the
+/// serial log, the worker exits or [`BOOT_TIMEOUT`] passes.
+fn run_until(
+    dir: &Path,
+    name: &str,
+    args: &[std::ffi::OsString],
+    done: &dyn Fn(&str) -> bool,
+) -> Boot {
     let serial = dir.join(format!("serial-{name}.log"));
     let mut cmd = tern_run();
-    cmd.arg("--kernel")
-        .arg(kernel)
-        .args(args)
-        .args(["--cmdline", cmdline])
+    cmd.args(args)
         .arg(format!("--serial=file:{}", serial.display()));
     // Killed when dropped, so a failing assertion leaves no VM behind.
     let worker = Worker::with_control("linux", cmd, &dir.join(format!("control-{name}.sock")));
@@ -302,5 +313,165 @@ fn debian_vmlinux_finds_the_acpi_tables() {
     eprintln!(
         "{test}: RSDP, XSDT, FADT, MADT and DSDT found, 3 CPUs from the MADT, after {:.1} s",
         b.elapsed.as_secs_f64()
+    );
+}
+
+/// A command line with a marker no default could produce.
+fn marked_cmdline(tag: &str) -> String {
+    format!(
+        "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=t panic=-1 tern.{tag}={}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+fn tool_run(cmd: &mut Command) {
+    let out = cmd.output().expect("run tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Boots with `args` until the kernel printed its command line; checks it
+/// is `cmdline` and that the worker said where it found the kernel.
+fn check_found_boot(
+    test: &str,
+    dir: &Path,
+    args: &[std::ffi::OsString],
+    cmdline: &str,
+    source: &str,
+) {
+    let b = run_until(dir, test, args, &|t| parse_cmdline_log(t).is_some());
+    let context = format!(
+        "{test}: after {:.1} s, worker {:?}\n--- stderr ---\n{}\n--- serial (last 3000 bytes) ---\n{}",
+        b.elapsed.as_secs_f64(),
+        b.exited,
+        b.stderr,
+        &b.serial[b.serial.len().saturating_sub(3000)..]
+    );
+    assert_eq!(parse_cmdline_log(&b.serial), Some(cmdline), "{context}");
+    assert!(
+        b.stderr.contains(source),
+        "the worker did not name the source\n{context}"
+    );
+    eprintln!(
+        "{test}: the kernel printed the configured command line after {:.1} s",
+        b.elapsed.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_gpt_disk_boots_by_its_esp_entry_after_a_missing_dvd() {
+    let test = "a_gpt_disk_boots_by_its_esp_entry_after_a_missing_dvd";
+    let Some((dir, vmlinux)) = debian_vmlinux(test) else {
+        return;
+    };
+    for t in ["sgdisk", "mkfs.vfat", "mcopy", "mmd"] {
+        if tern_test_support::tool(test, t).is_none() {
+            return;
+        }
+    }
+    let d = dir.path();
+    let cmdline = marked_cmdline("bls");
+    // A GPT disk whose ESP (FAT32, made apart and placed at 1 MiB) holds a
+    // Boot Loader Specification entry for the kernel.
+    let img = d.join("disk.img");
+    File::create(&img).unwrap().set_len(192 << 20).unwrap();
+    tool_run(
+        Command::new("sgdisk")
+            .args(["-n", "1:2048:+160M", "-t", "1:ef00"])
+            .arg(&img),
+    );
+    let fat = d.join("esp.fat");
+    File::create(&fat).unwrap().set_len(160 << 20).unwrap();
+    tool_run(Command::new("mkfs.vfat").args(["-F", "32"]).arg(&fat));
+    let entry = d.join("tern.conf");
+    std::fs::write(
+        &entry,
+        format!("title Tern test\nlinux /vmlinux\noptions {cmdline}\n"),
+    )
+    .unwrap();
+    for dir in ["::/loader", "::/loader/entries"] {
+        tool_run(Command::new("mmd").arg("-i").arg(&fat).arg(dir));
+    }
+    tool_run(
+        Command::new("mcopy")
+            .arg("-i")
+            .arg(&fat)
+            .arg(&entry)
+            .arg("::/loader/entries/tern.conf"),
+    );
+    tool_run(
+        Command::new("mcopy")
+            .arg("-i")
+            .arg(&fat)
+            .arg(&vmlinux)
+            .arg("::/vmlinux"),
+    );
+    tool_run(
+        Command::new("dd")
+            .arg(format!("if={}", fat.display()))
+            .arg(format!("of={}", img.display()))
+            .args(["bs=1M", "seek=1", "conv=notrunc", "status=none"]),
+    );
+    let args: Vec<std::ffi::OsString> = vec![
+        "--boot".into(),
+        "dvd,disk".into(),
+        "--disk".into(),
+        format!("path={}", img.display()).into(),
+    ];
+    check_found_boot(
+        test,
+        d,
+        &args,
+        &cmdline,
+        "partition 1 (FAT), /loader/entries/tern.conf",
+    );
+}
+
+#[test]
+fn a_dvd_boots_by_its_isolinux_cfg() {
+    let test = "a_dvd_boots_by_its_isolinux_cfg";
+    let Some((dir, vmlinux)) = debian_vmlinux(test) else {
+        return;
+    };
+    if tern_test_support::tool(test, "xorriso").is_none() {
+        return;
+    }
+    let d = dir.path();
+    let cmdline = marked_cmdline("iso");
+    let tree = d.join("tree");
+    std::fs::create_dir_all(tree.join("isolinux")).unwrap();
+    std::fs::create_dir_all(tree.join("install.amd")).unwrap();
+    std::fs::rename(&vmlinux, tree.join("install.amd/vmlinux")).unwrap();
+    std::fs::write(
+        tree.join("isolinux/isolinux.cfg"),
+        format!("default vesamenu.c32\nlabel install\n\tmenu label ^Install\n\tkernel /install.amd/vmlinux\n\tappend {cmdline}\n"),
+    )
+    .unwrap();
+    let iso = d.join("boot.iso");
+    tool_run(
+        Command::new("xorriso")
+            .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"])
+            .arg(&iso)
+            .arg(&tree),
+    );
+    let args: Vec<std::ffi::OsString> = vec![
+        "--boot".into(),
+        "dvd".into(),
+        "--scsi".into(),
+        format!("dvd={}", iso.display()).into(),
+    ];
+    check_found_boot(
+        test,
+        d,
+        &args,
+        &cmdline,
+        "ISO 9660, /isolinux/isolinux.cfg entry 'install'",
     );
 }
