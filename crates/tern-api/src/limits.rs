@@ -154,8 +154,13 @@ macro_rules! pos {
 /// A probe guest, `probe:STEP[+STEP...]` (at most 8 steps), each step a
 /// workload of `tern_probe_abi::workload` with its parameters; numbers take
 /// a `k`/`m`/`g` suffix, the sizes among them must be positive.
-pub const GUEST_PATTERN: &str =
-    concat!("^probe:", guest_step!(), "(?:\\+", guest_step!(), "){0,7}$");
+pub const GUEST_PATTERN: &str = concat!(
+    "^(?:probe:",
+    guest_step!(),
+    "(?:\\+",
+    guest_step!(),
+    "){0,7}|boot:disk(?::[0-9]{1,2})?(?:,disk(?::[0-9]{1,2})?){0,7})$"
+);
 
 fn string(pattern: &str, description: &str) -> ObjectBuilder {
     ObjectBuilder::new()
@@ -188,7 +193,7 @@ pub fn vm_id_schema() -> Schema {
 pub fn guest_schema() -> Schema {
     string(
         GUEST_PATTERN,
-        "The guest: `probe:WORKLOAD`, e.g. `probe:hello` or `probe:dirty,mib=32,rate=50+verify`.",
+        "The guest: `probe:WORKLOAD`, e.g. `probe:hello` or `probe:dirty,mib=32,rate=50+verify`; or `boot:disk[:N],...` to boot what the VM's disks hold (GPT: ESP with UKIs or BLS entries, ext4 with grub.cfg), first disk of the list first.",
     )
     .examples(["probe:hello"])
     .into()

@@ -227,7 +227,8 @@ pub struct CreateVm {
     #[schema(schema_with = limits::memory_schema)]
     pub memory: Option<Size>,
     /// The guest: `probe:WORKLOAD`, e.g. `probe:hello` or
-    /// `probe:dirty,mib=32,rate=50+verify`.
+    /// `probe:dirty,mib=32,rate=50+verify`; or `boot:disk[:N],...` to boot
+    /// from the VM's own disks (docs/boot-sources.md).
     #[schema(schema_with = limits::guest_schema)]
     pub guest: String,
     /// Disks to attach, by name or id (see `/v1/disks`).

@@ -67,15 +67,24 @@ impl Daemon {
                 mode: Default::default(),
             }),
             Boot::Fresh | Boot::Incoming(_) => {
-                let workload = row.guest.strip_prefix("probe:").ok_or_else(|| {
-                    OpError::Failed(format!(
-                        "VM {}: guest '{}' is not probe:WORKLOAD",
-                        row.name, row.guest
-                    ))
-                })?;
-                let guest = GuestSpec::Probe {
-                    workload: workload.into(),
-                    image: self.cfg.probe_image.clone(),
+                let guest = match row.guest.strip_prefix("boot:") {
+                    Some(order) => GuestSpec::Boot {
+                        order: crate::validation::boot_order(order).map_err(|e| {
+                            OpError::Failed(format!("VM {}: guest '{}': {e}", row.name, row.guest))
+                        })?,
+                    },
+                    None => {
+                        let workload = row.guest.strip_prefix("probe:").ok_or_else(|| {
+                            OpError::Failed(format!(
+                                "VM {}: guest '{}' is not probe:WORKLOAD or boot:ORDER",
+                                row.name, row.guest
+                            ))
+                        })?;
+                        GuestSpec::Probe {
+                            workload: workload.into(),
+                            image: self.cfg.probe_image.clone(),
+                        }
+                    }
                 };
                 let mut spec = LaunchSpec::new(row.vcpus, row.memory, guest);
                 spec.disks = self.reg.vm_disks(&row.id)?.iter().map(disk_spec).collect();

@@ -19,16 +19,35 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), OpError> {
     }
 }
 
-/// Checks a guest spec (`probe:WORKLOAD`).
+/// Checks a guest spec (`probe:WORKLOAD`, or `boot:ORDER` to boot from
+/// the VM's disks, e.g. `boot:disk` or `boot:disk:1,disk:0`).
 pub fn check_guest(guest: &str) -> Result<(), OpError> {
+    if let Some(order) = guest.strip_prefix("boot:") {
+        return boot_order(order)
+            .map(|_| ())
+            .map_err(|e| OpError::BadRequest(format!("invalid guest '{guest}': {e}")));
+    }
     let workload = guest.strip_prefix("probe:").ok_or_else(|| {
         OpError::BadRequest(format!(
-            "invalid guest '{guest}': expected probe:WORKLOAD (e.g. probe:hello)"
+            "invalid guest '{guest}': expected probe:WORKLOAD (e.g. probe:hello) or boot:disk[:N],..."
         ))
     })?;
     tern_probe_abi::workload::parse(workload)
         .map(|_| ())
         .map_err(|e| OpError::BadRequest(format!("invalid guest '{guest}': {e}")))
+}
+
+/// A `boot:` guest's order. Only the VM's disks: the daemon attaches no
+/// DVD drives yet.
+pub fn boot_order(order: &str) -> Result<Vec<tern_worker_proto::launch::BootDevice>, String> {
+    let devices = tern_worker_proto::launch::BootDevice::parse_order(order)?;
+    if devices
+        .iter()
+        .any(|d| matches!(d, tern_worker_proto::launch::BootDevice::Dvd { .. }))
+    {
+        return Err("the daemon attaches no DVD drives yet: boot from disk[:N]".into());
+    }
+    Ok(devices)
 }
 
 /// Checks guest memory.
@@ -71,5 +90,21 @@ mod tests {
         assert!(check_size(0).is_err());
         assert!(check_size((1 << 20) + 512).is_err());
         assert!(check_size(65 << 40).is_err());
+    }
+
+    #[test]
+    fn guests_are_probe_workloads_or_disk_boot_orders() {
+        for ok in ["probe:hello", "boot:disk", "boot:disk:1,disk:0"] {
+            assert!(check_guest(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "boot:",
+            "boot:dvd",
+            "boot:disk:x",
+            "kernel:/boot/vmlinuz",
+            "hello",
+        ] {
+            assert!(check_guest(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -188,6 +188,28 @@ pub enum BootDevice {
     },
 }
 
+impl BootDevice {
+    /// Parses a boot order as people write it: `disk[:N]` and `dvd[:N]`,
+    /// comma-separated (N from 0, default 0), e.g. `dvd,disk:1`.
+    pub fn parse_order(text: &str) -> Result<Vec<BootDevice>, String> {
+        text.split(',')
+            .map(|item| {
+                let (kind, n) = item.split_once(':').unwrap_or((item, "0"));
+                let index: usize = n
+                    .parse()
+                    .map_err(|_| format!("boot device '{item}': '{n}' is not an index"))?;
+                match kind {
+                    "disk" => Ok(BootDevice::Disk { index }),
+                    "dvd" => Ok(BootDevice::Dvd { index }),
+                    _ => Err(format!(
+                        "boot device '{item}': expected disk[:N] or dvd[:N]"
+                    )),
+                }
+            })
+            .collect()
+    }
+}
+
 /// One disk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -824,6 +846,13 @@ mod boot_order_tests {
         let text = serde_json::to_string(&spec).unwrap();
         assert!(text.contains(r#""guest":{"kind":"boot","order":[{"kind":"dvd","index":0},{"kind":"disk","index":1}]}"#), "{text}");
         assert_eq!(LaunchSpec::parse(&text).unwrap(), spec);
+        assert_eq!(
+            BootDevice::parse_order("dvd,disk:1").unwrap(),
+            [BootDevice::Dvd { index: 0 }, BootDevice::Disk { index: 1 }]
+        );
+        for bad in ["", "floppy", "disk:x", "disk:-1", "dvd,"] {
+            assert!(BootDevice::parse_order(bad).is_err(), "{bad}");
+        }
         for bad in [
             r#"{"version":1,"guest":{"kind":"boot","order":[{"kind":"floppy","index":0}]}}"#,
             r#"{"version":1,"guest":{"kind":"boot","order":[{"kind":"disk"}]}}"#,

@@ -218,22 +218,7 @@ struct BootOrder(Vec<BootDevice>);
 
 /// `disk[:N],dvd[:N],...`.
 fn parse_boot_order(text: &str) -> Result<BootOrder, String> {
-    text.split(',')
-        .map(|item| {
-            let (kind, n) = item.split_once(':').unwrap_or((item, "0"));
-            let index: usize = n
-                .parse()
-                .map_err(|_| format!("boot device '{item}': '{n}' is not an index"))?;
-            match kind {
-                "disk" => Ok(BootDevice::Disk { index }),
-                "dvd" => Ok(BootDevice::Dvd { index }),
-                _ => Err(format!(
-                    "boot device '{item}': expected disk[:N] or dvd[:N]"
-                )),
-            }
-        })
-        .collect::<Result<_, _>>()
-        .map(BootOrder)
+    BootDevice::parse_order(text).map(BootOrder)
 }
 
 fn parse_secure_boot(text: &str) -> Result<SecureBootSpec, String> {

@@ -15,12 +15,15 @@
 //! a host with hardware virtualization. Both go through `tern run` and the
 //! same loader (`tern_vmm::boot::linux`).
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tern_test_support::{tern_run, Worker};
+
+#[path = "support/boot_image.rs"]
+mod boot_image;
+use boot_image::{debian_vmlinux, tool_run};
 
 use tern_vmm::boot::linux::{e820_map, parse_cmdline_log, parse_e820_log, E820Entry};
 use tern_vmm::memory::ram_regions;
@@ -30,67 +33,9 @@ use tern_vmm::memory::ram_regions;
 /// one.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
 /// True on KVM PVM, where guest CPL 0 code is emulated.
 fn is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
-}
-
-/// The machine's Debian kernel as an ELF `vmlinux` in a scratch directory
-/// (which must live as long as the file is used); `None`, after a recorded
-/// skip, without KVM, the kernel or the decompressor.
-fn debian_vmlinux(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
-    if !tern_test_support::kvm_available(test) {
-        return None;
-    }
-    let kernel = tern_test_support::debian_kernel(test)?;
-    let dir = tempfile::tempdir().unwrap();
-    let vmlinux = dir.path().join("vmlinux");
-    extract_vmlinux(test, &kernel, &vmlinux)?;
-    Some((dir, vmlinux))
-}
-
-/// Writes the ELF `vmlinux` inside bzImage `kernel` to `out` (`None`, with
-/// a recorded skip, when the host lacks the decompressor).
-fn extract_vmlinux(test: &str, kernel: &Path, out: &Path) -> Option<()> {
-    let image = std::fs::read(kernel).unwrap();
-    let setup_size = (match image[0x1f1] {
-        0 => 4,
-        n => usize::from(n),
-    } + 1)
-        * 512;
-    // payload_offset is relative to the protected-mode code.
-    let off = setup_size + le32(&image, 0x248) as usize;
-    let payload = &image[off..off + le32(&image, 0x24c) as usize];
-    let (tool, args): (&str, &[&str]) = if payload.starts_with(b"\xfd7zXZ\0") {
-        ("xz", &["-dc", "--single-stream"])
-    } else if payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        ("zstd", &["-dc"])
-    } else if payload.starts_with(&[0x1f, 0x8b]) {
-        ("gzip", &["-dc"])
-    } else {
-        tern_test_support::skip(test, "kernel payload compression not handled here");
-        return None;
-    };
-    let tool = tern_test_support::tool(test, tool)?;
-    let compressed = out.with_extension("payload");
-    std::fs::write(&compressed, payload).unwrap();
-    // The build appends the decompressed size after the stream, which gzip
-    // and zstd warn about; what matters is the ELF written to `out`.
-    let _ = Command::new(tool)
-        .args(args)
-        .stdin(File::open(&compressed).unwrap())
-        .stdout(File::create(out).unwrap())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    let mut magic = [0u8; 4];
-    std::io::Read::read_exact(&mut File::open(out).unwrap(), &mut magic).unwrap();
-    assert_eq!(&magic, b"\x7fELF", "no ELF vmlinux in {}", kernel.display());
-    Some(())
 }
 
 /// What the kernel printed before it had shown its command line and the
@@ -328,15 +273,6 @@ fn marked_cmdline(tag: &str) -> String {
     )
 }
 
-fn tool_run(cmd: &mut Command) {
-    let out = cmd.output().expect("run tool");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Boots with `args` until the kernel printed its command line; checks it
 /// is `cmdline` and that the worker said where it found the kernel.
 fn check_found_boot(
@@ -371,54 +307,12 @@ fn a_gpt_disk_boots_by_its_esp_entry_after_a_missing_dvd() {
     let Some((dir, vmlinux)) = debian_vmlinux(test) else {
         return;
     };
-    for t in ["sgdisk", "mkfs.vfat", "mcopy", "mmd"] {
-        if tern_test_support::tool(test, t).is_none() {
-            return;
-        }
+    if !boot_image::esp_tools(test) {
+        return;
     }
     let d = dir.path();
     let cmdline = marked_cmdline("bls");
-    // A GPT disk whose ESP (FAT32, made apart and placed at 1 MiB) holds a
-    // Boot Loader Specification entry for the kernel.
-    let img = d.join("disk.img");
-    File::create(&img).unwrap().set_len(192 << 20).unwrap();
-    tool_run(
-        Command::new("sgdisk")
-            .args(["-n", "1:2048:+160M", "-t", "1:ef00"])
-            .arg(&img),
-    );
-    let fat = d.join("esp.fat");
-    File::create(&fat).unwrap().set_len(160 << 20).unwrap();
-    tool_run(Command::new("mkfs.vfat").args(["-F", "32"]).arg(&fat));
-    let entry = d.join("tern.conf");
-    std::fs::write(
-        &entry,
-        format!("title Tern test\nlinux /vmlinux\noptions {cmdline}\n"),
-    )
-    .unwrap();
-    for dir in ["::/loader", "::/loader/entries"] {
-        tool_run(Command::new("mmd").arg("-i").arg(&fat).arg(dir));
-    }
-    tool_run(
-        Command::new("mcopy")
-            .arg("-i")
-            .arg(&fat)
-            .arg(&entry)
-            .arg("::/loader/entries/tern.conf"),
-    );
-    tool_run(
-        Command::new("mcopy")
-            .arg("-i")
-            .arg(&fat)
-            .arg(&vmlinux)
-            .arg("::/vmlinux"),
-    );
-    tool_run(
-        Command::new("dd")
-            .arg(format!("if={}", fat.display()))
-            .arg(format!("of={}", img.display()))
-            .args(["bs=1M", "seek=1", "conv=notrunc", "status=none"]),
-    );
+    let img = boot_image::esp_disk(d, &vmlinux, &cmdline);
     let args: Vec<std::ffi::OsString> = vec![
         "--boot".into(),
         "dvd,disk".into(),
