@@ -13,6 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub mod prev_release;
 pub mod procs;
 pub mod ternd;
 pub mod worker;
