@@ -110,6 +110,12 @@ fn store(g: &Golden, path: &Path) -> u64 {
 fn frames(bytes: &[u8]) -> (u32, Vec<(Kind, Vec<u8>)>) {
     let mut r = bytes;
     let version = wire::read_preamble(&mut r).unwrap();
+    (version, bare_frames(r))
+}
+
+/// The frames of a byte stream without a preamble (a destination's
+/// answers on a data channel).
+fn bare_frames(mut r: &[u8]) -> Vec<(Kind, Vec<u8>)> {
     let mut out = Vec::new();
     let mut payload = Vec::new();
     while !r.is_empty() {
@@ -118,7 +124,7 @@ fn frames(bytes: &[u8]) -> (u32, Vec<(Kind, Vec<u8>)>) {
         wire::write_frame(&mut frame, kind, &payload).unwrap();
         out.push((kind, frame));
     }
-    (version, out)
+    out
 }
 
 fn streams() -> Vec<PathBuf> {
@@ -148,6 +154,12 @@ fn every_accepted_version_has_a_well_formed_golden_stream() {
             "{}",
             p.display()
         );
+        // What the destination of that release answered: what the replay
+        // expects of this build.
+        let (version, answers) = frames(&ctl.answered);
+        assert_eq!(version, v);
+        let kinds: Vec<Kind> = answers.iter().map(|f| f.0).collect();
+        assert_eq!(kinds, [Kind::Welcome, Kind::Outcome, Kind::Running]);
         assert!(!data.is_empty());
         for c in data {
             let (version, f) = frames(&c.sent);
@@ -155,6 +167,10 @@ fn every_accepted_version_has_a_well_formed_golden_stream() {
             assert_eq!(f.first().map(|f| f.0), Some(Kind::DataHello));
             assert_eq!(f.last().map(|f| f.0), Some(Kind::ChannelDone));
             assert!(f.iter().any(|f| f.0 == Kind::Chunk));
+            let syncs = f.iter().filter(|f| f.0 == Kind::Sync).count();
+            let echoes = bare_frames(&c.answered);
+            assert!(echoes.iter().all(|f| f.0 == Kind::Sync));
+            assert_eq!(echoes.len(), syncs, "one echo per Sync");
         }
     }
 }
