@@ -123,6 +123,9 @@ fn build_once() -> Result<PrevRelease, String> {
     let out = Command::new(cargo)
         .current_dir(&src)
         .env("CARGO_TARGET_DIR", &target)
+        // Its sources never change: incremental state would only cost
+        // time and disk.
+        .env("CARGO_INCREMENTAL", "0")
         .args([
             "build",
             "--offline",
