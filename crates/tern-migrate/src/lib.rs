@@ -25,6 +25,7 @@ pub mod progress;
 pub mod receiver;
 pub mod sender;
 pub mod transport;
+pub mod version;
 pub mod wire;
 
 pub use compress::Compression;
@@ -32,4 +33,5 @@ pub use progress::{Phase, Progress, Snapshot};
 pub use receiver::{receive, IncomingMemory, ReceiveError, Received};
 pub use sender::{config_check, migrate, MigrateError, MigrateOptions, TimeoutAction};
 pub use transport::{Endpoint, Listener};
-pub use wire::{Codec, PROTOCOL_VERSION};
+pub use version::{Version, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+pub use wire::Codec;

@@ -68,6 +68,8 @@ pub struct Snapshot {
     pub downtime_ms: Option<f64>,
     /// Same-host memfd hand-over.
     pub zero_copy: bool,
+    /// The protocol version both ends agreed on (0 before the handshake).
+    pub protocol: u32,
     /// What went wrong.
     pub error: Option<String>,
 }

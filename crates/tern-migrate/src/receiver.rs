@@ -10,6 +10,7 @@ use tern_vmm::VmState;
 
 use crate::pages::{ChunkApplier, ChunkError, DataFrame, HostMem};
 use crate::transport::{self, Listener, Stream};
+use crate::version::{self, Version};
 use crate::wire::{self, ConfigCheck, Kind, WireError};
 
 /// How long the source may take to open its data channels, and to send
@@ -190,10 +191,10 @@ pub fn receive(
     };
     let mut ctl = listener.accept()?;
     ctl.set_timeouts(Some(SETUP_TIMEOUT))?;
-    // Answer with our own version first, so a source of another version
-    // learns what we speak even when we refuse it.
-    let peer = wire::read_preamble(&mut ctl)?;
-    wire::write_preamble(&mut ctl, wire::PROTOCOL_VERSION)?;
+    // Answer with the session's version (ours when refusing) before
+    // judging, so a source of another version learns what we speak.
+    let offer = version::answer(wire::read_preamble(&mut ctl)?);
+    wire::write_preamble(&mut ctl, offer.preamble)?;
     let refuse = |ctl: &mut Stream, why: String| {
         let _ = wire::write_msg(
             ctl,
@@ -205,9 +206,10 @@ pub fn receive(
         );
         ReceiveError::Refused(why)
     };
-    if let Err(e) = wire::check_version(peer) {
-        return Err(refuse(&mut ctl, e.to_string()));
-    }
+    let version = match offer.verdict {
+        Ok(v) => v,
+        Err(e) => return Err(refuse(&mut ctl, e.to_string())),
+    };
     let mut buf = Vec::new();
     let kind = wire::read_frame(&mut ctl, &mut buf)?;
     if kind != Kind::Hello {
@@ -244,7 +246,7 @@ pub fn receive(
         },
     )?;
     log(&format!(
-        "migration from Tern {} accepted: {}",
+        "migration from Tern {} accepted (protocol {version}): {}",
         hello.product,
         if hello.zero_copy {
             "same-host memfd hand-over".to_string()
@@ -259,7 +261,7 @@ pub fn receive(
         Some(m) if m.ram.size() == expect.memory => m,
         _ => IncomingMemory::new(expect.memory, Backing::Memfd, false)?,
     };
-    receive_stream(listener, ctl, &hello, memory)
+    receive_stream(listener, ctl, &hello, version, memory)
 }
 
 fn receive_memfd(mut ctl: Stream, expect: &ConfigCheck) -> Result<Received, ReceiveError> {
@@ -318,6 +320,7 @@ fn decode_state(sw: &wire::Switchover) -> Result<VmState, ReceiveError> {
 fn accept_channels(
     listener: &Listener,
     hello: &wire::Hello,
+    version: Version,
 ) -> Result<Vec<Option<Stream>>, ReceiveError> {
     let mut chans: Vec<Option<Stream>> = (0..hello.channels).map(|_| None).collect();
     let deadline = Instant::now() + SETUP_TIMEOUT;
@@ -340,8 +343,7 @@ fn accept_channels(
             };
             set_stream_blocking(&s)?;
             s.set_timeouts(Some(SETUP_TIMEOUT))?;
-            let v = wire::read_preamble(&mut s)?;
-            wire::check_version(v)?;
+            version::check_channel(version, wire::read_preamble(&mut s)?)?;
             let dh: wire::DataHello = wire::read_msg(&mut s, Kind::DataHello, "data hello")?;
             match chans.get_mut(dh.index as usize) {
                 Some(slot @ None) if dh.session == hello.session => *slot = Some(s),
@@ -409,9 +411,10 @@ fn receive_stream(
     listener: &Listener,
     mut ctl: Stream,
     hello: &wire::Hello,
+    version: Version,
     memory: IncomingMemory,
 ) -> Result<Received, ReceiveError> {
-    let chans = accept_channels(listener, hello)?;
+    let chans = accept_channels(listener, hello, version)?;
     let IncomingMemory { ram, prefault } = memory;
     drop(prefault);
     let mem = HostMem::of(&ram.mem);

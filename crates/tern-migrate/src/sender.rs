@@ -17,6 +17,7 @@ use crate::compress::{self, Compression};
 use crate::pages::{ChunkBuilder, HostMem};
 use crate::progress::{Phase, Progress};
 use crate::transport::{Endpoint, Stream};
+use crate::version::{self, Reply, Version};
 use crate::wire::{self, Codec, ConfigCheck, Kind, WireError, PAGE, WINDOW_BYTES};
 use autotune::CodecTuner;
 use dirty::{count_pages, dirty_windows, Window};
@@ -303,32 +304,38 @@ fn run(
         s.compression = "none".into();
     });
 
-    // Handshake on the control connection.
-    let mut ctl = connect(&opts.to)?;
+    // Handshake on the control connection; an older destination refuses
+    // our version and names its own: offer that one (see `version`). The
+    // hello waits for the answer: a refusing destination closes at once,
+    // and unread bytes would make that close a reset, which can beat its
+    // answer to us.
     let session = session_id();
-    wire::write_preamble(&mut ctl, wire::PROTOCOL_VERSION)?;
-    wire::write_msg(
-        &mut ctl,
-        Kind::Hello,
-        &wire::Hello {
-            session,
-            channels,
-            config: Some(config_check(vm.config())),
-            zero_copy,
-            product: env!("CARGO_PKG_VERSION").into(),
-        },
-    )?;
-    let peer = wire::read_preamble(&mut ctl)?;
-    if let Err(e) = wire::check_version(peer) {
-        let _ = wire::write_msg(
-            &mut ctl,
-            Kind::Abort,
-            &wire::Abort {
-                reason: e.to_string(),
-            },
-        );
-        return Err(MigrateError::Incompatible(e));
-    }
+    let hello = wire::Hello {
+        session,
+        channels,
+        config: Some(config_check(vm.config())),
+        zero_copy,
+        product: env!("CARGO_PKG_VERSION").into(),
+    };
+    let mut offer = Version::NEWEST;
+    let (mut ctl, version) = loop {
+        let mut ctl = connect(&opts.to)?;
+        wire::write_preamble(&mut ctl, offer.get())?;
+        let peer = wire::read_preamble(&mut ctl)?;
+        match version::judge(offer, peer) {
+            Ok(Reply::Agreed(v)) => {
+                wire::write_msg(&mut ctl, Kind::Hello, &hello)?;
+                break (ctl, v);
+            }
+            Ok(Reply::Older(v)) => offer = v,
+            Err(e) => {
+                let reason = e.to_string();
+                let _ = wire::write_msg(&mut ctl, Kind::Abort, &wire::Abort { reason });
+                return Err(MigrateError::Incompatible(e));
+            }
+        }
+    };
+    progress.update(|s| s.protocol = version.get());
     let welcome: wire::Welcome = wire::read_msg(&mut ctl, Kind::Welcome, "welcome")?;
     if !welcome.accepted {
         return Err(MigrateError::Refused(welcome.error));
@@ -341,7 +348,7 @@ fn run(
     let mut data = Vec::new();
     for index in 0..channels {
         let mut s = connect(&opts.to)?;
-        wire::write_preamble(&mut s, wire::PROTOCOL_VERSION)?;
+        wire::write_preamble(&mut s, version.get())?;
         wire::write_msg(&mut s, Kind::DataHello, &wire::DataHello { session, index })?;
         data.push(s);
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub mod netns;
+pub mod prev_release;
 pub mod procs;
 pub mod ternd;
 pub mod worker;

@@ -18,6 +18,8 @@ pub struct Ternd {
     dir: PathBuf,
     socket: PathBuf,
     extra: Vec<String>,
+    /// `ternd` and `tern` (worker and CLI) of the release it runs.
+    exes: (PathBuf, PathBuf),
     tag: Arc<Tag>,
     proc: Option<Spawned>,
 }
@@ -30,11 +32,19 @@ impl Ternd {
 
     /// Starts `ternd` with extra arguments.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Ternd {
+        Ternd::start_release(dir, (crate::ternd_exe(), crate::tern_exe()), extra)
+    }
+
+    /// Starts the `ternd` of another build (`exes`: its `ternd` and its
+    /// `tern`, which serves as its worker and CLI), e.g. the previous
+    /// release's.
+    pub fn start_release(dir: &Path, exes: (PathBuf, PathBuf), extra: &[&str]) -> Ternd {
         std::fs::create_dir_all(dir).unwrap();
         let mut d = Ternd {
             dir: dir.into(),
             socket: dir.join("d.sock"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            exes,
             tag: Tag::new(),
             proc: None,
         };
@@ -48,13 +58,13 @@ impl Ternd {
             .append(true)
             .open(self.dir.join("ternd.log"))
             .unwrap();
-        let mut cmd = Command::new(crate::ternd_exe());
+        let mut cmd = Command::new(&self.exes.0);
         cmd.arg("--state-dir")
             .arg(self.dir.join("state"))
             .arg("--socket")
             .arg(&self.socket)
             .arg("--worker")
-            .arg(crate::tern_exe())
+            .arg(&self.exes.1)
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -126,7 +136,7 @@ impl Ternd {
 
     /// A `tern ARGS` command line talking to this daemon, under its tag.
     pub fn tern_command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(crate::tern_exe());
+        let mut c = Command::new(&self.exes.1);
         c.args(args).env("TERN_HOST", self.host());
         self.tag.apply(&mut c);
         c

@@ -230,6 +230,9 @@ pub struct MigrationStatus {
     pub downtime_ms: Option<f64>,
     /// Same-host memfd hand-over.
     pub zero_copy: bool,
+    /// The migration protocol version both workers agreed on (0 before
+    /// the handshake, and from workers that do not report it).
+    pub protocol: u32,
     /// What went wrong, for people.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

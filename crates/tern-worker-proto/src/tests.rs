@@ -261,6 +261,7 @@ fn every_request_and_reply_round_trips() {
             elapsed_ms: 1234.5,
             downtime_ms: None,
             zero_copy: false,
+            protocol: 4,
             error: Some("the switchover was committed but ...".into()),
         },
     ));

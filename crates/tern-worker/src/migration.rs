@@ -159,6 +159,7 @@ impl Migrations {
             elapsed_ms: s.elapsed_ms,
             downtime_ms: s.downtime_ms,
             zero_copy: s.zero_copy,
+            protocol: s.protocol,
             error: s.error,
         }
     }
