@@ -92,7 +92,8 @@ pub fn hand_over(image: &Path, token: i64, node: &str) -> Result<(), FenceError>
         .map_err(io)?;
     // Two nodes handing over at once are serialized here (flock, which
     // shared file systems such as NFSv4 carry to the server).
-    file.lock().map_err(io)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io(e.into()))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(io)?;
     if !bytes.is_empty() {
