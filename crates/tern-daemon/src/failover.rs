@@ -212,11 +212,11 @@ async fn failover_loop(d: Arc<Daemon>, j: Arc<Joined>) {
     let ttl = j.membership.ttl();
     let mut tick = tokio::time::interval(ttl);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is at once; the first round waits a TTL, so a restarted
-    // daemon has found its workers again.
+    // The watch starts at once: a node that has just joined must not miss
+    // another's loss (it may be the one the plan picks). The first periodic
+    // round waits a TTL.
     tick.tick().await;
-    tick.tick().await;
-    let mut events: Option<NodeEvents> = None;
+    let mut events: Option<NodeEvents> = NodeEvents::start(&client, 0).await.ok();
     loop {
         if j.membership.renewals().borrow().lost {
             return;
