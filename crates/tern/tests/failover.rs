@@ -292,6 +292,19 @@ fn killed_node_vms_restart_on_survivors_from_shared_storage() {
             "guest verified on the survivor",
             || verified(&nodes[idx], vm).then_some(()),
         );
+        // The survivor recorded the take-over with the new token.
+        let out = nodes[idx].tern(&["vm", "events", "--json"]);
+        let took = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|e| {
+                e["kind"] == "cluster-vm-failed-over"
+                    && e["vm"] == *vm
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains(&format!("fencing token {}", t.token)))
+            });
+        assert!(took, "no failover event for {vm} on {o}");
     }
     // A stop on request releases the VM marked stopped: nobody restarts it.
     let (o, _) = &placed[1];
