@@ -286,6 +286,12 @@ fn killed_node_vms_restart_on_survivors_from_shared_storage() {
             .unwrap();
         assert_eq!(&t.node, o);
         assert!(t.token > *old, "{vm}: token {} after {old}", t.token);
+        // The old owner's token is refused by the storage now.
+        let stale = tern_cluster::fence::hand_over(&shared.join(format!("{vm}.raw")), *old, "n0");
+        assert!(
+            matches!(stale, Err(tern_cluster::fence::FenceError::Stale { .. })),
+            "{vm}: {stale:?}"
+        );
         let idx = node_index(o).unwrap();
         poll(
             Duration::from_secs(30),
