@@ -373,6 +373,22 @@ impl Client {
             .nodes)
     }
 
+    /// `GET /v1/cluster/vms`.
+    pub async fn cluster_vms(&self) -> Result<Vec<crate::types::ClusterVm>, ClientError> {
+        Ok(self
+            .get::<crate::types::ClusterVmList>("/v1/cluster/vms")
+            .await?
+            .vms)
+    }
+
+    /// `POST /v1/cluster/vms`.
+    pub async fn add_cluster_vm(
+        &self,
+        req: &crate::types::AddClusterVm,
+    ) -> Result<crate::types::ClusterVm, ClientError> {
+        self.post("/v1/cluster/vms", Some(req)).await
+    }
+
     /// `GET /v1/vms`.
     pub async fn list_vms(&self) -> Result<Vec<Vm>, ClientError> {
         Ok(self.get::<VmList>("/v1/vms").await?.vms)

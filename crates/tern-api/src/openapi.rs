@@ -65,6 +65,8 @@ use crate::types::*;
         metrics,
         cluster_info,
         cluster_nodes,
+        list_cluster_vms,
+        add_cluster_vm,
         list_switches,
         create_switch,
         get_switch,
@@ -78,6 +80,7 @@ use crate::types::*;
         Checkpoint, CheckpointList, StartMigration, MigrationState, Migration,
         MigrationList, IncomingMigration, IncomingDisk, IncomingReady, Features, HostInfo,
         ClusterNodeState, ClusterNode, ClusterNodeList, ClusterInfo,
+        ClusterPriority, AddClusterVm, ClusterVm, ClusterVmList,
         SwitchType, CreateSwitch, Switch, SwitchList, CreateNic, Nic, NicList
     )),
     modifiers(&BearerAuth, &CommonResponses, &Links),
@@ -616,6 +619,21 @@ fn cluster_info() {}
     responses((status = 200, body = ClusterNodeList),
         (status = 404, description = "This daemon is not in a cluster", body = ApiError)))]
 fn cluster_nodes() {}
+
+#[utoipa::path(get, path = "/v1/cluster/vms", tag = "cluster",
+    responses((status = 200, body = ClusterVmList),
+        (status = 404, description = "This daemon is not in a cluster", body = ApiError),
+        (status = 503, description = "etcd does not answer", body = ApiError)))]
+fn list_cluster_vms() {}
+
+#[utoipa::path(post, path = "/v1/cluster/vms", tag = "cluster", request_body = AddClusterVm,
+    responses((status = 200, body = ClusterVm),
+        (status = 400, body = ApiError,
+            description = "A disk not on shared storage, an unknown node, a bad name"),
+        (status = 404, description = "Not in a cluster, or no such VM on this node", body = ApiError),
+        (status = 409, description = "The VM runs here but another node owns it", body = ApiError),
+        (status = 503, description = "etcd does not answer", body = ApiError)))]
+fn add_cluster_vm() {}
 
 #[cfg(test)]
 mod tests {

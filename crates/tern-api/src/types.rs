@@ -791,6 +791,76 @@ pub struct ClusterInfo {
     pub vms_owned: u32,
 }
 
+/// Start priority of a clustered VM: the order in which a lost node's VMs
+/// are restarted elsewhere.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterPriority {
+    /// Restarted first.
+    High,
+    /// The default.
+    Medium,
+    /// Restarted last.
+    Low,
+    /// Never started by the cluster (an operator starts it).
+    NoAutoStart,
+}
+
+/// Body of `POST /v1/cluster/vms`: makes a VM of this node clustered (its
+/// configuration goes to etcd; its disks must be on shared storage).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddClusterVm {
+    /// The VM, by name or id, on this node.
+    pub vm: String,
+    /// Start priority (default medium).
+    #[serde(default)]
+    pub priority: Option<ClusterPriority>,
+    /// Nodes to prefer when it is placed, best first (members of the cluster).
+    #[serde(default)]
+    pub preferred_owners: Vec<String>,
+    /// VMs of one class are kept on different nodes while room allows.
+    #[serde(default)]
+    pub anti_affinity: Option<String>,
+}
+
+/// A clustered VM as the cluster sees it (any node answers the same).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ClusterVm {
+    /// The VM's name.
+    pub name: String,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    /// The guest.
+    pub guest: String,
+    /// Its disk images, on shared storage.
+    pub disks: Vec<String>,
+    /// Start priority.
+    pub priority: ClusterPriority,
+    /// Preferred owners, best first.
+    pub preferred_owners: Vec<String>,
+    /// Anti-affinity class.
+    pub anti_affinity: Option<String>,
+    /// The node that owns (runs) it now.
+    pub owner: Option<String>,
+    /// The owner's fencing token.
+    pub token: Option<i64>,
+    /// Stopped on purpose: no node restarts it.
+    pub stopped: bool,
+    /// Why the last placement round could not place it (no node has room),
+    /// as this node saw it.
+    pub unplaced: Option<String>,
+}
+
+/// Reply of `GET /v1/cluster/vms`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterVmList {
+    /// Every clustered VM, by name.
+    pub vms: Vec<ClusterVm>,
+}
+
 /// A virtual switch's type (Hyper-V's three).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

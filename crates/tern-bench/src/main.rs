@@ -6,6 +6,7 @@
 //! the `tern` executable beside its own.
 
 mod boot;
+mod failover;
 mod image;
 mod iscsi;
 mod migrate;
@@ -50,6 +51,9 @@ enum Bench {
     /// iSCSI read throughput of `tern iscsi serve` against Debian's tgt
     /// on the same kind of image (libiscsi's iscsi-perf).
     Iscsi(iscsi::IscsiBench),
+    /// Failover clustering: node loss (daemon and workers SIGKILLed) to the
+    /// VM running on a survivor, three etcd members and three nodes.
+    Failover(failover::FailoverBench),
 }
 
 /// The `tern` executable the benchmarks run: beside this one.
@@ -84,6 +88,7 @@ fn main() {
         Bench::Save(args) => save::run(args),
         Bench::Migrate(args) => migrate::run(args),
         Bench::Iscsi(args) => iscsi::run(args),
+        Bench::Failover(args) => failover::run(args),
     };
     std::process::exit(code);
 }

@@ -8,6 +8,8 @@
 //! - `/tern/v1/vms/VM/config`: the clustered VM's configuration.
 //! - `/tern/v1/vms/VM/owner`: bound to the owner's lease; its mod revision is
 //!   the fencing token.
+//! - `/tern/v1/vms/VM/stopped`: present while the VM is meant to be stopped
+//!   (no node restarts it).
 
 use crate::error::{ClusterError, Result};
 
@@ -40,6 +42,11 @@ pub fn vm_owner(vm: &str) -> String {
     format!("{VMS}{vm}/owner")
 }
 
+/// The stopped marker of VM `vm`.
+pub fn vm_stopped(vm: &str) -> String {
+    format!("{VMS}{vm}/stopped")
+}
+
 /// What a key under [`VMS`] names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmKey<'a> {
@@ -47,6 +54,8 @@ pub enum VmKey<'a> {
     Config(&'a str),
     /// `VMS/NAME/owner`.
     Owner(&'a str),
+    /// `VMS/NAME/stopped`.
+    Stopped(&'a str),
 }
 
 /// Parses a key under [`VMS`]; `None` for anything else.
@@ -56,6 +65,7 @@ pub fn parse_vm_key(key: &str) -> Option<VmKey<'_>> {
     match leaf {
         "config" => Some(VmKey::Config(name)),
         "owner" => Some(VmKey::Owner(name)),
+        "stopped" => Some(VmKey::Stopped(name)),
         _ => None,
     }
 }
@@ -89,6 +99,7 @@ mod tests {
             Some(VmKey::Config("web-1"))
         );
         assert_eq!(parse_vm_key(&vm_owner("db")), Some(VmKey::Owner("db")));
+        assert_eq!(parse_vm_key(&vm_stopped("db")), Some(VmKey::Stopped("db")));
         assert_eq!(parse_vm_key("/tern/v1/vms/x/other"), None);
         assert_eq!(parse_vm_key(&member("n1")), None);
     }

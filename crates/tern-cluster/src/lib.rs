@@ -6,9 +6,11 @@
 //! - [`ownership`]: per-VM owner keys claimed in a transaction; the claim's
 //!   revision is its fencing token.
 //! - [`placement`]: where an unowned VM goes.
+//! - [`fence`]: the fencing token recorded beside each disk image.
 //! - [`keys`] and [`wire`]: the etcd key layout and the versioned documents.
 
 pub mod error;
+pub mod fence;
 pub mod keys;
 pub mod membership;
 pub mod ownership;
@@ -26,4 +28,4 @@ pub use membership::{
 };
 pub use ownership::Claim;
 pub use placement::{Placement, Plan, Unplaced};
-pub use vm::{ClusterVm, Priority};
+pub use vm::{ClusterDisk, ClusterVm, DiskFormat, Priority};

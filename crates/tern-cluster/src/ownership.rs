@@ -8,7 +8,7 @@ use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpRespo
 
 use crate::error::{retry, ClusterError, Result};
 use crate::keys;
-use crate::wire::{self, OwnerDoc};
+use crate::wire::{self, OwnerDoc, StoppedDoc};
 
 /// A held (or observed) ownership of a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +39,15 @@ pub async fn claim(client: &Client, vm: &str, node: &str, lease: i64) -> Result<
             // Only a configured VM can be owned.
             Compare::create_revision(keys::vm_config(vm), CompareOp::Greater, 0),
         ])
-        .and_then([TxnOp::put(
-            key.clone(),
-            wire::encode(&doc),
-            Some(PutOptions::new().with_lease(lease)),
-        )])
+        .and_then([
+            TxnOp::put(
+                key.clone(),
+                wire::encode(&doc),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+            // Claimed: meant to run again.
+            TxnOp::delete(keys::vm_stopped(vm), None),
+        ])
         .or_else([TxnOp::get(key, None)]);
     let done = retry("claim", || {
         let (mut c, t) = (client.clone(), txn.clone());
@@ -51,7 +55,8 @@ pub async fn claim(client: &Client, vm: &str, node: &str, lease: i64) -> Result<
     })
     .await?;
     if done.succeeded() {
-        // One put in the transaction: its mod revision is the header's.
+        // One revision for the whole transaction: the put's mod revision
+        // is the header's.
         let token = done
             .header()
             .map(|h| h.revision())
@@ -122,17 +127,31 @@ pub async fn owners(client: &Client) -> Result<Vec<Claim>> {
     Ok(out)
 }
 
-/// Gives up a claim (the VM stopped cleanly); refused with
-/// [`ClusterError::NotOwner`] when the key is no longer this claim's.
-pub async fn release(client: &Client, claim: &Claim) -> Result<()> {
+/// Gives up a claim; refused with [`ClusterError::NotOwner`] when the key
+/// is no longer this claim's. `stopped`: the VM was stopped on purpose, so
+/// it is marked stopped in the same transaction and no node restarts it;
+/// otherwise any node may place it again.
+pub async fn release(client: &Client, claim: &Claim, stopped: bool) -> Result<()> {
     let key = keys::vm_owner(&claim.vm);
+    let mut ops = vec![TxnOp::delete(key.clone(), None)];
+    if stopped {
+        let doc = StoppedDoc {
+            version: wire::VERSION,
+            node: claim.node.clone(),
+        };
+        ops.push(TxnOp::put(
+            keys::vm_stopped(&claim.vm),
+            wire::encode(&doc),
+            None,
+        ));
+    }
     let txn = Txn::new()
         .when([Compare::mod_revision(
             key.clone(),
             CompareOp::Equal,
             claim.token,
         )])
-        .and_then([TxnOp::delete(key, None)]);
+        .and_then(ops);
     let done = retry("release", || {
         let (mut c, t) = (client.clone(), txn.clone());
         async move { c.txn(t).await }

@@ -5,7 +5,7 @@ use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
 use crate::error::{retry, ClusterError, Result};
 use crate::keys;
-use crate::wire::{self, DiskDoc, PriorityDoc, VmConfigDoc};
+use crate::wire::{self, DiskDoc, DiskFormatDoc, PriorityDoc, StoppedDoc, VmConfigDoc};
 
 /// Start priority: the order in which a lost node's VMs are restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -43,6 +43,26 @@ impl Priority {
     }
 }
 
+/// A disk image's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// A raw image.
+    Raw,
+    /// A VHDX image.
+    Vhdx,
+}
+
+/// A disk of a clustered VM, on storage every node reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDisk {
+    /// Absolute path of the image.
+    pub path: String,
+    /// Its format.
+    pub format: DiskFormat,
+    /// Its virtual size in bytes.
+    pub size: u64,
+}
+
 /// A clustered VM's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterVm {
@@ -54,8 +74,8 @@ pub struct ClusterVm {
     pub memory: u64,
     /// The guest (`probe:WORKLOAD`).
     pub guest: String,
-    /// Disk images on shared storage (absolute paths).
-    pub disks: Vec<String>,
+    /// Disk images on shared storage, in attach order.
+    pub disks: Vec<ClusterDisk>,
     /// Start priority.
     pub priority: Priority,
     /// Nodes to prefer, best first.
@@ -74,7 +94,14 @@ impl ClusterVm {
             disks: self
                 .disks
                 .iter()
-                .map(|p| DiskDoc { path: p.clone() })
+                .map(|d| DiskDoc {
+                    path: d.path.clone(),
+                    format: match d.format {
+                        DiskFormat::Raw => DiskFormatDoc::Raw,
+                        DiskFormat::Vhdx => DiskFormatDoc::Vhdx,
+                    },
+                    size: d.size,
+                })
                 .collect(),
             priority: match self.priority {
                 Priority::High => PriorityDoc::High,
@@ -93,7 +120,18 @@ impl ClusterVm {
             vcpus: doc.vcpus,
             memory: doc.memory,
             guest: doc.guest,
-            disks: doc.disks.into_iter().map(|d| d.path).collect(),
+            disks: doc
+                .disks
+                .into_iter()
+                .map(|d| ClusterDisk {
+                    path: d.path,
+                    format: match d.format {
+                        DiskFormatDoc::Raw => DiskFormat::Raw,
+                        DiskFormatDoc::Vhdx => DiskFormat::Vhdx,
+                    },
+                    size: d.size,
+                })
+                .collect(),
             priority: match doc.priority {
                 PriorityDoc::High => Priority::High,
                 PriorityDoc::Medium => Priority::Medium,
@@ -110,7 +148,7 @@ impl ClusterVm {
         for n in &self.preferred_owners {
             keys::check_name("node", n)?;
         }
-        if self.disks.iter().any(|d| !d.starts_with('/')) {
+        if self.disks.iter().any(|d| !d.path.starts_with('/')) {
             return Err(ClusterError::BadSetting(
                 "a clustered VM's disks must be absolute paths on shared storage",
             ));
@@ -119,16 +157,50 @@ impl ClusterVm {
     }
 }
 
-/// Stores (creates or replaces) a clustered VM's configuration.
-pub async fn put_vm(client: &Client, vm: &ClusterVm) -> Result<()> {
+/// Stores (creates or replaces) a clustered VM's configuration. With
+/// `stopped_by`, the VM is also marked stopped (by that node) in the same
+/// transaction, so no node restarts it before someone starts it.
+pub async fn put_vm(client: &Client, vm: &ClusterVm, stopped_by: Option<&str>) -> Result<()> {
     vm.check()?;
-    let (key, doc) = (keys::vm_config(&vm.name), wire::encode(&vm.to_doc()));
+    let mut ops = vec![TxnOp::put(
+        keys::vm_config(&vm.name),
+        wire::encode(&vm.to_doc()),
+        None,
+    )];
+    if let Some(node) = stopped_by {
+        keys::check_name("node", node)?;
+        let doc = StoppedDoc {
+            version: wire::VERSION,
+            node: node.to_owned(),
+        };
+        ops.push(TxnOp::put(
+            keys::vm_stopped(&vm.name),
+            wire::encode(&doc),
+            None,
+        ));
+    }
+    let txn = Txn::new().and_then(ops);
     retry("put vm config", || {
-        let (mut c, k, d) = (client.clone(), key.clone(), doc.clone());
-        async move { c.put(k, d, None).await }
+        let (mut c, t) = (client.clone(), txn.clone());
+        async move { c.txn(t).await }
     })
     .await?;
     Ok(())
+}
+
+/// The VMs marked stopped (no node restarts them).
+pub async fn stopped_vms(client: &Client) -> Result<std::collections::BTreeSet<String>> {
+    let got = crate::membership::get_prefix(client, "list stopped vms", keys::VMS).await?;
+    let mut out = std::collections::BTreeSet::new();
+    for kv in got.kvs() {
+        let Ok(key) = std::str::from_utf8(kv.key()) else {
+            continue;
+        };
+        if let Some(keys::VmKey::Stopped(name)) = keys::parse_vm_key(key) {
+            out.insert(name.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// One clustered VM, or [`ClusterError::UnknownVm`].
@@ -178,7 +250,10 @@ pub async fn delete_vm(client: &Client, name: &str) -> Result<()> {
             CompareOp::Equal,
             0,
         )])
-        .and_then([TxnOp::delete(keys::vm_config(name), None)])
+        .and_then([
+            TxnOp::delete(keys::vm_config(name), None),
+            TxnOp::delete(keys::vm_stopped(name), None),
+        ])
         .or_else([TxnOp::get(owner_key, None)]);
     let done = retry("delete vm", || {
         let (mut c, t) = (client.clone(), txn.clone());

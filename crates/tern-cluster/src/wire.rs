@@ -51,12 +51,26 @@ pub enum PriorityDoc {
     NoAutoStart,
 }
 
+/// A disk image's format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormatDoc {
+    /// A raw image.
+    Raw,
+    /// A VHDX image.
+    Vhdx,
+}
+
 /// A disk of a clustered VM: a path on storage every node reaches.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DiskDoc {
     /// Absolute path of the image on shared storage.
     pub path: String,
+    /// Its format (as the creating node's registry recorded it).
+    pub format: DiskFormatDoc,
+    /// Its virtual size in bytes.
+    pub size: u64,
 }
 
 /// `vms/VM/config`: a clustered VM.
@@ -91,6 +105,31 @@ pub struct OwnerDoc {
     pub node: String,
 }
 
+/// `vms/VM/stopped`: the VM was stopped on purpose (or never started); no
+/// node restarts it. Written when an owner releases the VM cleanly, deleted
+/// by the next claim.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoppedDoc {
+    /// [`VERSION`].
+    pub version: u32,
+    /// The node that stopped it (or registered it stopped).
+    pub node: String,
+}
+
+/// `IMAGE.owner`, beside a clustered VM's disk image: the fencing token of
+/// the last owner that started the VM on it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenDoc {
+    /// [`VERSION`].
+    pub version: u32,
+    /// The owner's fencing token (the owner key's etcd revision).
+    pub token: i64,
+    /// The node that held it.
+    pub node: String,
+}
+
 /// A document that carries its version.
 pub trait Versioned {
     /// The document's version field.
@@ -106,7 +145,14 @@ macro_rules! versioned {
         }
     )*};
 }
-versioned!(MemberDoc, AliveDoc, VmConfigDoc, OwnerDoc);
+versioned!(
+    MemberDoc,
+    AliveDoc,
+    VmConfigDoc,
+    OwnerDoc,
+    StoppedDoc,
+    TokenDoc
+);
 
 /// Encodes a document.
 pub fn encode<T: Serialize>(doc: &T) -> Vec<u8> {

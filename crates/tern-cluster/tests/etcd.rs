@@ -61,12 +61,16 @@ fn lease_expiry_hands_ownership_over_with_a_larger_token() {
             vcpus: 1,
             memory: 256 << 20,
             guest: "probe:hello".into(),
-            disks: vec!["/shared/web.vhdx".into()],
+            disks: vec![vm::ClusterDisk {
+                path: "/shared/web.vhdx".into(),
+                format: vm::DiskFormat::Vhdx,
+                size: 1 << 30,
+            }],
             priority: Priority::High,
             preferred_owners: vec!["n1".into()],
             anti_affinity: None,
         };
-        vm::put_vm(&client, &web).await.unwrap();
+        vm::put_vm(&client, &web, None).await.unwrap();
         assert_eq!(vm::get_vm(&client, "web").await.unwrap(), web);
         // An unconfigured VM cannot be owned.
         assert!(ownership::claim(&client, "ghost", "n1", n1.lease())
@@ -120,7 +124,7 @@ fn lease_expiry_hands_ownership_over_with_a_larger_token() {
         assert!(second.token > first.token, "{second:?} after {first:?}");
         // The stale owner cannot release the new owner's claim.
         assert!(matches!(
-            ownership::release(&client, &first).await,
+            ownership::release(&client, &first, false).await,
             Err(ClusterError::NotOwner { .. })
         ));
 
@@ -145,7 +149,7 @@ fn lease_expiry_hands_ownership_over_with_a_larger_token() {
             membership::node(&client, "n2").await.unwrap().state,
             NodeState::Paused
         );
-        ownership::release(&client, &second).await.unwrap();
+        ownership::release(&client, &second, true).await.unwrap();
         n2.leave().await.unwrap();
         assert_eq!(
             membership::node(&client, "n2").await.unwrap().state,

@@ -69,6 +69,8 @@ impl From<OpError> for ApiErr {
             OpError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             OpError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             OpError::Peer(_) => (StatusCode::BAD_GATEWAY, "peer"),
+            OpError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            OpError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable"),
             // No control socket: the worker has just ended on its own (its
             // guest finished) and the registry has not caught up yet.
             OpError::Worker {
@@ -213,6 +215,8 @@ pub fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         .add("GET", "/metrics", get(metrics))
         .add("GET", "/v1/cluster", get(crate::cluster::info))
         .add("GET", "/v1/cluster/nodes", get(crate::cluster::list_nodes))
+        .add("GET", "/v1/cluster/vms", get(crate::cluster::list_vms))
+        .add("POST", "/v1/cluster/vms", post(crate::cluster::add_vm))
         .add("GET", "/v1/switches", get(sw::list_switches))
         .add("POST", "/v1/switches", post(sw::create_switch))
         .add("GET", "/v1/switches/{switch}", get(sw::get_switch))

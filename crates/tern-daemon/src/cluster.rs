@@ -1,15 +1,22 @@
 //! This daemon as a node of a failover cluster on etcd (`ternd --cluster
 //! URLS --node NAME`): it joins at start (or fails with nothing registered),
 //! keeps its lease alive, and answers `/v1/cluster` for the whole cluster.
+//! What it does with clustered VMs (ownership, renewals, failover) is in
+//! [`crate::failover`].
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use tern_api::{ClusterInfo, ClusterNode, ClusterNodeList, ClusterNodeState};
-use tern_cluster::{membership, ownership, vm, ClusterError, Membership, NodeSpec, NodeState};
+use tern_api::{
+    AddClusterVm, ClusterInfo, ClusterNode, ClusterNodeList, ClusterNodeState, ClusterVmList,
+};
+use tern_cluster::{
+    membership, ownership, vm, Claim, ClusterError, Membership, NodeSpec, NodeState,
+};
 
 use crate::api::ApiErr;
 use crate::daemon::Daemon;
@@ -42,8 +49,12 @@ pub struct JoinError {
 
 /// This daemon's place in the cluster, once joined.
 pub struct Joined {
-    settings: ClusterSettings,
-    membership: Membership,
+    pub(crate) settings: ClusterSettings,
+    pub(crate) membership: Membership,
+    /// The clustered VMs this node owns, by VM name.
+    pub(crate) claims: Mutex<HashMap<String, Claim>>,
+    /// VMs the last placement round could not place, with why.
+    pub(crate) unplaced: Mutex<BTreeMap<String, String>>,
 }
 
 /// What this host offers: its memory and CPUs.
@@ -102,10 +113,14 @@ pub async fn join(
             }
         }
     });
-    let _ = d.cluster.set(Arc::new(Joined {
+    let joined = Arc::new(Joined {
         settings,
         membership,
-    }));
+        claims: Default::default(),
+        unplaced: Default::default(),
+    });
+    let _ = d.cluster.set(joined.clone());
+    crate::failover::spawn(d.clone(), joined);
     Ok(())
 }
 
@@ -173,4 +188,21 @@ pub async fn info(State(d): State<Arc<Daemon>>) -> Result<Json<ClusterInfo>, Api
         vms: vms.len() as u32,
         vms_owned: owners.len() as u32,
     }))
+}
+
+/// `GET /v1/cluster/vms`: every clustered VM with its owner.
+pub async fn list_vms(State(d): State<Arc<Daemon>>) -> Result<Json<ClusterVmList>, ApiErr> {
+    let c = joined(&d)?;
+    Ok(Json(ClusterVmList {
+        vms: crate::failover::list(&c).await?,
+    }))
+}
+
+/// `POST /v1/cluster/vms`: makes a VM of this node clustered.
+pub async fn add_vm(
+    State(d): State<Arc<Daemon>>,
+    crate::api::Body(req): crate::api::Body<AddClusterVm>,
+) -> Result<Json<tern_api::ClusterVm>, ApiErr> {
+    let c = joined(&d)?;
+    Ok(Json(crate::failover::add_vm(&d, &c, &req).await?))
 }

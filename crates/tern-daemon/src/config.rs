@@ -14,6 +14,9 @@ pub struct Config {
     pub probe_image: Option<PathBuf>,
     /// Directories where disk images may live (the first is the default).
     pub disk_dirs: Vec<PathBuf>,
+    /// Of those, the ones on storage every cluster node reaches (the same
+    /// path on each): only disks there can belong to a clustered VM.
+    pub shared_dirs: Vec<PathBuf>,
     /// Where incoming TCP migrations listen: the IP of the API's TCP
     /// listener (unspecified when it has none or it is a name).
     pub migration_ip: std::net::IpAddr,
@@ -32,6 +35,7 @@ impl Config {
             state_dir,
             worker_exe,
             probe_image: None,
+            shared_dirs: Vec::new(),
             migration_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             start_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(20),

@@ -36,6 +36,13 @@ pub enum OpError {
     /// The other daemon of a migration refused or failed (502).
     #[error("{0}")]
     Peer(String),
+    /// Refused by the cluster: another node owns the VM, or a newer owner
+    /// holds its disks (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The cluster (etcd) cannot be asked now (503).
+    #[error("{0}")]
+    Unavailable(String),
     /// A filesystem operation failed (500).
     #[error("{what}")]
     Io {

@@ -39,6 +39,7 @@ pub mod config;
 pub mod daemon;
 pub mod disks;
 pub mod error;
+pub mod failover;
 pub mod lifecycle;
 pub mod metrics;
 pub mod migration;

@@ -66,6 +66,11 @@ impl Daemon {
                 action: "start it",
             },
         )?;
+        // A clustered VM starts only under this node's ownership.
+        if let Err(e) = crate::failover::before_start(self, &row).await {
+            self.fail(&id, &chain(&e))?;
+            return Err(e);
+        }
         let spec = match self.launch_spec(&row, Boot::Fresh) {
             Ok(s) => s,
             Err(e) => {
@@ -82,8 +87,11 @@ impl Daemon {
                 return Err(e);
             }
         }
-        self.run_worker(&row, spec, VmState::Starting, "started")
-            .await
+        let vm = self
+            .run_worker(&row, spec, VmState::Starting, "started")
+            .await?;
+        crate::failover::renew_now(self, &row.name).await;
+        Ok(vm)
     }
 
     /// `POST /v1/vms/{vm}/stop`: asks the worker to stop and waits for it
@@ -121,6 +129,7 @@ impl Daemon {
                 )));
             }
         }
+        crate::failover::after_stop(self, &row.name).await;
         self.get(&id)
     }
 
@@ -148,6 +157,7 @@ impl Daemon {
                 row.name, w.pid
             )));
         }
+        crate::failover::after_stop(self, &row.name).await;
         self.get(&row.id)
     }
 

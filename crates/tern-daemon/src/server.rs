@@ -125,6 +125,11 @@ pub struct Args {
     /// disks/ in the state directory).
     #[arg(long = "disk-dir")]
     pub disk_dirs: Vec<PathBuf>,
+    /// Directory on storage every cluster node reaches at the same path
+    /// (repeat for several; also a disk directory): only disks there can
+    /// belong to a clustered VM.
+    #[arg(long = "shared-dir")]
+    pub shared_dirs: Vec<PathBuf>,
     /// Join the failover cluster whose etcd members answer at these client
     /// URLs (comma-separated, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379).
     #[arg(long, value_delimiter = ',', requires = "node")]
@@ -155,6 +160,12 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
     cfg.probe_image = args.probe_image.clone();
     if !args.disk_dirs.is_empty() {
         cfg.disk_dirs = args.disk_dirs.clone();
+    }
+    for d in &args.shared_dirs {
+        if !cfg.disk_dirs.contains(d) {
+            cfg.disk_dirs.push(d.clone());
+        }
+        cfg.shared_dirs.push(d.clone());
     }
     if args.tcp.is_some() && args.token_file.is_none() {
         return Err(ServeError::NoToken);
