@@ -13,6 +13,9 @@ scripts/setup-test-deps.sh
 # share one build of every dependency instead of compiling each twice.
 # The binaries still end on any panic (tern_error::abort_on_panic).
 UNWIND=(--config 'profile.dev.panic="unwind"')
+# The previous-release test builds that release the same way, so it reuses
+# these dependencies (tern_test_support::prev_release).
+export TERN_CARGO_PANIC=unwind
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

@@ -118,32 +118,19 @@ fn build_once() -> Result<PrevRelease, String> {
         std::fs::write(&stamp, &commit).unwrap();
     }
     let target = base.join("target");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    seed(&target.join("debug"));
     let t = Instant::now();
-    let out = Command::new(cargo)
-        .current_dir(&src)
-        .env("CARGO_TARGET_DIR", &target)
-        // Its sources never change: incremental state would only cost
-        // time and disk.
-        .env("CARGO_INCREMENTAL", "0")
-        .args([
-            "build",
-            "--offline",
-            "--locked",
-            "-p",
-            "tern",
-            "-p",
-            "probe-guest",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cargo");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "building the previous release {commit} in {} failed:\n{log}",
-        src.display()
-    );
+    // The probe guest builds only with the dev profile's panic = "abort";
+    // `tern` is built with the strategy this build's dependencies were
+    // built with (TERN_CARGO_PANIC, set by scripts/test.sh), so the
+    // dependencies seeded from this build are reused, not rebuilt.
+    let mut log = cargo_build(&commit, &src, &target, &["-p", "probe-guest"]);
+    let mut args = vec!["-p", "tern"];
+    let unwind = std::env::var("TERN_CARGO_PANIC").is_ok_and(|p| p == "unwind");
+    if unwind {
+        args.extend(["--config", "profile.dev.panic=\"unwind\""]);
+    }
+    log.push_str(&cargo_build(&commit, &src, &target, &args));
     eprintln!(
         "previous release {commit} (protocol {protocol}): built in {:.1} s ({})",
         t.elapsed().as_secs_f64(),
@@ -158,6 +145,53 @@ fn build_once() -> Result<PrevRelease, String> {
         protocol,
         bin_dir: target.join("debug"),
     })
+}
+
+/// Hard-links this build's dependency artifacts into the previous
+/// release's empty target directory: cargo finds the crates both releases
+/// use at the same versions, features and profile up to date there and
+/// builds only the rest (minutes less on a fresh CI machine). Best effort:
+/// without it everything is compiled.
+fn seed(prev_debug: &Path) {
+    if prev_debug.join(".fingerprint").exists() {
+        return;
+    }
+    let ours = crate::target_dir();
+    let _ = std::fs::create_dir_all(prev_debug);
+    for dir in ["deps", "build", ".fingerprint"] {
+        let from = ours.join(dir);
+        if from.is_dir() {
+            let _ = Command::new("cp")
+                .arg("-al")
+                .arg(&from)
+                .arg(prev_debug)
+                .status();
+        }
+    }
+}
+
+/// `cargo build ARGS` of the previous release; its log, or a panic with
+/// it when the build fails.
+fn cargo_build(commit: &str, src: &Path, target: &Path, args: &[&str]) -> String {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(src)
+        .env("CARGO_TARGET_DIR", target)
+        // Its sources never change: incremental state would only cost
+        // time and disk.
+        .env("CARGO_INCREMENTAL", "0")
+        .args(["build", "--offline", "--locked"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "building the previous release {commit} in {} failed:\n{log}",
+        src.display()
+    );
+    log
 }
 
 /// `git archive` of `commit` into `src`, replacing what was there, every
