@@ -7,10 +7,10 @@
 //! stays sparse), start the disk's dirty log, copy the allocated ranges,
 //! then copy what the guest wrote meanwhile, round by round, until a
 //! round is small (or [`MAX_ROUNDS`]); then [`Disks::pivot`] holds the
-//! queue (requests wait in the ring), copies the last ranges, flushes the
-//! copy and switches the device onto it. Only after the pivot is the old
-//! image removed, and only when no one else holds it (an exclusive lock
-//! is taken on it first). Cancel or any failure before the pivot leaves
+//! queue (requests wait in the ring), copies the last ranges and switches
+//! the device onto the copy. Only after the pivot, and once the copy is
+//! flushed, is the old image removed, and only when no one else holds it
+//! (an exclusive lock is taken on it first). Cancel or any failure before the pivot leaves
 //! the VM on the old image and removes the partial target.
 //!
 //! Refused: read-only disks (other VMs may share them), a disk whose VM
@@ -322,7 +322,18 @@ fn run(vm: &Vm, plan: &Plan, job: &Job) {
     let _ = disks.stop_dirty_log(plan.disk);
     match r {
         Ok(()) => {
-            let removed = remove_old(&plan.source);
+            // The copy durable before the old image goes (a crash now
+            // leaves the old image, which the registry still names).
+            let removed = disks
+                .flush_one(plan.disk)
+                .map_err(|e| {
+                    format!(
+                        "the old image {} is kept: flushing the new one failed: {}",
+                        plan.source.display(),
+                        error_chain(&e)
+                    )
+                })
+                .and_then(|()| remove_old(&plan.source));
             let s = job.snapshot();
             eprintln!(
                 "tern: disk {} moved to {} in {:.0} ms ({} bytes, {} rounds, queue held {:.1} ms)",

@@ -5,6 +5,9 @@
 //! (`qemu-img` judges), and the old file must be gone. A cancelled or
 //! failed move leaves the VM on its old image with no partial file.
 //!
+//! The guest workloads run long enough (15 s) for the move to end first;
+//! a VM that stops mid-move cancels it.
+//!
 //! Figures (printed, never asserted): move time, bytes copied, rounds,
 //! how long the queue was held, and the guest's completed requests per
 //! second before and during the move.
@@ -114,7 +117,7 @@ fn a_busy_disk_moves_to_another_directory_as_vhdx() {
     let size = 256 * MIB;
     let img = pattern_disk(&old_dir, size);
     let w = start(
-        "blk-iops,bs=4k,qd=4,secs=6,mix=randwrite+blk-verify,mib=16",
+        "blk-iops,bs=4k,qd=4,secs=15,mix=randwrite+blk-verify,mib=16",
         &img,
     );
     w.wait_status_until(Duration::from_secs(20), "guest writing", |s| {
@@ -209,7 +212,7 @@ fn cancelled_failed_and_refused_moves_leave_the_vm_on_its_image() {
     let size = 64 * MIB;
     let img = pattern_disk(&old_dir, size);
     let w = start(
-        "blk-iops,bs=4k,qd=2,secs=6,mix=randwrite+blk-verify,mib=16",
+        "blk-iops,bs=4k,qd=2,secs=10,mix=randwrite+blk-verify,mib=16",
         &img,
     );
     w.wait_status_until(Duration::from_secs(20), "guest writing", |s| {
@@ -299,4 +302,101 @@ fn cancelled_failed_and_refused_moves_leave_the_vm_on_its_image() {
     probe_passed(&stderr, "blk-iops");
     probe_passed(&stderr, "blk-verify");
     check_pattern_with_qemu_img(&qemu_img, &img, "raw", size);
+}
+
+/// Through the daemon: `tern vm move-storage` moves a running VM's VHDX
+/// into another allowed directory; the registry records the new file, the
+/// guest finishes its disk work, and a move outside the allowed
+/// directories is refused.
+#[test]
+fn tern_vm_move_storage_moves_a_disk_through_the_daemon() {
+    let name = "tern_vm_move_storage_moves_a_disk_through_the_daemon";
+    if !tern_test_support::kvm_available(name) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (slow, fast) = (tmp.path().join("slow"), tmp.path().join("fast"));
+    std::fs::create_dir_all(&slow).unwrap();
+    std::fs::create_dir_all(&fast).unwrap();
+    let d = tern_test_support::Ternd::start_with(
+        &tmp.path().join("d"),
+        &[
+            "--disk-dir",
+            slow.to_str().unwrap(),
+            "--disk-dir",
+            fast.to_str().unwrap(),
+        ],
+    );
+    let img = slow.join("data.vhdx");
+    d.json(&[
+        "volume",
+        "create",
+        "data",
+        "--size",
+        "64M",
+        "--path",
+        img.to_str().unwrap(),
+    ]);
+    d.json(&[
+        "vm",
+        "create",
+        "mover",
+        "--memory",
+        "64M",
+        "--disk",
+        "data",
+        "--guest",
+        "probe:blk-iops,bs=4k,qd=4,secs=8,mix=randwrite+blk-verify,mib=8",
+        "--start",
+    ]);
+    let old = PathBuf::from(
+        d.json(&["volume", "show", "data"])["path"]
+            .as_str()
+            .unwrap(),
+    );
+    d.fails(
+        &[
+            "vm",
+            "move-storage",
+            "mover",
+            "--disk",
+            "data",
+            "--to",
+            "/tmp",
+        ],
+        65,
+        "outside the allowed disk directories",
+    );
+    let m = d.json(&[
+        "vm",
+        "move-storage",
+        "mover",
+        "--disk",
+        "0",
+        "--to",
+        fast.to_str().unwrap(),
+    ]);
+    assert_eq!(m["state"], "completed", "{m}");
+    assert_eq!(m["old_removed"], true, "{m}");
+    let new = fast.canonicalize().unwrap().join("data.vhdx");
+    let disk = d.json(&["volume", "show", "data"]);
+    assert_eq!(disk["path"], new.to_str().unwrap(), "{disk}");
+    assert_eq!(disk["format"], "vhdx", "{disk}");
+    assert!(!old.exists(), "the old image is removed");
+    let t = Instant::now();
+    while d.state("mover")["state"] != "stopped" {
+        assert!(t.elapsed() < Duration::from_secs(120), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let id = d.state("mover")["id"].as_str().unwrap().to_string();
+    let log =
+        std::fs::read_to_string(d.state_dir().join("logs").join(format!("{id}.log"))).unwrap();
+    for step in ["blk-iops", "blk-verify"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(step) && l.contains("result=pass")),
+            "{step} did not pass: {log}"
+        );
+    }
+    assert!(!log.contains("result=fail"), "{log}");
 }

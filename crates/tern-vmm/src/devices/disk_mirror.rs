@@ -109,6 +109,15 @@ impl Disks {
             .map_err(mirror_err(index, "reading the disk"))
     }
 
+    /// Makes disk `index`'s completed writes durable.
+    pub fn flush_one(&self, index: usize) -> Result<(), DiskError> {
+        let d = self.get(index)?;
+        let _t = lock(&d.transport);
+        d.backend
+            .flush()
+            .map_err(|source| DiskError::Flush { index, source })
+    }
+
     /// The image disk `index` runs on now.
     pub fn path(&self, index: usize) -> Result<PathBuf, DiskError> {
         Ok(lock(&self.get(index)?.path).clone())
@@ -140,7 +149,7 @@ impl Disks {
     /// Moves disk `index` onto `target`, a copy made while its dirty log
     /// ran: holds the queue (requests wait in the ring; the vCPUs run on),
     /// copies what the log marked since its last take, follows a resize,
-    /// flushes the copy, puts it under the device (the guest sees the same
+    /// puts it under the device (the guest sees the same
     /// id and size), stops the log and closes the old image (its lock
     /// released). On error the disk stays on its old image and the log
     /// keeps running with every mark it had.
@@ -174,11 +183,15 @@ impl Disks {
         let mut t = lock(&d.transport);
         t.set_frozen(false);
         drop(t);
-        let final_bytes = r?;
-        Ok(PivotReport {
-            final_bytes,
-            held: started.elapsed(),
-        })
+        let held = started.elapsed();
+        let (final_bytes, old) = r?;
+        // Closed once the guest runs on: closing flushes it, and its
+        // flush took most of a second with the guest's writes in it.
+        if let Err(e) = old.close() {
+            // The VM runs on the copy; the old image is left as it is.
+            eprintln!("tern: disk {index}: closing the old image after a move: {e}");
+        }
+        Ok(PivotReport { final_bytes, held })
     }
 
     fn pivot_held(
@@ -187,7 +200,7 @@ impl Disks {
         target: &Arc<dyn BlockBackend>,
         target_path: &Path,
         taken: &mut Vec<DirtyBitmap>,
-    ) -> Result<u64, DiskError> {
+    ) -> Result<(u64, Arc<dyn BlockBackend>), DiskError> {
         let d = self.get(index)?;
         let mut buf = Vec::new();
         let mut copied = 0;
@@ -213,16 +226,14 @@ impl Disks {
         for r in taken[1].ranges() {
             copied += copy_range(index, &d.backend, &**target, r, false, &mut buf)?;
         }
-        target
-            .flush()
-            .map_err(mirror_err(index, "flushing the copy"))?;
+        // No flush while the queue is held (an fsync here held it for
+        // hundreds of ms): writes the guest completed but did not flush
+        // were not durable on the old image either, and the guest's next
+        // flush request flushes the copy. The caller flushes it
+        // ([`Disks::flush_one`]) before it removes the old image.
         let old = d.backend.replace(target.clone());
         d.backend.log().stop();
         *lock(&d.path) = target_path.into();
-        if let Err(e) = old.close() {
-            // The VM runs on the copy; the old image is left as it is.
-            eprintln!("tern: disk {index}: closing the old image after a move: {e}");
-        }
-        Ok(copied)
+        Ok((copied, old))
     }
 }
