@@ -500,6 +500,39 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/vms/{vm}/disks/{disk}/move`.
+    pub async fn move_disk(
+        &self,
+        vm: &str,
+        disk: &str,
+        req: &crate::MoveDisk,
+    ) -> Result<crate::DiskMove, ClientError> {
+        self.post(
+            &format!("/v1/vms/{}/disks/{}/move", seg(vm), seg(disk)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// `GET /v1/vms/{vm}/disks/{disk}/move`.
+    pub async fn disk_move(&self, vm: &str, disk: &str) -> Result<crate::DiskMove, ClientError> {
+        self.get(&format!("/v1/vms/{}/disks/{}/move", seg(vm), seg(disk)))
+            .await
+    }
+
+    /// `POST /v1/vms/{vm}/disks/{disk}/move/cancel`.
+    pub async fn cancel_disk_move(
+        &self,
+        vm: &str,
+        disk: &str,
+    ) -> Result<crate::DiskMove, ClientError> {
+        self.post::<(), crate::DiskMove>(
+            &format!("/v1/vms/{}/disks/{}/move/cancel", seg(vm), seg(disk)),
+            None,
+        )
+        .await
+    }
+
     /// `GET /v1/disks`.
     pub async fn list_disks(&self) -> Result<Vec<Disk>, ClientError> {
         Ok(self.get::<DiskList>("/v1/disks").await?.disks)

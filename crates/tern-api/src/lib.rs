@@ -8,9 +8,11 @@ pub mod client;
 pub mod fuzzing;
 pub mod limits;
 pub mod openapi;
+pub mod storage_move;
 pub mod types;
 
 pub use client::{Client, ClientError, Endpoint};
 /// The HTTP method type [`Client::raw`] takes.
 pub use hyper::Method;
+pub use storage_move::{DiskMove, DiskMoveState, MoveDisk};
 pub use types::*;

@@ -15,6 +15,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
+use crate::storage_move::{DiskMove, DiskMoveState, MoveDisk};
 use crate::types::*;
 
 /// The API document; `ApiDoc::openapi()` builds it.
@@ -46,6 +47,9 @@ use crate::types::*;
         console,
         attach_disk,
         detach_disk,
+        move_disk,
+        get_disk_move,
+        cancel_disk_move,
         list_checkpoints,
         create_checkpoint,
         delete_checkpoint,
@@ -81,7 +85,8 @@ use crate::types::*;
         MigrationList, IncomingMigration, IncomingDisk, IncomingReady, Features, HostInfo,
         ClusterNodeState, ClusterNode, ClusterNodeList, ClusterInfo,
         ClusterPriority, AddClusterVm, ClusterVm, ClusterVmList,
-        SwitchType, CreateSwitch, Switch, SwitchList, CreateNic, Nic, NicList
+        SwitchType, CreateSwitch, Switch, SwitchList, CreateNic, Nic, NicList,
+        MoveDisk, DiskMoveState, DiskMove
     )),
     modifiers(&BearerAuth, &CommonResponses, &Links),
     tags(
@@ -201,6 +206,12 @@ const LINKS: &[LinkSpec] = &[
         status: "201",
         params: &[("disk", "/id")],
         to: &["get_disk", "delete_disk", "resize_disk", "set_disk_qos"],
+    },
+    LinkSpec {
+        from: "move_disk",
+        status: "202",
+        params: &[("vm", "/vm"), ("disk", "/disk")],
+        to: &["get_disk_move", "cancel_disk_move"],
     },
     LinkSpec {
         from: "migrate_vm",
@@ -496,6 +507,38 @@ fn delete_checkpoint() {}
         (status = 501, body = ApiError, description = "Checkpoints are not implemented yet"),
     ))]
 fn apply_checkpoint() {}
+
+#[utoipa::path(post, path = "/v1/vms/{vm}/disks/{disk}/move", tag = "disks",
+    request_body = MoveDisk,
+    params(("vm" = String, Path, description = "VM name or id"),
+        ("disk" = String, Path, description = "Disk name or id (or its index in the VM's disk order)")),
+    responses(
+        (status = 202, body = DiskMove, description = "Started; the VM runs on; poll `GET .../move`"),
+        (status = 400, body = ApiError, description = "Bad target directory, or a read-only disk"),
+        (status = 404, body = ApiError),
+        (status = 409, body = ApiError, description = "Not running, checkpoints, a migration or another move runs, or the target exists"),
+        (status = 501, body = ApiError, description = "The worker cannot move disks"),
+    ))]
+fn move_disk() {}
+
+#[utoipa::path(get, path = "/v1/vms/{vm}/disks/{disk}/move", tag = "disks",
+    params(("vm" = String, Path, description = "VM name or id"),
+        ("disk" = String, Path, description = "Disk name or id (or its index in the VM's disk order)")),
+    responses(
+        (status = 200, body = DiskMove),
+        (status = 404, body = ApiError, description = "No such VM or disk, or no move of this disk"),
+    ))]
+fn get_disk_move() {}
+
+#[utoipa::path(post, path = "/v1/vms/{vm}/disks/{disk}/move/cancel", tag = "disks",
+    params(("vm" = String, Path, description = "VM name or id"),
+        ("disk" = String, Path, description = "Disk name or id (or its index in the VM's disk order)")),
+    responses(
+        (status = 200, body = DiskMove, description = "Cancelling; the VM stays on the old image"),
+        (status = 404, body = ApiError),
+        (status = 409, body = ApiError, description = "No move of this disk runs"),
+    ))]
+fn cancel_disk_move() {}
 
 #[utoipa::path(post, path = "/v1/vms/{vm}/migrate", tag = "migration",
     request_body = StartMigration,

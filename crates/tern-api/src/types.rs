@@ -162,7 +162,7 @@ impl<'de> Deserialize<'de> for Whole {
 }
 
 /// `deserialize_with` helpers for whole-number fields (see [`Whole`]).
-mod whole {
+pub(crate) mod whole {
     use serde::{de::Error, Deserialize, Deserializer};
 
     use super::Whole;

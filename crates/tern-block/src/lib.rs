@@ -7,6 +7,12 @@
 //! in Hyper-V's normalized IOPS and watches minimum reservations;
 //! [`ResizePolicy`] says when a running disk may shrink.
 //!
+//! Mirroring a running disk (storage live migration, shared-nothing
+//! migration) uses [`dirty`] (the blocks the guest wrote since a point),
+//! [`BlockBackend::allocated`] (what a first full pass must copy) and
+//! [`create()`] with a [`DiskLayout`] (an empty copy of the same format
+//! and block size, so a dynamic VHDX stays sparse).
+//!
 //! A shared open ([`OpenOptions::shared`]) lets several workers write one
 //! image at once (a shared disk whose users arbitrate with SCSI
 //! persistent reservations): it takes a shared lock, which conflicts with
@@ -21,13 +27,19 @@
 //! Every backend is `Send + Sync` and takes `&self`: the device model, the
 //! control socket (resize) and a QoS timer thread may all hold it.
 
+pub mod create;
+pub mod dirty;
 pub mod lock;
 pub mod qos;
 pub mod raw;
 pub mod vhdx_disk;
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub use create::create;
+pub use dirty::{DirtyBitmap, DirtyLog};
 
 /// Sector size the guest addresses the disk in (virtio-blk's unit).
 pub const SECTOR_SIZE: u64 = 512;
@@ -41,6 +53,15 @@ pub enum BlockError {
     /// The disk file cannot be opened.
     #[error("cannot open disk {}", path.display())]
     Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A new disk file cannot be created.
+    #[error("cannot create disk {}", path.display())]
+    Create {
         /// The file.
         path: PathBuf,
         /// Why.
@@ -166,6 +187,95 @@ impl DiskFormat {
     }
 }
 
+/// The kind of a VHDX file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VhdxType {
+    /// Blocks allocated on first write.
+    Dynamic,
+    /// Every block allocated up front.
+    Fixed,
+    /// Blocks not written here come from a parent chain.
+    Differencing,
+}
+
+impl VhdxType {
+    /// Lower-case name (`dynamic`, `fixed`, `differencing`).
+    pub fn name(self) -> &'static str {
+        match self {
+            VhdxType::Dynamic => "dynamic",
+            VhdxType::Fixed => "fixed",
+            VhdxType::Differencing => "differencing",
+        }
+    }
+}
+
+/// How a disk is laid out: enough to create a copy of the same format,
+/// size and block size ([`create()`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskLayout {
+    /// The format.
+    pub format: DiskFormat,
+    /// Size the guest sees, in bytes.
+    pub capacity: u64,
+    /// A VHDX's payload block size.
+    pub vhdx_block_size: Option<u32>,
+    /// Logical sector size in bytes.
+    pub logical_sector: u32,
+    /// Physical sector size in bytes.
+    pub physical_sector: u32,
+    /// A VHDX's kind.
+    pub vhdx_type: Option<VhdxType>,
+}
+
+impl DiskLayout {
+    /// A raw image of `capacity` bytes (512-byte sectors, 4 KiB physical).
+    pub fn raw(capacity: u64) -> DiskLayout {
+        DiskLayout {
+            format: DiskFormat::Raw,
+            capacity,
+            vhdx_block_size: None,
+            logical_sector: 512,
+            physical_sector: 4096,
+            vhdx_type: None,
+        }
+    }
+
+    /// The same disk in `format`: sizes kept; a new VHDX is dynamic with
+    /// the VHDX default block size unless this one was a VHDX already.
+    pub fn with_format(self, format: DiskFormat) -> DiskLayout {
+        if format == self.format {
+            return self;
+        }
+        match format {
+            DiskFormat::Raw => DiskLayout {
+                logical_sector: self.logical_sector,
+                physical_sector: self.physical_sector,
+                ..DiskLayout::raw(self.capacity)
+            },
+            DiskFormat::Vhdx => DiskLayout {
+                format,
+                vhdx_block_size: None,
+                vhdx_type: Some(VhdxType::Dynamic),
+                ..self
+            },
+        }
+    }
+}
+
+/// Merges `ranges` into ascending, disjoint, non-adjacent ones.
+pub fn merge_ranges(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    ranges.retain(|r| r.start < r.end);
+    ranges.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(l) if r.start <= l.end => l.end = l.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
 /// What limits a shrink of a running disk beyond the backend's own rules.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ResizePolicy {
@@ -224,6 +334,21 @@ pub trait BlockBackend: Send + Sync {
     /// this when the VM ends.
     fn close(&self) -> Result<(), BlockError> {
         self.flush()
+    }
+    /// The byte ranges that may hold data, ascending and disjoint; the
+    /// rest reads as zeros. A copy that starts from zeros needs only
+    /// these. The default is the whole disk.
+    fn allocated(&self) -> Result<Vec<Range<u64>>, BlockError> {
+        let cap = self.capacity();
+        Ok(std::iter::once(0..cap).filter(|r| !r.is_empty()).collect())
+    }
+    /// The layout ([`DiskLayout`]); the default is a raw-like one of
+    /// this format and capacity.
+    fn layout(&self) -> DiskLayout {
+        DiskLayout {
+            format: self.format(),
+            ..DiskLayout::raw(self.capacity())
+        }
     }
 }
 
@@ -376,6 +501,25 @@ mod tests {
             id_from_path(Path::new("/x/a-very-long-disk-name.vhdx")),
             "a-very-long-disk-nam"
         );
+    }
+
+    #[test]
+    fn ranges_merge() {
+        assert_eq!(
+            merge_ranges(vec![10..20, 0..5, 5..7, 15..30, 40..40, 50..60]),
+            vec![0..7, 10..30, 50..60]
+        );
+        assert!(merge_ranges(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn layout_changes_format() {
+        let raw = DiskLayout::raw(1 << 30);
+        let v = raw.with_format(DiskFormat::Vhdx);
+        assert_eq!(v.vhdx_type, Some(VhdxType::Dynamic));
+        assert_eq!((v.capacity, v.vhdx_block_size), (1 << 30, None));
+        assert_eq!(v.with_format(DiskFormat::Raw), raw);
+        assert_eq!(raw.with_format(DiskFormat::Raw), raw);
     }
 
     #[test]

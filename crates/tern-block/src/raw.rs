@@ -64,28 +64,43 @@ impl RawDisk {
         self.file.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// First byte at or after `from` (below `end`) that the file system
-    /// holds data for, if any.
-    fn first_data(file: &File, from: u64, end: u64) -> Result<Option<u64>, BlockError> {
+    /// `lseek(fd, from, whence)` for SEEK_DATA/SEEK_HOLE: `Ok(None)` past
+    /// the last data (ENXIO), `Err(None)` when the file system cannot
+    /// tell (everything then counts as data).
+    fn seek(
+        file: &File,
+        from: u64,
+        whence: libc::c_int,
+    ) -> Result<Option<u64>, Option<std::io::Error>> {
         let Ok(off) = libc::off_t::try_from(from) else {
             return Ok(None);
         };
         // SAFETY: lseek on an open fd has no memory effects; Tern never
         // uses the file offset (all I/O is positioned).
-        let r = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_DATA) };
+        let r = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
         if r < 0 {
             let e = std::io::Error::last_os_error();
             return match e.raw_os_error() {
                 Some(libc::ENXIO) => Ok(None),
-                // No SEEK_DATA here: everything counts as data.
-                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok((from < end).then_some(from)),
-                _ => Err(BlockError::Io {
-                    what: "looking for data beyond the new end",
-                    source: e,
-                }),
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Err(None),
+                _ => Err(Some(e)),
             };
         }
-        Ok(((r as u64) < end).then_some(r as u64))
+        Ok(Some(r as u64))
+    }
+
+    /// First byte at or after `from` (below `end`) that the file system
+    /// holds data for, if any.
+    fn first_data(file: &File, from: u64, end: u64) -> Result<Option<u64>, BlockError> {
+        match Self::seek(file, from, libc::SEEK_DATA) {
+            Ok(r) => Ok(r.filter(|&r| r < end)),
+            // No SEEK_DATA here: everything counts as data.
+            Err(None) => Ok((from < end).then_some(from)),
+            Err(Some(source)) => Err(BlockError::Io {
+                what: "looking for data beyond the new end",
+                source,
+            }),
+        }
     }
 }
 
@@ -207,6 +222,45 @@ impl BlockBackend for RawDisk {
             .map_err(BlockError::io("resizing the disk file"))?;
         g.1 = new_size;
         Ok(())
+    }
+
+    /// The file's data extents (SEEK_DATA/SEEK_HOLE), in file-system
+    /// blocks; the whole disk where the file system cannot tell.
+    fn allocated(&self) -> Result<Vec<std::ops::Range<u64>>, BlockError> {
+        let g = self.read_guard();
+        let cap = g.1;
+        let err = |source| BlockError::Io {
+            what: "listing the disk's data extents",
+            source,
+        };
+        let mut out = Vec::new();
+        let mut from = 0;
+        while from < cap {
+            let data = match Self::seek(&g.0, from, libc::SEEK_DATA) {
+                Ok(Some(d)) if d < cap => d,
+                Ok(_) => break,
+                Err(None) => {
+                    out.push(from..cap);
+                    break;
+                }
+                Err(Some(e)) => return Err(err(e)),
+            };
+            let hole = match Self::seek(&g.0, data, libc::SEEK_HOLE) {
+                Ok(Some(h)) => h.min(cap),
+                Ok(None) | Err(None) => cap,
+                Err(Some(e)) => return Err(err(e)),
+            };
+            if hole <= data {
+                break;
+            }
+            out.push(data..hole);
+            from = hole;
+        }
+        Ok(out)
+    }
+
+    fn layout(&self) -> crate::DiskLayout {
+        crate::DiskLayout::raw(self.capacity())
     }
 }
 
@@ -346,6 +400,28 @@ mod tests {
             Err(BlockError::ShrinkInUse { .. })
         ));
         d.resize(1 << 20, &pol).unwrap();
+    }
+
+    #[test]
+    fn allocated_lists_data_not_holes() {
+        let (_d, p) = disk(8 << 20);
+        let d = RawDisk::open(&p, false).unwrap();
+        assert!(d.allocated().unwrap().is_empty());
+        d.write_at(&[1u8; 4096], 1 << 20).unwrap();
+        d.write_at(&[2u8; 8192], 5 << 20).unwrap();
+        d.write_at(&[3u8; 512], (8 << 20) - 512).unwrap();
+        let a = d.allocated().unwrap();
+        // File systems may allocate more than was written, never less.
+        for w in [(1 << 20)..(1 << 20) + 4096, (5 << 20)..(5 << 20) + 8192] {
+            assert!(
+                a.iter().any(|r| r.start <= w.start && w.end <= r.end),
+                "{w:?} not in {a:?}"
+            );
+        }
+        assert_eq!(a.last().unwrap().end, 8 << 20);
+        let total: u64 = a.iter().map(|r| r.end - r.start).sum();
+        assert!(total < 4 << 20, "holes are left out: {a:?}");
+        assert_eq!(d.layout(), crate::DiskLayout::raw(8 << 20));
     }
 
     #[test]

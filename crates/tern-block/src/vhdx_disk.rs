@@ -4,10 +4,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use vhdx::{Disk, ParentSource, Shrink};
+use vhdx::{Disk, DiskType, ParentSource, Shrink};
 
 use crate::lock::{self, LockKind};
-use crate::{check_range, BlockBackend, BlockError, DiskFormat, ResizePolicy};
+use crate::{
+    check_range, BlockBackend, BlockError, DiskFormat, DiskLayout, ResizePolicy, VhdxType,
+};
 
 /// An open VHDX, locked for the life of the value (and its direct parent
 /// with a shared lock, so nobody writes it under a child).
@@ -139,6 +141,57 @@ impl BlockBackend for VhdxDisk {
             .map_err(vhdx_err("resize"))
     }
 
+    /// The blocks that hold data anywhere in the chain: this file's
+    /// stored blocks and, for a differencing disk, every ancestor's (what
+    /// a flat copy of what the guest reads needs). Blocks the BAT says are
+    /// zero, and unallocated ones, are left out; a block a child zeroes
+    /// over a parent's data is listed (it reads zeros, a harmless extra).
+    fn allocated(&self) -> Result<Vec<std::ops::Range<u64>>, BlockError> {
+        let (mut ranges, mut parent) = {
+            let mut g = self.disk.lock().unwrap_or_else(|p| p.into_inner());
+            let d = g.as_mut().ok_or(BlockError::Closed)?;
+            (
+                data_extents(d).map_err(vhdx_err("listing extents"))?,
+                d.parent_path().map(Path::to_path_buf),
+            )
+        };
+        // Each ancestor is opened read-only on its own: its extents are
+        // what its file defines. We hold the direct parent's shared lock;
+        // nobody may write any of them under a child.
+        while let Some(pp) = parent {
+            let mut d = Disk::open(&pp, false).map_err(|source| BlockError::Vhdx {
+                path: pp.clone(),
+                source,
+            })?;
+            ranges.extend(data_extents(&mut d).map_err(vhdx_err("listing extents"))?);
+            parent = d.parent_path().map(Path::to_path_buf);
+        }
+        Ok(crate::merge_ranges(ranges))
+    }
+
+    fn layout(&self) -> DiskLayout {
+        let g = self.disk.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(d) = g.as_ref() else {
+            return DiskLayout {
+                format: DiskFormat::Vhdx,
+                ..DiskLayout::raw(0)
+            };
+        };
+        let info = d.info();
+        DiskLayout {
+            format: DiskFormat::Vhdx,
+            capacity: info.virtual_size,
+            vhdx_block_size: Some(info.block_size),
+            logical_sector: info.logical_sector_size,
+            physical_sector: info.physical_sector_size,
+            vhdx_type: Some(match info.disk_type {
+                DiskType::Dynamic => VhdxType::Dynamic,
+                DiskType::Fixed => VhdxType::Fixed,
+                DiskType::Differencing => VhdxType::Differencing,
+            }),
+        }
+    }
+
     fn close(&self) -> Result<(), BlockError> {
         let taken = self.disk.lock().unwrap_or_else(|p| p.into_inner()).take();
         match taken {
@@ -146,6 +199,15 @@ impl BlockBackend for VhdxDisk {
             None => Ok(()),
         }
     }
+}
+
+/// The runs `d`'s file stores data for (not the BAT's zero runs).
+fn data_extents(d: &mut Disk) -> Result<Vec<std::ops::Range<u64>>, vhdx::Error> {
+    Ok(d.extents()?
+        .into_iter()
+        .filter(|e| !e.zero)
+        .map(|e| e.offset..e.offset + e.length)
+        .collect())
 }
 
 #[cfg(test)]
@@ -169,8 +231,12 @@ mod tests {
         let d = VhdxDisk::open(&p, false).unwrap();
         assert_eq!(d.capacity(), 16 << 20);
         assert_eq!(d.format(), DiskFormat::Vhdx);
+        assert_eq!(d.layout().vhdx_block_size, Some(1 << 20));
+        assert_eq!(d.layout().vhdx_type, Some(VhdxType::Dynamic));
+        assert!(d.allocated().unwrap().is_empty());
         let data: Vec<u8> = (0..12288).map(|i| (i % 251) as u8).collect();
         d.write_at(&data, (3 << 20) - 4096).unwrap();
+        assert_eq!(d.allocated().unwrap(), vec![2 << 20..4 << 20]);
         d.flush().unwrap();
         assert!(matches!(
             d.read_at(&mut [0u8; 512], 16 << 20),
@@ -205,6 +271,17 @@ mod tests {
             .unwrap();
         let c = VhdxDisk::open(&child, false).unwrap();
         c.write_at(&[0x22; 512], 512).unwrap();
+        c.write_at(&[0x33; 512], 5 << 20).unwrap();
+        // The chain's data: the parent's first 1 MiB block (the child's
+        // sector inside it merges in) and the child's sector at 5 MiB (a
+        // child's blocks are partly present, sector by sector).
+        assert_eq!(
+            c.allocated().unwrap(),
+            vec![0..1 << 20, 5 << 20..(5 << 20) + 512]
+        );
+        let l = c.layout();
+        assert_eq!(l.vhdx_type, Some(VhdxType::Differencing));
+        assert_eq!(l.capacity, 8 << 20);
         let mut b = vec![0u8; 1536];
         c.read_at(&mut b, 0).unwrap();
         assert!(b[..512].iter().all(|&x| x == 0x11));

@@ -23,6 +23,7 @@ use tern_api::{
 use crate::daemon::Daemon;
 use crate::error::{chain, OpError};
 use crate::registry::RegistryError;
+use crate::storage_move::handlers as mv;
 use crate::switches::handlers as sw;
 use crate::worker::WorkerError;
 use tern_worker_proto::ClientError;
@@ -184,6 +185,21 @@ pub fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         .add("GET", "/v1/vms/{vm}/console", get(console))
         .add("POST", "/v1/vms/{vm}/disks", post(attach_disk))
         .add("DELETE", "/v1/vms/{vm}/disks/{disk}", delete(detach_disk))
+        .add(
+            "POST",
+            "/v1/vms/{vm}/disks/{disk}/move",
+            post(mv::move_disk),
+        )
+        .add(
+            "GET",
+            "/v1/vms/{vm}/disks/{disk}/move",
+            get(mv::get_disk_move),
+        )
+        .add(
+            "POST",
+            "/v1/vms/{vm}/disks/{disk}/move/cancel",
+            post(mv::cancel_disk_move),
+        )
         .add("GET", "/v1/vms/{vm}/checkpoints", get(list_checkpoints))
         .add("POST", "/v1/vms/{vm}/checkpoints", post(create_checkpoint))
         .add(

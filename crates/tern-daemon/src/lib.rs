@@ -22,7 +22,7 @@
 //!    recording its end, finding workers again after a restart.
 //! 4. The operations, each on the core and supervision: [`lifecycle`]
 //!    (create, start, stop, pause, save, restore, delete, console),
-//!    [`disks`], [`checkpoints`], [`migration`]; and [`metrics`], which
+//!    [`disks`], [`storage_move`], [`checkpoints`], [`migration`]; and [`metrics`], which
 //!    only reads (the registry, the workers' status, `/proc`).
 //! 5. The edge: [`api`] (HTTP routes onto the operations), [`web`] (the
 //!    embedded web page) and [`server`] (listeners, the `ternd` command
@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod migration;
 pub mod registry;
 pub mod server;
+pub mod storage_move;
 pub mod supervise;
 pub mod switches;
 pub mod validation;

@@ -8,8 +8,11 @@
 //! IOAPIC pin, signalled through an irqfd). Disks take the first slots,
 //! NICs the ones after them; [`mmio_windows`] lists every slot in use.
 
+mod disk_mirror;
+pub use disk_mirror::{PivotReport, COPY_CHUNK};
 pub mod nics;
 pub mod scsi;
+mod switchable;
 pub mod vsock;
 
 use std::path::PathBuf;
@@ -17,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kvm_ioctls::VmFd;
+use switchable::Switchable;
 use tern_block::qos::{Clock, Qos, QosError, QosEvent, SystemClock};
 pub use tern_block::qos::{QosEventKind, QosLimits};
 use tern_block::BlockBackend;
@@ -150,6 +154,20 @@ pub enum DiskError {
     Flush {
         /// The disk.
         index: usize,
+        /// Why.
+        #[source]
+        source: BlockError,
+    },
+    /// The disk's dirty log is already in use by another mirror.
+    #[error("disk {0} is already being mirrored (a storage move or migration runs)")]
+    MirrorBusy(usize),
+    /// Mirroring the disk failed.
+    #[error("disk {index}: {what} failed")]
+    Mirror {
+        /// The disk.
+        index: usize,
+        /// What was being done.
+        what: &'static str,
         /// Why.
         #[source]
         source: BlockError,
@@ -559,124 +577,6 @@ impl Disks {
             }
         }
         errs
-    }
-}
-
-/// A backend that can be replaced under a running device. The disk id
-/// and read-only flag stay those of the first image, so the guest sees one
-/// disk throughout.
-struct Switchable {
-    inner: std::sync::RwLock<Arc<dyn BlockBackend>>,
-    id: String,
-    read_only: bool,
-    /// The image is closed (a [`ClosedBackend`] stands in).
-    closed: std::sync::atomic::AtomicBool,
-}
-
-impl Switchable {
-    fn new(b: Arc<dyn BlockBackend>) -> Self {
-        Switchable {
-            id: b.id().to_string(),
-            read_only: b.read_only(),
-            inner: std::sync::RwLock::new(b),
-            closed: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    fn get(&self) -> std::sync::RwLockReadGuard<'_, Arc<dyn BlockBackend>> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn is_closed(&self) -> bool {
-        self.closed.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn set(&self, b: Arc<dyn BlockBackend>) {
-        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = b;
-        self.closed
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Closes the image and drops it (releasing every lock it held,
-    /// its parent's included); I/O fails until [`Switchable::set`].
-    fn close_inner(&self) {
-        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let _ = g.close();
-        let capacity = g.capacity();
-        *g = Arc::new(ClosedBackend {
-            capacity,
-            format: g.format(),
-        });
-        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl BlockBackend for Switchable {
-    fn capacity(&self) -> u64 {
-        self.get().capacity()
-    }
-    fn read_only(&self) -> bool {
-        self.read_only
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn format(&self) -> tern_block::DiskFormat {
-        self.get().format()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
-        self.get().read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
-        self.get().write_at(buf, offset)
-    }
-    fn flush(&self) -> Result<(), BlockError> {
-        self.get().flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
-        self.get().discard(offset, len)
-    }
-    fn resize(&self, new_size: u64, policy: &ResizePolicy) -> Result<(), BlockError> {
-        self.get().resize(new_size, policy)
-    }
-    fn close(&self) -> Result<(), BlockError> {
-        self.get().close()
-    }
-}
-
-/// Stands in for an image closed between a close and a switch.
-struct ClosedBackend {
-    capacity: u64,
-    format: tern_block::DiskFormat,
-}
-
-impl BlockBackend for ClosedBackend {
-    fn capacity(&self) -> u64 {
-        self.capacity
-    }
-    fn read_only(&self) -> bool {
-        true
-    }
-    fn id(&self) -> &str {
-        ""
-    }
-    fn format(&self) -> tern_block::DiskFormat {
-        self.format
-    }
-    fn read_at(&self, _: &mut [u8], _: u64) -> Result<(), BlockError> {
-        Err(BlockError::Closed)
-    }
-    fn write_at(&self, _: &[u8], _: u64) -> Result<(), BlockError> {
-        Err(BlockError::Closed)
-    }
-    fn flush(&self) -> Result<(), BlockError> {
-        Ok(())
-    }
-    fn discard(&self, _: u64, _: u64) -> Result<(), BlockError> {
-        Err(BlockError::Closed)
-    }
-    fn resize(&self, _: u64, _: &ResizePolicy) -> Result<(), BlockError> {
-        Err(BlockError::Closed)
     }
 }
 

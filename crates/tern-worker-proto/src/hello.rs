@@ -62,6 +62,8 @@ pub enum Capability {
     ListeningFile,
     /// `power-button` (Linux guests with ACPI).
     PowerButton,
+    /// `storage-move*`: moving a running VM's disk image.
+    StorageMove,
     /// A capability newer than this client.
     #[serde(other)]
     Unknown,

@@ -8,6 +8,7 @@
 //! - [`WorkerError`]: a refused request, with an [`ErrorCode`] callers
 //!   match on instead of the message text.
 //! - [`migration`]: migration progress and outcome as enums.
+//! - [`storage_move`]: moving a running VM's disk image on one host.
 //! - [`Hello`]: protocol version, product version and capabilities; a
 //!   client refuses a worker whose protocol version it does not know.
 //! - [`LaunchSpec`]: the whole VM configuration as one versioned document.
@@ -34,6 +35,7 @@ pub mod launch;
 pub mod listening;
 pub mod migration;
 pub mod requests;
+pub mod storage_move;
 mod types;
 pub mod wire;
 

@@ -315,6 +315,40 @@ fn every_request_and_reply_round_trips() {
             deadline_ms: 7000,
         },
     ));
+    add(round_trip(
+        crate::storage_move::StorageMove {
+            disk: 1,
+            to_dir: "/new dir".into(),
+            format: Some(DiskFormat::Vhdx),
+            bandwidth: Some(1 << 20),
+        },
+        crate::storage_move::StorageMoveReply {
+            target: "/new dir/d.vhdx".into(),
+            phase: crate::storage_move::StorageMovePhase::Setup,
+        },
+    ));
+    add(round_trip(
+        crate::storage_move::StorageMoveStatus {},
+        crate::storage_move::StorageMoveProgress {
+            phase: crate::storage_move::StorageMovePhase::Dirty,
+            disk: 1,
+            source: "/d/d.img".into(),
+            target: "/new dir/d.vhdx".into(),
+            format: Some(DiskFormat::Vhdx),
+            total_bytes: 1 << 30,
+            copied_bytes: 1 << 29,
+            rounds: 2,
+            dirty_bytes: 4096,
+            elapsed_ms: 12.5,
+            held_ms: None,
+            old_removed: false,
+            error: None,
+        },
+    ));
+    add(round_trip(
+        crate::storage_move::StorageMoveCancel {},
+        Ack {},
+    ));
     let all: BTreeSet<_> = Request::NAMES.iter().copied().collect();
     assert_eq!(seen, all, "every request is round-tripped");
     assert_eq!(all.len(), Request::NAMES.len(), "names are unique");

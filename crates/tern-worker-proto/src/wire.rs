@@ -8,6 +8,9 @@ use crate::error::WorkerError;
 use crate::hello::{Hello, HelloReply};
 use crate::migration::{Migrate, MigrateCancel, MigrateReply, MigrateStatus, MigrationStatus};
 use crate::requests::*;
+use crate::storage_move::{
+    StorageMove, StorageMoveCancel, StorageMoveProgress, StorageMoveReply, StorageMoveStatus,
+};
 
 /// A request with its own reply type: `Client::call(req)` returns
 /// `R::Reply`.
@@ -102,6 +105,13 @@ requests! {
     "migrate-status" => MigrateStatus(MigrateStatus) -> MigrationStatus;
     /// Cancel the running migration; the VM keeps running here.
     "migrate-cancel" => MigrateCancel(MigrateCancel) -> Ack;
+    /// Move a disk's image to another directory while the VM runs
+    /// (returns at once; poll `storage-move-status`).
+    "storage-move" => StorageMove(StorageMove) -> StorageMoveReply;
+    /// Progress of the current or last storage move.
+    "storage-move-status" => StorageMoveStatus(StorageMoveStatus) -> StorageMoveProgress;
+    /// Cancel the running storage move; the VM stays on the old image.
+    "storage-move-cancel" => StorageMoveCancel(StorageMoveCancel) -> Ack;
     /// Hot-add a SCSI disk or DVD drive.
     "scsi-add" => ScsiAdd(ScsiAdd) -> ScsiReply;
     /// Hot-remove a SCSI LUN.

@@ -87,6 +87,7 @@ pub fn hello() -> HelloReply {
             LaunchSpec,
             ListeningFile,
             PowerButton,
+            StorageMove,
         ],
     )
 }
@@ -236,6 +237,9 @@ impl Worker {
             })
             .map_err(|e| vm_error(&e))
         };
+        if let Some(busy) = self.conflicts_with_moves(&req) {
+            return Handled::reply::<Ack>(Err(busy));
+        }
         match req {
             Request::Hello(_) => Handled::reply(Ok(hello())),
             Request::Status(_) => Handled::reply(Ok(status(vm))),
@@ -290,11 +294,57 @@ impl Worker {
                 }
             }
             Request::MigrateCancel(_) => Handled::reply(self.migrations.cancel()),
+            Request::StorageMove(r) => {
+                Handled::reply(self.moves.start(vm, self.has_checkpoints(), &r))
+            }
+            Request::StorageMoveStatus(_) => Handled::reply(Ok(self.moves.status())),
+            Request::StorageMoveCancel(_) => Handled::reply(self.moves.cancel()),
             Request::ScsiAdd(r) => Handled::reply(crate::scsi::add(vm, &r)),
             Request::ScsiRemove(r) => Handled::reply(crate::scsi::remove(vm, &r)),
             Request::DvdInsert(r) => Handled::reply(crate::scsi::insert(vm, &r)),
             Request::DvdEject(r) => Handled::reply(crate::scsi::eject(vm, &r)),
             Request::ScsiResize(r) => Handled::reply(crate::scsi::resize(vm, &r)),
         }
+    }
+}
+
+impl Worker {
+    fn has_checkpoints(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| {
+            !s.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .list()
+                .is_empty()
+        })
+    }
+
+    /// A storage move and the requests that switch, hand over or freeze
+    /// disk images exclude each other: the move's pivot would otherwise
+    /// put the device on an image the other one does not know.
+    fn conflicts_with_moves(&self, req: &Request) -> Option<WorkerError> {
+        let switches_disks = matches!(
+            req,
+            Request::Migrate(_)
+                | Request::Save(_)
+                | Request::Export(_)
+                | Request::CheckpointCreate(_)
+                | Request::CheckpointRevert(_)
+                | Request::CheckpointDelete(_)
+        );
+        if switches_disks && self.moves.running() {
+            return Some(WorkerError::busy(format!(
+                "a storage move is running: {} waits until it ends (or storage-move-cancel)",
+                req.name()
+            )));
+        }
+        if matches!(req, Request::StorageMove(_)) {
+            let p = self.migrations.status().phase;
+            if p != tern_worker_proto::migration::MigrationPhase::None && !p.is_final() {
+                return Some(WorkerError::busy(
+                    "a migration is running: move the disk after it ends",
+                ));
+            }
+        }
+        None
     }
 }

@@ -13,7 +13,8 @@
 //! Files: `launch` (spec to VMM config, exit codes of failures),
 //! `server` (the socket), `handlers` (what each request does), `saved`
 //! (save, checkpoints, export, restore loading), `migration` (the
-//! outgoing job), `incoming` (receiving a migration).
+//! outgoing job), `incoming` (receiving a migration), `storage_move`
+//! (moving a running disk's image).
 
 mod boot_order;
 pub mod exit_code;
@@ -26,6 +27,7 @@ mod saved;
 mod scsi;
 mod secure_boot;
 mod server;
+mod storage_move;
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -50,6 +52,8 @@ pub struct Worker {
     migrations: migration::Migrations,
     /// The cluster ownership deadline (armed by `ownership-renew`).
     ownership: Arc<ownership::Ownership>,
+    /// The current or last storage move.
+    moves: storage_move::StorageMoves,
 }
 
 impl Worker {
@@ -60,6 +64,7 @@ impl Worker {
             store: store.map(Mutex::new),
             migrations: migration::Migrations::default(),
             ownership: Default::default(),
+            moves: Default::default(),
         })
     }
 
@@ -146,6 +151,7 @@ pub fn run(spec: LaunchSpec) -> i32 {
         }
     };
     let worker = Worker::new(vm.clone(), store);
+    let moves = worker.clone();
     let control_path = spec
         .control
         .clone()
@@ -184,6 +190,8 @@ pub fn run(spec: LaunchSpec) -> i32 {
         );
     }
     let exit = vm.wait();
+    // A disk move still copying is cancelled: its partial file goes.
+    moves.moves.stop(std::time::Duration::from_secs(10));
     // The process exits without dropping the VM: close disks explicitly
     // (a VHDX's log must be emptied for other tools to open it).
     for (i, e) in vm.disks().close() {

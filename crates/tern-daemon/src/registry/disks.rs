@@ -260,6 +260,29 @@ impl Registry {
         Ok(())
     }
 
+    /// Records that a disk's image moved (a storage move): its new file
+    /// and format.
+    pub fn set_disk_location(
+        &self,
+        id: &str,
+        path: &str,
+        format: DiskFormat,
+    ) -> Result<(), RegistryError> {
+        let conn = self.lock();
+        conn.execute(
+            "UPDATE disks SET path = ?2, format = ?3 WHERE id = ?1",
+            params![id, path, format.as_str()],
+        )?;
+        insert_event(
+            &conn,
+            None,
+            None,
+            "disk-moved",
+            &format!("disk {id} moved to {path} ({})", format.as_str()),
+        )?;
+        Ok(())
+    }
+
     /// Sets a disk's QoS.
     pub fn set_disk_qos(&self, id: &str, qos: &DiskQos) -> Result<(), RegistryError> {
         let conn = self.lock();

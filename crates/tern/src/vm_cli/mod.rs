@@ -10,6 +10,7 @@ mod checkpoint;
 mod console;
 mod host;
 mod migrate;
+mod move_storage;
 mod switch;
 mod vm;
 mod volume;

@@ -115,6 +115,27 @@ enum VmAction {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Move a running VM's disk image to another directory (storage live
+    /// migration), optionally converting it; the VM keeps running.
+    MoveStorage {
+        /// VM name or id.
+        name: String,
+        /// The disk: name, id or index in the VM's disk order.
+        #[arg(long)]
+        disk: String,
+        /// Directory for the new image (inside the host's disk directories).
+        #[arg(long)]
+        to: String,
+        /// Format of the new image (default: the disk's own).
+        #[arg(long, value_parser = ["raw", "vhdx"])]
+        format: Option<String>,
+        /// Most bytes per second the copy reads (suffixes K, M, G).
+        #[arg(long, value_parser = super::move_storage::parse_rate)]
+        bandwidth: Option<u64>,
+        /// Return once started instead of following the progress.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Attach a disk to a stopped VM.
     Attach {
         /// VM name or id.
@@ -299,6 +320,24 @@ pub(super) async fn run(cmd: VmCmd) -> CmdResult {
             to_token,
             no_wait,
         } => super::migrate::follow(&c, json, &name, to, to_token, no_wait).await?,
+        VmAction::MoveStorage {
+            name,
+            disk,
+            to,
+            format,
+            bandwidth,
+            no_wait,
+        } => {
+            let req = tern_api::MoveDisk {
+                to_dir: to,
+                format: format.map(|f| match f.as_str() {
+                    "raw" => tern_api::DiskFormat::Raw,
+                    _ => tern_api::DiskFormat::Vhdx,
+                }),
+                bandwidth,
+            };
+            super::move_storage::follow(&c, json, &name, &disk, &req, no_wait).await?
+        }
         VmAction::Attach { name, disk } => {
             let vm = c.attach_disk(&name, &disk).await?;
             if json {
