@@ -17,7 +17,7 @@ use qemu_img::check_pattern_with_qemu_img;
 use tern_test_support::procs::{Spawned, Tag};
 use tern_test_support::proto::migration::{MigrateStatus, MigrationPhase, MigrationStatus};
 use tern_test_support::proto::VmState;
-use tern_test_support::{tern_run, Worker};
+use tern_test_support::{tern_run, Ternd, Worker};
 
 const MIB: u64 = 1 << 20;
 /// The guest writes (and reads back) the first 24 MiB of its 64 MiB disk
@@ -273,4 +273,103 @@ fn a_cut_migration_leaves_the_source_running_and_no_file_at_the_destination() {
     assert_eq!(src.wait_exit(Duration::from_secs(20)), Some(0));
     verify_all(&dst2);
     assert_eq!(files(b.path()), vec!["disk.vhdx".to_string()]);
+}
+
+#[test]
+fn tern_vm_migrate_with_storage_moves_a_vm_and_its_vhdx_between_daemons_sharing_nothing() {
+    let name =
+        "tern_vm_migrate_with_storage_moves_a_vm_and_its_vhdx_between_daemons_sharing_nothing";
+    if !tern_test_support::kvm_available(name) {
+        return;
+    }
+    let Some(qemu_img) = tern_test_support::tool(name, "qemu-img") else {
+        return;
+    };
+    tern_test_support::probe_guest();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_disks, b_disks) = (tmp.path().join("a-disks"), tmp.path().join("b-disks"));
+    std::fs::create_dir_all(&a_disks).unwrap();
+    std::fs::create_dir_all(&b_disks).unwrap();
+    let a = Ternd::start_with(
+        &tmp.path().join("a"),
+        &["--disk-dir", a_disks.to_str().unwrap()],
+    );
+    let b = Ternd::start_with(
+        &tmp.path().join("b"),
+        &["--disk-dir", b_disks.to_str().unwrap()],
+    );
+    a.json(&["volume", "create", "data", "--size", "64M"]);
+    let img = a_disks.join("data.vhdx");
+    assert!(img.exists(), "{:?}", files(&a_disks));
+    // Writes go on during the migration; the guest checks its 16 MiB on B
+    // and ends.
+    a.json(&[
+        "vm",
+        "create",
+        "mover",
+        "--memory",
+        "64M",
+        "--disk",
+        "data",
+        "--guest",
+        "probe:blk-verify,mib=16+blk-iops,bs=4k,qd=4,secs=3,mix=randwrite+blk-check,mib=16",
+        "--start",
+    ]);
+    let before = a.state("mover");
+    // B's directory is not one of its disk directories: refused, the VM
+    // runs on at A.
+    let out = a.tern(&[
+        "vm",
+        "migrate",
+        "mover",
+        "--to",
+        &b.host(),
+        "--with-storage",
+        "--dest-dir",
+        a_disks.to_str().unwrap(),
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("outside the allowed directories"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(a.state("mover")["state"], "running");
+    let m = a.json(&[
+        "vm",
+        "migrate",
+        "mover",
+        "--to",
+        &b.host(),
+        "--with-storage",
+    ]);
+    assert_eq!(m["state"], "completed", "{m}");
+    assert!(m["disk_sent_bytes"].as_u64().unwrap() > 0, "{m}");
+    a.fails(&["vm", "show", "mover"], 2, "no VM named");
+    // A forgot the disk but keeps its image; B registered its own copy.
+    assert_eq!(a.json(&["volume", "list"])["disks"], serde_json::json!([]));
+    assert!(img.exists());
+    let moved = b_disks.join("data.vhdx");
+    let on_b = b.json(&["volume", "show", "data"]);
+    assert_eq!(on_b["path"], moved.to_str().unwrap(), "{on_b}");
+    assert_eq!(on_b["vm"], "mover", "{on_b}");
+    assert_eq!(b.state("mover")["id"], before["id"]);
+    let t = Instant::now();
+    while b.state("mover")["state"] != "stopped" {
+        assert!(t.elapsed() < Duration::from_secs(120), "{}", b.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(
+        tmp.path()
+            .join("b/state/logs")
+            .join(format!("{}.log", before["id"].as_str().unwrap())),
+    )
+    .unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("blk-check disk=0") && l.contains("result=pass")),
+        "{log}"
+    );
+    assert!(!log.contains("result=fail"), "{log}");
+    check_pattern_with_qemu_img(&qemu_img, &moved, "vhdx", 16 * MIB);
 }
