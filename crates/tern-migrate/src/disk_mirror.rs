@@ -251,13 +251,6 @@ impl<'a> DiskMirror<'a> {
         Ok(self.set_round(pieces))
     }
 
-    /// Bytes of disk the guest wrote since the last round, not yet taken
-    /// (for the downtime estimate before deciding to switch over).
-    pub fn pending(&self) -> u64 {
-        let r = self.round.lock().unwrap_or_else(|p| p.into_inner());
-        r.iter().map(|p| p.range.end - p.range.start).sum()
-    }
-
     /// The last round, inside the pause after the VM's disks were
     /// released (queues held, flushed, images closed): the last writes,
     /// read from the images opened read-only.
@@ -276,7 +269,15 @@ impl<'a> DiskMirror<'a> {
             images.push(image);
         }
         *self.images.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(images));
-        self.next_round()
+        // What the last precopy round left (taken from the log to judge
+        // convergence, never sent), then what the guest wrote since.
+        let unsent = self.round.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.next_round()?;
+        let mut round = self.round.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<Piece> = unsent.iter().cloned().collect();
+        all.extend(round.iter().cloned());
+        *round = Arc::new(all);
+        Ok(round.iter().map(|p| p.range.end - p.range.start).sum())
     }
 
     fn set_round(&self, pieces: Vec<Piece>) -> u64 {

@@ -301,12 +301,12 @@ fn run(
     if zero_copy && memfd.is_none() {
         return Err(MigrateError::NoMemfd);
     }
-    if zero_copy && opts.with_storage {
+    if zero_copy && opts.with_storage && !vm.disks().is_empty() {
         return Err(MigrateError::MirrorNeedsTcp);
     }
     // Mirrored disks: the source only reads its images and stops their
     // dirty logs when `mirror` goes, whatever the outcome.
-    let (mirror, offers) = if opts.with_storage {
+    let (mirror, offers) = if opts.with_storage && !vm.disks().is_empty() {
         let (m, o) = DiskMirror::new(vm)?;
         (Some(m), o)
     } else {
