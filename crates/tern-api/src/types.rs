@@ -469,6 +469,15 @@ pub struct StartMigration {
     /// Bearer token of the destination daemon (TCP only).
     #[serde(default)]
     pub token: Option<String>,
+    /// Copy the disks too (shared-nothing: the hosts share no storage).
+    /// The destination creates them in `dest_dir`; this host keeps its
+    /// images (no longer registered) once the VM runs there.
+    #[serde(default)]
+    pub with_storage: bool,
+    /// With `with_storage`: the directory on the destination host, one of
+    /// its allowed disk directories (absent: its first).
+    #[serde(default)]
+    pub dest_dir: Option<String>,
 }
 
 /// State of a migration.
@@ -519,6 +528,13 @@ pub struct Migration {
     pub expected_downtime_ms: Option<f64>,
     /// Time the VM was paused for the switch-over, once known.
     pub downtime_ms: Option<f64>,
+    /// Shared-nothing: bytes of disk the first pass copies (what the
+    /// images hold); 0 when the disks stay on shared storage.
+    #[serde(default)]
+    pub disk_total_bytes: u64,
+    /// Shared-nothing: bytes of disk sent so far (all rounds).
+    #[serde(default)]
+    pub disk_sent_bytes: u64,
     /// Total time, once finished.
     pub total_ms: Option<f64>,
     /// Why it failed.
@@ -559,6 +575,15 @@ pub struct IncomingMigration {
     /// socket and the guest memory is handed over as a memfd.
     #[serde(default)]
     pub stream: bool,
+    /// The disks come with the VM (shared-nothing): this host creates
+    /// them, under the same file names, in `dest_dir` instead of reaching
+    /// `disks[].path`.
+    #[serde(default)]
+    pub with_storage: bool,
+    /// With `with_storage`: one of this host's allowed disk directories
+    /// (absent: its first).
+    #[serde(default)]
+    pub dest_dir: Option<String>,
 }
 
 /// A disk that moves with an incoming VM.

@@ -10,6 +10,7 @@ mod failover;
 mod image;
 mod iscsi;
 mod migrate;
+mod migrate_storage;
 mod netns;
 mod qemu;
 mod save;
@@ -45,6 +46,9 @@ enum Bench {
     },
     /// Live migration against QEMU (loopback and a 1 Gbit/s veth).
     Migrate(migrate::MigrateBench),
+    /// Shared-nothing live migration of a VM with a VHDX holding data
+    /// (1 Gbit/s veth): total time and link utilisation.
+    MigrateStorage(migrate_storage::MigrateStorageBench),
     /// Save and restore times (lazy and eager) and resume latency of
     /// probe VMs whose memory is in use.
     Save(save::SaveBench),
@@ -87,6 +91,7 @@ fn main() {
         Bench::Boot { runs, memory } => boot::run(runs, memory),
         Bench::Save(args) => save::run(args),
         Bench::Migrate(args) => migrate::run(args),
+        Bench::MigrateStorage(args) => migrate_storage::run(args),
         Bench::Iscsi(args) => iscsi::run(args),
         Bench::Failover(args) => failover::run(args),
     };

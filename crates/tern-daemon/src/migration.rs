@@ -90,6 +90,8 @@ fn start_record(
         remaining_bytes: 0,
         expected_downtime_ms: None,
         downtime_ms: None,
+        disk_total_bytes: 0,
+        disk_sent_bytes: 0,
         total_ms: None,
         error: None,
     };
@@ -196,7 +198,11 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
                 qos: k.qos,
             })
             .collect(),
-        stream: matches!(dest, Endpoint::Tcp { .. }),
+        // Disks stream with the memory even to a daemon on this host
+        // (the memfd hand-over moves memory only).
+        stream: matches!(dest, Endpoint::Tcp { .. }) || req.with_storage,
+        with_storage: req.with_storage,
+        dest_dir: req.dest_dir.clone(),
     };
     let ready: IncomingReady = match peer.incoming_migration(&incoming).await {
         Ok(r) => r,
@@ -215,7 +221,11 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
             return Err(OpError::Peer(why));
         }
     };
-    if let Err(e) = w.call(Migrate::to(to), Duration::from_secs(30)).await {
+    let migrate = Migrate {
+        with_storage: req.with_storage,
+        ..Migrate::to(to)
+    };
+    if let Err(e) = w.call(migrate, Duration::from_secs(30)).await {
         let why = format!("the worker did not start the migration: {}", chain(&e));
         let _ = peer.cancel_migration(&ready.migration.id).await;
         back_to_running(d, &id, "migration-failed", &why, false);
@@ -233,18 +243,13 @@ pub async fn start(d: &Arc<Daemon>, key: &str, req: &StartMigration) -> Result<M
     );
     let mig_id = info.id.clone();
     let d2 = d.clone();
+    let with_storage = req.with_storage;
     tokio::spawn(async move {
-        let disk_ids: Vec<String> = disks.into_iter().map(|k| k.id).collect();
-        follow(
-            &d2,
-            &mig_id,
-            &row,
-            &disk_ids,
-            &w,
-            &peer,
-            &ready.migration.id,
-        )
-        .await;
+        let moved = MovedDisks {
+            kept: with_storage.then(|| disks.iter().map(|k| k.path.clone()).collect()),
+            ids: disks.into_iter().map(|k| k.id).collect(),
+        };
+        follow(&d2, &mig_id, &row, &moved, &w, &peer, &ready.migration.id).await;
         drop(guard);
     });
     Ok(info)
@@ -267,6 +272,8 @@ fn update(d: &Daemon, mig_id: &str, v: &MigrationStatus) {
             m.expected_downtime_ms = Some(v.expected_downtime_ms);
         }
         m.downtime_ms = v.downtime_ms.or(m.downtime_ms);
+        m.disk_total_bytes = v.disk_total;
+        m.disk_sent_bytes = v.disk_sent;
         if let Some(e) = &v.error {
             m.error = Some(e.clone());
         }
@@ -305,12 +312,20 @@ impl Ended {
     }
 }
 
+/// The disks of an outgoing migration, forgotten here once it completed.
+struct MovedDisks {
+    /// Their registry ids.
+    ids: Vec<String>,
+    /// Shared-nothing: the images that stay on this host (copied).
+    kept: Option<Vec<String>>,
+}
+
 /// Follows an outgoing migration to its end and settles the registry.
 async fn follow(
     d: &Daemon,
     mig_id: &str,
     row: &VmRow,
-    disk_ids: &[String],
+    moved: &MovedDisks,
     w: &Arc<Worker>,
     peer: &Client,
     peer_mig: &str,
@@ -394,9 +409,16 @@ async fn follow(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let msg = format!(
-                "live migration to {} completed in {:.0} ms",
+                "live migration to {} completed in {:.0} ms{}",
                 peer.endpoint(),
-                start.elapsed().as_secs_f64() * 1e3
+                start.elapsed().as_secs_f64() * 1e3,
+                match &moved.kept {
+                    Some(paths) if !paths.is_empty() => format!(
+                        "; its disks were copied, the images stay here unregistered: {}",
+                        paths.join(", ")
+                    ),
+                    _ => String::new(),
+                }
             );
             let _ = d.reg.remove_vm(
                 &row.id,
@@ -410,7 +432,7 @@ async fn follow(
                 &msg,
             );
             // The disks went with the VM: the destination's registry has them.
-            let _ = d.reg.forget_disks(disk_ids);
+            let _ = d.reg.forget_disks(&moved.ids);
             let _ = w.wait_gone(Duration::from_secs(10)).await;
             let _ = std::fs::remove_file(d.cfg.worker_log(&row.id));
             set(d, mig_id, |m| {
@@ -486,7 +508,12 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
             req.vm_id
         )));
     }
-    let disks = incoming_disks(d, &req.disks)?;
+    let (disks, dest_dir) = if req.with_storage {
+        let (disks, dir) = mirrored_disks(d, req)?;
+        (disks, Some(dir))
+    } else {
+        (incoming_disks(d, &req.disks)?, None)
+    };
     let now = now_ms();
     let row = VmRow {
         id: req.vm_id.clone(),
@@ -544,6 +571,7 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
         }
         spec.listening_file = Some(listening_file.clone());
     }
+    spec.dest_dir = dest_dir;
     let launch = d.launch(&row, spec);
     let w = d
         .spawn_tracked(&row, &launch, Some(created.clone()))
@@ -675,6 +703,62 @@ fn worker_endpoint(
         }
         _ => Ok(ep),
     }
+}
+
+/// The disks of an incoming shared-nothing VM: created by its worker in
+/// `dest_dir` (an allowed directory) under the source's file names, which
+/// must be free there. Returns their records and the directory.
+fn mirrored_disks(
+    d: &Daemon,
+    req: &IncomingMigration,
+) -> Result<(Vec<Disk>, std::path::PathBuf), OpError> {
+    let dir =
+        match &req.dest_dir {
+            Some(dir) => {
+                let probe = std::path::Path::new(dir).join("probe");
+                let p = crate::disks::resolve_path(
+                    &d.cfg.disk_dirs,
+                    "probe",
+                    tern_api::DiskFormat::Raw,
+                    probe.to_str(),
+                )?;
+                p.parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default()
+            }
+            None => d.cfg.disk_dirs.first().cloned().ok_or_else(|| {
+                OpError::BadRequest("this host allows no disk directories".into())
+            })?,
+        };
+    let disks = req
+        .disks
+        .iter()
+        .map(|k| {
+            check_name("disk", &k.name)?;
+            check_size(k.size)?;
+            let file = std::path::Path::new(&k.path).file_name().ok_or_else(|| {
+                OpError::BadRequest(format!("disk {}: {} has no file name", k.name, k.path))
+            })?;
+            let path = dir.join(file);
+            if path.exists() {
+                return Err(OpError::BadRequest(format!(
+                    "disk {}: {} exists on this host already",
+                    k.name,
+                    path.display()
+                )));
+            }
+            Ok(Disk {
+                id: new_id(),
+                name: k.name.clone(),
+                path: path.display().to_string(),
+                format: k.format,
+                size: k.size,
+                vm: None,
+                qos: k.qos,
+            })
+        })
+        .collect::<Result<Vec<_>, OpError>>()?;
+    Ok((disks, dir))
 }
 
 /// Checks the disks of an incoming VM: each must be a file this host

@@ -76,6 +76,7 @@ pub fn control_channel(mut data: &[u8]) -> usize {
                 .map(|sw: wire::Switchover| decodes::<tern_vmm::VmState>(&sw.vm_state))
                 .is_ok(),
             Kind::Chunk => wire::ChunkHeader::decode(&buf).is_ok(),
+            Kind::DiskChunk => crate::disk_wire::DiskChunkHeader::decode(&buf).is_ok(),
             Kind::ChannelDone | Kind::Commit | Kind::Running | Kind::Sync => true,
         };
         n += usize::from(ok);
@@ -142,6 +143,7 @@ pub fn frames_seeds() -> Vec<Vec<u8>> {
         config: Some(config),
         zero_copy: false,
         product: "fuzz".into(),
+        ..Default::default()
     };
     let _ = wire::write_msg(&mut ctl, Kind::Hello, &hello);
     let _ = wire::write_msg(&mut ctl, Kind::DataHello, &wire::DataHello::default());

@@ -18,6 +18,9 @@
 #![doc = include_str!("../../../docs/migration-protocol.md")]
 
 pub mod compress;
+pub mod disk_mirror;
+pub mod disk_receive;
+pub mod disk_wire;
 pub mod fuzzing;
 pub mod hostmem;
 pub mod pages;
@@ -30,7 +33,7 @@ pub mod wire;
 
 pub use compress::Compression;
 pub use progress::{Phase, Progress, Snapshot};
-pub use receiver::{receive, IncomingMemory, ReceiveError, Received};
+pub use receiver::{receive, receive_with, IncomingMemory, ReceiveError, ReceiveOptions, Received};
 pub use sender::{config_check, migrate, MigrateError, MigrateOptions, TimeoutAction};
 pub use transport::{Endpoint, Listener};
 pub use version::{Version, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};

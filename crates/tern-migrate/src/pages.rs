@@ -210,6 +210,9 @@ pub enum DataFrame {
     Done,
     /// `Sync`: everything before it is applied; echo it.
     Sync,
+    /// A disk chunk of this many bytes after its kind, not read yet
+    /// (see [`crate::disk_receive::DiskTargets::apply`]).
+    Disk(usize),
 }
 
 /// Reusable buffers of one receiving thread. Pages are written through
@@ -245,6 +248,7 @@ impl<'a> ChunkApplier<'a> {
         let len = len as usize - 1;
         match Kind::from_u8(head[4]) {
             Some(Kind::Chunk) => self.chunk(mem, fd, len).map(DataFrame::Chunk),
+            Some(Kind::DiskChunk) => Ok(DataFrame::Disk(len)),
             Some(k @ (Kind::ChannelDone | Kind::Sync)) => {
                 self.buf.resize(len, 0);
                 read_exact_fd(fd, &mut self.buf).map_err(WireError::Io)?;

@@ -70,6 +70,13 @@ pub struct Snapshot {
     pub zero_copy: bool,
     /// The protocol version both ends agreed on (0 before the handshake).
     pub protocol: u32,
+    /// Mirrored disks (shared-nothing): bytes the first pass copies (the
+    /// allocated part of every disk).
+    pub disk_total: u64,
+    /// Bytes of disk sent so far (all rounds; zero ranges count).
+    pub disk_sent: u64,
+    /// Bytes of disk written since the last round, still to send.
+    pub disk_remaining: u64,
     /// What went wrong.
     pub error: Option<String>,
 }

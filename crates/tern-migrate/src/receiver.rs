@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tern_vmm::memory::{Backing, GuestRam, MemoryError, MemorySource, PreparedRam};
 use tern_vmm::VmState;
 
+use crate::disk_receive::{DiskApplier, DiskReceiveError, DiskTargets};
 use crate::pages::{ChunkApplier, ChunkError, DataFrame, HostMem};
 use crate::transport::{self, Listener, Stream};
 use crate::version::{self, Version};
@@ -46,6 +47,15 @@ pub enum ReceiveError {
         #[source]
         source: ChunkError,
     },
+    /// A data channel's disk chunk failed.
+    #[error("data channel {index}")]
+    Disk {
+        /// Channel index.
+        index: u32,
+        /// Why.
+        #[source]
+        source: DiskReceiveError,
+    },
     /// Guest memory could not be set up.
     #[error("cannot set up guest memory")]
     Memory(#[from] MemoryError),
@@ -83,6 +93,9 @@ pub struct Received {
     pub rounds: u32,
     /// Pages written here.
     pub pages: u64,
+    /// The disks mirrored here (shared-nothing), unnamed until
+    /// [`DiskTargets::commit`]; `None`: shared storage.
+    pub disks: Option<DiskTargets>,
     ctl: Stream,
 }
 
@@ -172,14 +185,33 @@ impl IncomingMemory {
     }
 }
 
+/// What the destination offers beyond the VM's configuration.
+#[derive(Clone, Debug, Default)]
+pub struct ReceiveOptions {
+    /// Where mirrored disks are created (shared-nothing); `None`: this
+    /// side refuses a source that offers disks.
+    pub dest_dir: Option<std::path::PathBuf>,
+}
+
 /// Waits for one migration on `listener` for a VM configured as `expect`.
 /// Memory streamed over TCP goes into `memory` (made here when `None`;
 /// a same-host hand-over brings its own). `log` gets one line per notable
-/// event.
+/// event. Takes no mirrored disks (see [`receive_with`]).
 pub fn receive(
     listener: &Listener,
     expect: &ConfigCheck,
     memory: Option<IncomingMemory>,
+    log: &dyn Fn(&str),
+) -> Result<Received, ReceiveError> {
+    receive_with(listener, expect, memory, &ReceiveOptions::default(), log)
+}
+
+/// [`receive`], with the destination's options (where mirrored disks go).
+pub fn receive_with(
+    listener: &Listener,
+    expect: &ConfigCheck,
+    memory: Option<IncomingMemory>,
+    opts: &ReceiveOptions,
     log: &dyn Fn(&str),
 ) -> Result<Received, ReceiveError> {
     let memory = match (listener, memory) {
@@ -202,6 +234,7 @@ pub fn receive(
             &wire::Welcome {
                 accepted: false,
                 error: why.clone(),
+                disks: None,
             },
         );
         ReceiveError::Refused(why)
@@ -237,12 +270,34 @@ pub fn receive(
             format!("{} data channels", hello.channels),
         ));
     }
+    // Mirrored disks are created (unnamed) before the source is told
+    // yes: a refusal costs it nothing.
+    let disks =
+        match (&hello.disks[..], &opts.dest_dir) {
+            ([], _) => None,
+            (_, _) if hello.zero_copy => {
+                return Err(refuse(
+                    &mut ctl,
+                    "disks cannot move over a UNIX socket".into(),
+                ))
+            }
+            (_, None) => return Err(refuse(
+                &mut ctl,
+                "this destination takes no disks (start it with a directory for them, --dest-dir)"
+                    .into(),
+            )),
+            (offers, Some(dir)) => match DiskTargets::create(dir, offers, expect.disks) {
+                Ok(t) => Some(t),
+                Err(e) => return Err(refuse(&mut ctl, crate::sender::error_chain(&e))),
+            },
+        };
     wire::write_msg(
         &mut ctl,
         Kind::Welcome,
         &wire::Welcome {
             accepted: true,
             error: String::new(),
+            disks: disks.as_ref().map(DiskTargets::acceptance),
         },
     )?;
     log(&format!(
@@ -254,6 +309,18 @@ pub fn receive(
             format!("{} channels", hello.channels)
         }
     ));
+    if !hello.disks.is_empty() {
+        let bytes: u64 = hello.disks.iter().map(|d| d.allocated).sum();
+        log(&format!(
+            "mirroring {} disks here ({} MiB allocated at the source): {}",
+            hello.disks.len(),
+            bytes >> 20,
+            disks
+                .as_ref()
+                .map(|d| d.acceptance().paths.join(", "))
+                .unwrap_or_default()
+        ));
+    }
     if hello.zero_copy {
         return receive_memfd(ctl, expect);
     }
@@ -261,7 +328,7 @@ pub fn receive(
         Some(m) if m.ram.size() == expect.memory => m,
         _ => IncomingMemory::new(expect.memory, Backing::Memfd, false)?,
     };
-    receive_stream(listener, ctl, &hello, version, memory)
+    receive_stream(listener, ctl, &hello, version, memory, disks)
 }
 
 fn receive_memfd(mut ctl: Stream, expect: &ConfigCheck) -> Result<Received, ReceiveError> {
@@ -283,6 +350,7 @@ fn receive_memfd(mut ctl: Stream, expect: &ConfigCheck) -> Result<Received, Rece
         zero_copy: true,
         rounds: 0,
         pages: 0,
+        disks: None,
         ctl,
     })
 }
@@ -413,6 +481,7 @@ fn receive_stream(
     hello: &wire::Hello,
     version: Version,
     memory: IncomingMemory,
+    disks: Option<DiskTargets>,
 ) -> Result<Received, ReceiveError> {
     let chans = accept_channels(listener, hello, version)?;
     let IncomingMemory { ram, prefault } = memory;
@@ -431,22 +500,47 @@ fn receive_stream(
             .enumerate()
             .map(|(i, s)| {
                 let mem = &mem;
+                let disks = disks.as_ref();
                 let s = s.expect("every channel connected");
                 sc.spawn(move || -> Result<u64, ReceiveError> {
                     s.set_timeouts(Some(DATA_TIMEOUT))?;
                     let mut applier = ChunkApplier::default();
+                    let mut disk_applier = DiskApplier::default();
                     let mut pages = 0;
                     let mut reply = s.try_clone()?;
                     let fd = std::os::fd::AsFd::as_fd(&s);
                     loop {
                         match applier.next(mem, fd) {
                             Ok(DataFrame::Chunk(p)) => pages += p,
+                            Ok(DataFrame::Disk(len)) => {
+                                let disk_err = |source| ReceiveError::Disk {
+                                    index: i as u32,
+                                    source,
+                                };
+                                let t = disks.ok_or_else(|| {
+                                    disk_err(DiskReceiveError::Offer(
+                                        "disk data, but no disks were offered".into(),
+                                    ))
+                                })?;
+                                t.apply(fd, len, &mut disk_applier).map_err(disk_err)?;
+                            }
                             Ok(DataFrame::Done) => return Ok(pages),
-                            Ok(DataFrame::Sync) => wire::write_frame(&mut reply, Kind::Sync, &[])
-                                .map_err(|e| ReceiveError::Channel {
-                                index: i as u32,
-                                source: WireError::Io(e).into(),
-                            })?,
+                            Ok(DataFrame::Sync) => {
+                                // Disk data so far made durable now, not
+                                // inside the pause.
+                                if let Some(t) = disks {
+                                    t.flush().map_err(|source| ReceiveError::Disk {
+                                        index: i as u32,
+                                        source,
+                                    })?;
+                                }
+                                wire::write_frame(&mut reply, Kind::Sync, &[]).map_err(|e| {
+                                    ReceiveError::Channel {
+                                        index: i as u32,
+                                        source: WireError::Io(e).into(),
+                                    }
+                                })?
+                            }
                             Err(source) => {
                                 return Err(ReceiveError::Channel {
                                     index: i as u32,
@@ -496,6 +590,7 @@ fn receive_stream(
         zero_copy: false,
         rounds: sw.rounds,
         pages,
+        disks,
         ctl,
     })
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tern_vmm::{RunState, Vm, VmConfig};
 
 use crate::compress::{self, Compression};
+use crate::disk_mirror::{DiskMirror, MirrorError};
 use crate::pages::{ChunkBuilder, HostMem};
 use crate::progress::{Phase, Progress};
 use crate::transport::{Endpoint, Stream};
@@ -86,6 +87,9 @@ pub struct MigrateOptions {
     pub on_timeout: TimeoutAction,
     /// Throttle the vCPUs when the guest dirties faster than the link.
     pub auto_converge: bool,
+    /// Mirror the disks to the destination (shared-nothing) instead of
+    /// handing them over on shared storage.
+    pub with_storage: bool,
 }
 
 impl MigrateOptions {
@@ -100,6 +104,7 @@ impl MigrateOptions {
             timeout: None,
             on_timeout: TimeoutAction::Cancel,
             auto_converge: true,
+            with_storage: false,
         }
     }
 }
@@ -148,6 +153,12 @@ pub enum MigrateError {
     /// The disks could not be handed over (flushed and closed).
     #[error("cannot hand the disks over")]
     Disks(#[from] tern_vmm::devices::DiskError),
+    /// The disks could not be mirrored.
+    #[error("cannot mirror the disks")]
+    Mirror(#[from] MirrorError),
+    /// Mirroring disks needs a TCP destination.
+    #[error("moving the disks needs a TCP destination (the UNIX hand-over moves memory only)")]
+    MirrorNeedsTcp,
     /// Zero-copy needs memfd-backed memory.
     #[error("same-host migration needs guest memory in a memfd (start the VM with --memfd)")]
     NoMemfd,
@@ -206,6 +217,8 @@ struct Engine<'a> {
     counters: Counters,
     started: Instant,
     throttle: AtomicU32,
+    /// The disks mirrored with the memory (shared-nothing).
+    disks: Option<&'a DiskMirror<'a>>,
 }
 
 /// Result of one round.
@@ -289,6 +302,17 @@ fn run(
     if zero_copy && memfd.is_none() {
         return Err(MigrateError::NoMemfd);
     }
+    if zero_copy && opts.with_storage && !vm.disks().is_empty() {
+        return Err(MigrateError::MirrorNeedsTcp);
+    }
+    // Mirrored disks: the source only reads its images and stops their
+    // dirty logs when `mirror` goes, whatever the outcome.
+    let (mirror, offers) = if opts.with_storage && !vm.disks().is_empty() {
+        let (m, o) = DiskMirror::new(vm)?;
+        (Some(m), o)
+    } else {
+        (None, Vec::new())
+    };
     let channels = if zero_copy {
         0
     } else if opts.channels == 0 {
@@ -316,6 +340,7 @@ fn run(
         config: Some(config_check(vm.config())),
         zero_copy,
         product: env!("CARGO_PKG_VERSION").into(),
+        disks: offers,
     };
     let mut offer = Version::NEWEST;
     let (mut ctl, version) = loop {
@@ -339,6 +364,19 @@ fn run(
     let welcome: wire::Welcome = wire::read_msg(&mut ctl, Kind::Welcome, "welcome")?;
     if !welcome.accepted {
         return Err(MigrateError::Refused(welcome.error));
+    }
+    if let Some(m) = &mirror {
+        if let Err(e) = DiskMirror::check_acceptance(welcome.disks.as_ref()) {
+            let _ = wire::write_msg(
+                &mut ctl,
+                Kind::Abort,
+                &wire::Abort {
+                    reason: e.to_string(),
+                },
+            );
+            return Err(e.into());
+        }
+        progress.update(|s| s.disk_total = m.total());
     }
 
     if zero_copy {
@@ -379,6 +417,7 @@ fn run(
         counters: Counters::default(),
         started,
         throttle: AtomicU32::new(0),
+        disks: mirror.as_ref(),
     };
     let throttle_stop = std::sync::atomic::AtomicBool::new(false);
     let result = std::thread::scope(|s| {
@@ -447,6 +486,10 @@ impl Engine<'_> {
     ) -> Result<Vec<Window>, MigrateError> {
         self.progress.update(|s| s.phase = Phase::Precopy);
         self.vm.start_dirty_log()?;
+        let mut disk_dirty = match self.disks {
+            Some(m) => m.start()?,
+            None => 0,
+        };
         let mut windows = self.mem.all_windows();
         let mut round = 0u32;
         let mut last_dirty: Option<u64> = None;
@@ -455,18 +498,33 @@ impl Engine<'_> {
         // Rounds at the highest throttle that still did not converge.
         let mut stuck = 0;
         loop {
+            let disk_wire0 = self.disks.map_or(0, DiskMirror::wire);
             let st = self.send_round(data, &windows, round == 0, auto, false)?;
             round += 1;
+            // Disk chunks share the channels: only memory's wire bytes
+            // say what a page costs.
+            let disk_wire = self.disks.map_or(0, DiskMirror::wire) - disk_wire0;
+            let mem_wire = st.wire.saturating_sub(disk_wire);
             if st.raw_pages > 0 {
-                wire_per_page = (st.wire as f64 / st.raw_pages as f64).max(16.0);
+                wire_per_page = (mem_wire as f64 / st.raw_pages as f64).max(16.0);
             }
             let log = self.vm.read_dirty_log()?;
             windows = dirty_windows(&log);
             let dirty = count_pages(&windows);
-            let dirty_bytes = dirty * PAGE as u64;
+            let disk_ratio = if disk_dirty > 0 && disk_wire > 0 {
+                (disk_wire as f64 / disk_dirty as f64).min(1.0)
+            } else {
+                1.0
+            };
+            disk_dirty = match self.disks {
+                Some(m) => m.next_round()?,
+                None => 0,
+            };
+            let dirty_bytes = dirty * PAGE as u64 + disk_dirty;
             let dirty_rate = dirty_bytes as f64 / st.elapsed.as_secs_f64().max(1e-3);
             let bw = self.tuner.bandwidth();
-            let est = Duration::from_secs_f64(dirty as f64 * wire_per_page / bw.max(1.0));
+            let est_wire = dirty as f64 * wire_per_page + disk_dirty as f64 * disk_ratio;
+            let est = Duration::from_secs_f64(est_wire / bw.max(1.0));
             let downtime = est + FIXED_DOWNTIME;
             let throttle = self.throttle.load(Ordering::Relaxed);
             self.progress.update(|s| {
@@ -478,11 +536,15 @@ impl Engine<'_> {
                 s.bandwidth = bw;
                 s.throttle_percent = throttle;
                 s.elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3;
+                if let Some(m) = self.disks {
+                    s.disk_sent = m.sent();
+                    s.disk_remaining = disk_dirty;
+                }
             });
             if self.progress.cancelled() {
                 return Err(MigrateError::Cancelled);
             }
-            if downtime <= self.opts.downtime || dirty == 0 {
+            if downtime <= self.opts.downtime || (dirty == 0 && disk_dirty == 0) {
                 break;
             }
             match self.check_timeout() {
@@ -498,7 +560,7 @@ impl Engine<'_> {
             // link moved in the last round. Hold the vCPUs longer.
             if self.opts.auto_converge
                 && round >= 2
-                && (dirty as f64 * wire_per_page) > 0.5 * prev_sent_bytes.max(st.wire) as f64
+                && est_wire > 0.5 * prev_sent_bytes.max(st.wire) as f64
                 && last_dirty.is_some_and(|l| dirty * 10 >= l * 8)
             {
                 if throttle >= MAX_THROTTLE {
@@ -598,6 +660,9 @@ impl Engine<'_> {
                     last = (now, wire, raw);
                     self.progress.update(|s| {
                         s.bytes_sent = wire;
+                        if let Some(m) = self.disks {
+                            s.disk_sent = m.sent();
+                        }
                         s.pages_sent = self.counters.pages.load(Ordering::Relaxed);
                         s.zero_pages = self.counters.zero.load(Ordering::Relaxed);
                         s.bandwidth = self.tuner.bandwidth();
@@ -649,6 +714,9 @@ impl Engine<'_> {
             s.bytes_sent = self.counters.wire.load(Ordering::Relaxed);
             s.pages_sent = self.counters.pages.load(Ordering::Relaxed);
             s.zero_pages = self.counters.zero.load(Ordering::Relaxed);
+            if let Some(m) = self.disks {
+                s.disk_sent = m.sent();
+            }
         });
         Ok(RoundStats {
             elapsed,
@@ -689,6 +757,21 @@ impl Engine<'_> {
             self.counters.raw.fetch_add(st.raw, Ordering::Relaxed);
             self.counters.pages.fetch_add(st.pages, Ordering::Relaxed);
             self.counters.zero.fetch_add(st.zero, Ordering::Relaxed);
+        }
+        if let Some(m) = self.disks {
+            m.send_channel(
+                stream,
+                index,
+                n,
+                &|| self.tuner.codec(),
+                &|| self.progress.cancelled(),
+                &|bytes| {
+                    if let Some(l) = &self.limiter {
+                        l.take(bytes);
+                    }
+                    self.counters.wire.fetch_add(bytes, Ordering::Relaxed);
+                },
+            )?;
         }
         Ok(())
     }

@@ -47,6 +47,9 @@ pub enum Kind {
     /// Data channel: empty; the source asks, and the destination echoes
     /// it once everything before it on the channel is applied.
     Sync = 11,
+    /// Data channel: a [`crate::disk_wire::DiskChunkHeader`] and disk
+    /// data (shared-nothing migration; kinds 13..=15 are kept for it).
+    DiskChunk = 12,
 }
 
 impl Kind {
@@ -64,6 +67,7 @@ impl Kind {
             9 => Kind::Commit,
             10 => Kind::Running,
             11 => Kind::Sync,
+            12 => Kind::DiskChunk,
             _ => return None,
         })
     }
@@ -243,6 +247,10 @@ pub struct Hello {
     /// The source's product version, for messages.
     #[prost(string, tag = "5")]
     pub product: String,
+    /// Disks to mirror (shared-nothing); empty: the disks are on shared
+    /// storage (and a protocol 3 source never sets it).
+    #[prost(message, repeated, tag = "7")]
+    pub disks: Vec<crate::disk_wire::DiskOffer>,
 }
 
 /// Control: the destination's answer to [`Hello`].
@@ -254,6 +262,10 @@ pub struct Welcome {
     /// Why not.
     #[prost(string, tag = "2")]
     pub error: String,
+    /// The answer to [`Hello::disks`]; absent from a destination that
+    /// does not mirror disks (protocol 3).
+    #[prost(message, optional, tag = "4")]
+    pub disks: Option<crate::disk_wire::DiskAcceptance>,
 }
 
 /// Data channel: identifies the channel.
@@ -420,6 +432,7 @@ mod tests {
             }),
             zero_copy: false,
             product: "0.1.0".into(),
+            ..Default::default()
         };
         write_msg(&mut out, Kind::Hello, &hello).unwrap();
         write_frame(&mut out, Kind::ChannelDone, &[]).unwrap();

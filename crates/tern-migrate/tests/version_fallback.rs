@@ -58,6 +58,7 @@ fn refuse_as(l: &TcpListener, version: u32) -> u32 {
         error: format!(
             "peer speaks migration protocol {offered}, this build {version}..={version}"
         ),
+        ..Default::default()
     };
     // Best effort, as a real one: the source may have gone already.
     let _ = wire::write_msg(&mut s, Kind::Welcome, &refusal);

@@ -27,6 +27,10 @@ pub enum WorkloadKind {
     /// Write a pattern over `mib` MiB of disk `disk` (0: the whole disk),
     /// read it back, report mismatches.
     BlkVerify,
+    /// Read `mib` MiB of disk `disk` (0: the whole disk) and check the
+    /// pattern `blk-verify` wrote there, writing nothing (after a disk
+    /// moved: a migration, a copy).
+    BlkCheck,
     /// Run `mix` I/O of `bs` bytes at queue depth `qd` for `secs` seconds
     /// on disk `disk`; report the IOPS achieved.
     BlkIops,
@@ -98,13 +102,14 @@ impl Mix {
 
 impl WorkloadKind {
     /// Every workload with its name, for help texts.
-    pub const ALL: [WorkloadKind; 16] = [
+    pub const ALL: [WorkloadKind; 17] = [
         WorkloadKind::Hello,
         WorkloadKind::Vcpus,
         WorkloadKind::Dirty,
         WorkloadKind::Verify,
         WorkloadKind::Touch,
         WorkloadKind::BlkVerify,
+        WorkloadKind::BlkCheck,
         WorkloadKind::BlkIops,
         WorkloadKind::BlkCapacity,
         WorkloadKind::BlkTrim,
@@ -126,6 +131,7 @@ impl WorkloadKind {
             WorkloadKind::Verify => "verify",
             WorkloadKind::Touch => "touch",
             WorkloadKind::BlkVerify => "blk-verify",
+            WorkloadKind::BlkCheck => "blk-check",
             WorkloadKind::BlkIops => "blk-iops",
             WorkloadKind::BlkCapacity => "blk-capacity",
             WorkloadKind::BlkTrim => "blk-trim",
@@ -147,7 +153,7 @@ impl WorkloadKind {
             | WorkloadKind::Echo => &[],
             WorkloadKind::Dirty => &["mib", "rate"],
             WorkloadKind::Touch => &["pages", "span", "seed"],
-            WorkloadKind::BlkVerify => &["disk", "mib"],
+            WorkloadKind::BlkVerify | WorkloadKind::BlkCheck => &["disk", "mib"],
             WorkloadKind::BlkIops => &["disk", "bs", "qd", "secs", "mix"],
             WorkloadKind::BlkCapacity => &["disk"],
             WorkloadKind::BlkTrim => &["disk", "from"],
@@ -391,7 +397,10 @@ fn parse_step(text: &str) -> Result<Step, ParseError<'_>> {
         }
     }
     // blk-verify's mib=0 means the whole disk; elsewhere sizes must be > 0.
-    let mib = if matches!(kind, WorkloadKind::BlkVerify | WorkloadKind::ScsiVerify) {
+    let mib = if matches!(
+        kind,
+        WorkloadKind::BlkVerify | WorkloadKind::BlkCheck | WorkloadKind::ScsiVerify
+    ) {
         1
     } else {
         step.mib
@@ -408,7 +417,11 @@ fn parse_step(text: &str) -> Result<Step, ParseError<'_>> {
             return Err(ParseError::Zero { key });
         }
     }
-    if matches!(kind, WorkloadKind::BlkVerify | WorkloadKind::ScsiVerify) && !parsed_mib(text) {
+    if matches!(
+        kind,
+        WorkloadKind::BlkVerify | WorkloadKind::BlkCheck | WorkloadKind::ScsiVerify
+    ) && !parsed_mib(text)
+    {
         step.mib = 0;
     }
     Ok(step)

@@ -95,6 +95,11 @@ pub struct LaunchSpec {
     /// [`Listening`]: crate::Listening
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listening_file: Option<PathBuf>,
+    /// With `incoming`: where disks mirrored by a shared-nothing
+    /// migration are created (absent: such a migration is refused). Added
+    /// in version 1 with a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_dir: Option<PathBuf>,
     /// Initial memory contents from an image file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_file: Option<MemoryFileSpec>,
@@ -481,6 +486,7 @@ impl LaunchSpec {
             restore: None,
             incoming: None,
             listening_file: None,
+            dest_dir: None,
             memory_file: None,
             kvm: None,
             cpu_model: CpuModelSpec::Host,
@@ -538,6 +544,9 @@ impl LaunchSpec {
     pub fn validate(&self) -> Result<(), LaunchSpecError> {
         if self.listening_file.is_some() && self.incoming.is_none() {
             return Err(LaunchSpecError::Needs("listening_file", "incoming"));
+        }
+        if self.dest_dir.is_some() && self.incoming.is_none() {
+            return Err(LaunchSpecError::Needs("dest_dir", "incoming"));
         }
         if self.restore.is_some() {
             let conflicts = [

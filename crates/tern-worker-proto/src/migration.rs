@@ -32,6 +32,11 @@ pub struct Migrate {
     /// Throttle the vCPUs when precopy does not converge (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_converge: Option<bool>,
+    /// Mirror the disks to the destination (shared-nothing: no shared
+    /// storage; the destination creates them in its `dest_dir`). The
+    /// source keeps its images.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_storage: bool,
 }
 
 impl Migrate {
@@ -46,6 +51,7 @@ impl Migrate {
             timeout_s: None,
             timeout_action: None,
             auto_converge: None,
+            with_storage: false,
         }
     }
 }
@@ -233,6 +239,13 @@ pub struct MigrationStatus {
     /// The migration protocol version both workers agreed on (0 before
     /// the handshake, and from workers that do not report it).
     pub protocol: u32,
+    /// Mirrored disks: bytes the first pass copies (allocated at the
+    /// source); 0 without `with_storage`.
+    pub disk_total: u64,
+    /// Mirrored disks: bytes sent so far (all rounds).
+    pub disk_sent: u64,
+    /// Mirrored disks: bytes written by the guest since the last round.
+    pub disk_remaining: u64,
     /// What went wrong, for people.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -233,6 +233,7 @@ fn every_request_and_reply_round_trips() {
             timeout_s: Some(60),
             timeout_action: Some(TimeoutAction::Switchover),
             auto_converge: Some(false),
+            with_storage: true,
             ..Migrate::to("tcp:10.0.0.2:4000".parse().unwrap())
         },
         MigrateReply {
@@ -262,6 +263,9 @@ fn every_request_and_reply_round_trips() {
             downtime_ms: None,
             zero_copy: false,
             protocol: 4,
+            disk_total: 1 << 24,
+            disk_sent: 1 << 23,
+            disk_remaining: 65536,
             error: Some("the switchover was committed but ...".into()),
         },
     ));

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Instant;
 
-use tern_migrate::{Endpoint, IncomingMemory, Listener, Received};
+use tern_migrate::{Endpoint, IncomingMemory, Listener, ReceiveOptions, Received};
 use tern_vmm::{Vm, VmConfig, VmHooks};
 
 use crate::{error_chain, exit_code};
@@ -40,11 +40,13 @@ fn listening_endpoint(listener: &Listener) -> std::io::Result<tern_worker_proto:
 /// the VM, not started: the caller starts it and [`confirm`]s. Failed or
 /// uncommitted attempts are logged, their VM discarded (it never ran), and
 /// the worker waits for the next one. Once it listens it writes where to
-/// `listening_file` (a [`tern_worker_proto::Listening`] document). Returns
-/// the exit code on a fatal error.
+/// `listening_file` (a [`tern_worker_proto::Listening`] document). Disks
+/// of a shared-nothing migration are created in `dest_dir` (named once
+/// the source commits). Returns the exit code on a fatal error.
 pub fn incoming(
     ep: &Endpoint,
     listening_file: Option<&Path>,
+    dest_dir: Option<&Path>,
     cfg: VmConfig,
     hooks: impl Fn() -> VmHooks,
 ) -> Result<(Vm, Received), i32> {
@@ -93,8 +95,11 @@ pub fn incoming(
     }
     eprintln!("tern: waiting for a migration on {local}");
     let log = |m: &str| eprintln!("tern: {m}");
+    let opts = ReceiveOptions {
+        dest_dir: dest_dir.map(Path::to_path_buf),
+    };
     loop {
-        let attempt = tern_migrate::receive(&listener, &expect, ready.take(), &log);
+        let attempt = tern_migrate::receive_with(&listener, &expect, ready.take(), &opts, &log);
         let mut received = match attempt {
             Ok(r) => r,
             Err(e) => {
@@ -111,6 +116,27 @@ pub fn incoming(
         // would only add to the downtime.
         cfg.prealloc = false;
         cfg.memory_source = received.memory.clone();
+        // Mirrored disks: the VM opens the images received here (still
+        // unnamed); the writes to them are done.
+        let written = received
+            .disks
+            .as_ref()
+            .map_or(Ok(()), |d| d.finish_writes());
+        if let Err(e) = written {
+            let msg = error_chain(&e);
+            received.fail(&msg);
+            eprintln!("tern: incoming migration failed: {msg}; waiting for another");
+            ready = memory()?;
+            continue;
+        }
+        if let Some(disks) = &received.disks {
+            for (index, path, format) in disks.open_paths() {
+                if let Some(d) = cfg.disks.get_mut(index) {
+                    d.path = path;
+                    d.format = Some(format);
+                }
+            }
+        }
         let t = Instant::now();
         let vm = match Vm::restore(cfg, hooks(), &received.state) {
             Ok(vm) => {
@@ -146,10 +172,36 @@ pub fn incoming(
     }
 }
 
+/// After the commit and the start (outside the downtime): names the
+/// mirrored images in the destination directory and moves the VM's
+/// disks onto those names under the running devices (closed and
+/// reopened; requests wait meanwhile). An image that cannot be named
+/// is used unnamed, and is lost when the VM stops: said loudly.
+fn name_mirrored_disks(vm: &Vm, disks: &tern_migrate::disk_receive::DiskTargets) {
+    for (index, named) in disks.commit() {
+        match named {
+            Ok(path) => match vm.disks().switch(index, &path) {
+                Ok(()) => eprintln!("tern: disk {index} is now {}", path.display()),
+                Err(e) => eprintln!(
+                    "tern: error: disk {index}: cannot reopen {} ({}); the VM runs on the unnamed copy",
+                    path.display(),
+                    error_chain(&e)
+                ),
+            },
+            Err(e) => eprintln!(
+                "tern: error: disk {index}: {}; the VM runs on an unnamed copy that is lost when it stops",
+                error_chain(&e)
+            ),
+        }
+    }
+}
+
 /// After the migrated VM started: tells the source (which committed
-/// already, so the VM runs here whether or not the word arrives).
-pub fn confirm(r: Received) {
+/// already, so the VM runs here whether or not the word arrives), then
+/// names the images of mirrored disks.
+pub fn confirm(vm: &Vm, mut r: Received) {
     let (zero_copy, rounds, pages) = (r.zero_copy, r.rounds, r.pages);
+    let disks = r.disks.take();
     if let Err(e) = r.confirm() {
         eprintln!("tern: warning: cannot tell the source the VM runs here ({e}); it runs on");
     }
@@ -161,4 +213,7 @@ pub fn confirm(r: Received) {
             "streamed"
         }
     );
+    if let Some(d) = disks {
+        name_mirrored_disks(vm, &d);
+    }
 }

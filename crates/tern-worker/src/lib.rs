@@ -131,6 +131,7 @@ pub fn run(spec: LaunchSpec) -> i32 {
         (Some(ep), _) => match incoming::incoming(
             &incoming::endpoint(ep),
             spec.listening_file.as_deref(),
+            spec.dest_dir.as_deref(),
             cfg,
             hooks,
         ) {
@@ -176,7 +177,7 @@ pub fn run(spec: LaunchSpec) -> i32 {
         return launch::error_code(&e);
     }
     if let Some(r) = received {
-        incoming::confirm(r);
+        incoming::confirm(&vm, r);
     }
     if let Some(r) = &spec.restore {
         eprintln!(

@@ -80,6 +80,7 @@ fn options(p: &Migrate) -> MigrateOptions {
         };
     }
     o.auto_converge = p.auto_converge.unwrap_or(true);
+    o.with_storage = p.with_storage;
     o
 }
 
@@ -160,6 +161,9 @@ impl Migrations {
             downtime_ms: s.downtime_ms,
             zero_copy: s.zero_copy,
             protocol: s.protocol,
+            disk_total: s.disk_total,
+            disk_sent: s.disk_sent,
+            disk_remaining: s.disk_remaining,
             error: s.error,
         }
     }

@@ -48,6 +48,10 @@ pub struct MigrateArgs {
     /// Never throttle the vCPUs.
     #[arg(long)]
     no_auto_converge: bool,
+    /// Copy the disks too (shared-nothing: the destination worker creates
+    /// them in its --dest-dir); the source keeps its images.
+    #[arg(long)]
+    with_storage: bool,
     /// Print JSON status lines instead of a progress bar.
     #[arg(long)]
     json: bool,
@@ -104,6 +108,7 @@ pub fn run(args: MigrateArgs) -> i32 {
         timeout_s: args.timeout,
         timeout_action: Some(args.on_timeout),
         auto_converge: Some(!args.no_auto_converge),
+        with_storage: args.with_storage,
         ..Migrate::to(to)
     };
     if let Err(e) = client.call(req) {
@@ -139,9 +144,9 @@ pub fn run(args: MigrateArgs) -> i32 {
             );
         }
         if let Some(b) = &bar {
-            let total = s.memory_bytes.max(1);
+            let total = (s.memory_bytes + s.disk_total).max(1);
             b.set_length(total);
-            b.set_position((s.pages_sent * 4096).min(total));
+            b.set_position((s.pages_sent * 4096 + s.disk_sent).min(total));
             b.set_message(progress_message(&s));
         }
         if s.outcome.is_some() {
@@ -154,13 +159,21 @@ pub fn run(args: MigrateArgs) -> i32 {
     match last.outcome {
         Some(MigrationOutcome::Completed) => {
             println!(
-                "migrated in {:.0} ms, downtime {:.1} ms, {} rounds, {} sent ({} zero pages), {}",
+                "migrated in {:.0} ms, downtime {:.1} ms, {} rounds, {} sent ({} zero pages), {}{}",
                 last.elapsed_ms,
                 last.downtime_ms.unwrap_or(0.0),
                 last.rounds,
                 indicatif::HumanBytes(last.bytes_sent),
                 last.zero_pages,
                 last.compression,
+                if args.with_storage {
+                    format!(
+                        ", {} of disk mirrored (the source keeps its images)",
+                        indicatif::HumanBytes(last.disk_sent)
+                    )
+                } else {
+                    String::new()
+                },
             );
             exit_code::OK
         }

@@ -21,7 +21,7 @@ pub use tern_worker::error_chain as chain;
 
 /// Options that describe the VM, which `--launch` replaces (not
 /// `--probe-image`: it may come from the environment).
-const VM_OPTIONS: [&str; 24] = [
+const VM_OPTIONS: [&str; 25] = [
     "vcpus",
     "memory",
     "guest",
@@ -40,6 +40,7 @@ const VM_OPTIONS: [&str; 24] = [
     "checkpoint_dir",
     "incoming",
     "listening_file",
+    "dest_dir",
     "memory_file",
     "paused",
     "prealloc",
@@ -162,6 +163,10 @@ pub struct RunArgs {
     /// endpoint, the real port for port 0) to FILE, atomically.
     #[arg(long, value_name = "FILE", requires = "incoming")]
     listening_file: Option<PathBuf>,
+    /// With --incoming: the directory where a shared-nothing migration
+    /// creates the disks it brings (without it, one is refused).
+    #[arg(long, value_name = "DIR", requires = "incoming")]
+    dest_dir: Option<PathBuf>,
     /// Initial memory contents from an image file: PATH[,lazy] (lazy: map
     /// it copy-on-write instead of copying it in). Boot data is written
     /// over it as usual.
@@ -328,6 +333,7 @@ fn spec(args: RunArgs) -> Result<LaunchSpec, String> {
     spec.checkpoint_dir = args.checkpoint_dir;
     spec.incoming = args.incoming;
     spec.listening_file = args.listening_file;
+    spec.dest_dir = args.dest_dir;
     spec.memory_file = args.memory_file;
     spec.kvm = Some(args.kvm);
     if args.secure_boot.is_some() && args.kernel.is_none() && args.boot.is_none() {

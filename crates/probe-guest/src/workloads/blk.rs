@@ -3,6 +3,9 @@
 //! - `blk-verify`: writes the pattern of [`tern_probe_abi::blk`] over the
 //!   first `mib` MiB (0: all) of the disk, flushes, reads it back and
 //!   reports every mismatching sector (the first few one by one).
+//! - `blk-check`: the read half of `blk-verify` alone: checks that pattern
+//!   over the first `mib` MiB (0: all), writing nothing (a disk that moved
+//!   still holds what the guest wrote).
 //! - `blk-iops`: keeps `qd` requests of `bs` bytes in flight for `secs`
 //!   seconds; one report line per second and a summary, each with raw and
 //!   normalized IOPS (storage QoS counts every 8 KiB as one I/O). Writes
@@ -156,11 +159,11 @@ fn stream(
     }
 }
 
-/// `blk-verify`.
-pub(super) fn verify(ctx: &Ctx, step: &Step) -> bool {
-    const NAME: &str = "blk-verify";
+/// `blk-verify` (`write`), or `blk-check` (reads only).
+pub(super) fn verify(ctx: &Ctx, step: &Step, write: bool) -> bool {
+    let name = if write { "blk-verify" } else { "blk-check" };
     let disk = step.disk;
-    let Ok((mut blk, _, capacity)) = open(ctx, NAME, disk) else {
+    let Ok((mut blk, _, capacity)) = open(ctx, name, disk) else {
         return false;
     };
     let bytes = if step.mib == 0 {
@@ -174,11 +177,11 @@ pub(super) fn verify(ctx: &Ctx, step: &Step) -> bool {
         } else {
             "too-large"
         };
-        report!("{NAME} disk={disk} bytes={bytes} capacity={capacity} result=fail reason={reason}");
+        report!("{name} disk={disk} bytes={bytes} capacity={capacity} result=fail reason={reason}");
         return false;
     }
-    if blk.read_only() {
-        report!("{NAME} disk={disk} result=fail {}", Error::ReadOnly);
+    if write && blk.read_only() {
+        report!("{name} disk={disk} result=fail {}", Error::ReadOnly);
         return false;
     }
     let sectors = bytes / SECTOR_SIZE;
@@ -188,30 +191,34 @@ pub(super) fn verify(ctx: &Ctx, step: &Step) -> bool {
 
     let t0 = clock::now();
     let stride = VERIFY_CHUNK * SECTOR_SIZE;
-    let written = stream(
-        &mut blk,
-        sectors,
-        VERIFY_CHUNK,
-        VERIFY_DEPTH,
-        stride,
-        |sector, n, buf| {
-            for i in 0..n {
-                // SAFETY: sector i of this slot's buffer (n <= VERIFY_CHUNK,
-                // inside the data area by the assertion above); the slot is
-                // free, so no request uses it.
-                fill_sector(unsafe { buf_sector(buf, i) }, sector + i);
-            }
-            Op::Write {
-                sector,
-                addr: buf,
-                len: (n * SECTOR_SIZE) as u32,
-            }
-        },
-        |_, _, _| {},
-    )
-    .and_then(|()| blk.flush());
+    let written = if !write {
+        Ok(())
+    } else {
+        stream(
+            &mut blk,
+            sectors,
+            VERIFY_CHUNK,
+            VERIFY_DEPTH,
+            stride,
+            |sector, n, buf| {
+                for i in 0..n {
+                    // SAFETY: sector i of this slot's buffer (n <= VERIFY_CHUNK,
+                    // inside the data area by the assertion above); the slot is
+                    // free, so no request uses it.
+                    fill_sector(unsafe { buf_sector(buf, i) }, sector + i);
+                }
+                Op::Write {
+                    sector,
+                    addr: buf,
+                    len: (n * SECTOR_SIZE) as u32,
+                }
+            },
+            |_, _, _| {},
+        )
+        .and_then(|()| blk.flush())
+    };
     if let Err(e) = written {
-        report!("{NAME} disk={disk} phase=write result=fail {e}");
+        report!("{name} disk={disk} phase=write result=fail {e}");
         return false;
     }
     let t1 = clock::now();
@@ -235,20 +242,20 @@ pub(super) fn verify(ctx: &Ctx, step: &Step) -> bool {
                 if let Some(word) = check_sector(data, sector + i) {
                     bad += 1;
                     if bad <= MAX_MISMATCH_REPORTS {
-                        report_mismatch(disk, sector + i, word, data);
+                        report_mismatch(name, disk, sector + i, word, data);
                     }
                 }
             }
         },
     );
     if let Err(e) = read {
-        report!("{NAME} disk={disk} phase=read result=fail {e}");
+        report!("{name} disk={disk} phase=read result=fail {e}");
         return false;
     }
     let t2 = clock::now();
     let result = if bad == 0 { "pass" } else { "fail" };
     report!(
-        "{NAME} disk={disk} bytes={bytes} capacity={capacity} sectors={sectors} bad_sectors={bad} \
+        "{name} disk={disk} bytes={bytes} capacity={capacity} sectors={sectors} bad_sectors={bad} \
          write_ms={} read_ms={} result={result}",
         ms_between(ctx, t0, t1),
         ms_between(ctx, t1, t2)
@@ -258,9 +265,15 @@ pub(super) fn verify(ctx: &Ctx, step: &Step) -> bool {
 
 /// Out of line: formatting is large and rare.
 #[inline(never)]
-fn report_mismatch(disk: u64, sector: u64, word: usize, data: &[u64; WORDS_PER_SECTOR]) {
+fn report_mismatch(
+    name: &str,
+    disk: u64,
+    sector: u64,
+    word: usize,
+    data: &[u64; WORDS_PER_SECTOR],
+) {
     report!(
-        "blk-verify mismatch disk={disk} sector={sector} word={word} expected={:#018x} \
+        "{name} mismatch disk={disk} sector={sector} word={word} expected={:#018x} \
          found={:#018x} found_sector={} found_magic={:#018x}",
         tern_probe_abi::blk::blk_pattern(sector, word),
         data[word],

@@ -168,6 +168,11 @@ impl Engine<'_> {
         }
         // Before the last dirty log: a held queue writes no guest memory.
         self.vm.disks().release()?;
+        // Mirrored disks: the last writes, flushed by the release.
+        if let Some(m) = self.disks {
+            let bytes = m.final_round()?;
+            self.progress.update(|s| s.disk_remaining = bytes);
+        }
         let log = self.vm.read_dirty_log()?;
         let windows = merge_windows(pending, dirty_windows(&log));
         let auto = matches!(self.opts.compression, Compression::Auto);
@@ -186,9 +191,14 @@ impl Engine<'_> {
                 rounds,
             },
         )?;
+        if let Some(m) = self.disks {
+            // The last round is sent: the images opened for it close.
+            m.finish();
+        }
         self.progress.update(|s| {
             s.rounds = rounds;
             s.remaining_bytes = 0;
+            s.disk_remaining = 0;
         });
         finish(ctl.try_clone()?, paused_at, self.progress)
     }

@@ -7,28 +7,21 @@ use tern_api::{Client, MigrationState, StartMigration};
 
 use super::{code, print_json, CmdResult, Fail};
 
-/// Starts migrating `name` to `to`; unless `no_wait`, shows the progress
-/// and fails when the migration does.
+/// Starts migrating `name` as `req` says; unless `no_wait`, shows the
+/// progress (memory and mirrored disks together) and fails when the
+/// migration does.
 pub(super) async fn follow(
     c: &Client,
     json: bool,
     name: &str,
-    to: String,
-    to_token: Option<String>,
+    req: StartMigration,
     no_wait: bool,
 ) -> CmdResult {
     let t = Instant::now();
-    let mut m = c
-        .migrate(
-            name,
-            &StartMigration {
-                to,
-                token: to_token,
-            },
-        )
-        .await?;
+    let with_storage = req.with_storage;
+    let mut m = c.migrate(name, &req).await?;
     let bar = (!json && !no_wait && std::io::stderr().is_terminal()).then(|| {
-        let pb = indicatif::ProgressBar::new(m.total_bytes.max(1));
+        let pb = indicatif::ProgressBar::new((m.total_bytes + m.disk_total_bytes).max(1));
         pb.set_style(
             indicatif::ProgressStyle::with_template(
                 "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
@@ -43,8 +36,8 @@ pub(super) async fn follow(
         tokio::time::sleep(Duration::from_millis(200)).await;
         m = c.migration(&m.id).await?;
         if let Some(pb) = &bar {
-            pb.set_length(m.total_bytes.max(1));
-            pb.set_position(m.transferred_bytes);
+            pb.set_length((m.total_bytes + m.disk_total_bytes).max(1));
+            pb.set_position(m.memory_sent_bytes + m.disk_sent_bytes);
             pb.set_message(format!("migrating {name} (round {})", m.rounds));
         }
     }
@@ -66,6 +59,12 @@ pub(super) async fn follow(
                 .map(|d| format!("{d:.1} ms"))
                 .unwrap_or_else(|| "-".into())
         );
+        if with_storage && m.state == MigrationState::Completed {
+            println!(
+                "{name}: {} MiB of disk copied; the images stay on this host (no longer registered)",
+                m.disk_sent_bytes >> 20
+            );
+        }
     }
     match m.state {
         MigrationState::Failed | MigrationState::Cancelled => Err(Fail(

@@ -114,6 +114,14 @@ enum VmAction {
         /// Return once started instead of following the progress.
         #[arg(long)]
         no_wait: bool,
+        /// Copy the disks too (shared-nothing: the hosts share no
+        /// storage); this host keeps its images.
+        #[arg(long)]
+        with_storage: bool,
+        /// With --with-storage: where the destination creates the disks
+        /// (one of its disk directories; default its first).
+        #[arg(long, requires = "with_storage")]
+        dest_dir: Option<String>,
     },
     /// Move a running VM's disk image to another directory (storage live
     /// migration), optionally converting it; the VM keeps running.
@@ -319,7 +327,17 @@ pub(super) async fn run(cmd: VmCmd) -> CmdResult {
             to,
             to_token,
             no_wait,
-        } => super::migrate::follow(&c, json, &name, to, to_token, no_wait).await?,
+            with_storage,
+            dest_dir,
+        } => {
+            let req = tern_api::StartMigration {
+                to,
+                token: to_token,
+                with_storage,
+                dest_dir,
+            };
+            super::migrate::follow(&c, json, &name, req, no_wait).await?
+        }
         VmAction::MoveStorage {
             name,
             disk,
