@@ -472,11 +472,11 @@ pub struct StartMigration {
     /// Copy the disks too (shared-nothing: the hosts share no storage).
     /// The destination creates them in `dest_dir`; this host keeps its
     /// images (no longer registered) once the VM runs there.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub with_storage: bool,
     /// With `with_storage`: the directory on the destination host, one of
     /// its allowed disk directories (absent: its first).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dest_dir: Option<String>,
 }
 
@@ -578,11 +578,11 @@ pub struct IncomingMigration {
     /// The disks come with the VM (shared-nothing): this host creates
     /// them, under the same file names, in `dest_dir` instead of reaching
     /// `disks[].path`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub with_storage: bool,
     /// With `with_storage`: one of this host's allowed disk directories
     /// (absent: its first).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dest_dir: Option<String>,
 }
 
