@@ -142,6 +142,7 @@ pub fn frames_seeds() -> Vec<Vec<u8>> {
         config: Some(config),
         zero_copy: false,
         product: "fuzz".into(),
+        codecs: Some(crate::stream_codec::offer()),
     };
     let _ = wire::write_msg(&mut ctl, Kind::Hello, &hello);
     let _ = wire::write_msg(&mut ctl, Kind::DataHello, &wire::DataHello::default());

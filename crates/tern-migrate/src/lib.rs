@@ -17,13 +17,17 @@
 //! text as `docs/migration-protocol.md`, included from there).
 #![doc = include_str!("../../../docs/migration-protocol.md")]
 
+#[cfg(test)]
+mod codec_tests;
 pub mod compress;
+pub mod delta;
 pub mod fuzzing;
 pub mod hostmem;
 pub mod pages;
 pub mod progress;
 pub mod receiver;
 pub mod sender;
+pub mod stream_codec;
 pub mod transport;
 pub mod wire;
 

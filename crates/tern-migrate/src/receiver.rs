@@ -201,6 +201,7 @@ pub fn receive(
             &wire::Welcome {
                 accepted: false,
                 error: why.clone(),
+                codecs: None,
             },
         );
         ReceiveError::Refused(why)
@@ -235,12 +236,18 @@ pub fn receive(
             format!("{} data channels", hello.channels),
         ));
     }
+    let codecs = if hello.zero_copy {
+        None
+    } else {
+        crate::stream_codec::accept(hello.codecs.as_ref(), hello.channels, expect.memory)
+    };
     wire::write_msg(
         &mut ctl,
         Kind::Welcome,
         &wire::Welcome {
             accepted: true,
             error: String::new(),
+            codecs: codecs.clone(),
         },
     )?;
     log(&format!(
@@ -252,6 +259,12 @@ pub fn receive(
             format!("{} channels", hello.channels)
         }
     ));
+    if let Some(c) = &codecs {
+        log(&format!(
+            "migration codecs: zstd stream window 2^{} (0: off), delta {}",
+            c.stream_window_log, c.delta
+        ));
+    }
     if hello.zero_copy {
         return receive_memfd(ctl, expect);
     }
@@ -259,7 +272,7 @@ pub fn receive(
         Some(m) if m.ram.size() == expect.memory => m,
         _ => IncomingMemory::new(expect.memory, Backing::Memfd, false)?,
     };
-    receive_stream(listener, ctl, &hello, memory)
+    receive_stream(listener, ctl, &hello, memory, codecs.unwrap_or_default())
 }
 
 fn receive_memfd(mut ctl: Stream, expect: &ConfigCheck) -> Result<Received, ReceiveError> {
@@ -410,6 +423,7 @@ fn receive_stream(
     mut ctl: Stream,
     hello: &wire::Hello,
     memory: IncomingMemory,
+    codecs: wire::Codecs,
 ) -> Result<Received, ReceiveError> {
     let chans = accept_channels(listener, hello)?;
     let IncomingMemory { ram, prefault } = memory;
@@ -427,11 +441,12 @@ fn receive_stream(
             .into_iter()
             .enumerate()
             .map(|(i, s)| {
-                let mem = &mem;
+                let (mem, codecs) = (&mem, &codecs);
                 let s = s.expect("every channel connected");
                 sc.spawn(move || -> Result<u64, ReceiveError> {
                     s.set_timeouts(Some(DATA_TIMEOUT))?;
-                    let mut applier = ChunkApplier::default();
+                    let mut applier =
+                        ChunkApplier::with_codecs(codecs.stream_window_log, codecs.delta)?;
                     let mut pages = 0;
                     let mut reply = s.try_clone()?;
                     let fd = std::os::fd::AsFd::as_fd(&s);

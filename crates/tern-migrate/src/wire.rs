@@ -260,6 +260,25 @@ pub struct Hello {
     /// The source's product version, for messages.
     #[prost(string, tag = "5")]
     pub product: String,
+    /// Codecs the source offers beyond 0-2 (a version 3 source: none).
+    #[prost(message, optional, tag = "6")]
+    pub codecs: Option<Codecs>,
+}
+
+/// Chunk codecs beyond none, LZ4 and zstd: offered in [`Hello`] (with the
+/// source's limits), accepted in [`Welcome`] (what the channels use).
+/// Absent or zero: off, so a peer that does not know them never sees
+/// them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Codecs {
+    /// Codec 3, the per-channel zstd stream: its window, log2 bytes
+    /// (offered: the largest the source would use; accepted: the one it
+    /// uses, each channel's destination decoder holding that much).
+    #[prost(uint32, tag = "1")]
+    pub stream_window_log: u32,
+    /// Codec 4, delta records of re-dirtied pages.
+    #[prost(bool, tag = "2")]
+    pub delta: bool,
 }
 
 /// Control: the destination's answer to [`Hello`].
@@ -271,6 +290,9 @@ pub struct Welcome {
     /// Why not.
     #[prost(string, tag = "2")]
     pub error: String,
+    /// The codecs of [`Hello::codecs`] the destination accepts.
+    #[prost(message, optional, tag = "3")]
+    pub codecs: Option<Codecs>,
 }
 
 /// Data channel: identifies the channel.
@@ -328,6 +350,11 @@ pub enum Codec {
     Lz4 = 1,
     /// Zstandard frame.
     Zstd = 2,
+    /// The channel's zstd stream, flushed at the chunk's end
+    /// ([`crate::stream_codec`]; only when the handshake agreed it).
+    StreamZstd = 3,
+    /// Delta records of the pages ([`crate::delta`]; only when agreed).
+    Delta = 4,
 }
 
 impl Codec {
@@ -337,6 +364,8 @@ impl Codec {
             0 => Codec::None,
             1 => Codec::Lz4,
             2 => Codec::Zstd,
+            3 => Codec::StreamZstd,
+            4 => Codec::Delta,
             _ => return None,
         })
     }
@@ -347,6 +376,8 @@ impl Codec {
             Codec::None => "none",
             Codec::Lz4 => "lz4",
             Codec::Zstd => "zstd",
+            Codec::StreamZstd => "zstd-stream",
+            Codec::Delta => "delta",
         }
     }
 }
@@ -437,6 +468,10 @@ mod tests {
             }),
             zero_copy: false,
             product: "0.1.0".into(),
+            codecs: Some(Codecs {
+                stream_window_log: 27,
+                delta: true,
+            }),
         };
         write_msg(&mut out, Kind::Hello, &hello).unwrap();
         write_frame(&mut out, Kind::ChannelDone, &[]).unwrap();
