@@ -369,6 +369,8 @@ pub struct ChunkApplier<'a> {
     recs: Vec<u8>,
     /// Delta chunks are accepted (the handshake agreed them).
     delta: bool,
+    /// Pages applied as deltas so far.
+    delta_pages: u64,
 }
 
 impl<'a> ChunkApplier<'a> {
@@ -381,6 +383,11 @@ impl<'a> ChunkApplier<'a> {
             delta,
             ..ChunkApplier::default()
         })
+    }
+
+    /// Pages applied as deltas so far.
+    pub fn delta_pages(&self) -> u64 {
+        self.delta_pages
     }
 
     /// Reads the next frame of a data channel from `fd`; a chunk's pages
@@ -561,7 +568,7 @@ impl ChunkApplier<'_> {
             r.copy_to(&mut self.raw[at..at + r.len]);
             at += r.len;
         }
-        let mut rp = 0;
+        let (mut rp, mut deltas) = (0, 0);
         for page in self.raw.chunks_exact_mut(PAGE) {
             match recs.get(rp) {
                 Some(&REC_PAGE) => {
@@ -581,6 +588,7 @@ impl ChunkApplier<'_> {
                         .ok_or_else(|| bad("delta cut short"))?;
                     delta::apply(runs, page)?;
                     rp += 3 + n;
+                    deltas += 1;
                 }
                 Some(t) => return Err(bad(&format!("record kind {t}"))),
                 None => return Err(bad("fewer records than pages")),
@@ -589,7 +597,9 @@ impl ChunkApplier<'_> {
         if rp != recs.len() {
             return Err(bad("more records than pages"));
         }
-        check(&self.raw, crc)
+        check(&self.raw, crc)?;
+        self.delta_pages += deltas;
+        Ok(())
     }
 }
 

@@ -272,7 +272,14 @@ pub fn receive(
         Some(m) if m.ram.size() == expect.memory => m,
         _ => IncomingMemory::new(expect.memory, Backing::Memfd, false)?,
     };
-    receive_stream(listener, ctl, &hello, memory, codecs.unwrap_or_default())
+    receive_stream(
+        listener,
+        ctl,
+        &hello,
+        memory,
+        codecs.unwrap_or_default(),
+        log,
+    )
 }
 
 fn receive_memfd(mut ctl: Stream, expect: &ConfigCheck) -> Result<Received, ReceiveError> {
@@ -424,6 +431,7 @@ fn receive_stream(
     hello: &wire::Hello,
     memory: IncomingMemory,
     codecs: wire::Codecs,
+    log: &dyn Fn(&str),
 ) -> Result<Received, ReceiveError> {
     let chans = accept_channels(listener, hello)?;
     let IncomingMemory { ram, prefault } = memory;
@@ -443,7 +451,7 @@ fn receive_stream(
             .map(|(i, s)| {
                 let (mem, codecs) = (&mem, &codecs);
                 let s = s.expect("every channel connected");
-                sc.spawn(move || -> Result<u64, ReceiveError> {
+                sc.spawn(move || -> Result<(u64, u64), ReceiveError> {
                     s.set_timeouts(Some(DATA_TIMEOUT))?;
                     let mut applier =
                         ChunkApplier::with_codecs(codecs.stream_window_log, codecs.delta)?;
@@ -453,7 +461,7 @@ fn receive_stream(
                     loop {
                         match applier.next(mem, fd) {
                             Ok(DataFrame::Chunk(p)) => pages += p,
-                            Ok(DataFrame::Done) => return Ok(pages),
+                            Ok(DataFrame::Done) => return Ok((pages, applier.delta_pages())),
                             Ok(DataFrame::Sync) => wire::write_frame(&mut reply, Kind::Sync, &[])
                                 .map_err(|e| ReceiveError::Channel {
                                 index: i as u32,
@@ -477,11 +485,14 @@ fn receive_stream(
                 w.shutdown();
             }
         }
-        let mut pages = 0;
+        let (mut pages, mut deltas) = (0, 0);
         let mut first_err = None;
         for h in handles {
             match h.join() {
-                Ok(Ok(p)) => pages += p,
+                Ok(Ok((p, d))) => {
+                    pages += p;
+                    deltas += d;
+                }
                 Ok(Err(e)) => {
                     first_err.get_or_insert(e);
                 }
@@ -494,10 +505,14 @@ fn receive_stream(
         let sw = sw?;
         match first_err {
             Some(e) => Err(e),
-            None => Ok((sw, pages)),
+            None => Ok((sw, pages, deltas)),
         }
     });
-    let (sw, pages) = result?;
+    let (sw, pages, deltas) = result?;
+    log(&format!(
+        "received {pages} pages in {} rounds, {deltas} of them as deltas",
+        sw.rounds
+    ));
     let state = decode_state(&sw)?;
     Ok(Received {
         state,
