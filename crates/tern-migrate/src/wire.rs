@@ -484,6 +484,24 @@ mod tests {
     }
 
     #[test]
+    fn a_version_3_hello_and_welcome_carry_no_codecs() {
+        // What a version 3 build writes: fields 1-5 only.
+        let mut old = Vec::new();
+        prost::encoding::uint64::encode(1, &42, &mut old);
+        prost::encoding::uint32::encode(2, &2, &mut old);
+        prost::encoding::string::encode(5, &"0.0.9".to_string(), &mut old);
+        let h: Hello = prost::Message::decode(old.as_slice()).unwrap();
+        assert_eq!((h.session, h.channels, h.codecs), (42, 2, None));
+        let mut w = Vec::new();
+        prost::encoding::bool::encode(1, &true, &mut w);
+        let w: Welcome = prost::Message::decode(w.as_slice()).unwrap();
+        assert!(w.accepted && w.codecs.is_none());
+        assert_eq!(Codec::from_u8(3), Some(Codec::StreamZstd));
+        assert_eq!(Codec::from_u8(4), Some(Codec::Delta));
+        assert_eq!(Codec::from_u8(5), None);
+    }
+
+    #[test]
     fn bad_magic_and_frames_are_refused() {
         let mut r: &[u8] = b"GET / HTTP/1.1\r\n";
         assert!(matches!(read_preamble(&mut r), Err(WireError::BadMagic)));
