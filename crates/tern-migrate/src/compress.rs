@@ -1,8 +1,10 @@
-//! Per-chunk compression and the automatic choice between none, LZ4 and
-//! zstd from measured link and compression throughput.
+//! Per-chunk compression and the automatic choice between none, LZ4,
+//! zstd and the channel's zstd stream from measured link and compression
+//! throughput.
 
 use std::time::Instant;
 
+use crate::stream_codec::{StreamDecoder, StreamEncoder};
 use crate::wire::Codec;
 
 /// What the user asked for.
@@ -23,9 +25,10 @@ impl std::str::FromStr for Compression {
             "off" | "none" => Compression::Force(Codec::None),
             "lz4" => Compression::Force(Codec::Lz4),
             "zstd" => Compression::Force(Codec::Zstd),
+            "zstd-stream" => Compression::Force(Codec::StreamZstd),
             other => {
                 return Err(format!(
-                    "compression '{other}': expected auto, off, lz4 or zstd"
+                    "compression '{other}': expected auto, off, lz4, zstd or zstd-stream"
                 ))
             }
         })
@@ -59,11 +62,35 @@ pub enum CompressError {
         /// Expected size.
         want: usize,
     },
+    /// The chunk uses a codec the handshake did not agree on.
+    #[error("{codec} was not agreed in the handshake")]
+    NotAgreed {
+        /// The codec.
+        codec: &'static str,
+    },
+    /// A delta does not apply.
+    #[error(transparent)]
+    Delta(#[from] crate::delta::DeltaError),
+    /// The delta records of a chunk are malformed.
+    #[error("delta records: {0}")]
+    Records(String),
+    /// The decoded pages are not what the source encoded.
+    #[error("{codec} data decodes to other pages than were sent (checksum {got:#010x}, sent {want:#010x})")]
+    Checksum {
+        /// The codec.
+        codec: &'static str,
+        /// CRC32C of the decoded pages.
+        got: u32,
+        /// CRC32C the source sent.
+        want: u32,
+    },
 }
 
-/// A per-thread compressor (keeps the zstd context between chunks).
+/// A per-thread compressor (keeps the zstd context between chunks, and
+/// the channel's zstd stream when one was agreed).
 pub struct Compressor {
     zstd: zstd::bulk::Compressor<'static>,
+    stream: Option<StreamEncoder>,
 }
 
 impl Default for Compressor {
@@ -77,11 +104,24 @@ impl Compressor {
     pub fn new() -> Self {
         Compressor {
             zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context"),
+            stream: None,
         }
     }
 
+    /// A compressor that also has a zstd stream with a window of
+    /// `2^window_log` bytes (0: none).
+    pub fn with_stream(window_log: u32) -> std::io::Result<Self> {
+        let mut c = Compressor::new();
+        if window_log > 0 {
+            c.stream = Some(StreamEncoder::new(window_log)?);
+        }
+        Ok(c)
+    }
+
     /// Compresses `raw` with `codec` into `out` (cleared). Returns false
-    /// when compression did not shrink it (then send it raw).
+    /// when compression did not shrink it (then send it raw). The stream
+    /// codec returns true even then: what went into the stream must be
+    /// sent, the destination's decoder follows the encoder.
     pub fn compress(&mut self, codec: Codec, raw: &[u8], out: &mut Vec<u8>) -> bool {
         out.clear();
         match codec {
@@ -99,14 +139,29 @@ impl Compressor {
                     return false;
                 }
             }
+            Codec::StreamZstd => {
+                let Some(s) = &mut self.stream else {
+                    return false;
+                };
+                if s.compress_chunk(raw, out).is_err() {
+                    // Its state is unknown now: never use it again.
+                    self.stream = None;
+                    return false;
+                }
+                return true;
+            }
+            // Not a compression: the chunk builder makes delta records.
+            Codec::Delta => return false,
         }
         out.len() < raw.len()
     }
 }
 
-/// A per-thread decompressor.
+/// A per-thread decompressor (with the channel's zstd stream when one
+/// was agreed).
 pub struct Decompressor {
     zstd: zstd::bulk::Decompressor<'static>,
+    stream: Option<StreamDecoder>,
 }
 
 impl Default for Decompressor {
@@ -120,7 +175,18 @@ impl Decompressor {
     pub fn new() -> Self {
         Decompressor {
             zstd: zstd::bulk::Decompressor::new().expect("zstd context"),
+            stream: None,
         }
+    }
+
+    /// A decompressor that also decodes a zstd stream with windows up to
+    /// `2^window_log` bytes (0: none).
+    pub fn with_stream(window_log: u32) -> std::io::Result<Self> {
+        let mut d = Decompressor::new();
+        if window_log > 0 {
+            d.stream = Some(StreamDecoder::new(window_log)?);
+        }
+        Ok(d)
     }
 
     /// Decodes `data` into `out`, which must be exactly the raw length.
@@ -155,6 +221,18 @@ impl Decompressor {
                         detail: e.to_string(),
                     }
                 })?,
+                Codec::StreamZstd => {
+                    let s = self.stream.as_mut().ok_or(CompressError::NotAgreed {
+                        codec: "zstd-stream",
+                    })?;
+                    s.decompress_chunk(data, out)?;
+                    out.len()
+                }
+                Codec::Delta => {
+                    return Err(CompressError::Records(
+                        "delta records inside delta records".into(),
+                    ))
+                }
             };
         if n != out.len() {
             return Err(CompressError::Size {
@@ -178,13 +256,18 @@ pub struct CodecSpeed {
     pub ratio: f64,
 }
 
-/// Measures LZ4 and zstd on `samples` (pieces of guest memory).
-pub fn calibrate(samples: &[&[u8]]) -> Vec<CodecSpeed> {
-    let mut c = Compressor::new();
+/// Measures LZ4 and zstd on `samples` (pieces of guest memory), and the
+/// zstd stream with a window of `2^stream_window_log` bytes (0: not
+/// agreed; the samples go through one stream in order, as a channel's
+/// chunks do).
+pub fn calibrate(samples: &[&[u8]], stream_window_log: u32) -> Vec<CodecSpeed> {
+    let mut c = Compressor::with_stream(stream_window_log).unwrap_or_default();
     let mut out = Vec::new();
     let total: usize = samples.iter().map(|s| s.len()).sum();
+    let stream = c.stream.is_some().then_some(Codec::StreamZstd);
     [Codec::Lz4, Codec::Zstd]
         .into_iter()
+        .chain(stream)
         .map(|codec| {
             let t = Instant::now();
             let mut produced = 0usize;
@@ -292,8 +375,14 @@ mod tests {
             assert!(d.decompress(codec, &out, &mut short).is_err());
             assert!(d.decompress(codec, &[1, 2, 3], &mut back).is_err());
         }
-        let sp = calibrate(&[&raw]);
+        let sp = calibrate(&[&raw], 0);
         assert_eq!(sp.len(), 2);
+        let sp = calibrate(&[&raw, &raw], 20);
+        assert_eq!(sp.len(), 3);
+        assert!(
+            sp[2].ratio < sp[1].ratio / 1.5,
+            "{sp:?}: the stream sees the repeat"
+        );
         assert!(sp.iter().all(|s| s.ratio < 1.0 && s.bytes_per_s > 0.0));
     }
 
@@ -302,6 +391,10 @@ mod tests {
         assert_eq!("auto".parse(), Ok(Compression::Auto));
         assert_eq!("off".parse(), Ok(Compression::Force(Codec::None)));
         assert_eq!("zstd".parse(), Ok(Compression::Force(Codec::Zstd)));
+        assert_eq!(
+            "zstd-stream".parse(),
+            Ok(Compression::Force(Codec::StreamZstd))
+        );
         assert!("gzip".parse::<Compression>().is_err());
     }
 }

@@ -395,6 +395,14 @@ impl Encoder {
     /// The frame (head, chunk header, data) of `p`, whose data is in
     /// `self.raw`.
     fn frame(&mut self, p: &Piece, zero: bool, codec: Codec) -> &[u8] {
+        // Disk chunks are compressed one by one: the memory channels'
+        // zstd stream (and page deltas) do not apply to them, plain zstd
+        // does.
+        let codec = match codec {
+            Codec::StreamZstd => Codec::Zstd,
+            Codec::Delta => Codec::None,
+            c => c,
+        };
         let packed = !zero
             && codec != Codec::None
             && self

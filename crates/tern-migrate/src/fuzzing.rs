@@ -8,8 +8,11 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::hostmem::HostMem;
-use crate::pages::{ChunkApplier, ChunkBuilder};
+use crate::pages::{ChannelCodecs, ChunkApplier, ChunkBuilder};
 use crate::wire::{self, Codec, Kind, PAGE, WINDOW_BYTES};
+
+/// Window of the fuzzed zstd stream (small: fuzzing needs no 128 MiB).
+const FUZZ_WINDOW_LOG: u32 = 20;
 
 /// Guest memory the fuzzed applier writes into: two windows from 1 MiB on,
 /// so chunks below, between and above it are all possible.
@@ -39,7 +42,10 @@ pub fn data_channel(data: &[u8]) -> u64 {
     };
     let mut buf = vec![0u8; (MEM_WINDOWS * WINDOW_BYTES) as usize];
     let mem = HostMem::from_slice(MEM_BASE, &mut buf);
-    let mut applier = ChunkApplier::default();
+    // Every codec agreed: the stream (3) and delta (4) decoders too.
+    let Ok(mut applier) = ChunkApplier::with_codecs(FUZZ_WINDOW_LOG, true) else {
+        return 0;
+    };
     let mut pages = 0;
     while let Ok(frame) = applier.next(&mem, f.as_fd()) {
         if let crate::pages::DataFrame::Chunk(n) = frame {
@@ -101,9 +107,10 @@ pub fn frames(data: &[u8]) {
     }
 }
 
-/// Valid inputs for [`frames`]: data channels with raw, lz4 and zstd
-/// chunks (scattered pages and zero pages), `Sync` and `ChannelDone`; a
-/// control channel with every message.
+/// Valid inputs for [`frames`]: data channels with raw, lz4, zstd and
+/// zstd-stream chunks (scattered pages and zero pages), `Sync` and
+/// `ChannelDone`; one whose second chunk is delta records against the
+/// first; a control channel with every message.
 pub fn frames_seeds() -> Vec<Vec<u8>> {
     let mut src = vec![0u8; WINDOW_BYTES as usize];
     for (i, b) in src.iter_mut().enumerate() {
@@ -114,8 +121,11 @@ pub fn frames_seeds() -> Vec<Vec<u8>> {
     let mem = HostMem::from_slice(MEM_BASE, &mut src);
     let mut seeds = Vec::new();
     let mut frame = Vec::new();
-    for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
-        let mut b = ChunkBuilder::default();
+    for codec in [Codec::None, Codec::Lz4, Codec::Zstd, Codec::StreamZstd] {
+        let Ok(state) = ChannelCodecs::new(FUZZ_WINDOW_LOG, 0) else {
+            continue;
+        };
+        let mut b = ChunkBuilder::resume(state);
         let mut seed = vec![0u8];
         for bits in [[0b1011, 0, 0, 1 << 63], [u64::MAX; 4]] {
             if b.build(&mem, MEM_BASE, bits, false, codec).is_some() {
@@ -126,6 +136,35 @@ pub fn frames_seeds() -> Vec<Vec<u8>> {
         for kind in [Kind::Sync, Kind::ChannelDone] {
             let _ = wire::write_frame(&mut seed, kind, &[]);
         }
+        seeds.push(seed);
+    }
+    // Deltas: the window sent once, then again with a few bytes changed.
+    let mut changed = src.clone();
+    for p in changed.chunks_mut(PAGE) {
+        p[17] ^= 0x5a;
+    }
+    if let Ok(state) = ChannelCodecs::new(FUZZ_WINDOW_LOG, 1 << 20) {
+        let mut seed = vec![0u8];
+        let state = {
+            let mem = HostMem::from_slice(MEM_BASE, &mut src);
+            let mut b = ChunkBuilder::resume(state);
+            if b.build(&mem, MEM_BASE, [u64::MAX; 4], false, Codec::None)
+                .is_some()
+            {
+                b.encode(&mut frame);
+                seed.extend_from_slice(&frame);
+            }
+            b.suspend()
+        };
+        let cmem = HostMem::from_slice(MEM_BASE, &mut changed);
+        let mut b = ChunkBuilder::resume(state);
+        if b.build(&cmem, MEM_BASE, [u64::MAX; 4], false, Codec::None)
+            .is_some()
+        {
+            b.encode(&mut frame);
+            seed.extend_from_slice(&frame);
+        }
+        let _ = wire::write_frame(&mut seed, Kind::ChannelDone, &[]);
         seeds.push(seed);
     }
     let mut ctl = vec![1u8];
@@ -143,6 +182,7 @@ pub fn frames_seeds() -> Vec<Vec<u8>> {
         config: Some(config),
         zero_copy: false,
         product: "fuzz".into(),
+        codecs: Some(crate::stream_codec::offer()),
         ..Default::default()
     };
     let _ = wire::write_msg(&mut ctl, Kind::Hello, &hello);
@@ -172,10 +212,15 @@ mod tests {
     #[test]
     fn seeds_decode_whole() {
         let seeds = frames_seeds();
-        for s in &seeds[..3] {
+        for s in &seeds[..4] {
             assert_eq!(data_channel(&s[1..]), 4 + 256, "{} bytes", s.len());
         }
-        assert_eq!(control_channel(&seeds[3][1..]), 5);
+        // The delta seed: the second chunk is codec 4.
+        let d = &seeds[4][1..];
+        let first = u32::from_le_bytes(d[..4].try_into().unwrap()) as usize + 4;
+        assert_eq!(d[first + 5 + 72], Codec::Delta as u8);
+        assert_eq!(data_channel(d), 2 * 256);
+        assert_eq!(control_channel(&seeds[5][1..]), 5);
     }
 
     /// The stable fallback: prefixes and single-byte changes of every seed.

@@ -80,18 +80,6 @@ impl<'a> HostRange<'a> {
         }
     }
 
-    /// The range as a slice.
-    ///
-    /// # Safety
-    ///
-    /// Nothing else (guest included) may read or write the range while the
-    /// slice lives.
-    pub(crate) unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `host` is valid for `len` bytes while 'a lasts; the
-        // caller promises exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.host, self.len) }
-    }
-
     /// Extends this range by `next` if it follows directly in the same
     /// region.
     pub(crate) fn join(&mut self, next: &HostRange<'a>) -> bool {

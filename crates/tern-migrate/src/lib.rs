@@ -17,16 +17,20 @@
 //! text as `docs/migration-protocol.md`, included from there).
 #![doc = include_str!("../../../docs/migration-protocol.md")]
 
+#[cfg(test)]
+mod codec_tests;
 pub mod compress;
 pub mod disk_mirror;
 pub mod disk_receive;
 pub mod disk_wire;
+pub mod delta;
 pub mod fuzzing;
 pub mod hostmem;
 pub mod pages;
 pub mod progress;
 pub mod receiver;
 pub mod sender;
+pub mod stream_codec;
 pub mod transport;
 pub mod version;
 pub mod wire;

@@ -3,6 +3,7 @@
 use std::os::fd::BorrowedFd;
 
 use crate::compress::{CompressError, Compressor, Decompressor};
+use crate::delta::{self, DeltaCache};
 use crate::hostmem::HostRange;
 pub use crate::hostmem::{is_zero, HostMem};
 use crate::transport::{read_exact_fd, read_exact_vectored};
@@ -14,9 +15,17 @@ pub enum ChunkError {
     /// The chunk is malformed.
     #[error(transparent)]
     Wire(#[from] WireError),
-    /// The data does not decode.
-    #[error(transparent)]
-    Compress(#[from] CompressError),
+    /// The data does not decode (nothing of the chunk was written).
+    #[error("chunk at {base:#x} ({codec}) refused")]
+    Data {
+        /// The chunk's window.
+        base: u64,
+        /// Its codec.
+        codec: &'static str,
+        /// Why.
+        #[source]
+        source: CompressError,
+    },
     /// The window lies outside guest RAM.
     #[error("chunk at {0:#x} lies outside guest memory")]
     OutOfRange(u64),
@@ -33,7 +42,28 @@ pub struct ChunkStats {
     pub raw: u64,
     /// Frame bytes on the wire.
     pub wire: u64,
+    /// Of the data pages, those sent as deltas.
+    pub delta: u64,
 }
+
+/// Codec 3's data: `u32` LE CRC32C of the data pages, then the channel's
+/// zstd stream up to a flush. Codec 4's data: `u8` inner codec (0-3),
+/// `u32` LE length of the records, `u32` LE CRC32C of the data pages (as
+/// applied), then the records in the inner codec (3: the channel's stream,
+/// without a checksum of its own). Records, one per data page in
+/// ascending order: [`REC_PAGE`] and the page, or [`REC_DELTA`], `u16` LE
+/// length and the page's runs against the destination's copy. The
+/// checksums catch what decodes but differs (zstd blocks carry none, and
+/// a delta applied to another copy than the source's decodes fine).
+const DELTA_HEAD: usize = 9;
+/// Size of codec 3's checksum.
+const STREAM_HEAD: usize = 4;
+/// A record carrying the whole page.
+pub const REC_PAGE: u8 = 0;
+/// A record carrying a page's runs (see [`crate::delta`]).
+pub const REC_DELTA: u8 = 1;
+/// A delta larger than this is sent as the page.
+const DELTA_LIMIT: usize = PAGE * 3 / 4;
 
 /// Where the data of the chunk built last is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,9 +105,53 @@ pub struct ChunkBuilder<'a> {
     packed: Vec<u8>,
     iov: Vec<libc::iovec>,
     compressor: Option<Compressor>,
+    /// Delta records of the chunk built last.
+    recs: Vec<u8>,
+    /// The records compressed.
+    inner: Vec<u8>,
+    /// Copies of the pages sent last (delta agreed).
+    cache: Option<DeltaCache>,
+}
+
+/// What a channel's chunk builder keeps from one round to the next: its
+/// compressor (with the zstd stream) and its delta cache, which follow
+/// what the destination holds.
+#[derive(Default)]
+pub struct ChannelCodecs {
+    compressor: Compressor,
+    cache: Option<DeltaCache>,
+}
+
+impl ChannelCodecs {
+    /// The codecs the handshake agreed: a zstd stream of
+    /// `2^stream_window_log` bytes (0: none), delta encoding against a
+    /// cache of `delta_cache` bytes (0: none).
+    pub fn new(stream_window_log: u32, delta_cache: u64) -> std::io::Result<Self> {
+        Ok(ChannelCodecs {
+            compressor: Compressor::with_stream(stream_window_log)?,
+            cache: (delta_cache > 0).then(|| DeltaCache::new(delta_cache)),
+        })
+    }
 }
 
 impl<'a> ChunkBuilder<'a> {
+    /// A builder that carries on with a channel's `codecs`.
+    pub fn resume(codecs: ChannelCodecs) -> Self {
+        ChunkBuilder {
+            compressor: Some(codecs.compressor),
+            cache: codecs.cache,
+            ..ChunkBuilder::default()
+        }
+    }
+
+    /// The channel's codecs, for the next round's builder.
+    pub fn suspend(self) -> ChannelCodecs {
+        ChannelCodecs {
+            compressor: self.compressor.unwrap_or_default(),
+            cache: self.cache,
+        }
+    }
+
     /// Builds the chunk for the pages `bits` of the window at `base` (a
     /// whole `Chunk` frame, sent by [`ChunkBuilder::write_to`]).
     /// `skip_zero`: leave zero pages out entirely (first round: the
@@ -94,10 +168,15 @@ impl<'a> ChunkBuilder<'a> {
         let mut present = [0u64; 4];
         let mut zero = [0u64; 4];
         self.raw.clear();
+        self.recs.clear();
         self.runs.0.clear();
-        // Raw chunks leave the data where it is; compression needs it in
-        // one piece.
-        let copy = codec != Codec::None;
+        // Deltas after the first round (which sends every page once and
+        // caches none, as QEMU's bulk stage): every page sent then is
+        // cached as the copy taken here, the bytes the destination gets.
+        let delta = !skip_zero && self.cache.is_some();
+        // Raw chunks leave the data where it is; compression and deltas
+        // need it in one piece.
+        let copy = codec != Codec::None || delta;
         let mut stats = ChunkStats::default();
         for (w, &word) in bits.iter().enumerate() {
             let mut word = word;
@@ -112,6 +191,9 @@ impl<'a> ChunkBuilder<'a> {
                     if skip_zero {
                         continue;
                     }
+                    if let Some(c) = &mut self.cache {
+                        c.remove(gpa);
+                    }
                     zero[w] |= 1 << b;
                     stats.zero += 1;
                 } else if copy {
@@ -119,6 +201,11 @@ impl<'a> ChunkBuilder<'a> {
                     self.raw.resize(at + PAGE, 0);
                     p.copy_to(&mut self.raw[at..]);
                     stats.raw += PAGE as u64;
+                    if let (true, Some(cache)) = (delta, &mut self.cache) {
+                        let new = &self.raw[at..];
+                        stats.delta += u64::from(delta_record(cache, gpa, new, &mut self.recs));
+                        cache.put(gpa, new);
+                    }
                 } else {
                     self.runs.push(p);
                     stats.raw += PAGE as u64;
@@ -131,12 +218,43 @@ impl<'a> ChunkBuilder<'a> {
             return None;
         }
         let c = self.compressor.get_or_insert_with(Compressor::new);
-        let used = if copy && !self.raw.is_empty() && c.compress(codec, &self.raw, &mut self.packed)
+        let used = if stats.delta > 0 && self.recs.len() < self.raw.len() {
+            // The records, in the chosen codec if that shrinks them.
+            let inner = if c.compress(codec, &self.recs, &mut self.inner) {
+                codec
+            } else {
+                Codec::None
+            };
+            let body = if inner == Codec::None {
+                &self.recs
+            } else {
+                &self.inner
+            };
+            self.packed.clear();
+            self.packed.push(inner as u8);
+            self.packed
+                .extend_from_slice(&(self.recs.len() as u32).to_le_bytes());
+            self.packed
+                .extend_from_slice(&crc32c::crc32c(&self.raw).to_le_bytes());
+            self.packed.extend_from_slice(body);
+            Codec::Delta
+        } else if codec == Codec::StreamZstd
+            && !self.raw.is_empty()
+            && c.compress(codec, &self.raw, &mut self.inner)
         {
+            self.packed.clear();
+            self.packed
+                .extend_from_slice(&crc32c::crc32c(&self.raw).to_le_bytes());
+            self.packed.extend_from_slice(&self.inner);
+            codec
+        } else if copy && !self.raw.is_empty() && c.compress(codec, &self.raw, &mut self.packed) {
             codec
         } else {
             Codec::None
         };
+        if used != Codec::Delta {
+            stats.delta = 0;
+        }
         (self.data, stats.wire) = match (used, copy) {
             (Codec::None, false) => (Data::Guest, stats.raw),
             (Codec::None, true) => (Data::Copied, stats.raw),
@@ -201,6 +319,25 @@ impl<'a> ChunkBuilder<'a> {
     }
 }
 
+/// Appends the record of the page at `gpa` (its copy `new`) to `recs`:
+/// its runs against the cached copy when there is one and they are
+/// small, else the page. Returns whether it is a delta.
+fn delta_record(cache: &DeltaCache, gpa: u64, new: &[u8], recs: &mut Vec<u8>) -> bool {
+    let at = recs.len();
+    if let Some(old) = cache.get(gpa) {
+        recs.extend_from_slice(&[REC_DELTA, 0, 0]);
+        if delta::encode(old, new, recs, DELTA_LIMIT) {
+            let n = (recs.len() - at - 3) as u16;
+            recs[at + 1..at + 3].copy_from_slice(&n.to_le_bytes());
+            return true;
+        }
+        recs.truncate(at);
+    }
+    recs.push(REC_PAGE);
+    recs.extend_from_slice(new);
+    false
+}
+
 /// What came on a data channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataFrame {
@@ -231,9 +368,31 @@ pub struct ChunkApplier<'a> {
     zeros: Vec<HostRange<'a>>,
     iov: Vec<libc::iovec>,
     decompressor: Option<Decompressor>,
+    /// Decoded delta records.
+    recs: Vec<u8>,
+    /// Delta chunks are accepted (the handshake agreed them).
+    delta: bool,
+    /// Pages applied as deltas so far.
+    delta_pages: u64,
 }
 
 impl<'a> ChunkApplier<'a> {
+    /// An applier for one channel for the whole migration, with the
+    /// codecs the handshake agreed: a zstd stream of `2^stream_window_log`
+    /// bytes (0: none), delta records.
+    pub fn with_codecs(stream_window_log: u32, delta: bool) -> std::io::Result<Self> {
+        Ok(ChunkApplier {
+            decompressor: Some(Decompressor::with_stream(stream_window_log)?),
+            delta,
+            ..ChunkApplier::default()
+        })
+    }
+
+    /// Pages applied as deltas so far.
+    pub fn delta_pages(&self) -> u64 {
+        self.delta_pages
+    }
+
     /// Reads the next frame of a data channel from `fd`; a chunk's pages
     /// go into `mem` (raw data straight from the socket). Everything the
     /// peer says is checked before memory is written: a malformed frame
@@ -321,29 +480,130 @@ impl<'a> ChunkApplier<'a> {
         } else {
             self.buf.resize(data_len, 0);
             read_exact_fd(fd, &mut self.buf).map_err(WireError::Io)?;
-            let dec = self.decompressor.get_or_insert_with(Decompressor::new);
-            if let [mut run] = self.runs.0[..] {
-                // SAFETY: as above: a checked range of guest memory that
-                // only this thread uses until the switchover.
-                let out = unsafe { run.as_mut_slice() };
-                dec.decompress(h.codec, &self.buf, out)?;
-            } else {
-                self.raw.resize(h.raw_len as usize, 0);
-                dec.decompress(h.codec, &self.buf, &mut self.raw)?;
-                // `raw` holds raw_len = the runs' total bytes (checked by
-                // the header's decode).
-                let mut rest = &self.raw[..];
-                for r in &self.runs.0 {
-                    let (this, next) = rest.split_at(r.len.min(rest.len()));
-                    r.copy_from(this);
-                    rest = next;
-                }
+            // Decoded into scratch first: a chunk that does not decode
+            // leaves guest memory as it was.
+            self.raw.resize(h.raw_len as usize, 0);
+            self.decode(&h).map_err(|source| ChunkError::Data {
+                base: h.base,
+                codec: h.codec.name(),
+                source,
+            })?;
+            // `raw` holds raw_len = the runs' total bytes (checked by the
+            // header's decode).
+            let mut rest = &self.raw[..];
+            for r in &self.runs.0 {
+                let (this, next) = rest.split_at(r.len.min(rest.len()));
+                r.copy_from(this);
+                rest = next;
             }
         }
         for p in &self.zeros {
             p.zero();
         }
         Ok(pages)
+    }
+}
+
+impl ChunkApplier<'_> {
+    /// Decodes the data of chunk `h` (in `buf`) into `raw`, the chunk's
+    /// data pages in order.
+    fn decode(&mut self, h: &ChunkHeader) -> Result<(), CompressError> {
+        let dec = self.decompressor.get_or_insert_with(Decompressor::new);
+        let check = |pages: &[u8], want: u32| {
+            let got = crc32c::crc32c(pages);
+            if got == want {
+                Ok(())
+            } else {
+                Err(CompressError::Checksum {
+                    codec: h.codec.name(),
+                    got,
+                    want,
+                })
+            }
+        };
+        if h.codec == Codec::StreamZstd {
+            let (crc, body) =
+                self.buf
+                    .split_at_checked(STREAM_HEAD)
+                    .ok_or(CompressError::Size {
+                        codec: "zstd-stream",
+                        got: 0,
+                        want: self.raw.len(),
+                    })?;
+            dec.decompress(h.codec, body, &mut self.raw)?;
+            return check(
+                &self.raw,
+                u32::from_le_bytes(crc.try_into().expect("4 bytes")),
+            );
+        }
+        if h.codec != Codec::Delta {
+            return dec.decompress(h.codec, &self.buf, &mut self.raw);
+        }
+        if !self.delta {
+            return Err(CompressError::NotAgreed { codec: "delta" });
+        }
+        let bad = |m: &str| CompressError::Records(m.into());
+        let (head, body) = self
+            .buf
+            .split_at_checked(DELTA_HEAD)
+            .ok_or_else(|| bad("no header"))?;
+        let inner = Codec::from_u8(head[0])
+            .filter(|c| *c != Codec::Delta)
+            .ok_or_else(|| bad("unknown inner codec"))?;
+        let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(head[5..9].try_into().expect("4 bytes"));
+        // Each data page's record is at most a whole page and its tag.
+        if len > self.raw.len() / PAGE * (PAGE + 1) {
+            return Err(bad("longer than the pages"));
+        }
+        let recs: &[u8] = if inner == Codec::None {
+            if body.len() != len {
+                return Err(bad("length differs from the data"));
+            }
+            body
+        } else {
+            self.recs.resize(len, 0);
+            dec.decompress(inner, body, &mut self.recs)?;
+            &self.recs
+        };
+        // The pages as this side holds them: a delta applies to its copy.
+        let mut at = 0;
+        for r in &self.runs.0 {
+            r.copy_to(&mut self.raw[at..at + r.len]);
+            at += r.len;
+        }
+        let (mut rp, mut deltas) = (0, 0);
+        for page in self.raw.chunks_exact_mut(PAGE) {
+            match recs.get(rp) {
+                Some(&REC_PAGE) => {
+                    let data = recs
+                        .get(rp + 1..rp + 1 + PAGE)
+                        .ok_or_else(|| bad("page cut short"))?;
+                    page.copy_from_slice(data);
+                    rp += 1 + PAGE;
+                }
+                Some(&REC_DELTA) => {
+                    let n = recs
+                        .get(rp + 1..rp + 3)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+                        .ok_or_else(|| bad("delta length cut short"))?;
+                    let runs = recs
+                        .get(rp + 3..rp + 3 + n)
+                        .ok_or_else(|| bad("delta cut short"))?;
+                    delta::apply(runs, page)?;
+                    rp += 3 + n;
+                    deltas += 1;
+                }
+                Some(t) => return Err(bad(&format!("record kind {t}"))),
+                None => return Err(bad("fewer records than pages")),
+            }
+        }
+        if rp != recs.len() {
+            return Err(bad("more records than pages"));
+        }
+        check(&self.raw, crc)?;
+        self.delta_pages += deltas;
+        Ok(())
     }
 }
 

@@ -235,6 +235,7 @@ pub fn receive_with(
                 accepted: false,
                 error: why.clone(),
                 disks: None,
+                codecs: None,
             },
         );
         ReceiveError::Refused(why)
@@ -291,6 +292,11 @@ pub fn receive_with(
                 Err(e) => return Err(refuse(&mut ctl, crate::sender::error_chain(&e))),
             },
         };
+    let codecs = if hello.zero_copy {
+        None
+    } else {
+        crate::stream_codec::accept(hello.codecs.as_ref(), hello.channels, expect.memory)
+    };
     wire::write_msg(
         &mut ctl,
         Kind::Welcome,
@@ -298,6 +304,7 @@ pub fn receive_with(
             accepted: true,
             error: String::new(),
             disks: disks.as_ref().map(DiskTargets::acceptance),
+            codecs: codecs.clone(),
         },
     )?;
     log(&format!(
@@ -321,6 +328,12 @@ pub fn receive_with(
                 .unwrap_or_default()
         ));
     }
+    if let Some(c) = &codecs {
+        log(&format!(
+            "migration codecs: zstd stream window 2^{} (0: off), delta {}",
+            c.stream_window_log, c.delta
+        ));
+    }
     if hello.zero_copy {
         return receive_memfd(ctl, expect);
     }
@@ -328,7 +341,16 @@ pub fn receive_with(
         Some(m) if m.ram.size() == expect.memory => m,
         _ => IncomingMemory::new(expect.memory, Backing::Memfd, false)?,
     };
-    receive_stream(listener, ctl, &hello, version, memory, disks)
+    receive_stream(
+        listener,
+        ctl,
+        &hello,
+        version,
+        memory,
+        disks,
+        codecs.unwrap_or_default(),
+        log,
+    )
 }
 
 fn receive_memfd(mut ctl: Stream, expect: &ConfigCheck) -> Result<Received, ReceiveError> {
@@ -482,6 +504,8 @@ fn receive_stream(
     version: Version,
     memory: IncomingMemory,
     disks: Option<DiskTargets>,
+    codecs: wire::Codecs,
+    log: &dyn Fn(&str),
 ) -> Result<Received, ReceiveError> {
     let chans = accept_channels(listener, hello, version)?;
     let IncomingMemory { ram, prefault } = memory;
@@ -499,12 +523,13 @@ fn receive_stream(
             .into_iter()
             .enumerate()
             .map(|(i, s)| {
-                let mem = &mem;
+                let (mem, codecs) = (&mem, &codecs);
                 let disks = disks.as_ref();
                 let s = s.expect("every channel connected");
-                sc.spawn(move || -> Result<u64, ReceiveError> {
+                sc.spawn(move || -> Result<(u64, u64), ReceiveError> {
                     s.set_timeouts(Some(DATA_TIMEOUT))?;
-                    let mut applier = ChunkApplier::default();
+                    let mut applier =
+                        ChunkApplier::with_codecs(codecs.stream_window_log, codecs.delta)?;
                     let mut disk_applier = DiskApplier::default();
                     let mut pages = 0;
                     let mut reply = s.try_clone()?;
@@ -524,7 +549,7 @@ fn receive_stream(
                                 })?;
                                 t.apply(fd, len, &mut disk_applier).map_err(disk_err)?;
                             }
-                            Ok(DataFrame::Done) => return Ok(pages),
+                            Ok(DataFrame::Done) => return Ok((pages, applier.delta_pages())),
                             Ok(DataFrame::Sync) => {
                                 // Disk data so far made durable now, not
                                 // inside the pause.
@@ -559,11 +584,14 @@ fn receive_stream(
                 w.shutdown();
             }
         }
-        let mut pages = 0;
+        let (mut pages, mut deltas) = (0, 0);
         let mut first_err = None;
         for h in handles {
             match h.join() {
-                Ok(Ok(p)) => pages += p,
+                Ok(Ok((p, d))) => {
+                    pages += p;
+                    deltas += d;
+                }
                 Ok(Err(e)) => {
                     first_err.get_or_insert(e);
                 }
@@ -576,10 +604,14 @@ fn receive_stream(
         let sw = sw?;
         match first_err {
             Some(e) => Err(e),
-            None => Ok((sw, pages)),
+            None => Ok((sw, pages, deltas)),
         }
     });
-    let (sw, pages) = result?;
+    let (sw, pages, deltas) = result?;
+    log(&format!(
+        "received {pages} pages in {} rounds, {deltas} of them as deltas",
+        sw.rounds
+    ));
     let state = decode_state(&sw)?;
     Ok(Received {
         state,

@@ -15,7 +15,7 @@ use tern_vmm::{RunState, Vm, VmConfig};
 
 use crate::compress::{self, Compression};
 use crate::disk_mirror::{DiskMirror, MirrorError};
-use crate::pages::{ChunkBuilder, HostMem};
+use crate::pages::{ChannelCodecs, ChunkBuilder, HostMem};
 use crate::progress::{Phase, Progress};
 use crate::transport::{Endpoint, Stream};
 use crate::version::{self, Reply, Version};
@@ -204,6 +204,8 @@ struct Counters {
     raw: AtomicU64,
     pages: AtomicU64,
     zero: AtomicU64,
+    /// Pages sent as deltas.
+    delta: AtomicU64,
 }
 
 /// Everything the rounds share.
@@ -219,6 +221,9 @@ struct Engine<'a> {
     throttle: AtomicU32,
     /// The disks mirrored with the memory (shared-nothing).
     disks: Option<&'a DiskMirror<'a>>,
+    /// Each channel's codecs, kept for the whole migration: its zstd
+    /// stream and delta cache follow what the destination has.
+    codecs: Vec<Mutex<ChannelCodecs>>,
 }
 
 /// Result of one round.
@@ -334,6 +339,7 @@ fn run(
     // and unread bytes would make that close a reset, which can beat its
     // answer to us.
     let session = session_id();
+    let codec_offer = crate::stream_codec::offer();
     let hello = wire::Hello {
         session,
         channels,
@@ -341,6 +347,7 @@ fn run(
         zero_copy,
         product: env!("CARGO_PKG_VERSION").into(),
         disks: offers,
+        codecs: (!zero_copy).then(|| codec_offer.clone()),
     };
     let mut offer = Version::NEWEST;
     let (mut ctl, version) = loop {
@@ -391,17 +398,31 @@ fn run(
         data.push(s);
     }
 
+    let codecs = crate::stream_codec::agreed(&codec_offer, welcome.codecs.as_ref());
+    let stream = codecs.stream_window_log > 0;
     let forced = match opts.compression {
+        // zstd is the stream where the destination takes it (the same
+        // level, with the channel's history as its window).
+        Compression::Force(Codec::Zstd | Codec::StreamZstd) if stream => Some(Codec::StreamZstd),
+        Compression::Force(Codec::StreamZstd) => Some(Codec::Zstd),
         Compression::Force(c) => Some(c),
         Compression::Auto => None,
     };
     let speeds = if forced.is_none() {
         let samples = mem.samples(64);
         let refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
-        compress::calibrate(&refs)
+        compress::calibrate(&refs, codecs.stream_window_log)
     } else {
         Vec::new()
     };
+    let cache = if codecs.delta {
+        crate::delta::DEFAULT_CACHE_BYTES / u64::from(channels.max(1))
+    } else {
+        0
+    };
+    let builders = (0..channels)
+        .map(|_| ChannelCodecs::new(codecs.stream_window_log, cache).map(Mutex::new))
+        .collect::<std::io::Result<Vec<_>>>()?;
     let engine = Engine {
         vm,
         mem,
@@ -418,6 +439,7 @@ fn run(
         started,
         throttle: AtomicU32::new(0),
         disks: mirror.as_ref(),
+        codecs: builders,
     };
     let throttle_stop = std::sync::atomic::AtomicBool::new(false);
     let result = std::thread::scope(|s| {
@@ -736,7 +758,12 @@ impl Engine<'_> {
         n: u64,
         first: bool,
     ) -> Result<(), MigrateError> {
-        let mut builder = ChunkBuilder::default();
+        let mut slot = self.codecs[index as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // A round that fails leaves the slot without stream or cache,
+        // which is consistent too: nothing more refers to them.
+        let mut builder = ChunkBuilder::resume(std::mem::take(&mut *slot));
         let fd = std::os::fd::AsFd::as_fd(&*stream);
         for &(base, bits) in windows {
             if (base / WINDOW_BYTES) % n != index {
@@ -757,7 +784,10 @@ impl Engine<'_> {
             self.counters.raw.fetch_add(st.raw, Ordering::Relaxed);
             self.counters.pages.fetch_add(st.pages, Ordering::Relaxed);
             self.counters.zero.fetch_add(st.zero, Ordering::Relaxed);
+            self.counters.delta.fetch_add(st.delta, Ordering::Relaxed);
         }
+        *slot = builder.suspend();
+        drop(slot);
         if let Some(m) = self.disks {
             m.send_channel(
                 stream,

@@ -251,6 +251,25 @@ pub struct Hello {
     /// storage (and a protocol 3 source never sets it).
     #[prost(message, repeated, tag = "7")]
     pub disks: Vec<crate::disk_wire::DiskOffer>,
+    /// Codecs the source offers beyond 0-2 (a version 3 source: none).
+    #[prost(message, optional, tag = "6")]
+    pub codecs: Option<Codecs>,
+}
+
+/// Chunk codecs beyond none, LZ4 and zstd: offered in [`Hello`] (with the
+/// source's limits), accepted in [`Welcome`] (what the channels use).
+/// Absent or zero: off, so a peer that does not know them never sees
+/// them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Codecs {
+    /// Codec 3, the per-channel zstd stream: its window, log2 bytes
+    /// (offered: the largest the source would use; accepted: the one it
+    /// uses, each channel's destination decoder holding that much).
+    #[prost(uint32, tag = "1")]
+    pub stream_window_log: u32,
+    /// Codec 4, delta records of re-dirtied pages.
+    #[prost(bool, tag = "2")]
+    pub delta: bool,
 }
 
 /// Control: the destination's answer to [`Hello`].
@@ -266,6 +285,9 @@ pub struct Welcome {
     /// does not mirror disks (protocol 3).
     #[prost(message, optional, tag = "4")]
     pub disks: Option<crate::disk_wire::DiskAcceptance>,
+    /// The codecs of [`Hello::codecs`] the destination accepts.
+    #[prost(message, optional, tag = "3")]
+    pub codecs: Option<Codecs>,
 }
 
 /// Data channel: identifies the channel.
@@ -323,6 +345,11 @@ pub enum Codec {
     Lz4 = 1,
     /// Zstandard frame.
     Zstd = 2,
+    /// The channel's zstd stream, flushed at the chunk's end
+    /// ([`crate::stream_codec`]; only when the handshake agreed it).
+    StreamZstd = 3,
+    /// Delta records of the pages ([`crate::delta`]; only when agreed).
+    Delta = 4,
 }
 
 impl Codec {
@@ -332,6 +359,8 @@ impl Codec {
             0 => Codec::None,
             1 => Codec::Lz4,
             2 => Codec::Zstd,
+            3 => Codec::StreamZstd,
+            4 => Codec::Delta,
             _ => return None,
         })
     }
@@ -342,6 +371,8 @@ impl Codec {
             Codec::None => "none",
             Codec::Lz4 => "lz4",
             Codec::Zstd => "zstd",
+            Codec::StreamZstd => "zstd-stream",
+            Codec::Delta => "delta",
         }
     }
 }
@@ -432,6 +463,10 @@ mod tests {
             }),
             zero_copy: false,
             product: "0.1.0".into(),
+            codecs: Some(Codecs {
+                stream_window_log: 27,
+                delta: true,
+            }),
             ..Default::default()
         };
         write_msg(&mut out, Kind::Hello, &hello).unwrap();
@@ -442,6 +477,24 @@ mod tests {
         assert_eq!(back, hello);
         let e = read_msg::<Hello>(&mut r, Kind::Hello, "hello").unwrap_err();
         assert!(e.to_string().contains("expected hello"), "{e}");
+    }
+
+    #[test]
+    fn a_version_3_hello_and_welcome_carry_no_codecs() {
+        // What a version 3 build writes: fields 1-5 only.
+        let mut old = Vec::new();
+        prost::encoding::uint64::encode(1, &42, &mut old);
+        prost::encoding::uint32::encode(2, &2, &mut old);
+        prost::encoding::string::encode(5, &"0.0.9".to_string(), &mut old);
+        let h: Hello = prost::Message::decode(old.as_slice()).unwrap();
+        assert_eq!((h.session, h.channels, h.codecs), (42, 2, None));
+        let mut w = Vec::new();
+        prost::encoding::bool::encode(1, &true, &mut w);
+        let w: Welcome = prost::Message::decode(w.as_slice()).unwrap();
+        assert!(w.accepted && w.codecs.is_none());
+        assert_eq!(Codec::from_u8(3), Some(Codec::StreamZstd));
+        assert_eq!(Codec::from_u8(4), Some(Codec::Delta));
+        assert_eq!(Codec::from_u8(5), None);
     }
 
     #[test]
