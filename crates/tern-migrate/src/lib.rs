@@ -20,10 +20,10 @@
 #[cfg(test)]
 mod codec_tests;
 pub mod compress;
+pub mod delta;
 pub mod disk_mirror;
 pub mod disk_receive;
 pub mod disk_wire;
-pub mod delta;
 pub mod fuzzing;
 pub mod hostmem;
 pub mod pages;
