@@ -341,16 +341,12 @@ pub fn receive_with(
         Some(m) if m.ram.size() == expect.memory => m,
         _ => IncomingMemory::new(expect.memory, Backing::Memfd, false)?,
     };
-    receive_stream(
-        listener,
-        ctl,
-        &hello,
+    let agreed = Agreed {
         version,
-        memory,
         disks,
-        codecs.unwrap_or_default(),
-        log,
-    )
+        codecs: codecs.unwrap_or_default(),
+    };
+    receive_stream(listener, ctl, &hello, agreed, memory, log)
 }
 
 fn receive_memfd(mut ctl: Stream, expect: &ConfigCheck) -> Result<Received, ReceiveError> {
@@ -497,16 +493,26 @@ fn prefault_in_background(ram: &GuestRam, size: u64) -> Option<Prefault> {
     Some(guard)
 }
 
+/// What the handshake agreed beyond the memory itself.
+struct Agreed {
+    version: Version,
+    disks: Option<DiskTargets>,
+    codecs: wire::Codecs,
+}
+
 fn receive_stream(
     listener: &Listener,
     mut ctl: Stream,
     hello: &wire::Hello,
-    version: Version,
+    agreed: Agreed,
     memory: IncomingMemory,
-    disks: Option<DiskTargets>,
-    codecs: wire::Codecs,
     log: &dyn Fn(&str),
 ) -> Result<Received, ReceiveError> {
+    let Agreed {
+        version,
+        disks,
+        codecs,
+    } = agreed;
     let chans = accept_channels(listener, hello, version)?;
     let IncomingMemory { ram, prefault } = memory;
     drop(prefault);
