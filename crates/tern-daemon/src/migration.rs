@@ -562,14 +562,17 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
     let mut spec = d
         .launch_spec(&row, Boot::Incoming(listen))
         .map_err(forget)?;
-    if req.stream {
-        if !d.caps.has(Capability::ListeningFile) {
-            return Err(forget(OpError::not_implemented(
-                &format!("VM {}: a TCP incoming migration", row.name),
-                "capability listening-file",
-            )));
-        }
+    // The worker writes the listening file once it listens: a UNIX
+    // socket's file exists from bind() on, a moment before listen(), and
+    // a source connecting in that moment is refused.
+    let by_file = d.caps.has(Capability::ListeningFile);
+    if by_file {
         spec.listening_file = Some(listening_file.clone());
+    } else if req.stream {
+        return Err(forget(OpError::not_implemented(
+            &format!("VM {}: a TCP incoming migration", row.name),
+            "capability listening-file",
+        )));
     }
     spec.dest_dir = dest_dir;
     let launch = d.launch(&row, spec);
@@ -580,7 +583,7 @@ pub async fn incoming(d: &Arc<Daemon>, req: &IncomingMigration) -> Result<Incomi
     // The source may connect once the worker listens.
     let t = Instant::now();
     let listening = || -> Result<Option<String>, OpError> {
-        if req.stream {
+        if by_file {
             Ok(tern_worker_proto::Listening::read(&listening_file)
                 .map_err(|e| OpError::Failed(chain(&e)))?
                 .map(|l| l.endpoint.to_string()))
