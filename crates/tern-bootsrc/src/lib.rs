@@ -226,6 +226,33 @@ fn try_bls(
     None
 }
 
+/// How a boot loader's configuration is read: its entries in the order
+/// to try (default first), and what to call an entry in errors.
+struct Loader {
+    entries: ReadEntries,
+    noun: &'static str,
+}
+
+/// Parses a configuration's text (file name, include loader) into its
+/// entries, default first.
+type ReadEntries = fn(
+    &str,
+    &str,
+    &mut dyn FnMut(&str) -> Option<String>,
+) -> Result<Vec<Entry>, config::ConfigError>;
+
+const GRUB: Loader = Loader {
+    entries: |text, cfg, load| {
+        grub::parse(text, cfg, load).map(|g| g.ordered().into_iter().cloned().collect())
+    },
+    noun: "menu entry",
+};
+
+const SYSLINUX: Loader = Loader {
+    entries: |text, cfg, load| syslinux::parse(text, cfg, load).map(|s| s.ordered()),
+    noun: "label",
+};
+
 fn try_grub(
     f: &dyn Fs,
     place: &str,
@@ -233,21 +260,7 @@ fn try_grub(
     limits: Limits,
     tried: &mut Vec<String>,
 ) -> Option<BootImage> {
-    let text = read_config(f, cfg)?;
-    let mut load = |p: &str| read_config(f, p);
-    match grub::parse(&text, cfg, &mut load) {
-        Ok(g) => {
-            let entries = g.ordered();
-            if entries.is_empty() {
-                tried.push(format!("{place}, {cfg}: no menu entry with a kernel"));
-            }
-            try_entries(f, place, cfg, entries.into_iter().cloned(), limits, tried)
-        }
-        Err(e) => {
-            tried.push(format!("{place}, {e}"));
-            None
-        }
-    }
+    try_config(&GRUB, f, place, cfg, limits, tried)
 }
 
 fn try_syslinux(
@@ -257,13 +270,25 @@ fn try_syslinux(
     limits: Limits,
     tried: &mut Vec<String>,
 ) -> Option<BootImage> {
+    try_config(&SYSLINUX, f, place, cfg, limits, tried)
+}
+
+/// Reads configuration `cfg` with `loader` (includes through `f`) and
+/// tries its entries.
+fn try_config(
+    loader: &Loader,
+    f: &dyn Fs,
+    place: &str,
+    cfg: &str,
+    limits: Limits,
+    tried: &mut Vec<String>,
+) -> Option<BootImage> {
     let text = read_config(f, cfg)?;
     let mut load = |p: &str| read_config(f, p);
-    match syslinux::parse(&text, cfg, &mut load) {
-        Ok(s) => {
-            let entries = s.ordered();
+    match (loader.entries)(&text, cfg, &mut load) {
+        Ok(entries) => {
             if entries.is_empty() {
-                tried.push(format!("{place}, {cfg}: no label with a kernel"));
+                tried.push(format!("{place}, {cfg}: no {} with a kernel", loader.noun));
             }
             try_entries(f, place, cfg, entries.into_iter(), limits, tried)
         }
