@@ -107,7 +107,7 @@ pub fn from_disk(m: Arc<dyn Medium>, limits: Limits) -> Result<BootImage, BootEr
         match fs::Ext4::mount(m.clone(), p.start, p.len) {
             Ok(f) => {
                 for cfg in ["/boot/grub/grub.cfg", "/grub/grub.cfg"] {
-                    if let Some(b) = try_grub(&f, &place, cfg, limits, &mut tried) {
+                    if let Some(b) = try_config(&GRUB, &f, &place, cfg, limits, &mut tried) {
                         return Ok(b);
                     }
                 }
@@ -132,7 +132,9 @@ pub fn from_dvd(m: Arc<dyn Medium>, limits: Limits) -> Result<BootImage, BootErr
     let place = "ISO 9660".to_string();
     match fs::Iso::mount(m) {
         Ok(f) => {
-            if let Some(b) = try_grub(&f, &place, "/boot/grub/grub.cfg", limits, &mut tried) {
+            if let Some(b) =
+                try_config(&GRUB, &f, &place, "/boot/grub/grub.cfg", limits, &mut tried)
+            {
                 return Ok(b);
             }
             for cfg in [
@@ -143,7 +145,7 @@ pub fn from_dvd(m: Arc<dyn Medium>, limits: Limits) -> Result<BootImage, BootErr
                 "/boot/syslinux/syslinux.cfg",
                 "/syslinux.cfg",
             ] {
-                if let Some(b) = try_syslinux(&f, &place, cfg, limits, &mut tried) {
+                if let Some(b) = try_config(&SYSLINUX, &f, &place, cfg, limits, &mut tried) {
                     return Ok(b);
                 }
             }
@@ -252,26 +254,6 @@ const SYSLINUX: Loader = Loader {
     entries: |text, cfg, load| syslinux::parse(text, cfg, load).map(|s| s.ordered()),
     noun: "label",
 };
-
-fn try_grub(
-    f: &dyn Fs,
-    place: &str,
-    cfg: &str,
-    limits: Limits,
-    tried: &mut Vec<String>,
-) -> Option<BootImage> {
-    try_config(&GRUB, f, place, cfg, limits, tried)
-}
-
-fn try_syslinux(
-    f: &dyn Fs,
-    place: &str,
-    cfg: &str,
-    limits: Limits,
-    tried: &mut Vec<String>,
-) -> Option<BootImage> {
-    try_config(&SYSLINUX, f, place, cfg, limits, tried)
-}
 
 /// Reads configuration `cfg` with `loader` (includes through `f`) and
 /// tries its entries.
